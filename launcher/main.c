@@ -1,0 +1,42 @@
+/*
+ * phalanx: the command. Subcommands:
+ *   train          one training worker (runtime/)
+ *   data prepare   text files -> token shards
+ * Later issues add: run (launch N ranks), drill (failure injection), ckpt.
+ */
+#include "runtime.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fputs("usage: phalanx COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  train          train a model on this process (see phalanx train --help)\n"
+          "  data prepare   turn text files into token shards (see phalanx data prepare --help)\n"
+          "  help           this text\n",
+          out);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *command = argv[1];
+    if (strcmp(command, "train") == 0)
+        return train_main(argc - 1, argv + 1);
+    if (strcmp(command, "data") == 0)
+        return data_main(argc - 1, argv + 1);
+    if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
+        strcmp(command, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "phalanx: unknown command '%s'\n", command);
+    usage(stderr);
+    return 2;
+}

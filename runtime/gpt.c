@@ -1,0 +1,458 @@
+/* The GPT-2 model (contract in gpt.h); the math lives in kernels.c. */
+#include "gpt.h"
+
+#include "kernels.h"
+#include "rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INIT_STD 0.02
+
+// ----------------------------------------------------------------------------
+// configuration
+
+int gpt_config_check(const GPTConfig *c, char *err, size_t err_len)
+{
+    if (c->layers < 1)
+        snprintf(err, err_len, "--layers is %d: a model needs at least 1 layer", c->layers);
+    else if (c->heads < 1)
+        snprintf(err, err_len, "--heads is %d: a model needs at least 1 head", c->heads);
+    else if (c->dim < 1)
+        snprintf(err, err_len, "--dim is %d: the width must be positive", c->dim);
+    else if (c->dim % c->heads != 0)
+        snprintf(err, err_len,
+                 "--dim %d is not divisible by --heads %d: each head needs dim/heads "
+                 "channels; choose a width that is a multiple of the head count",
+                 c->dim, c->heads);
+    else if (c->seq_len < 1)
+        snprintf(err, err_len, "--seq-len is %d: sequences need at least 1 token", c->seq_len);
+    else if (c->vocab < 2 || c->vocab > 65536)
+        snprintf(err, err_len,
+                 "--vocab is %d: it must be between 2 and 65536 (tokens are uint16)",
+                 c->vocab);
+    else
+        return 0;
+    return -1;
+}
+
+/* Calls `add` for every tensor a stage holds, in storage order. */
+typedef void (*TensorVisitor)(void *ctx, const char *name, int rows, int cols, bool excluded);
+
+static void visit_layer(int l, int C, TensorVisitor add, void *ctx)
+{
+    static const struct {
+        const char *suffix;
+        int rows, cols; /* in units of C; cols 0 means a vector */
+        bool excluded;
+    } layout[] = {
+        {"ln1.weight", 1, 0, true},      {"ln1.bias", 1, 0, true},
+        {"attn.qkv.weight", 3, 1, false}, {"attn.qkv.bias", 3, 0, true},
+        {"attn.proj.weight", 1, 1, false}, {"attn.proj.bias", 1, 0, true},
+        {"ln2.weight", 1, 0, true},      {"ln2.bias", 1, 0, true},
+        {"mlp.fc.weight", 4, 1, false},  {"mlp.fc.bias", 4, 0, true},
+        {"mlp.proj.weight", 1, 4, false}, {"mlp.proj.bias", 1, 0, true},
+    };
+    char name[48];
+    for (size_t i = 0; i < sizeof(layout) / sizeof(layout[0]); i++) {
+        snprintf(name, sizeof(name), "h.%d.%s", l, layout[i].suffix);
+        add(ctx, name, layout[i].rows * C, layout[i].cols * C, layout[i].excluded);
+    }
+}
+
+static void visit_tensors(const GPTConfig *c, int begin, int end, bool embedding, bool head,
+                          TensorVisitor add, void *ctx)
+{
+    if (embedding || head)
+        add(ctx, "wte", c->vocab, c->dim, false);
+    if (embedding)
+        add(ctx, "wpe", c->seq_len, c->dim, false);
+    for (int l = begin; l < end; l++)
+        visit_layer(l, c->dim, add, ctx);
+    if (head) {
+        add(ctx, "lnf.weight", c->dim, 0, true);
+        add(ctx, "lnf.bias", c->dim, 0, true);
+    }
+}
+
+static void count_tensor(void *ctx, const char *name, int rows, int cols, bool excluded)
+{
+    (void)name;
+    (void)excluded;
+    *(size_t *)ctx += (size_t)rows * (cols ? cols : 1);
+}
+
+size_t gpt_config_param_count(const GPTConfig *c)
+{
+    size_t count = 0;
+    visit_tensors(c, 0, c->layers, true, true, count_tensor, &count);
+    return count;
+}
+
+// ----------------------------------------------------------------------------
+// parameters
+
+static void append_tensor(void *ctx, const char *name, int rows, int cols, bool excluded)
+{
+    GPT *gpt = ctx;
+    ParamTensor *t = &gpt->tensors[gpt->tensor_count++];
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->ndim = cols ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->numel = (size_t)rows * (cols ? cols : 1);
+    t->offset = gpt->param_count;
+    t->excluded = excluded;
+    gpt->param_count += t->numel;
+}
+
+static float *view(const GPT *gpt, float *base, const char *name)
+{
+    const ParamTensor *t = gpt_find_tensor(gpt, name);
+    return t ? base + t->offset : NULL;
+}
+
+static void point_weights(const GPT *gpt, Weights *w, float *base)
+{
+    w->wte = view(gpt, base, "wte");
+    w->wpe = view(gpt, base, "wpe");
+    w->lnfw = view(gpt, base, "lnf.weight");
+    w->lnfb = view(gpt, base, "lnf.bias");
+    char name[48];
+    for (int l = gpt->layer_begin; l < gpt->layer_end; l++) {
+        LayerWeights *lw = &w->layers[l - gpt->layer_begin];
+        float **slots[] = {&lw->ln1w, &lw->ln1b, &lw->qkvw, &lw->qkvb,
+                           &lw->attprojw, &lw->attprojb, &lw->ln2w, &lw->ln2b,
+                           &lw->fcw, &lw->fcb, &lw->fcprojw, &lw->fcprojb};
+        // the tensors of a layer are stored consecutively in visit_layer's order
+        snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
+        const ParamTensor *first = gpt_find_tensor(gpt, name);
+        for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++)
+            *slots[i] = base + first[i].offset;
+    }
+}
+
+int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
+             bool has_embedding, bool has_head)
+{
+    memset(gpt, 0, sizeof(*gpt));
+    gpt->config = *config;
+    gpt->layer_begin = layer_begin;
+    gpt->layer_end = layer_end;
+    gpt->has_embedding = has_embedding;
+    gpt->has_head = has_head;
+    int max_tensors = 5 + 12 * (layer_end - layer_begin);
+    int layers = layer_end - layer_begin;
+    gpt->tensors = calloc((size_t)max_tensors, sizeof(ParamTensor));
+    gpt->w.layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerWeights));
+    gpt->g.layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerWeights));
+    if (!gpt->tensors || !gpt->w.layers || !gpt->g.layers)
+        return gpt_free(gpt), -1;
+    visit_tensors(config, layer_begin, layer_end, has_embedding, has_head, append_tensor, gpt);
+    gpt->params = calloc(gpt->param_count, sizeof(float));
+    gpt->grads = calloc(gpt->param_count, sizeof(float));
+    if (!gpt->params || !gpt->grads)
+        return gpt_free(gpt), -1;
+    point_weights(gpt, &gpt->w, gpt->params);
+    point_weights(gpt, &gpt->g, gpt->grads);
+    return 0;
+}
+
+int gpt_init_full(GPT *gpt, const GPTConfig *config)
+{
+    return gpt_init(gpt, config, 0, config->layers, true, true);
+}
+
+void gpt_free(GPT *gpt)
+{
+    free(gpt->tensors);
+    free(gpt->w.layers);
+    free(gpt->g.layers);
+    free(gpt->params);
+    free(gpt->grads);
+    memset(gpt, 0, sizeof(*gpt));
+}
+
+const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name)
+{
+    for (int i = 0; i < gpt->tensor_count; i++)
+        if (strcmp(gpt->tensors[i].name, name) == 0)
+            return &gpt->tensors[i];
+    return NULL;
+}
+
+void gpt_write_manifest(const GPT *gpt, FILE *out)
+{
+    fprintf(out, "{\"param_count\": %zu, \"tensors\": [", gpt->param_count);
+    for (int i = 0; i < gpt->tensor_count; i++) {
+        const ParamTensor *t = &gpt->tensors[i];
+        fprintf(out, "%s{\"name\": \"%s\", \"shape\": [%d", i ? ", " : "", t->name,
+                t->shape[0]);
+        if (t->ndim == 2)
+            fprintf(out, ", %d", t->shape[1]);
+        fprintf(out, "], \"offset\": %zu}", t->offset);
+    }
+    fprintf(out, "]}\n");
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* GPT-2: LayerNorm weights 1, biases 0, weights N(0, 0.02), and the two
+ * projections that write into the residual stream N(0, 0.02 / sqrt(2 L)). */
+static void init_tensor(const GPT *gpt, const ParamTensor *t, uint64_t seed)
+{
+    float *p = gpt->params + t->offset;
+    bool layernorm = t->excluded && ends_with(t->name, ".weight");
+    if (t->excluded) {
+        for (size_t i = 0; i < t->numel; i++)
+            p[i] = layernorm ? 1.0f : 0.0f;
+        return;
+    }
+    double std = INIT_STD;
+    if (ends_with(t->name, "attn.proj.weight") || ends_with(t->name, "mlp.proj.weight"))
+        std /= sqrt(2.0 * gpt->config.layers);
+    uint32_t stream = rng_name_stream(t->name);
+#pragma omp parallel for
+    for (size_t i = 0; i < t->numel; i++)
+        p[i] = (float)(std * rng_normal(seed, RNG_INIT, stream, i));
+}
+
+void gpt_init_params(GPT *gpt, uint64_t seed)
+{
+    for (int i = 0; i < gpt->tensor_count; i++)
+        init_tensor(gpt, &gpt->tensors[i], seed);
+}
+
+void gpt_zero_grad(GPT *gpt)
+{
+    memset(gpt->grads, 0, gpt->param_count * sizeof(float));
+}
+
+// ----------------------------------------------------------------------------
+// activations and scratch: one allocation each, carved into named views
+
+typedef struct {
+    float *base;
+    size_t used;
+} Carver;
+
+static float *carve(Carver *c, size_t count)
+{
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += count;
+    return p;
+}
+
+static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att)
+{
+    a->ln1 = carve(c, N * C);
+    a->ln1_mean = carve(c, N);
+    a->ln1_rstd = carve(c, N);
+    a->qkv = carve(c, N * 3 * C);
+    a->att = carve(c, att);
+    a->atty = carve(c, N * C);
+    a->res_attn = carve(c, N * C);
+    a->ln2 = carve(c, N * C);
+    a->ln2_mean = carve(c, N);
+    a->ln2_rstd = carve(c, N);
+    a->fch = carve(c, N * 4 * C);
+    a->fch_gelu = carve(c, N * 4 * C);
+    a->out = carve(c, N * C);
+}
+
+static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
+{
+    size_t N = (size_t)a->B * a->T;
+    int C = gpt->config.dim, V = gpt->config.vocab;
+    size_t att = (size_t)a->B * gpt->config.heads * a->T * a->T;
+    a->input = carve(c, N * C);
+    for (int l = 0; l < gpt->layer_end - gpt->layer_begin; l++)
+        carve_layer(c, &a->layers[l], N, C, att);
+    if (gpt->has_head) {
+        a->lnf = carve(c, N * C);
+        a->lnf_mean = carve(c, N);
+        a->lnf_rstd = carve(c, N);
+        a->logits = carve(c, N * V);
+        a->probs = carve(c, N * V);
+        a->losses = carve(c, N);
+    }
+}
+
+int acts_init(Activations *acts, const GPT *gpt, int B, int T)
+{
+    memset(acts, 0, sizeof(*acts));
+    acts->B = B;
+    acts->T = T;
+    int layers = gpt->layer_end - gpt->layer_begin;
+    acts->layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerActs));
+    acts->tokens = calloc((size_t)B * T, sizeof(int));
+    acts->targets = calloc((size_t)B * T, sizeof(int));
+    Carver sizing = {NULL, 0};
+    carve_acts(&sizing, acts, gpt);
+    acts->memory = calloc(sizing.used, sizeof(float));
+    if (!acts->layers || !acts->tokens || !acts->targets || !acts->memory)
+        return acts_free(acts), -1;
+    Carver carver = {acts->memory, 0};
+    carve_acts(&carver, acts, gpt);
+    return 0;
+}
+
+void acts_free(Activations *acts)
+{
+    free(acts->memory);
+    free(acts->layers);
+    free(acts->tokens);
+    free(acts->targets);
+    memset(acts, 0, sizeof(*acts));
+}
+
+int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
+{
+    size_t N = (size_t)B * T;
+    int C = gpt->config.dim;
+    size_t att = (size_t)B * gpt->config.heads * T * T;
+    size_t total = 3 * N * C + N * 4 * C + N * 3 * C + att;
+    s->memory = calloc(total, sizeof(float));
+    if (!s->memory)
+        return -1;
+    Carver c = {s->memory, 0};
+    s->dresid = carve(&c, N * C);
+    s->dtmp = carve(&c, N * C);
+    s->dln = carve(&c, N * C);
+    s->dfch = carve(&c, N * 4 * C);
+    s->dqkv = carve(&c, N * 3 * C);
+    s->datt = carve(&c, att);
+    return 0;
+}
+
+void scratch_free(Scratch *s)
+{
+    free(s->memory);
+    memset(s, 0, sizeof(*s));
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+static const float *layer_input(const GPT *gpt, const Activations *acts, int layer)
+{
+    return layer == gpt->layer_begin ? acts->input
+                                     : acts->layers[layer - gpt->layer_begin - 1].out;
+}
+
+float *acts_stage_output(const GPT *gpt, Activations *acts)
+{
+    int count = gpt->layer_end - gpt->layer_begin;
+    return count > 0 ? acts->layers[count - 1].out : acts->input;
+}
+
+void gpt_embed_forward(const GPT *gpt, Activations *acts, int pos_offset)
+{
+    encoder_forward(acts->input, acts->tokens, gpt->w.wte, gpt->w.wpe, acts->B, acts->T,
+                    gpt->config.dim, pos_offset);
+}
+
+void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer)
+{
+    const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
+    LayerActs *a = &acts->layers[layer - gpt->layer_begin];
+    const float *x = layer_input(gpt, acts, layer);
+    size_t N = (size_t)acts->B * acts->T;
+    int C = gpt->config.dim;
+
+    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
+    matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
+    attention_forward(a->atty, a->att, a->qkv, acts->B, acts->T, C, gpt->config.heads);
+    matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
+    accumulate(a->res_attn, x, N * C);
+    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b, N, C);
+    matmul_forward(a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
+    gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
+    matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
+    accumulate(a->out, a->res_attn, N * C);
+}
+
+double gpt_head_forward(const GPT *gpt, Activations *acts)
+{
+    size_t N = (size_t)acts->B * acts->T;
+    int C = gpt->config.dim, V = gpt->config.vocab;
+    const float *x = acts_stage_output(gpt, acts);
+    layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw, gpt->w.lnfb,
+                      N, C);
+    matmul_forward(acts->logits, acts->lnf, gpt->w.wte, NULL, N, C, V);
+    double total = crossentropy_forward(acts->probs, acts->losses, acts->logits, acts->targets,
+                                        N, V);
+    return total / (double)N;
+}
+
+double gpt_forward(const GPT *gpt, Activations *acts)
+{
+    gpt_embed_forward(gpt, acts, 0);
+    for (int l = gpt->layer_begin; l < gpt->layer_end; l++)
+        gpt_layer_forward(gpt, acts, l);
+    return gpt_head_forward(gpt, acts);
+}
+
+// ----------------------------------------------------------------------------
+// backward: scratch->dresid carries the gradient of the residual stream from
+// the head down to the embeddings, updated in place by each layer.
+
+void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
+{
+    size_t N = (size_t)acts->B * acts->T;
+    int C = gpt->config.dim, V = gpt->config.vocab;
+    // dlogits overwrite the probabilities: they are not needed afterwards
+    crossentropy_backward(acts->probs, acts->probs, acts->targets, dloss, N, V);
+    matmul_backward(s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C, V);
+    layernorm_backward(s->dresid, gpt->g.lnfw, gpt->g.lnfb, s->dln,
+                       acts_stage_output(gpt, acts), gpt->w.lnfw, acts->lnf_mean,
+                       acts->lnf_rstd, N, C);
+}
+
+void gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
+{
+    const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
+    LayerWeights *g = &gpt->g.layers[layer - gpt->layer_begin];
+    LayerActs *a = &acts->layers[layer - gpt->layer_begin];
+    const float *x = layer_input(gpt, acts, layer);
+    size_t N = (size_t)acts->B * acts->T;
+    int C = gpt->config.dim;
+
+    // MLP branch: out = res_attn + proj(gelu(fc(ln2(res_attn))))
+    matmul_backward(s->dfch, g->fcprojw, g->fcprojb, s->dresid, a->fch_gelu, w->fcprojw, N,
+                    4 * C, C);
+    gelu_backward(s->dfch, a->fch, s->dfch, N * 4 * C);
+    matmul_backward(s->dln, g->fcw, g->fcb, s->dfch, a->ln2, w->fcw, N, C, 4 * C);
+    layernorm_backward(s->dtmp, g->ln2w, g->ln2b, s->dln, a->res_attn, w->ln2w, a->ln2_mean,
+                       a->ln2_rstd, N, C);
+    accumulate(s->dresid, s->dtmp, N * C);
+
+    // attention branch: res_attn = x + proj(attention(qkv(ln1(x))))
+    matmul_backward(s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw, N, C, C);
+    attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, acts->B, acts->T, C,
+                       gpt->config.heads);
+    matmul_backward(s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
+    layernorm_backward(s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
+                       a->ln1_rstd, N, C);
+    accumulate(s->dresid, s->dtmp, N * C);
+}
+
+void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *s, int pos_offset)
+{
+    encoder_backward(gpt->g.wte, gpt->g.wpe, s->dresid, acts->tokens, acts->B, acts->T,
+                     gpt->config.dim, pos_offset);
+}
+
+void gpt_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
+{
+    gpt_head_backward(gpt, acts, s, dloss);
+    for (int l = gpt->layer_end - 1; l >= gpt->layer_begin; l--)
+        gpt_layer_backward(gpt, acts, s, l);
+    gpt_embed_backward(gpt, acts, s, 0);
+}

@@ -1,0 +1,138 @@
+/*
+ * gpt: the GPT-2 model: configuration, parameters with logical names, and the
+ * forward and backward passes of a contiguous range of layers.
+ *
+ * Contract
+ * - A GPT holds the parameters of one pipeline stage: layers
+ *   [layer_begin, layer_end), plus the embeddings when it is the first stage
+ *   and the final LayerNorm and head when it is the last. The head is tied to
+ *   the token embedding, so `wte` lives on both the first and the last stage.
+ *   A single-stage model (gpt_init_full) holds everything.
+ * - Parameters are one allocation (`params`), gradients another of the same
+ *   layout (`grads`); `tensors` lists every logical tensor held, in storage
+ *   order, with its name (`wte`, `h.3.attn.qkv.weight`, ...), logical shape
+ *   and offset. Names and shapes never depend on the layout.
+ * - gpt_init_params draws every element from the keyed generator (rng.h) with
+ *   the stream of the tensor's name and the element's index in the logical
+ *   tensor: the same seed gives the same weights on any stage or rank.
+ * - Activations hold one micro-batch of B sequences of T tokens (T is the
+ *   local length: seq_len, or seq_len / sp later). A pipeline keeps several.
+ * - Backward passes accumulate into `grads` (gpt_zero_grad clears them), so
+ *   the micro-batches of a step add up.
+ */
+#ifndef PHALANX_GPT_H
+#define PHALANX_GPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    int vocab, layers, heads, dim, seq_len;
+} GPTConfig;
+
+/* Checks the shape rules (positive sizes, dim divisible by heads, vocab at
+ * most 65536 for uint16 tokens). Returns 0, or -1 with a message. */
+int gpt_config_check(const GPTConfig *config, char *err, size_t err_len);
+
+/* Parameter count of the whole model (all stages). */
+size_t gpt_config_param_count(const GPTConfig *config);
+
+typedef struct {
+    char name[48];
+    int ndim;
+    int shape[2];
+    size_t offset, numel;
+    bool excluded; /* bias or LayerNorm: no weight decay, no layer adaptation */
+} ParamTensor;
+
+typedef struct {
+    float *ln1w, *ln1b;         /* [C], [C] */
+    float *qkvw, *qkvb;         /* [3C, C], [3C] */
+    float *attprojw, *attprojb; /* [C, C], [C] */
+    float *ln2w, *ln2b;         /* [C], [C] */
+    float *fcw, *fcb;           /* [4C, C], [4C] */
+    float *fcprojw, *fcprojb;   /* [C, 4C], [C] */
+} LayerWeights;
+
+typedef struct {
+    float *wte, *wpe;   /* [V, C], [maxT, C] */
+    float *lnfw, *lnfb; /* [C], [C] */
+    LayerWeights *layers; /* index: layer - layer_begin */
+} Weights;
+
+typedef struct {
+    GPTConfig config;
+    int layer_begin, layer_end;
+    bool has_embedding, has_head;
+    ParamTensor *tensors;
+    int tensor_count;
+    size_t param_count;
+    float *params, *grads;
+    Weights w, g; /* named views into params and grads */
+} GPT;
+
+int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
+             bool has_embedding, bool has_head);
+int gpt_init_full(GPT *gpt, const GPTConfig *config);
+void gpt_free(GPT *gpt);
+void gpt_init_params(GPT *gpt, uint64_t seed);
+void gpt_zero_grad(GPT *gpt);
+const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
+/* Writes the tensor table as JSON: {"param_count": P, "tensors": [{"name",
+ * "shape", "offset"}, ...]}, which names the floats of `params` or `grads`. */
+void gpt_write_manifest(const GPT *gpt, FILE *out);
+
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* [B,T,C], [B,T], [B,T] */
+    float *qkv;                       /* [B,T,3C] */
+    float *att;                       /* [B,NH,T,T] softmax probabilities */
+    float *atty;                      /* [B,T,C] attention output before projection */
+    float *res_attn;                  /* [B,T,C] input + attention branch */
+    float *ln2, *ln2_mean, *ln2_rstd; /* [B,T,C], [B,T], [B,T] */
+    float *fch, *fch_gelu;            /* [B,T,4C] */
+    float *out;                       /* [B,T,C] layer output (residual stream) */
+} LayerActs;
+
+typedef struct {
+    int B, T;
+    float *memory;
+    int *tokens, *targets;            /* [B,T] */
+    float *input;                     /* [B,T,C] stage input: embeddings or received */
+    LayerActs *layers;                /* index: layer - layer_begin */
+    float *lnf, *lnf_mean, *lnf_rstd; /* head only */
+    float *logits, *probs, *losses;   /* [B,T,V], [B,T,V], [B,T]; head only */
+} Activations;
+
+/* Backward scratch, shared by every layer and micro-batch of a model. */
+typedef struct {
+    float *memory;
+    float *dresid; /* [B,T,C] gradient of the residual stream, updated in place */
+    float *dtmp, *dln, *dfch, *dqkv, *datt;
+} Scratch;
+
+int acts_init(Activations *acts, const GPT *gpt, int B, int T);
+void acts_free(Activations *acts);
+int scratch_init(Scratch *scratch, const GPT *gpt, int B, int T);
+void scratch_free(Scratch *scratch);
+
+/* Stage pieces. pos_offset is the global position of the first local token. */
+void gpt_embed_forward(const GPT *gpt, Activations *acts, int pos_offset);
+void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer);
+/* Returns the mean loss over the B*T tokens (targets must be set). */
+double gpt_head_forward(const GPT *gpt, Activations *acts);
+/* dloss: gradient of the objective with respect to each token's loss. */
+void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *scratch, float dloss);
+void gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *scratch, int layer);
+void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *scratch, int pos_offset);
+
+/* Output of the stage's last layer (what a pipeline stage sends on). */
+float *acts_stage_output(const GPT *gpt, Activations *acts);
+
+/* Whole model on one stage: embeddings (tokens in acts->tokens), every layer,
+ * head. Returns the mean loss. */
+double gpt_forward(const GPT *gpt, Activations *acts);
+void gpt_backward(GPT *gpt, Activations *acts, Scratch *scratch, float dloss);
+
+#endif

@@ -1,0 +1,295 @@
+/* Command line of `phalanx train` (contract in options.h). */
+#include "options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void options_usage(FILE *out)
+{
+    fputs(
+        "usage: phalanx train --data SHARDS [options]\n"
+        "\n"
+        "Trains a GPT-2 style model on one rank (CPU). SHARDS is a comma-separated\n"
+        "list of token shard files or glob patterns (llm.c format, see\n"
+        "`phalanx data prepare`).\n"
+        "\n"
+        "Data:\n"
+        "  --data SHARDS          training shards (required)\n"
+        "  --val-data SHARDS      validation shards (enables val_loss)\n"
+        "  --eval-every N         validation every N steps and at the end (default 0: end only)\n"
+        "  --eval-batches N       micro-batches of validation windows per evaluation (default 8)\n"
+        "Model:\n"
+        "  --vocab N              vocabulary size (default 256: byte tokens)\n"
+        "  --layers N             transformer blocks (default 4)\n"
+        "  --heads N              attention heads (default 4)\n"
+        "  --dim N                width; divisible by --heads (default 128)\n"
+        "  --seq-len N            tokens per sequence (default 128)\n"
+        "Batch and steps:\n"
+        "  --micro-batch N        sequences per forward/backward pass (default 8)\n"
+        "  --global-batch N       sequences per optimizer step; a multiple of --micro-batch;\n"
+        "                         the accumulation steps are derived (default: micro-batch)\n"
+        "  --steps N              optimizer steps (default 100)\n"
+        "  --seed N               seed of every random draw (default 1337)\n"
+        "Optimizer:\n"
+        "  --optim lamb|adamw     optimizer (default lamb)\n"
+        "  --lr X                 peak learning rate (default 1e-2 for lamb, 1e-3 for adamw)\n"
+        "  --weight-decay X       decoupled weight decay (default 0.01)\n"
+        "  --beta1 X, --beta2 X   moment decay rates (default 0.9, 0.999)\n"
+        "  --eps X                denominator epsilon (default 1e-6)\n"
+        "  --clip X               clip the global gradient norm to X; 0 = off (default 1.0)\n"
+        "  --decay-all            weight decay and layer adaptation for biases and LayerNorm too\n"
+        "Schedule (measured in samples, so it follows the batch):\n"
+        "  --schedule KIND        cosine, linear, constant or wsd (default cosine)\n"
+        "  --warmup N             warm-up steps (default 0)\n"
+        "  --min-lr-ratio X       final LR as a fraction of the peak (default 0.1)\n"
+        "  --decay-fraction X     wsd: share of the run spent decaying (default 0.2)\n"
+        "Output:\n"
+        "  --metrics FILE         one JSON object per step: step, loss, lr, global_batch,\n"
+        "                         tokens_per_s, grad_norm, val_loss (when computed)\n"
+        "  --dump-params FILE     write the final parameters to FILE (float32) and\n"
+        "                         FILE.json (names, shapes, offsets)\n"
+        "  --threads N            CPU threads for OpenMP and OpenBLAS (default: all cores)\n"
+        "  --quiet                no per-step progress lines\n"
+        "  -h, --help             this text\n",
+        out);
+}
+
+enum {
+    OPT_DATA = 256, OPT_VAL_DATA, OPT_EVAL_EVERY, OPT_EVAL_BATCHES, OPT_VOCAB, OPT_LAYERS,
+    OPT_HEADS, OPT_DIM, OPT_SEQ_LEN, OPT_MICRO_BATCH, OPT_GLOBAL_BATCH, OPT_STEPS, OPT_SEED,
+    OPT_OPTIM, OPT_LR, OPT_WEIGHT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP,
+    OPT_DECAY_ALL, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR_RATIO, OPT_DECAY_FRACTION,
+    OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET,
+};
+
+static const struct option long_options[] = {
+    {"data", required_argument, NULL, OPT_DATA},
+    {"val-data", required_argument, NULL, OPT_VAL_DATA},
+    {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
+    {"eval-batches", required_argument, NULL, OPT_EVAL_BATCHES},
+    {"vocab", required_argument, NULL, OPT_VOCAB},
+    {"layers", required_argument, NULL, OPT_LAYERS},
+    {"heads", required_argument, NULL, OPT_HEADS},
+    {"dim", required_argument, NULL, OPT_DIM},
+    {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
+    {"micro-batch", required_argument, NULL, OPT_MICRO_BATCH},
+    {"global-batch", required_argument, NULL, OPT_GLOBAL_BATCH},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"optim", required_argument, NULL, OPT_OPTIM},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"weight-decay", required_argument, NULL, OPT_WEIGHT_DECAY},
+    {"beta1", required_argument, NULL, OPT_BETA1},
+    {"beta2", required_argument, NULL, OPT_BETA2},
+    {"eps", required_argument, NULL, OPT_EPS},
+    {"clip", required_argument, NULL, OPT_CLIP},
+    {"decay-all", no_argument, NULL, OPT_DECAY_ALL},
+    {"schedule", required_argument, NULL, OPT_SCHEDULE},
+    {"warmup", required_argument, NULL, OPT_WARMUP},
+    {"min-lr-ratio", required_argument, NULL, OPT_MIN_LR_RATIO},
+    {"decay-fraction", required_argument, NULL, OPT_DECAY_FRACTION},
+    {"metrics", required_argument, NULL, OPT_METRICS},
+    {"dump-params", required_argument, NULL, OPT_DUMP_PARAMS},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"quiet", no_argument, NULL, OPT_QUIET},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static int bad_value(const char *flag, const char *text, const char *expected)
+{
+    fprintf(stderr, "phalanx train: --%s: '%s' is not %s\n", flag, text, expected);
+    return -1;
+}
+
+static int parse_long(const char *flag, const char *text, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0')
+        return bad_value(flag, text, "an integer");
+    if (value < min || value > max) {
+        fprintf(stderr, "phalanx train: --%s is %ld: it must be between %ld and %ld\n", flag,
+                value, min, max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+static int parse_int(const char *flag, const char *text, int min, int *out)
+{
+    long value;
+    if (parse_long(flag, text, min, INT_MAX, &value))
+        return -1;
+    *out = (int)value;
+    return 0;
+}
+
+static int parse_double(const char *flag, const char *text, double min, double max,
+                        double *out)
+{
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (errno || end == text || *end != '\0' || !isfinite(value))
+        return bad_value(flag, text, "a finite number");
+    if (value < min || value > max) {
+        fprintf(stderr, "phalanx train: --%s is %g: it must be between %g and %g\n", flag,
+                value, min, max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *text, double min, double max, float *out)
+{
+    double value;
+    if (parse_double(flag, text, min, max, &value))
+        return -1;
+    *out = (float)value;
+    return 0;
+}
+
+static void set_defaults(TrainOptions *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->model = (GPTConfig){.vocab = 256, .layers = 4, .heads = 4, .dim = 128, .seq_len = 128};
+    o->micro_batch = 8;
+    o->steps = 100;
+    o->seed = 1337;
+    o->optim = optim_default_config(OPTIM_LAMB);
+    o->lr = NAN; /* default depends on the optimizer */
+    o->clip = 1.0f;
+    o->schedule = SCHEDULE_COSINE;
+    o->min_lr_ratio = 0.1;
+    o->decay_fraction = 0.2;
+    o->eval_batches = 8;
+}
+
+/* Applies one option; returns 0, or -1 after printing why the value is bad. */
+static int apply_option(TrainOptions *o, int code, const char *arg, double *beta_eps_wd,
+                        bool *optim_set)
+{
+    long value;
+    switch (code) {
+    case OPT_DATA: o->data = arg; return 0;
+    case OPT_VAL_DATA: o->val_data = arg; return 0;
+    case OPT_METRICS: o->metrics_path = arg; return 0;
+    case OPT_DUMP_PARAMS: o->dump_params_path = arg; return 0;
+    case OPT_DECAY_ALL: o->optim.decay_all = true; return 0;
+    case OPT_QUIET: o->quiet = true; return 0;
+    case OPT_EVAL_EVERY: return parse_long("eval-every", arg, 0, LONG_MAX, &o->eval_every);
+    case OPT_EVAL_BATCHES: return parse_int("eval-batches", arg, 1, &o->eval_batches);
+    case OPT_VOCAB: return parse_int("vocab", arg, 2, &o->model.vocab);
+    case OPT_LAYERS: return parse_int("layers", arg, 1, &o->model.layers);
+    case OPT_HEADS: return parse_int("heads", arg, 1, &o->model.heads);
+    case OPT_DIM: return parse_int("dim", arg, 1, &o->model.dim);
+    case OPT_SEQ_LEN: return parse_int("seq-len", arg, 1, &o->model.seq_len);
+    case OPT_MICRO_BATCH: return parse_int("micro-batch", arg, 1, &o->micro_batch);
+    case OPT_GLOBAL_BATCH: return parse_int("global-batch", arg, 1, &o->global_batch);
+    case OPT_STEPS: return parse_long("steps", arg, 1, LONG_MAX, &o->steps);
+    case OPT_WARMUP: return parse_long("warmup", arg, 0, LONG_MAX, &o->warmup);
+    case OPT_THREADS: return parse_int("threads", arg, 1, &o->threads);
+    case OPT_SEED:
+        if (parse_long("seed", arg, 0, LONG_MAX, &value))
+            return -1;
+        o->seed = (uint64_t)value;
+        return 0;
+    case OPT_OPTIM:
+        if (!optim_kind_parse(arg, &o->optim.kind))
+            return bad_value("optim", arg, "an optimizer (lamb or adamw)");
+        *optim_set = true;
+        return 0;
+    case OPT_SCHEDULE:
+        if (!schedule_kind_parse(arg, &o->schedule))
+            return bad_value("schedule", arg, "a schedule (cosine, linear, constant, wsd)");
+        return 0;
+    case OPT_LR: return parse_double("lr", arg, 0.0, 1e30, &o->lr);
+    case OPT_MIN_LR_RATIO: return parse_double("min-lr-ratio", arg, 0.0, 1.0, &o->min_lr_ratio);
+    case OPT_DECAY_FRACTION:
+        return parse_double("decay-fraction", arg, 1e-9, 1.0, &o->decay_fraction);
+    case OPT_CLIP: return parse_float("clip", arg, 0.0, 1e30, &o->clip);
+    case OPT_BETA1: return parse_double("beta1", arg, 0.0, 0.999999, &beta_eps_wd[0]);
+    case OPT_BETA2: return parse_double("beta2", arg, 0.0, 0.999999999, &beta_eps_wd[1]);
+    case OPT_EPS: return parse_double("eps", arg, 1e-30, 1.0, &beta_eps_wd[2]);
+    case OPT_WEIGHT_DECAY: return parse_double("weight-decay", arg, 0.0, 10.0, &beta_eps_wd[3]);
+    }
+    return -1;
+}
+
+/* Rules that involve several options. */
+static int check_combination(TrainOptions *o)
+{
+    char err[512];
+    if (!o->data) {
+        fprintf(stderr, "phalanx train: --data is required: give the training shards, "
+                        "for example --data 'data/fortunes/train_*.bin'\n");
+        return -1;
+    }
+    if (gpt_config_check(&o->model, err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx train: %s\n", err);
+        return -1;
+    }
+    if (o->global_batch == 0)
+        o->global_batch = o->micro_batch;
+    if (o->global_batch % o->micro_batch != 0) {
+        fprintf(stderr,
+                "phalanx train: --global-batch %d is not a multiple of --micro-batch %d: "
+                "a step is a whole number of micro-batches; try --global-batch %d\n",
+                o->global_batch, o->micro_batch,
+                (o->global_batch / o->micro_batch + 1) * o->micro_batch);
+        return -1;
+    }
+    return 0;
+}
+
+int options_parse(TrainOptions *o, int argc, char **argv)
+{
+    set_defaults(o);
+    OptimConfig defaults = o->optim;
+    double hyper[4] = {NAN, NAN, NAN, NAN}; /* beta1, beta2, eps, weight decay */
+    bool optim_set = false;
+    optind = 1;
+    opterr = 0; /* our own messages name the flag and the fix */
+    int code;
+    while ((code = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
+        if (code == 'h') {
+            options_usage(stdout);
+            return 1;
+        }
+        if (code == '?' || code == ':') {
+            const char *bad = argv[optind - 1];
+            if (optopt && optopt < 256 && code == '?')
+                fprintf(stderr, "phalanx train: unknown option '-%c'\n", optopt);
+            else if (code == '?' && strncmp(bad, "--", 2) == 0 && optopt == 0)
+                fprintf(stderr, "phalanx train: unknown option '%s'\n", bad);
+            else
+                fprintf(stderr, "phalanx train: option '%s' needs a value\n", bad);
+            fprintf(stderr, "phalanx train: see `phalanx train --help` for the options\n");
+            return -1;
+        }
+        if (apply_option(o, code, optarg, hyper, &optim_set))
+            return -1;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "phalanx train: unexpected argument '%s'; every option is a --flag\n",
+                argv[optind]);
+        return -1;
+    }
+    if (optim_set)
+        defaults = optim_default_config(o->optim.kind);
+    if (isnan(o->lr))
+        o->lr = o->optim.kind == OPTIM_LAMB ? 1e-2 : 1e-3;
+    o->optim.beta1 = (float)(isnan(hyper[0]) ? defaults.beta1 : hyper[0]);
+    o->optim.beta2 = (float)(isnan(hyper[1]) ? defaults.beta2 : hyper[1]);
+    o->optim.eps = (float)(isnan(hyper[2]) ? defaults.eps : hyper[2]);
+    o->optim.weight_decay = (float)(isnan(hyper[3]) ? defaults.weight_decay : hyper[3]);
+    return check_combination(o);
+}

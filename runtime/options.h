@@ -1,0 +1,40 @@
+/*
+ * options: the command line of a training worker (`phalanx train`), parsed
+ * with getopt_long into TrainOptions, with every value checked.
+ *
+ * options_parse() returns 0 when training should run, 1 when it printed what
+ * was asked (--help) and the program should exit 0, and -1 on bad input, after
+ * printing a message that names the flag, the value and the fix.
+ */
+#ifndef PHALANX_OPTIONS_H
+#define PHALANX_OPTIONS_H
+
+#include "gpt.h"
+#include "optim.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *data, *val_data;
+    const char *metrics_path, *dump_params_path;
+    GPTConfig model;
+    int micro_batch, global_batch;
+    long steps;
+    uint64_t seed;
+    OptimConfig optim;
+    double lr, min_lr_ratio, decay_fraction;
+    float clip;
+    ScheduleKind schedule;
+    long warmup;
+    int threads;
+    long eval_every;
+    int eval_batches;
+    bool quiet; /* no per-step progress lines */
+} TrainOptions;
+
+int options_parse(TrainOptions *options, int argc, char **argv);
+void options_usage(FILE *out);
+
+#endif
