@@ -31,7 +31,7 @@ OptimConfig optim_default_config(OptimKind kind)
         .kind = kind,
         .beta1 = 0.9f,
         .beta2 = 0.999f,
-        .eps = 1e-6f,
+        .eps = kind == OPTIM_LAMB ? 1e-6f : 1e-8f, /* LAMB paper; torch.optim.AdamW */
         .weight_decay = 0.01f,
         .decay_all = false,
     };

@@ -51,7 +51,8 @@ typedef struct {
     bool exclude; /* bias or LayerNorm parameter */
 } OptimTensor;
 
-/* Defaults: LAMB, b1 0.9, b2 0.999, eps 1e-6, wd 0.01. */
+/* Defaults: b1 0.9, b2 0.999, wd 0.01; eps 1e-6 for LAMB (the paper's), 1e-8 for
+ * AdamW (torch.optim.AdamW's). */
 OptimConfig optim_default_config(OptimKind kind);
 
 /* Parses "lamb" / "adamw"; returns false for anything else. */

@@ -39,7 +39,7 @@ void options_usage(FILE *out)
         "  --lr X                 peak learning rate (default 1e-2 for lamb, 1e-3 for adamw)\n"
         "  --weight-decay X       decoupled weight decay (default 0.01)\n"
         "  --beta1 X, --beta2 X   moment decay rates (default 0.9, 0.999)\n"
-        "  --eps X                denominator epsilon (default 1e-6)\n"
+        "  --eps X                denominator epsilon (default 1e-6 lamb, 1e-8 adamw)\n"
         "  --clip X               clip the global gradient norm to X; 0 = off (default 1.0)\n"
         "  --decay-all            weight decay and layer adaptation for biases and LayerNorm too\n"
         "Schedule (measured in samples, so it follows the batch):\n"

@@ -222,14 +222,16 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     double start = now_seconds();
     r->step = step_index + 1;
     r->loss = accumulate_gradients(t, step_index);
-    if (!isfinite(r->loss)) {
+    r->grad_norm = sqrt(optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count));
+    if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+        double bad = isfinite(r->loss) ? r->grad_norm : r->loss;
         fprintf(stderr,
-                "phalanx train: the loss is %s at step %ld: training diverged; lower --lr "
+                "phalanx train: the %s is %s at step %ld: training diverged; lower --lr "
                 "(now %g) or use --clip\n",
-                isnan(r->loss) ? "NaN" : "infinite", r->step, o->lr);
+                isfinite(r->loss) ? "gradient norm" : "loss", isnan(bad) ? "NaN" : "infinite",
+                r->step, o->lr);
         return -1;
     }
-    r->grad_norm = sqrt(optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count));
     float clip_scale = optim_clip_scale(r->grad_norm, o->clip);
     r->lr = schedule_lr(&t->schedule, (double)r->step * o->global_batch);
     optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
