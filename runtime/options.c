@@ -47,6 +47,11 @@ void options_usage(FILE *out)
         "  --warmup N             warm-up steps (default 0)\n"
         "  --min-lr-ratio X       final LR as a fraction of the peak (default 0.1)\n"
         "  --decay-fraction X     wsd: share of the run spent decaying (default 0.2)\n"
+        "Parallel layout (world = dp x pp x sp ranks, started by `phalanx run`, mpirun or srun):\n"
+        "  --dp N, --pp N, --sp N data-parallel replicas, pipeline stages, sequence-parallel\n"
+        "                         ranks (an axis not given is 1)\n"
+        "  --layout auto|DxPxS    auto: the most data-parallel layout that fits (the default\n"
+        "                         when no axis is given); or all three axes, e.g. 2x1x1\n"
         "Output:\n"
         "  --metrics FILE         one JSON object per step: step, loss, lr, global_batch,\n"
         "                         tokens_per_s, grad_norm, val_loss (when computed)\n"
@@ -63,7 +68,7 @@ enum {
     OPT_HEADS, OPT_DIM, OPT_SEQ_LEN, OPT_MICRO_BATCH, OPT_GLOBAL_BATCH, OPT_STEPS, OPT_SEED,
     OPT_OPTIM, OPT_LR, OPT_WEIGHT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP,
     OPT_DECAY_ALL, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR_RATIO, OPT_DECAY_FRACTION,
-    OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET,
+    OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
 };
 
 static const struct option long_options[] = {
@@ -96,6 +101,10 @@ static const struct option long_options[] = {
     {"dump-params", required_argument, NULL, OPT_DUMP_PARAMS},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"dp", required_argument, NULL, OPT_DP},
+    {"pp", required_argument, NULL, OPT_PP},
+    {"sp", required_argument, NULL, OPT_SP},
+    {"layout", required_argument, NULL, OPT_LAYOUT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -171,6 +180,8 @@ static void set_defaults(TrainOptions *o)
     o->min_lr_ratio = 0.1;
     o->decay_fraction = 0.2;
     o->eval_batches = 8;
+    o->layout = (Layout){1, 1, 1};
+    o->layout_auto = true;
 }
 
 /* Applies one option; returns 0, or -1 after printing why the value is bad. */
@@ -197,6 +208,13 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_STEPS: return parse_long("steps", arg, 1, LONG_MAX, &o->steps);
     case OPT_WARMUP: return parse_long("warmup", arg, 0, LONG_MAX, &o->warmup);
     case OPT_THREADS: return parse_int("threads", arg, 1, &o->threads);
+    case OPT_DP: o->layout_auto = false; return parse_int("dp", arg, 1, &o->layout.dp);
+    case OPT_PP: o->layout_auto = false; return parse_int("pp", arg, 1, &o->layout.pp);
+    case OPT_SP: o->layout_auto = false; return parse_int("sp", arg, 1, &o->layout.sp);
+    case OPT_LAYOUT:
+        if (!layout_parse(arg, &o->layout, &o->layout_auto))
+            return bad_value("layout", arg, "a layout (auto, or DPxPPxSP such as 2x2x1)");
+        return 0;
     case OPT_SEED:
         if (parse_long("seed", arg, 0, LONG_MAX, &value))
             return -1;
@@ -292,4 +310,19 @@ int options_parse(TrainOptions *o, int argc, char **argv)
     o->optim.eps = (float)(isnan(hyper[2]) ? defaults.eps : hyper[2]);
     o->optim.weight_decay = (float)(isnan(hyper[3]) ? defaults.weight_decay : hyper[3]);
     return check_combination(o);
+}
+
+int options_resolve_layout(const TrainOptions *o, int world, Layout *out)
+{
+    LayoutNeeds needs = {o->model, o->micro_batch, o->global_batch};
+    char err[2048];
+    int status = o->layout_auto ? layout_auto(world, &needs, out, err, sizeof(err))
+                                : layout_check(o->layout, world, &needs, err, sizeof(err));
+    if (status != 0) {
+        fprintf(stderr, "phalanx train: %s\n", err);
+        return -1;
+    }
+    if (!o->layout_auto)
+        *out = o->layout;
+    return 0;
 }

@@ -11,6 +11,7 @@
 
 #include "gpt.h"
 #include "optim.h"
+#include "topology.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,7 +33,13 @@ typedef struct {
     long eval_every;
     int eval_batches;
     bool quiet; /* no per-step progress lines */
+    Layout layout;     /* axes given with --dp/--pp/--sp or --layout DxPxS (others 1) */
+    bool layout_auto;  /* --layout auto, or no axis given at all */
 } TrainOptions;
+
+/* The layout for `world` ranks: the one given, or the automatic choice.
+ * Returns 0, or -1 after printing the broken rule and the valid layouts. */
+int options_resolve_layout(const TrainOptions *options, int world, Layout *out);
 
 int options_parse(TrainOptions *options, int argc, char **argv);
 void options_usage(FILE *out);

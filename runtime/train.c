@@ -1,33 +1,52 @@
 /*
- * The training loop of one worker: data -> forward/backward over the step's
- * micro-batches -> clip -> optimizer, with progress, metrics and validation.
+ * The training loop of one worker: data -> forward/backward over this
+ * replica's micro-batches -> gradient sum over dp x sp -> clip -> optimizer,
+ * with progress, metrics and validation.
  *
  * Step s (0-based) consumes global samples [s * B, (s + 1) * B) with B the
- * global batch; sample g is window sampler_window(seed, windows, g) of the
- * training data. The objective is the mean token loss over the whole global
- * batch, so each token's loss carries the gradient 1 / (B * T).
+ * global batch, in B / micro micro-batches; data-parallel replica r takes the
+ * contiguous share [r * B / dp, (r + 1) * B / dp) of them. Sample g is window
+ * sampler_window(seed, windows, g) of the training data. The objective is the
+ * mean token loss over the whole global batch, so every token's loss carries
+ * the gradient 1 / (B * T) on whichever rank computes it, and summing the
+ * gradients over dp x sp gives the same gradient in every layout.
  */
 #include "runtime.h"
 
+#include "channel.h"
+#include "comm.h"
 #include "data.h"
 #include "gpt.h"
+#include "gradsync.h"
 #include "kernels.h"
 #include "optim.h"
 #include "options.h"
+#include "topology.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+/* Gradient buckets of at least 1M floats (4 MB): large enough that the
+ * per-message cost of MPI stays small, small enough to overlap. */
+#define GRAD_BUCKET_FLOATS (1u << 20)
+
 typedef struct {
     TrainOptions opt;
+    Comm *world, *dp, *pp, *sp, *dpsp;
+    Layout layout;
+    GridCoord coord;
+    int rank;
+    Channel channel;
     TokenData train, val;
     size_t train_windows, val_windows;
     GPT gpt;
     Activations acts;
     Scratch scratch;
+    GradSync sync;
     float *m, *v;
     OptimTensor *optim_tensors;
     Schedule schedule;
@@ -36,15 +55,38 @@ typedef struct {
 
 typedef struct {
     long step; /* 1-based: optimizer steps completed */
-    double loss, lr, grad_norm, val_loss, seconds;
-    bool has_val;
+    double loss, lr, grad_norm, val_loss, seconds, comm_seconds;
+    bool has_val, stop;
 } StepReport;
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int signo)
+{
+    stop_signal = signo;
+}
 
 static double now_seconds(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* rank 0's lines go to the launcher when there is one, else to stdout */
+static void report_line(Trainer *t, long step, const char *line)
+{
+    if (t->rank != 0 || t->opt.quiet)
+        return;
+    if (channel_connected(&t->channel)) {
+        if (step > 0)
+            channel_send(&t->channel, "progress %ld %s", step, line);
+        else
+            channel_send(&t->channel, "log %s", line);
+        return;
+    }
+    printf("%s\n", line);
+    fflush(stdout);
 }
 
 // ----------------------------------------------------------------------------
@@ -101,15 +143,25 @@ static int setup_optimizer(Trainer *t)
     return 0;
 }
 
-static int trainer_setup(Trainer *t)
+/* The dp, pp, sp and dp x sp groups of this rank (DESIGN.md "Rank grid"). */
+static int setup_groups(Trainer *t)
+{
+    Layout l = t->layout;
+    GridCoord c = t->coord;
+    t->dp = comm_split(t->world, c.pp * l.sp + c.sp, c.dp);
+    t->pp = comm_split(t->world, c.dp * l.sp + c.sp, c.pp);
+    t->sp = comm_split(t->world, c.pp * l.dp + c.dp, c.sp);
+    t->dpsp = comm_split(t->world, c.pp, c.dp * l.sp + c.sp);
+    if (t->dp && t->pp && t->sp && t->dpsp)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: cannot build the rank groups: %s\n", t->rank,
+            comm_error(t->world));
+    return -1;
+}
+
+static int setup_model(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
-    kernels_set_threads(o->threads);
-    if (open_data(&t->train, &t->train_windows, o->data, "--data", &o->model))
-        return -1;
-    if (o->val_data &&
-        open_data(&t->val, &t->val_windows, o->val_data, "--val-data", &o->model))
-        return -1;
     if (gpt_init_full(&t->gpt, &o->model) ||
         acts_init(&t->acts, &t->gpt, o->micro_batch, o->model.seq_len) ||
         scratch_init(&t->scratch, &t->gpt, o->micro_batch, o->model.seq_len) ||
@@ -118,11 +170,60 @@ static int trainer_setup(Trainer *t)
         return -1;
     }
     gpt_init_params(&t->gpt, o->seed);
-    if (o->metrics_path && !(t->metrics = fopen(o->metrics_path, "w"))) {
+    gradsync_init(&t->sync, t->dpsp, t->gpt.grads, t->gpt.param_count, GRAD_BUCKET_FLOATS);
+    return 0;
+}
+
+/* Everything a rank can fail at before training; each rank reports its own. */
+static int setup_rank(Trainer *t)
+{
+    const TrainOptions *o = &t->opt;
+    char err[512];
+    if (channel_open(&t->channel, t->rank, comm_size(t->world), err, sizeof(err))) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, err);
+        return -1;
+    }
+    kernels_set_threads(o->threads);
+    if (setup_groups(t) || open_data(&t->train, &t->train_windows, o->data, "--data", &o->model))
+        return -1;
+    if (o->val_data &&
+        open_data(&t->val, &t->val_windows, o->val_data, "--val-data", &o->model))
+        return -1;
+    if (setup_model(t))
+        return -1;
+    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, "w"))) {
         fprintf(stderr, "phalanx train: --metrics: cannot write '%s'\n", o->metrics_path);
         return -1;
     }
     return 0;
+}
+
+/* Sums `value` over the world; a failed reduction counts as a failure. */
+static double world_sum(Trainer *t, double value)
+{
+    if (comm_allreduce(t->world, &value, 1, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return NAN;
+    }
+    return value;
+}
+
+static int trainer_setup(Trainer *t)
+{
+    int world = comm_size(t->world);
+    t->rank = comm_rank(t->world);
+    if (options_resolve_layout(&t->opt, world, &t->layout))
+        return -1; /* every rank sees the same options: all stop here */
+    t->coord = layout_coord(t->layout, t->rank);
+    int failed = setup_rank(t) != 0;
+    // every rank learns whether any rank failed, so none waits in a collective for it
+    double failures = world_sum(t, failed);
+    if (failures == 0)
+        return 0;
+    if (t->rank == 0 && !failed)
+        fprintf(stderr, "phalanx train: %.0f rank(s) failed to start; see their messages\n",
+                failures);
+    return -1;
 }
 
 static void trainer_teardown(Trainer *t)
@@ -137,12 +238,17 @@ static void trainer_teardown(Trainer *t)
     gpt_free(&t->gpt);
     tokendata_close(&t->train);
     tokendata_close(&t->val);
+    comm_free(t->dp);
+    comm_free(t->pp);
+    comm_free(t->sp);
+    comm_free(t->dpsp);
+    channel_close(&t->channel);
 }
 
 // ----------------------------------------------------------------------------
 // one step
 
-/* Loads samples [first, first + B) (training order) into the activations. */
+/* Loads samples [first, first + micro-batch) (training order). */
 static void load_train_batch(Trainer *t, uint64_t first)
 {
     int B = t->acts.B, T = t->acts.T;
@@ -153,67 +259,96 @@ static void load_train_batch(Trainer *t, uint64_t first)
     }
 }
 
-/* Forward and backward over the step's micro-batches; returns the mean loss. */
-static double accumulate_gradients(Trainer *t, long step_index)
+/* The backward pass of the step's last micro-batch: buckets of final
+ * gradients start their allreduce while earlier layers are still computed. */
+static int backward_with_sync(Trainer *t, float dloss)
 {
-    const TrainOptions *o = &t->opt;
-    int accumulation = o->global_batch / o->micro_batch;
-    float dloss = 1.0f / ((float)o->global_batch * (float)o->model.seq_len);
-    uint64_t cursor = (uint64_t)step_index * (uint64_t)o->global_batch;
-    double loss_sum = 0.0;
-    gpt_zero_grad(&t->gpt);
-    for (int k = 0; k < accumulation; k++) {
-        load_train_batch(t, cursor + (uint64_t)k * o->micro_batch);
-        loss_sum += gpt_forward(&t->gpt, &t->acts);
-        gpt_backward(&t->gpt, &t->acts, &t->scratch, dloss);
+    GPT *gpt = &t->gpt;
+    char name[48];
+    gpt_head_backward(gpt, &t->acts, &t->scratch, dloss);
+    if (gradsync_ready_from(&t->sync, gpt_find_tensor(gpt, "lnf.weight")->offset))
+        return -1;
+    for (int l = gpt->layer_end - 1; l >= gpt->layer_begin; l--) {
+        gpt_layer_backward(gpt, &t->acts, &t->scratch, l);
+        snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
+        if (gradsync_ready_from(&t->sync, gpt_find_tensor(gpt, name)->offset))
+            return -1;
     }
-    return loss_sum / accumulation;
+    gpt_embed_backward(gpt, &t->acts, &t->scratch, 0);
+    return gradsync_ready_from(&t->sync, 0);
 }
 
+/* Forward and backward over this replica's micro-batches, gradients summed
+ * over dp x sp. Returns this rank's share of the global mean loss, or NAN. */
+static double compute_gradients(Trainer *t, long step_index, double *comm_seconds)
+{
+    const TrainOptions *o = &t->opt;
+    int per_replica = o->global_batch / o->micro_batch / t->layout.dp;
+    float dloss = 1.0f / ((float)o->global_batch * (float)o->model.seq_len);
+    uint64_t first = (uint64_t)step_index * (uint64_t)o->global_batch +
+                     (uint64_t)t->coord.dp * (uint64_t)per_replica * (uint64_t)o->micro_batch;
+    double loss_share = 0.0;
+    gpt_zero_grad(&t->gpt);
+    gradsync_begin(&t->sync);
+    for (int k = 0; k < per_replica; k++) {
+        load_train_batch(t, first + (uint64_t)k * o->micro_batch);
+        loss_share += gpt_forward(&t->gpt, &t->acts) * o->micro_batch / o->global_batch;
+        if (k < per_replica - 1)
+            gpt_backward(&t->gpt, &t->acts, &t->scratch, dloss);
+        else if (backward_with_sync(t, dloss))
+            goto failed;
+    }
+    if (gradsync_finish(&t->sync))
+        goto failed;
+    *comm_seconds = t->sync.comm_seconds;
+    return loss_share;
+failed:
+    fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
+    return NAN;
+}
+
+/* Validation loss: replica r evaluates batches r, r + dp, ...; summed over the world. */
 static double evaluate(Trainer *t)
 {
     int B = t->acts.B, T = t->acts.T;
-    double loss_sum = 0.0;
-    for (int k = 0; k < t->opt.eval_batches; k++) {
+    double share = 0.0;
+    for (int k = t->coord.dp; k < t->opt.eval_batches; k += t->layout.dp) {
         for (int b = 0; b < B; b++) {
             size_t window = ((size_t)k * B + b) % t->val_windows;
             tokendata_window(&t->val, T, window, t->acts.tokens + (size_t)b * T,
                              t->acts.targets + (size_t)b * T);
         }
-        loss_sum += gpt_forward(&t->gpt, &t->acts);
+        share += gpt_forward(&t->gpt, &t->acts) / t->opt.eval_batches;
     }
-    return loss_sum / t->opt.eval_batches;
+    return world_sum(t, share);
 }
 
-static void write_metrics(Trainer *t, const StepReport *r)
+/* The step's numbers every rank must agree on: loss and whether to stop. */
+static int agree_on_step(Trainer *t, double loss_share, StepReport *r)
 {
-    if (!t->metrics)
-        return;
-    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
-    fprintf(t->metrics,
-            "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
-            "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g",
-            r->step, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds, r->grad_norm);
-    if (r->has_val)
-        fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
-    fprintf(t->metrics, "}\n");
-    fflush(t->metrics);
+    bool stop = stop_signal != 0 || channel_stop_requested(&t->channel);
+    double values[2] = {loss_share, stop ? 1.0 : 0.0};
+    if (comm_allreduce(t->world, values, 2, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return -1;
+    }
+    r->loss = values[0];
+    r->stop = values[1] > 0;
+    return 0;
 }
 
-static void print_progress(const Trainer *t, const StepReport *r, double elapsed)
+static int check_finite(const Trainer *t, const StepReport *r)
 {
-    if (t->opt.quiet)
-        return;
-    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
-    double eta = elapsed / r->step * (t->opt.steps - r->step);
-    printf("step %5ld/%ld | loss %.4f | lr %.2e | batch %d | %.0f tok/s | grad %.3f | "
-           "ckpt off | ETA %dm%02ds",
-           r->step, t->opt.steps, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds,
-           r->grad_norm, (int)(eta / 60), (int)eta % 60);
-    if (r->has_val)
-        printf(" | val %.4f", r->val_loss);
-    printf("\n");
-    fflush(stdout);
+    if (isfinite(r->loss) && isfinite(r->grad_norm))
+        return 0;
+    double bad = isfinite(r->loss) ? r->grad_norm : r->loss;
+    if (t->rank == 0)
+        fprintf(stderr,
+                "phalanx train: the %s is %s at step %ld: training diverged; lower --lr "
+                "(now %g) or use --clip\n",
+                isfinite(r->loss) ? "gradient norm" : "loss", isnan(bad) ? "NaN" : "infinite",
+                r->step, t->opt.lr);
+    return -1;
 }
 
 static int train_step(Trainer *t, long step_index, StepReport *r)
@@ -221,17 +356,13 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     const TrainOptions *o = &t->opt;
     double start = now_seconds();
     r->step = step_index + 1;
-    r->loss = accumulate_gradients(t, step_index);
-    r->grad_norm = sqrt(optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count));
-    if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
-        double bad = isfinite(r->loss) ? r->grad_norm : r->loss;
-        fprintf(stderr,
-                "phalanx train: the %s is %s at step %ld: training diverged; lower --lr "
-                "(now %g) or use --clip\n",
-                isfinite(r->loss) ? "gradient norm" : "loss", isnan(bad) ? "NaN" : "infinite",
-                r->step, o->lr);
+    double loss_share = compute_gradients(t, step_index, &r->comm_seconds);
+    if (agree_on_step(t, loss_share, r))
         return -1;
-    }
+    // every rank of dp x sp now holds the same summed gradients
+    r->grad_norm = sqrt(optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count));
+    if (check_finite(t, r))
+        return -1;
     float clip_scale = optim_clip_scale(r->grad_norm, o->clip);
     r->lr = schedule_lr(&t->schedule, (double)r->step * o->global_batch);
     optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
@@ -245,40 +376,91 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
 }
 
 // ----------------------------------------------------------------------------
-// output of the final parameters (for tests and for inspection)
+// reporting
 
+static void write_metrics(Trainer *t, const StepReport *r)
+{
+    if (!t->metrics)
+        return;
+    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
+    fprintf(t->metrics,
+            "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
+            "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g, \"step_ms\": %.3f, "
+            "\"grad_comm_ms\": %.3f",
+            r->step, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds, r->grad_norm,
+            r->seconds * 1e3, r->comm_seconds * 1e3);
+    if (r->has_val)
+        fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
+    fprintf(t->metrics, "}\n");
+    fflush(t->metrics);
+}
+
+static void print_progress(Trainer *t, const StepReport *r, double elapsed)
+{
+    char line[512];
+    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
+    double eta = elapsed / r->step * (t->opt.steps - r->step);
+    int used = snprintf(line, sizeof(line),
+                        "step %5ld/%ld | loss %.4f | lr %.2e | batch %d | %.0f tok/s | "
+                        "grad %.3f | ckpt off | ETA %dm%02ds",
+                        r->step, t->opt.steps, r->loss, r->lr, t->opt.global_batch,
+                        tokens / r->seconds, r->grad_norm, (int)(eta / 60), (int)eta % 60);
+    if (r->has_val)
+        snprintf(line + used, sizeof(line) - (size_t)used, " | val %.4f", r->val_loss);
+    report_line(t, r->step, line);
+}
+
+static void print_header(Trainer *t)
+{
+    const TrainOptions *o = &t->opt;
+    char line[512];
+    snprintf(line, sizeof(line),
+             "phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
+             "%s, global batch %d (micro-batch %d); layout dp=%d pp=%d sp=%d on %d rank(s); "
+             "%zu training windows",
+             t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
+             o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
+             o->micro_batch, t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world),
+             t->train_windows);
+    report_line(t, 0, line);
+}
+
+/* Final parameters as raw float32 plus a JSON manifest (tests, inspection). */
 static int dump_params(const GPT *gpt, const char *path)
 {
     char manifest[4096];
     snprintf(manifest, sizeof(manifest), "%s.json", path);
     FILE *raw = fopen(path, "wb");
     FILE *json = fopen(manifest, "w");
-    if (!raw || !json) {
-        fprintf(stderr, "phalanx train: --dump-params: cannot write '%s'\n", path);
-        if (raw)
-            fclose(raw);
-        if (json)
-            fclose(json);
-        return -1;
+    int status = raw && json ? 0 : -1;
+    if (status == 0) {
+        fwrite(gpt->params, sizeof(float), gpt->param_count, raw);
+        gpt_write_manifest(gpt, json);
     }
-    fwrite(gpt->params, sizeof(float), gpt->param_count, raw);
-    gpt_write_manifest(gpt, json);
-    fclose(raw);
-    return fclose(json) == 0 ? 0 : -1;
+    if (raw && fclose(raw) != 0)
+        status = -1;
+    if (json && fclose(json) != 0)
+        status = -1;
+    if (status != 0)
+        fprintf(stderr, "phalanx train: --dump-params: cannot write '%s'\n", path);
+    return status;
 }
 
 // ----------------------------------------------------------------------------
 
-static void print_header(const Trainer *t)
+static int finish(Trainer *t, const StepReport *r, double seconds)
 {
-    const TrainOptions *o = &t->opt;
-    if (o->quiet)
-        return;
-    printf("phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
-           "%s, global batch %d = %d x %d micro-batches; %zu training windows\n",
-           t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
-           o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
-           o->micro_batch, o->global_batch / o->micro_batch, t->train_windows);
+    char line[256];
+    int used = snprintf(line, sizeof(line), "%s: %ld steps in %.1f s, final loss %.4f",
+                        r->stop ? "stopped" : "done", r->step, seconds, r->loss);
+    if (r->has_val)
+        snprintf(line + used, sizeof(line) - (size_t)used, ", validation loss %.4f", r->val_loss);
+    report_line(t, 0, line);
+    if (t->rank == 0 && t->opt.dump_params_path && dump_params(&t->gpt, t->opt.dump_params_path))
+        return 1;
+    if (r->stop)
+        return 128 + (stop_signal ? stop_signal : SIGTERM);
+    return 0;
 }
 
 static int run_training(Trainer *t)
@@ -289,19 +471,13 @@ static int run_training(Trainer *t)
     for (long s = 0; s < t->opt.steps; s++) {
         if (train_step(t, s, &report))
             return 1;
-        write_metrics(t, &report);
+        if (t->rank == 0)
+            write_metrics(t, &report);
         print_progress(t, &report, now_seconds() - start);
+        if (report.stop)
+            break;
     }
-    if (!t->opt.quiet) {
-        printf("done: %ld steps in %.1f s, final loss %.4f", t->opt.steps,
-               now_seconds() - start, report.loss);
-        if (report.has_val)
-            printf(", validation loss %.4f", report.val_loss);
-        printf("\n");
-    }
-    if (t->opt.dump_params_path && dump_params(&t->gpt, t->opt.dump_params_path))
-        return 1;
-    return 0;
+    return finish(t, &report, now_seconds() - start);
 }
 
 int train_main(int argc, char **argv)
@@ -311,9 +487,29 @@ int train_main(int argc, char **argv)
     int parsed = options_parse(&trainer.opt, argc, argv);
     if (parsed != 0)
         return parsed > 0 ? 0 : 2;
+    char err[512];
+    trainer.world = comm_world_init(&argc, &argv, err, sizeof(err));
+    if (!trainer.world) {
+        fprintf(stderr, "phalanx train: %s\n", err);
+        return 1;
+    }
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
     int status = trainer_setup(&trainer) ? 1 : run_training(&trainer);
+    channel_send(&trainer.channel, "done %d %d", trainer.rank, status);
     trainer_teardown(&trainer);
+    comm_world_finalize(trainer.world);
     return status;
+}
+
+int train_check_launch(int world, int argc, char **argv)
+{
+    TrainOptions options;
+    int parsed = options_parse(&options, argc, argv);
+    if (parsed != 0)
+        return parsed > 0 ? 0 : 2;
+    Layout layout;
+    return options_resolve_layout(&options, world, &layout) ? 2 : 0;
 }
 
 int data_main(int argc, char **argv)

@@ -1,0 +1,43 @@
+/*
+ * gradsync: sums gradients over the data-parallel x sequence-parallel group
+ * in buckets, overlapped with the backward pass.
+ *
+ * The backward pass finishes gradients from the end of the parameter buffer
+ * towards its start (head, last layer, ..., first layer, embeddings), so
+ * "everything from offset o on is final" describes readiness completely.
+ * The caller reports that with gradsync_ready_from() during the last
+ * micro-batch's backward pass; a bucket (a contiguous range of at least
+ * bucket_floats, or the rest) is launched as a non-blocking allreduce as soon
+ * as it is final, and gradsync_finish() launches what is left and waits.
+ * With a group of one rank every call does nothing.
+ */
+#ifndef PHALANX_GRADSYNC_H
+#define PHALANX_GRADSYNC_H
+
+#include "comm.h"
+
+#include <stddef.h>
+
+#define GRADSYNC_MAX_BUCKETS 1024
+
+typedef struct {
+    Comm *comm;
+    float *grads;
+    size_t count;         /* floats in grads */
+    size_t bucket_floats; /* smallest bucket worth a message */
+    size_t launched_from; /* [launched_from, count) is in flight or done */
+    CommRequest *requests[GRADSYNC_MAX_BUCKETS];
+    int request_count;
+    double comm_seconds;  /* time spent waiting in gradsync_finish, this step */
+    char error[256];
+} GradSync;
+
+void gradsync_init(GradSync *sync, Comm *comm, float *grads, size_t count, size_t bucket_floats);
+/* Starts a new step: nothing launched yet. */
+void gradsync_begin(GradSync *sync);
+/* Gradients at offsets >= `offset` are final on this rank. Returns 0 or -1. */
+int gradsync_ready_from(GradSync *sync, size_t offset);
+/* Launches the rest and waits for every bucket. Returns 0 or -1 (sync->error). */
+int gradsync_finish(GradSync *sync);
+
+#endif

@@ -1,0 +1,131 @@
+/* The rank grid and its rules (contract in topology.h). */
+#include "topology.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Parallel axes this build can train with. The grid and its communicators
+ * exist for all three; the pipeline and sequence-parallel schedules arrive
+ * in later issues, and until then a layout using them is refused. */
+#define PIPELINE_SUPPORTED false
+#define SEQUENCE_PARALLEL_SUPPORTED false
+
+GridCoord layout_coord(Layout l, int rank)
+{
+    GridCoord c;
+    c.sp = rank % l.sp;
+    c.dp = (rank / l.sp) % l.dp;
+    c.pp = rank / (l.sp * l.dp);
+    return c;
+}
+
+int layout_rank(Layout l, GridCoord c)
+{
+    return c.sp + l.sp * (c.dp + l.dp * c.pp);
+}
+
+/* The first rule the layout breaks, as a sentence; NULL when it fits. */
+static const char *broken_rule(Layout l, int world, const LayoutNeeds *n, char *buf,
+                               size_t len)
+{
+    const GPTConfig *m = &n->model;
+    if (l.dp < 1 || l.pp < 1 || l.sp < 1)
+        snprintf(buf, len, "every axis needs at least 1 rank");
+    else if (l.dp * l.pp * l.sp != world)
+        snprintf(buf, len, "dp x pp x sp = %d x %d x %d = %d ranks, but the world has %d",
+                 l.dp, l.pp, l.sp, l.dp * l.pp * l.sp, world);
+    else if (l.pp > 1 && !PIPELINE_SUPPORTED)
+        snprintf(buf, len, "pp = %d: pipeline parallelism is not implemented yet", l.pp);
+    else if (l.sp > 1 && !SEQUENCE_PARALLEL_SUPPORTED)
+        snprintf(buf, len, "sp = %d: sequence parallelism is not implemented yet", l.sp);
+    else if (l.pp > m->layers)
+        snprintf(buf, len, "pp = %d stages but the model has %d layers", l.pp, m->layers);
+    else if (m->heads % l.sp != 0)
+        snprintf(buf, len, "--heads %d is not divisible by sp = %d", m->heads, l.sp);
+    else if (m->seq_len % l.sp != 0)
+        snprintf(buf, len, "--seq-len %d is not divisible by sp = %d", m->seq_len, l.sp);
+    else if (n->global_batch % (n->micro_batch * l.dp) != 0)
+        snprintf(buf, len,
+                 "--global-batch %d is not divisible by micro-batch x dp = %d x %d = %d",
+                 n->global_batch, n->micro_batch, l.dp, n->micro_batch * l.dp);
+    else
+        return NULL;
+    return buf;
+}
+
+int layout_valid_list(int world, const LayoutNeeds *needs, Layout *out, int max)
+{
+    char scratch[256];
+    int count = 0;
+    // pp and sp ascending: the first layouts found are the most data-parallel
+    for (int pp = 1; pp <= world; pp++) {
+        for (int sp = 1; sp * pp <= world; sp++) {
+            if (world % (pp * sp) != 0)
+                continue;
+            Layout l = {world / (pp * sp), pp, sp};
+            if (broken_rule(l, world, needs, scratch, sizeof(scratch)))
+                continue;
+            if (count < max)
+                out[count] = l;
+            count++;
+        }
+    }
+    return count;
+}
+
+static void append_valid_layouts(int world, const LayoutNeeds *needs, char *err, size_t len)
+{
+    Layout valid[32];
+    int count = layout_valid_list(world, needs, valid, 32);
+    size_t used = strlen(err);
+    if (count == 0) {
+        snprintf(err + used, len - used,
+                 "; no layout fits %d ranks with this model and batch (check --global-batch, "
+                 "--micro-batch, --heads, --seq-len)",
+                 world);
+        return;
+    }
+    used += (size_t)snprintf(err + used, len - used, "; valid layouts for %d ranks:", world);
+    for (int i = 0; i < count && i < 32 && used < len; i++)
+        used += (size_t)snprintf(err + used, len - used, "%s --dp %d --pp %d --sp %d",
+                                 i ? "," : "", valid[i].dp, valid[i].pp, valid[i].sp);
+}
+
+int layout_check(Layout layout, int world, const LayoutNeeds *needs, char *err, size_t err_len)
+{
+    char rule[256];
+    if (!broken_rule(layout, world, needs, rule, sizeof(rule)))
+        return 0;
+    snprintf(err, err_len, "layout dp=%d pp=%d sp=%d does not fit: %s", layout.dp, layout.pp,
+             layout.sp, rule);
+    append_valid_layouts(world, needs, err, err_len);
+    return -1;
+}
+
+int layout_auto(int world, const LayoutNeeds *needs, Layout *out, char *err, size_t err_len)
+{
+    if (layout_valid_list(world, needs, out, 1) > 0)
+        return 0;
+    snprintf(err, err_len, "--layout auto: no layout fits %d ranks", world);
+    Layout pure_dp = {world, 1, 1};
+    char rule[256];
+    if (broken_rule(pure_dp, world, needs, rule, sizeof(rule))) {
+        size_t used = strlen(err);
+        snprintf(err + used, err_len - used, " (pure data parallelism: %s)", rule);
+    }
+    return -1;
+}
+
+bool layout_parse(const char *text, Layout *out, bool *is_auto)
+{
+    *is_auto = strcmp(text, "auto") == 0;
+    if (*is_auto)
+        return true;
+    Layout l;
+    char tail;
+    if (sscanf(text, "%dx%dx%d%c", &l.dp, &l.pp, &l.sp, &tail) != 3 || l.dp < 1 || l.pp < 1 ||
+        l.sp < 1)
+        return false;
+    *out = l;
+    return true;
+}

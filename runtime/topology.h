@@ -1,0 +1,49 @@
+/*
+ * topology: the rank grid (DESIGN.md "Rank grid").
+ *
+ *   world = dp * pp * sp,   rank = sp_i + sp * (dp_i + dp * pp_i)
+ *
+ * Sequence-parallel peers are neighbours, pipeline stages farthest apart.
+ * layout_check() applies every rule that ties a layout to the world size, the
+ * model and the batch, and on failure writes a message that names the broken
+ * constraint and lists the valid layouts for this world size.
+ */
+#ifndef PHALANX_TOPOLOGY_H
+#define PHALANX_TOPOLOGY_H
+
+#include "gpt.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct {
+    int dp, pp, sp;
+} Layout;
+
+typedef struct {
+    int dp, pp, sp; /* this rank's index along each axis */
+} GridCoord;
+
+/* What a layout must fit besides the world size. */
+typedef struct {
+    GPTConfig model;
+    int micro_batch, global_batch;
+} LayoutNeeds;
+
+GridCoord layout_coord(Layout layout, int rank);
+int layout_rank(Layout layout, GridCoord coord);
+
+/* 0 when `layout` fits; -1 with the broken rule and the valid layouts in err. */
+int layout_check(Layout layout, int world, const LayoutNeeds *needs, char *err, size_t err_len);
+
+/* Writes up to `max` valid layouts for `world`, most data-parallel first;
+ * returns how many exist. */
+int layout_valid_list(int world, const LayoutNeeds *needs, Layout *out, int max);
+
+/* The preferred valid layout (the most data-parallel), or -1 with a message. */
+int layout_auto(int world, const LayoutNeeds *needs, Layout *out, char *err, size_t err_len);
+
+/* Parses "auto" (sets *is_auto) or "DPxPPxSP" such as "2x2x1". */
+bool layout_parse(const char *text, Layout *out, bool *is_auto);
+
+#endif
