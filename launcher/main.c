@@ -2,8 +2,10 @@
  * phalanx: the command. Subcommands:
  *   train          one training worker (runtime/)
  *   data prepare   text files -> token shards
- * Later issues add: run (launch N ranks), drill (failure injection), ckpt.
+ *   run            start N ranks with mpirun or srun and watch them (launcher/)
+ * Later issues add: drill (failure injection), ckpt.
  */
+#include "launcher.h"
 #include "runtime.h"
 
 #include <stdio.h>
@@ -14,6 +16,7 @@ static void usage(FILE *out)
     fputs("usage: phalanx COMMAND [options]\n"
           "\n"
           "commands:\n"
+          "  run            start N training ranks with mpirun or srun (see phalanx run --help)\n"
           "  train          train a model on this process (see phalanx train --help)\n"
           "  data prepare   turn text files into token shards (see phalanx data prepare --help)\n"
           "  help           this text\n",
@@ -29,6 +32,8 @@ int main(int argc, char **argv)
     const char *command = argv[1];
     if (strcmp(command, "train") == 0)
         return train_main(argc - 1, argv + 1);
+    if (strcmp(command, "run") == 0)
+        return run_main(argc - 1, argv + 1);
     if (strcmp(command, "data") == 0)
         return data_main(argc - 1, argv + 1);
     if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||

@@ -204,6 +204,7 @@ class SlurmCluster:
         self._rundir = None  # short directory for the sockets (munge, spool, TmpFS)
         self._own_rundir = False
         self.started = False
+        self.forced = []  # daemons that stop() had to SIGKILL after the grace period
 
     # ------------------------------------------------------------------ paths
     @property
@@ -534,7 +535,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
         return {k: d.popen.pid for k, d in self._daemons.items() if d.alive()}
 
     # ------------------------------------------------------------------- stop
-    def _stop_slurm_daemons(self, grace=3.0):
+    def _stop_slurm_daemons(self, grace=2.0):
         keys = [k for k in self._daemons if k != "munged"]
         self._terminate(keys, grace)
 
@@ -549,21 +550,29 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
                 d.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 d.popen.kill()
+                self.forced.append(d.name)
         for d in daemons:
             try:
                 d.popen.wait(5)
             except subprocess.TimeoutExpired:
                 pass
 
-    def stop(self, grace=3.0):
+    def stop(self, grace=2.0):
         """Kills every job step, task and client of this cluster, then the daemons (SIGTERM, SIGKILL
-        after `grace` seconds). Bounded in time, idempotent, never raises for a dead process."""
+        after `grace` seconds) and their helpers (slurmscriptd). Bounded in time (a few seconds),
+        idempotent, never raises for a dead process. `forced` lists the daemons that needed SIGKILL."""
         if not self.started:
             return
         self.started = False
         try:
+            table = _process_table()
+            helpers = _descendants({d.popen.pid for d in self._daemons.values() if d.alive()}, table)
             self._kill_tree(self._cluster_processes)
+            # slurmctld first: while the slurmds are up its last RPCs to them do not hang in retries.
+            self._terminate(["slurmctld"], grace)
             self._terminate([k for k in self._daemons if k != "munged"], grace)
+            # A SIGKILLed slurmctld leaves its slurmscriptd behind: kill it (if still ours).
+            _signal([p for p in helpers if (_read_environ(p) or {}).get(MARK_ID) == self.id], signal.SIGKILL)
             self._kill_tree(self._cluster_processes)  # steps spawned during shutdown
             self._terminate(list(self._daemons), grace)
         finally:

@@ -1,0 +1,116 @@
+/* Starting the ranks with mpirun or srun (contract in spawn.h). */
+#include "spawn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_ARGS 512
+
+typedef struct {
+    char *items[MAX_ARGS];
+    int count;
+    char numbers[4][32];
+} Argv;
+
+static void add(Argv *a, const char *item)
+{
+    if (a->count < MAX_ARGS - 1)
+        a->items[a->count++] = (char *)item;
+    a->items[a->count] = NULL;
+}
+
+Via spawn_resolve_via(Via via)
+{
+    if (via != VIA_AUTO)
+        return via;
+    return getenv("SLURM_JOB_ID") ? VIA_SRUN : VIA_MPIRUN;
+}
+
+bool spawn_is_multi_host(const SpawnPlan *plan)
+{
+    return spawn_resolve_via(plan->via) == VIA_SRUN || plan->hostfile || plan->hosts;
+}
+
+/* Threads per rank when the user did not choose: the cores of this host
+ * shared among the ranks on it, so that ranks do not fight over cores. */
+static void default_threads(const SpawnPlan *plan)
+{
+    if (getenv("OMP_NUM_THREADS") || spawn_is_multi_host(plan))
+        return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long per_rank = cores / plan->ranks;
+    char value[32];
+    snprintf(value, sizeof(value), "%ld", per_rank > 0 ? per_rank : 1);
+    setenv("OMP_NUM_THREADS", value, 1);
+}
+
+static void build_mpirun(const SpawnPlan *plan, Argv *a)
+{
+    add(a, "mpirun");
+    add(a, "-n");
+    snprintf(a->numbers[0], sizeof(a->numbers[0]), "%d", plan->ranks);
+    add(a, a->numbers[0]);
+    if (plan->hostfile) {
+        add(a, "--hostfile");
+        add(a, plan->hostfile);
+    } else if (plan->hosts) {
+        add(a, "--host");
+        add(a, plan->hosts);
+    } else {
+        add(a, "--oversubscribe"); /* one host: as many ranks as asked, whatever the cores */
+    }
+    add(a, "--bind-to");
+    add(a, "none");
+    if (geteuid() == 0)
+        add(a, "--allow-run-as-root");
+    add(a, "-x");
+    add(a, "PHALANX_CHANNEL");
+    if (getenv("OMP_NUM_THREADS")) {
+        add(a, "-x");
+        add(a, "OMP_NUM_THREADS");
+    }
+}
+
+static void build_srun(const SpawnPlan *plan, Argv *a)
+{
+    add(a, "srun");
+    add(a, "-n");
+    snprintf(a->numbers[0], sizeof(a->numbers[0]), "%d", plan->ranks);
+    add(a, a->numbers[0]);
+    add(a, "--mpi=pmix");
+    add(a, "--kill-on-bad-exit=1");
+}
+
+pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len)
+{
+    default_threads(plan);
+    Argv a = {.count = 0};
+    if (spawn_resolve_via(plan->via) == VIA_SRUN)
+        build_srun(plan, &a);
+    else
+        build_mpirun(plan, &a);
+    add(&a, plan->worker);
+    add(&a, "train");
+    for (int i = 0; i < plan->train_argc; i++)
+        add(&a, plan->train_argv[i]);
+    if (a.count >= MAX_ARGS - 1) {
+        snprintf(err, err_len, "too many training options (at most %d)", MAX_ARGS - 8);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, err_len, "fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        execvp(a.items[0], a.items);
+        fprintf(stderr, "phalanx run: cannot start %s: %s\n", a.items[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid); /* also here: no race with the child's own call */
+    return pid;
+}

@@ -1,0 +1,31 @@
+/*
+ * spawn: the command line that starts the ranks (mpirun or srun), and the
+ * child process that runs it, in a process group of its own so that a
+ * terminal's Ctrl-C reaches only the launcher, which then stops the ranks
+ * cleanly.
+ */
+#ifndef PHALANX_SPAWN_H
+#define PHALANX_SPAWN_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+typedef enum { VIA_AUTO, VIA_MPIRUN, VIA_SRUN } Via;
+
+typedef struct {
+    int ranks;
+    Via via;
+    const char *hostfile, *hosts; /* mpirun across hosts */
+    const char *worker;           /* the phalanx binary the ranks run */
+    char **train_argv;            /* options after `--` */
+    int train_argc;
+} SpawnPlan;
+
+/* VIA_AUTO resolves to srun inside a Slurm allocation (SLURM_JOB_ID), else mpirun. */
+Via spawn_resolve_via(Via via);
+/* True when ranks may run on other hosts (the channel must not be loopback). */
+bool spawn_is_multi_host(const SpawnPlan *plan);
+/* Forks and execs the job; returns the child's pid, or -1 with a message in err. */
+pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len);
+
+#endif

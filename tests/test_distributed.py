@@ -1,0 +1,165 @@
+"""`phalanx run` on several ranks (real mpirun, oversubscribed on this host).
+
+Layout invariance is checked at 1e-5 relative: every layout sums the same
+per-token gradients, only in another order (per-replica partial sums, then an
+MPI allreduce), which moves float32 results by a few ulps per step; 1e-5 after
+20 steps is well above that and far below a wrong share of samples or a
+missing gradient (those move the loss at the 1e-3 level or more)."""
+import json
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run
+from shards import structured_text, text_tokens, write_shard
+
+TIMINGS = {"tokens_per_s", "step_ms", "grad_comm_ms"}
+MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "7"]
+RUN = MODEL + ["--global-batch", "32", "--micro-batch", "4", "--steps", "20", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=5)))
+    return d
+
+
+def launch(phalanx, corpus, out, ranks, *extra, launcher=()):
+    """Runs the standard 20-step run on `ranks` ranks; returns (metrics, params)."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, params = out / "metrics.jsonl", out / "params.bin"
+    train = ["--data", corpus / "train.bin", *RUN, "--metrics", metrics,
+             "--dump-params", params, *extra]
+    if ranks == 1:
+        result = run([phalanx, "train", *train])
+    else:
+        result = run([phalanx, "run", "-n", ranks, *launcher, "--", *train])
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return rows, np.fromfile(params, dtype=np.float32)
+
+
+def assert_same_run(a, b, rtol):
+    rows_a, params_a = a
+    rows_b, params_b = b
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    loss_a = np.array([r["loss"] for r in rows_a])
+    loss_b = np.array([r["loss"] for r in rows_b])
+    np.testing.assert_allclose(loss_b, loss_a, rtol=rtol, atol=0)
+    scale = np.abs(params_a).max()
+    np.testing.assert_allclose(params_b, params_a, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.fixture(scope="module")
+def reference(phalanx, corpus, tmp_path_factory):
+    return launch(phalanx, corpus, tmp_path_factory.mktemp("dp1"), 1)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_data_parallel_matches_one_rank(phalanx, corpus, tmp_path, reference, ranks):
+    result = launch(phalanx, corpus, tmp_path, ranks)
+    assert_same_run(reference, result, rtol=1e-5)
+    # not trivially equal: the reduction order really differs
+    assert result[0][-1]["loss"] != 0
+
+
+def test_same_layout_twice_is_bit_identical(phalanx, corpus, tmp_path):
+    (rows_a, params_a), (rows_b, params_b) = (
+        launch(phalanx, corpus, tmp_path / name, 2) for name in ("a", "b"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+    assert strip(rows_a) == strip(rows_b)
+    assert params_a.tobytes() == params_b.tobytes()
+
+
+def test_one_progress_line_per_step(phalanx, corpus, tmp_path):
+    result = run([phalanx, "run", "-n", "2", "--", "--data", corpus / "train.bin", *MODEL,
+                  "--global-batch", "8", "--micro-batch", "4", "--steps", "3"])
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3, result.stdout
+    assert "dp=2 pp=1 sp=1 on 2 rank(s)" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# bad inputs: a clear message, a non-zero exit, no hang
+
+def test_world_size_not_matching_the_layout(phalanx, corpus):
+    result = run([phalanx, "run", "-n", "2", "--", "--data", corpus / "train.bin", *RUN,
+                  "--dp", "4"], timeout=60)
+    assert result.returncode == 2
+    assert "dp x pp x sp = 4 x 1 x 1 = 4 ranks, but the world has 2" in result.stderr
+    assert "valid layouts for 2 ranks: --dp 2 --pp 1 --sp 1" in result.stderr
+
+
+def test_global_batch_not_divisible_by_micro_batch_times_dp(phalanx, corpus):
+    result = run([phalanx, "run", "-n", "4", "--", "--data", corpus / "train.bin", *MODEL,
+                  "--global-batch", "24", "--micro-batch", "4", "--dp", "4"], timeout=60)
+    assert result.returncode == 2
+    assert "--global-batch 24 is not divisible by micro-batch x dp = 4 x 4 = 16" in result.stderr
+
+
+def test_missing_worker_binary(phalanx, corpus, tmp_path):
+    result = run([phalanx, "run", "-n", "2", "--worker", tmp_path / "no-such-phalanx", "--",
+                  "--data", corpus / "train.bin", *RUN], timeout=60)
+    assert result.returncode != 0
+    assert "no-such-phalanx" in result.stderr and "cannot be run" in result.stderr
+
+
+def wrapper(tmp_path, phalanx, body):
+    """A worker script: `body` runs first (with $RANK), then the real phalanx."""
+    script = tmp_path / "worker.sh"
+    script.write_text("#!/bin/bash\nRANK=${OMPI_COMM_WORLD_RANK:-$PMIX_RANK}\n"
+                      f"{body}\nexec {phalanx} \"$@\"\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_missing_data_on_one_rank(phalanx, corpus, tmp_path):
+    """Rank 1 sees no data (as on a node without the file system): every rank stops."""
+    worker = wrapper(tmp_path, phalanx,
+                     'if [ "$RANK" = 1 ]; then set -- "${@/train.bin/missing.bin}"; fi')
+    start = time.monotonic()
+    result = run([phalanx, "run", "-n", "2", "--worker", worker, "--",
+                  "--data", corpus / "train.bin", *RUN], timeout=120)
+    assert result.returncode != 0
+    assert "missing.bin" in result.stderr
+    assert "1 rank(s) failed to start" in result.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_rank_that_never_starts_is_bounded_by_the_timeout(phalanx, corpus, tmp_path):
+    worker = wrapper(tmp_path, phalanx, 'if [ "$RANK" = 1 ]; then sleep 600; fi')
+    start = time.monotonic()
+    result = run([phalanx, "run", "-n", "2", "--startup-timeout", "3", "--worker", worker,
+                  "--", "--data", corpus / "train.bin", *RUN], timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 3
+    # MPI_Init waits for every rank, so the others may not have said hello either
+    assert re.search(r"only [01] of 2 ranks started within 3 s", result.stderr), result.stderr
+    assert elapsed < 30, elapsed
+
+
+def test_ctrl_c_stops_every_rank_cleanly(phalanx, corpus, tmp_path):
+    proc = subprocess.Popen(
+        [phalanx, "run", "-n", "2", "--", "--data", str(corpus / "train.bin"), *MODEL,
+         "--global-batch", "8", "--micro-batch", "4", "--steps", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        while first and not first.startswith("step "):
+            first = proc.stdout.readline()
+        assert first.startswith("step "), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopped by Ctrl-C after step" in err and "every rank exited cleanly" in err
+    leftovers = subprocess.run(["pgrep", "-f", f"{corpus}/train.bin"], capture_output=True)
+    assert leftovers.stdout == b"", leftovers.stdout
