@@ -183,7 +183,7 @@ class _Daemon:
 class SlurmCluster:
     """A private Slurm 22.05 cluster on this host; see the module docstring."""
 
-    def __init__(self, workdir, nodes=("pn1",), cpus_per_node=8, slurmd_timeout=10, message_timeout=10,
+    def __init__(self, workdir, nodes=("pn1",), cpus_per_node=8, slurmd_timeout=10, message_timeout=5,
                  partition="debug", start_timeout=30.0, extra_conf=""):
         self.workdir = pathlib.Path(workdir).resolve()
         self.nodes = list(nodes)
@@ -198,6 +198,7 @@ class SlurmCluster:
         self.conf = self.workdir / "slurm.conf"
         self.hostname = socket.gethostname().split(".")[0]
         self.id = f"{os.getpid()}-{id(self):x}-{random.getrandbits(32):08x}"
+        self.cluster_name = f"phx{random.getrandbits(24):06x}"
         self.ctld_port = None
         self.node_ports = {}
         self._daemons = {}  # "munged" / "slurmctld" / "slurmd:NAME" -> _Daemon
@@ -214,6 +215,13 @@ class SlurmCluster:
     @property
     def munge_socket(self):
         return self._rundir / "munge" / "munge.socket"
+
+    @property
+    def node_loss_timeout(self):
+        """A safe bound (s) on how long slurmctld takes to mark a killed node down: it pings every
+        SlurmdTimeout/3, a ping fails after MessageTimeout, and the node goes DOWN once it has not
+        answered for SlurmdTimeout; plus 10 s margin. Measured with the defaults (10, 5): 15-19 s."""
+        return self.slurmd_timeout * 4 / 3 + self.message_timeout + 10
 
     def log_path(self, daemon):
         """Log file of "munged", "slurmctld" or a node name."""
@@ -253,7 +261,7 @@ class SlurmCluster:
             f"CPUs={self.cpus_per_node} State=UNKNOWN" for n in self.nodes)
         self.conf.write_text(f"""\
 # Private test cluster {self.id} (tests/slurm_cluster.py)
-ClusterName=phx{random.getrandbits(24):06x}
+ClusterName={self.cluster_name}
 SlurmctldHost={self.hostname}(127.0.0.1)
 SlurmctldPort={self.ctld_port}
 SlurmUser={_username()}
@@ -406,11 +414,16 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
                 # Another process may have taken a port between the bind test and the daemon's bind.
                 if attempt + 1 < attempts and "Address already in use" in str(e):
                     self._stop_slurm_daemons()
+                    shutil.rmtree(self.workdir / "state")
+                    (self.workdir / "state").mkdir()
                     continue
                 raise
 
     def _ctld_up(self):
-        r = self.run(["scontrol", "ping"], timeout=15)
+        try:
+            r = self.run(["scontrol", "ping"], timeout=5)
+        except subprocess.TimeoutExpired:
+            return False
         return r.returncode == 0 and "UP" in r.stdout
 
     # ------------------------------------------------------------------ nodes

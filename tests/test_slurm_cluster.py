@@ -69,9 +69,10 @@ def test_kill_node_is_detected(slurm_factory):
         assert not cluster.node_processes("pn2"), "pn2's step survived kill_node"
         assert cluster.node_processes("pn1") and cluster.node_processes("pn3")
 
-        state = cluster.wait_node_state("pn2", "down", timeout=cluster.slurmd_timeout + 30)
+        state = cluster.wait_node_state("pn2", "down", timeout=cluster.node_loss_timeout)
         detected = time.monotonic() - t0
-        print(f"pn2 {state} {detected:.1f} s after kill_node (SlurmdTimeout={cluster.slurmd_timeout})")
+        print(f"pn2 {state} {detected:.1f} s after kill_node (SlurmdTimeout={cluster.slurmd_timeout}, "
+              f"MessageTimeout={cluster.message_timeout})")
         assert state is not None, f"pn2 not down after {detected:.0f} s: {cluster.node_states()}"
         assert state.endswith("*"), state  # not responding
         assert cluster.node_states()["pn1"] != "down"
