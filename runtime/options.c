@@ -50,6 +50,8 @@ void options_usage(FILE *out)
         "Parallel layout (world = dp x pp x sp ranks, started by `phalanx run`, mpirun or srun):\n"
         "  --dp N, --pp N, --sp N data-parallel replicas, pipeline stages, sequence-parallel\n"
         "                         ranks (an axis not given is 1)\n"
+        "  --pp-split N,N,...     layers per pipeline stage (default: even, earlier stages\n"
+        "                         take the remainder)\n"
         "  --layout auto|DxPxS    auto: the most data-parallel layout that fits (the default\n"
         "                         when no axis is given); or all three axes, e.g. 2x1x1\n"
         "Output:\n"
@@ -69,6 +71,7 @@ enum {
     OPT_OPTIM, OPT_LR, OPT_WEIGHT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP,
     OPT_DECAY_ALL, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR_RATIO, OPT_DECAY_FRACTION,
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
+    OPT_PP_SPLIT,
 };
 
 static const struct option long_options[] = {
@@ -105,6 +108,7 @@ static const struct option long_options[] = {
     {"pp", required_argument, NULL, OPT_PP},
     {"sp", required_argument, NULL, OPT_SP},
     {"layout", required_argument, NULL, OPT_LAYOUT},
+    {"pp-split", required_argument, NULL, OPT_PP_SPLIT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -166,6 +170,27 @@ static int parse_float(const char *flag, const char *text, double min, double ma
     return 0;
 }
 
+/* "3,3,2": layers per pipeline stage (checked against the layout later). */
+static int parse_split(const char *text, TrainOptions *o)
+{
+    char copy[512];
+    snprintf(copy, sizeof(copy), "%s", text);
+    o->pp_split_count = 0;
+    for (char *save, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        if (o->pp_split_count == MAX_STAGES) {
+            fprintf(stderr, "phalanx train: --pp-split: more than %d stages\n", MAX_STAGES);
+            return -1;
+        }
+        long value;
+        if (parse_long("pp-split", item, 0, INT_MAX, &value))
+            return -1;
+        o->pp_split[o->pp_split_count++] = (int)value;
+    }
+    if (o->pp_split_count == 0)
+        return bad_value("pp-split", text, "a list of layer counts such as 3,3,2");
+    return 0;
+}
+
 static void set_defaults(TrainOptions *o)
 {
     memset(o, 0, sizeof(*o));
@@ -211,6 +236,7 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_DP: o->layout_auto = false; return parse_int("dp", arg, 1, &o->layout.dp);
     case OPT_PP: o->layout_auto = false; return parse_int("pp", arg, 1, &o->layout.pp);
     case OPT_SP: o->layout_auto = false; return parse_int("sp", arg, 1, &o->layout.sp);
+    case OPT_PP_SPLIT: return parse_split(arg, o);
     case OPT_LAYOUT:
         if (!layout_parse(arg, &o->layout, &o->layout_auto))
             return bad_value("layout", arg, "a layout (auto, or DPxPPxSP such as 2x2x1)");
@@ -312,9 +338,15 @@ int options_parse(TrainOptions *o, int argc, char **argv)
     return check_combination(o);
 }
 
+LayoutNeeds options_layout_needs(const TrainOptions *o)
+{
+    return (LayoutNeeds){o->model, o->micro_batch, o->global_batch,
+                         o->pp_split_count ? o->pp_split : NULL, o->pp_split_count};
+}
+
 int options_resolve_layout(const TrainOptions *o, int world, Layout *out)
 {
-    LayoutNeeds needs = {o->model, o->micro_batch, o->global_batch};
+    LayoutNeeds needs = options_layout_needs(o);
     char err[2048];
     int status = o->layout_auto ? layout_auto(world, &needs, out, err, sizeof(err))
                                 : layout_check(o->layout, world, &needs, err, sizeof(err));

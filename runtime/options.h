@@ -35,7 +35,12 @@ typedef struct {
     bool quiet; /* no per-step progress lines */
     Layout layout;     /* axes given with --dp/--pp/--sp or --layout DxPxS (others 1) */
     bool layout_auto;  /* --layout auto, or no axis given at all */
+    int pp_split[MAX_STAGES]; /* --pp-split: layers per stage */
+    int pp_split_count;       /* 0: even split */
 } TrainOptions;
+
+/* The constraints a layout must meet for these options. */
+LayoutNeeds options_layout_needs(const TrainOptions *options);
 
 /* The layout for `world` ranks: the one given, or the automatic choice.
  * Returns 0, or -1 after printing the broken rule and the valid layouts. */

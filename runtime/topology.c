@@ -7,7 +7,7 @@
 /* Parallel axes this build can train with. The grid and its communicators
  * exist for all three; the pipeline and sequence-parallel schedules arrive
  * in later issues, and until then a layout using them is refused. */
-#define PIPELINE_SUPPORTED false
+#define PIPELINE_SUPPORTED true
 #define SEQUENCE_PARALLEL_SUPPORTED false
 
 GridCoord layout_coord(Layout l, int rank)
@@ -22,6 +22,33 @@ GridCoord layout_coord(Layout l, int rank)
 int layout_rank(Layout l, GridCoord c)
 {
     return c.sp + l.sp * (c.dp + l.dp * c.pp);
+}
+
+/* The first rule a --pp-split breaks for `pp` stages, or NULL. */
+static const char *broken_split(int pp, const LayoutNeeds *n, char *buf, size_t len)
+{
+    if (!n->pp_split)
+        return NULL;
+    if (n->pp_split_count != pp) {
+        snprintf(buf, len, "--pp-split has %d entries but there are %d pipeline stages",
+                 n->pp_split_count, pp);
+        return buf;
+    }
+    int sum = 0;
+    for (int i = 0; i < pp; i++) {
+        if (n->pp_split[i] < 1) {
+            snprintf(buf, len, "--pp-split gives stage %d %d layers: every stage needs at "
+                               "least one layer", i, n->pp_split[i]);
+            return buf;
+        }
+        sum += n->pp_split[i];
+    }
+    if (sum != n->model.layers) {
+        snprintf(buf, len, "--pp-split sums to %d layers but the model has --layers %d", sum,
+                 n->model.layers);
+        return buf;
+    }
+    return NULL;
 }
 
 /* The first rule the layout breaks, as a sentence; NULL when it fits. */
@@ -39,7 +66,10 @@ static const char *broken_rule(Layout l, int world, const LayoutNeeds *n, char *
     else if (l.sp > 1 && !SEQUENCE_PARALLEL_SUPPORTED)
         snprintf(buf, len, "sp = %d: sequence parallelism is not implemented yet", l.sp);
     else if (l.pp > m->layers)
-        snprintf(buf, len, "pp = %d stages but the model has %d layers", l.pp, m->layers);
+        snprintf(buf, len, "pp = %d stages is more stages than the model's %d layers: each "
+                           "stage needs at least one layer", l.pp, m->layers);
+    else if (broken_split(l.pp, n, buf, len))
+        return buf;
     else if (m->heads % l.sp != 0)
         snprintf(buf, len, "--heads %d is not divisible by sp = %d", m->heads, l.sp);
     else if (m->seq_len % l.sp != 0)
@@ -114,6 +144,16 @@ int layout_auto(int world, const LayoutNeeds *needs, Layout *out, char *err, siz
         snprintf(err + used, err_len - used, " (pure data parallelism: %s)", rule);
     }
     return -1;
+}
+
+void layout_stage_layers(Layout l, const LayoutNeeds *n, int stage, int *begin, int *end)
+{
+    int first = 0;
+    for (int i = 0; i < stage; i++)
+        first += n->pp_split ? n->pp_split[i] : n->model.layers / l.pp + (i < n->model.layers % l.pp);
+    *begin = first;
+    *end = first + (n->pp_split ? n->pp_split[stage]
+                                : n->model.layers / l.pp + (stage < n->model.layers % l.pp));
 }
 
 bool layout_parse(const char *text, Layout *out, bool *is_auto)

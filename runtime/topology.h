@@ -24,10 +24,14 @@ typedef struct {
     int dp, pp, sp; /* this rank's index along each axis */
 } GridCoord;
 
+#define MAX_STAGES 64
+
 /* What a layout must fit besides the world size. */
 typedef struct {
     GPTConfig model;
     int micro_batch, global_batch;
+    const int *pp_split; /* layers per stage (--pp-split), or NULL for an even split */
+    int pp_split_count;
 } LayoutNeeds;
 
 GridCoord layout_coord(Layout layout, int rank);
@@ -42,6 +46,11 @@ int layout_valid_list(int world, const LayoutNeeds *needs, Layout *out, int max)
 
 /* The preferred valid layout (the most data-parallel), or -1 with a message. */
 int layout_auto(int world, const LayoutNeeds *needs, Layout *out, char *err, size_t err_len);
+
+/* Layers [*begin, *end) of pipeline stage `stage`: the --pp-split counts, or
+ * an even split (the first layers % pp stages take one layer more). */
+void layout_stage_layers(Layout layout, const LayoutNeeds *needs, int stage, int *begin,
+                         int *end);
 
 /* Parses "auto" (sets *is_auto) or "DPxPPxSP" such as "2x2x1". */
 bool layout_parse(const char *text, Layout *out, bool *is_auto);

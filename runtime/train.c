@@ -21,6 +21,7 @@
 #include "kernels.h"
 #include "optim.h"
 #include "options.h"
+#include "pipeline.h"
 #include "topology.h"
 
 #include <math.h>
@@ -37,15 +38,15 @@
 typedef struct {
     TrainOptions opt;
     Comm *world, *dp, *pp, *sp, *dpsp;
+    Comm *tied; /* first and last stage of one pipeline: the two copies of wte */
     Layout layout;
     GridCoord coord;
     int rank;
     Channel channel;
     TokenData train, val;
     size_t train_windows, val_windows;
-    GPT gpt;
-    Activations acts;
-    Scratch scratch;
+    GPT gpt; /* this rank's pipeline stage of the model */
+    Pipeline pipe;
     GradSync sync;
     float *m, *v;
     OptimTensor *optim_tensors;
@@ -56,6 +57,7 @@ typedef struct {
 typedef struct {
     long step; /* 1-based: optimizer steps completed */
     double loss, lr, grad_norm, val_loss, seconds, comm_seconds;
+    int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
     bool has_val, stop;
 } StepReport;
 
@@ -152,7 +154,10 @@ static int setup_groups(Trainer *t)
     t->pp = comm_split(t->world, c.dp * l.sp + c.sp, c.pp);
     t->sp = comm_split(t->world, c.pp * l.dp + c.dp, c.sp);
     t->dpsp = comm_split(t->world, c.pp, c.dp * l.sp + c.sp);
-    if (t->dp && t->pp && t->sp && t->dpsp)
+    // ranks outside the first and last stage get a group of their own
+    bool holds_wte = c.pp == 0 || c.pp == l.pp - 1;
+    t->tied = comm_split(t->world, holds_wte ? c.dp * l.sp + c.sp : l.dp * l.sp + t->rank, c.pp);
+    if (t->dp && t->pp && t->sp && t->dpsp && t->tied)
         return 0;
     fprintf(stderr, "phalanx train: rank %d: cannot build the rank groups: %s\n", t->rank,
             comm_error(t->world));
@@ -162,9 +167,12 @@ static int setup_groups(Trainer *t)
 static int setup_model(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
-    if (gpt_init_full(&t->gpt, &o->model) ||
-        acts_init(&t->acts, &t->gpt, o->micro_batch, o->model.seq_len) ||
-        scratch_init(&t->scratch, &t->gpt, o->micro_batch, o->model.seq_len) ||
+    LayoutNeeds needs = options_layout_needs(o);
+    int begin, end, stage = t->coord.pp, micro_batches = o->global_batch / o->micro_batch;
+    layout_stage_layers(t->layout, &needs, stage, &begin, &end);
+    if (gpt_init(&t->gpt, &o->model, begin, end, stage == 0, stage == t->layout.pp - 1) ||
+        pipeline_init(&t->pipe, &t->gpt, t->pp, o->micro_batch, o->model.seq_len,
+                      micro_batches) ||
         setup_optimizer(t)) {
         fprintf(stderr, "phalanx train: out of memory for this model and micro-batch\n");
         return -1;
@@ -233,8 +241,7 @@ static void trainer_teardown(Trainer *t)
     free(t->m);
     free(t->v);
     free(t->optim_tensors);
-    scratch_free(&t->scratch);
-    acts_free(&t->acts);
+    pipeline_free(&t->pipe);
     gpt_free(&t->gpt);
     tokendata_close(&t->train);
     tokendata_close(&t->val);
@@ -242,85 +249,123 @@ static void trainer_teardown(Trainer *t)
     comm_free(t->pp);
     comm_free(t->sp);
     comm_free(t->dpsp);
+    comm_free(t->tied);
     channel_close(&t->channel);
 }
 
 // ----------------------------------------------------------------------------
 // one step
 
-/* Loads samples [first, first + micro-batch) (training order). */
-static void load_train_batch(Trainer *t, uint64_t first)
+/* Where a step's micro-batches come from: training samples from `first` on,
+ * or validation micro-batches first_batch, first_batch + stride, ... */
+typedef struct {
+    Trainer *trainer;
+    uint64_t first;
+    int first_batch, stride;
+} BatchSource;
+
+static void load_train_micro_batch(void *context, int index, Activations *acts)
 {
-    int B = t->acts.B, T = t->acts.T;
-    for (int b = 0; b < B; b++) {
+    BatchSource *src = context;
+    Trainer *t = src->trainer;
+    uint64_t first = src->first + (uint64_t)index * (uint64_t)acts->B;
+    for (int b = 0; b < acts->B; b++) {
         size_t window = sampler_window(t->opt.seed, t->train_windows, first + (uint64_t)b);
-        tokendata_window(&t->train, T, window, t->acts.tokens + (size_t)b * T,
-                         t->acts.targets + (size_t)b * T);
+        tokendata_window(&t->train, acts->T, window, acts->tokens + (size_t)b * acts->T,
+                         acts->targets + (size_t)b * acts->T);
     }
 }
 
-/* The backward pass of the step's last micro-batch: buckets of final
- * gradients start their allreduce while earlier layers are still computed. */
-static int backward_with_sync(Trainer *t, float dloss)
+static void load_val_micro_batch(void *context, int index, Activations *acts)
 {
-    GPT *gpt = &t->gpt;
-    char name[48];
-    gpt_head_backward(gpt, &t->acts, &t->scratch, dloss);
-    if (gradsync_ready_from(&t->sync, gpt_find_tensor(gpt, "lnf.weight")->offset))
-        return -1;
-    for (int l = gpt->layer_end - 1; l >= gpt->layer_begin; l--) {
-        gpt_layer_backward(gpt, &t->acts, &t->scratch, l);
-        snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
-        if (gradsync_ready_from(&t->sync, gpt_find_tensor(gpt, name)->offset))
-            return -1;
+    BatchSource *src = context;
+    Trainer *t = src->trainer;
+    size_t batch = (size_t)src->first_batch + (size_t)index * (size_t)src->stride;
+    for (int b = 0; b < acts->B; b++) {
+        size_t window = (batch * (size_t)acts->B + (size_t)b) % t->val_windows;
+        tokendata_window(&t->val, acts->T, window, acts->tokens + (size_t)b * acts->T,
+                         acts->targets + (size_t)b * acts->T);
     }
-    gpt_embed_backward(gpt, &t->acts, &t->scratch, 0);
-    return gradsync_ready_from(&t->sync, 0);
 }
 
-/* Forward and backward over this replica's micro-batches, gradients summed
- * over dp x sp. Returns this rank's share of the global mean loss, or NAN. */
-static double compute_gradients(Trainer *t, long step_index, double *comm_seconds)
+static const ParamTensor *tied_embedding(const Trainer *t)
+{
+    return t->layout.pp > 1 ? gpt_find_tensor(&t->gpt, "wte") : NULL;
+}
+
+/* The two copies of wte (first stage: embedding, last stage: head) get the
+ * sum of both gradients, as Megatron-LM does, so they never drift apart. */
+static int sum_tied_gradients(Trainer *t)
+{
+    const ParamTensor *wte = tied_embedding(t);
+    if (!wte || comm_size(t->tied) == 1)
+        return 0;
+    if (comm_allreduce(t->tied, t->gpt.grads + wte->offset, wte->numel, COMM_F32) == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: tied embedding gradients: %s\n", t->rank,
+            comm_error(t->tied));
+    return -1;
+}
+
+/* Forward and backward over this replica's micro-batches (1F1B over the
+ * stages), gradients summed over dp x sp and between the copies of wte.
+ * Returns this rank's share of the global mean loss, or NAN. */
+static double compute_gradients(Trainer *t, long step_index, StepReport *r)
 {
     const TrainOptions *o = &t->opt;
     int per_replica = o->global_batch / o->micro_batch / t->layout.dp;
     float dloss = 1.0f / ((float)o->global_batch * (float)o->model.seq_len);
-    uint64_t first = (uint64_t)step_index * (uint64_t)o->global_batch +
-                     (uint64_t)t->coord.dp * (uint64_t)per_replica * (uint64_t)o->micro_batch;
+    BatchSource src = {t, (uint64_t)step_index * (uint64_t)o->global_batch +
+                              (uint64_t)t->coord.dp * (uint64_t)per_replica * (uint64_t)o->micro_batch,
+                       0, 1};
     double loss_share = 0.0;
     gpt_zero_grad(&t->gpt);
     gradsync_begin(&t->sync);
-    for (int k = 0; k < per_replica; k++) {
-        load_train_batch(t, first + (uint64_t)k * o->micro_batch);
-        loss_share += gpt_forward(&t->gpt, &t->acts) * o->micro_batch / o->global_batch;
-        if (k < per_replica - 1)
-            gpt_backward(&t->gpt, &t->acts, &t->scratch, dloss);
-        else if (backward_with_sync(t, dloss))
-            goto failed;
+    if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss,
+                            (double)o->micro_batch / o->global_batch, &t->sync, &loss_share)) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
+        return NAN;
     }
-    if (gradsync_finish(&t->sync))
-        goto failed;
-    *comm_seconds = t->sync.comm_seconds;
+    if (gradsync_finish(&t->sync)) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
+        return NAN;
+    }
+    if (sum_tied_gradients(t))
+        return NAN;
+    r->comm_seconds = t->sync.comm_seconds;
     return loss_share;
-failed:
-    fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
-    return NAN;
 }
 
 /* Validation loss: replica r evaluates batches r, r + dp, ...; summed over the world. */
 static double evaluate(Trainer *t)
 {
-    int B = t->acts.B, T = t->acts.T;
+    int count = 0;
+    for (int k = t->coord.dp; k < t->opt.eval_batches; k += t->layout.dp)
+        count++;
+    BatchSource src = {t, 0, t->coord.dp, t->layout.dp};
     double share = 0.0;
-    for (int k = t->coord.dp; k < t->opt.eval_batches; k += t->layout.dp) {
-        for (int b = 0; b < B; b++) {
-            size_t window = ((size_t)k * B + b) % t->val_windows;
-            tokendata_window(&t->val, T, window, t->acts.tokens + (size_t)b * T,
-                             t->acts.targets + (size_t)b * T);
-        }
-        share += gpt_forward(&t->gpt, &t->acts) / t->opt.eval_batches;
+    if (pipeline_eval(&t->pipe, count, load_val_micro_batch, &src,
+                      1.0 / t->opt.eval_batches, &share)) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
+        share = NAN;
     }
     return world_sum(t, share);
+}
+
+/* Sum of squared gradients over the whole model: each stage's own, wte once. */
+static double global_grad_sumsq(Trainer *t)
+{
+    double local = optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count);
+    const ParamTensor *wte = tied_embedding(t);
+    if (wte && t->coord.pp != 0) {
+        OptimTensor copy = {.grad = t->gpt.grads + wte->offset, .numel = wte->numel};
+        local -= optim_grad_sumsq(&copy, 1);
+    }
+    if (comm_size(t->pp) > 1 && comm_allreduce(t->pp, &local, 1, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->pp));
+        return NAN;
+    }
+    return local;
 }
 
 /* The step's numbers every rank must agree on: loss and whether to stop. */
@@ -334,6 +379,21 @@ static int agree_on_step(Trainer *t, double loss_share, StepReport *r)
     }
     r->loss = values[0];
     r->stop = values[1] > 0;
+    return 0;
+}
+
+/* Each stage's most live activation sets in this step, known to every rank. */
+static int gather_live_activations(Trainer *t, StepReport *r)
+{
+    double live[MAX_STAGES] = {0};
+    if (t->coord.dp == 0 && t->coord.sp == 0)
+        live[t->coord.pp] = t->pipe.live_max;
+    if (comm_allreduce(t->world, live, (size_t)t->layout.pp, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return -1;
+    }
+    for (int i = 0; i < t->layout.pp; i++)
+        r->live_activations[i] = (int)live[i];
     return 0;
 }
 
@@ -356,11 +416,11 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     const TrainOptions *o = &t->opt;
     double start = now_seconds();
     r->step = step_index + 1;
-    double loss_share = compute_gradients(t, step_index, &r->comm_seconds);
-    if (agree_on_step(t, loss_share, r))
+    double loss_share = compute_gradients(t, step_index, r);
+    if (agree_on_step(t, loss_share, r) || gather_live_activations(t, r))
         return -1;
-    // every rank of dp x sp now holds the same summed gradients
-    r->grad_norm = sqrt(optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count));
+    // every rank of dp x sp now holds the same summed gradients of its stage
+    r->grad_norm = sqrt(global_grad_sumsq(t));
     if (check_finite(t, r))
         return -1;
     float clip_scale = optim_clip_scale(r->grad_norm, o->clip);
@@ -389,6 +449,10 @@ static void write_metrics(Trainer *t, const StepReport *r)
             "\"grad_comm_ms\": %.3f",
             r->step, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds, r->grad_norm,
             r->seconds * 1e3, r->comm_seconds * 1e3);
+    fprintf(t->metrics, ", \"live_activations\": [");
+    for (int i = 0; i < t->layout.pp; i++)
+        fprintf(t->metrics, "%s%d", i ? ", " : "", r->live_activations[i]);
+    fprintf(t->metrics, "]");
     if (r->has_val)
         fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
     fprintf(t->metrics, "}\n");
@@ -426,7 +490,7 @@ static void print_header(Trainer *t)
 }
 
 /* Final parameters as raw float32 plus a JSON manifest (tests, inspection). */
-static int dump_params(const GPT *gpt, const char *path)
+static int write_params(const GPT *gpt, const char *path)
 {
     char manifest[4096];
     snprintf(manifest, sizeof(manifest), "%s.json", path);
@@ -446,6 +510,66 @@ static int dump_params(const GPT *gpt, const char *path)
     return status;
 }
 
+enum { TAG_DUMP = 77 };
+
+/* Copies stage `stage`'s parameters (received from its first replica) into
+ * the whole model; the last stage's copy of wte goes to *tied_copy. */
+static int receive_stage(Trainer *t, GPT *full, int stage, float *tied_copy)
+{
+    LayoutNeeds needs = options_layout_needs(&t->opt);
+    int begin, end, source = layout_rank(t->layout, (GridCoord){0, stage, 0});
+    layout_stage_layers(t->layout, &needs, stage, &begin, &end);
+    GPT part;
+    if (gpt_init(&part, &t->opt.model, begin, end, false, stage == t->layout.pp - 1))
+        return -1;
+    int status = comm_recv(t->world, part.params, part.param_count, COMM_F32, source, TAG_DUMP);
+    for (int i = 0; status == 0 && i < part.tensor_count; i++) {
+        const ParamTensor *from = &part.tensors[i];
+        float *to = strcmp(from->name, "wte") == 0 ? tied_copy
+                                                   : full->params + gpt_find_tensor(full, from->name)->offset;
+        memcpy(to, part.params + from->offset, from->numel * sizeof(float));
+    }
+    gpt_free(&part);
+    return status;
+}
+
+/* Gathers the whole model on rank 0 and writes it; with pp > 1 the last
+ * stage's copy of the tied embedding goes to PATH.tied, for comparison. */
+static int dump_params(Trainer *t, const char *path)
+{
+    if (t->layout.pp == 1)
+        return t->rank == 0 ? write_params(&t->gpt, path) : 0;
+    if (t->coord.dp != 0 || t->coord.sp != 0)
+        return 0;
+    if (t->rank != 0)
+        return comm_send(t->world, t->gpt.params, t->gpt.param_count, COMM_F32, 0, TAG_DUMP);
+    GPT full;
+    if (gpt_init_full(&full, &t->opt.model))
+        return -1;
+    const ParamTensor *wte = gpt_find_tensor(&full, "wte");
+    float *tied = malloc(wte->numel * sizeof(float));
+    int status = tied ? 0 : -1;
+    for (int i = 0; status == 0 && i < t->gpt.tensor_count; i++) {
+        const ParamTensor *own = &t->gpt.tensors[i];
+        memcpy(full.params + gpt_find_tensor(&full, own->name)->offset,
+               t->gpt.params + own->offset, own->numel * sizeof(float));
+    }
+    for (int stage = 1; status == 0 && stage < t->layout.pp; stage++)
+        status = receive_stage(t, &full, stage, tied);
+    if (status == 0)
+        status = write_params(&full, path);
+    char tied_path[4096];
+    snprintf(tied_path, sizeof(tied_path), "%s.tied", path);
+    FILE *f = status == 0 ? fopen(tied_path, "wb") : NULL;
+    if (f) {
+        fwrite(tied, sizeof(float), wte->numel, f);
+        fclose(f);
+    }
+    free(tied);
+    gpt_free(&full);
+    return status;
+}
+
 // ----------------------------------------------------------------------------
 
 static int finish(Trainer *t, const StepReport *r, double seconds)
@@ -456,7 +580,7 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
     if (r->has_val)
         snprintf(line + used, sizeof(line) - (size_t)used, ", validation loss %.4f", r->val_loss);
     report_line(t, 0, line);
-    if (t->rank == 0 && t->opt.dump_params_path && dump_params(&t->gpt, t->opt.dump_params_path))
+    if (t->opt.dump_params_path && dump_params(t, t->opt.dump_params_path))
         return 1;
     if (r->stop)
         return 128 + (stop_signal ? stop_signal : SIGTERM);

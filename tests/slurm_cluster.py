@@ -143,15 +143,6 @@ def _ancestors(pid, table):
     return out
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
-
-
 def _signal(pids, sig):
     for pid in pids:
         try:
@@ -220,7 +211,7 @@ class SlurmCluster:
     def node_loss_timeout(self):
         """A safe bound (s) on how long slurmctld takes to mark a killed node down: it pings every
         SlurmdTimeout/3, a ping fails after MessageTimeout, and the node goes DOWN once it has not
-        answered for SlurmdTimeout; plus 10 s margin. Measured with the defaults (10, 5): 15-19 s."""
+        answered for SlurmdTimeout; plus 10 s margin. Measured with the defaults (10, 5): 16-21 s."""
         return self.slurmd_timeout * 4 / 3 + self.message_timeout + 10
 
     def log_path(self, daemon):
@@ -454,7 +445,8 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
         def ready():
             nonlocal last
             last = self.node_states()
-            down = [n for n in names if last.get(n, "").rstrip("*~#$@^-!%").startswith(("down", "drain"))
+            # Down or drained but responding (no "*"): resume it (ReturnToService=2 usually does).
+            down = [n for n in names if last.get(n, "").startswith(("down", "drain"))
                     and not last.get(n, "").endswith("*")]
             if down:
                 self.run(["scontrol", "update", f"nodename={','.join(down)}", "state=resume"], timeout=15)
@@ -522,7 +514,8 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
 
     def kill_node(self, name):
         """SIGKILLs node `name`'s slurmd, its slurmstepds and their tasks (a node-loss drill).
-        Returns the list of pids killed. slurmctld notices after about SlurmdTimeout seconds."""
+        Returns the sorted pids killed. slurmctld marks the node down* within node_loss_timeout
+        seconds (ReturnToService=2: start_node(name) brings it back)."""
         if name not in self.nodes:
             raise KeyError(f"no node {name!r} in {self.nodes}")
         d = self._daemons.get(f"slurmd:{name}")
@@ -530,12 +523,11 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
         if d is not None and d.alive():
             d.popen.kill()
             pids.add(d.popen.pid)
-        pids |= self._kill_tree(lambda: self._cluster_processes(name))
-        if d is not None:
             try:
-                d.popen.wait(5)
+                d.popen.wait(5)  # reaped: no longer excluded (with its children) as a live daemon
             except subprocess.TimeoutExpired:
                 pass
+        pids |= self._kill_tree(lambda: self._cluster_processes(name))
         return sorted(pids)
 
     def node_processes(self, name=None):
@@ -635,15 +627,16 @@ def _fixtures():
 
     @pytest.fixture
     def slurm_factory(tmp_path_factory):
-        """A function make(nodes=["pn1"], **SlurmCluster kwargs) -> started SlurmCluster;
-        every cluster it made is stopped at teardown, whatever the test's outcome."""
+        """A function make(nodes=("pn1",), **SlurmCluster kwargs) -> started SlurmCluster (skips the
+        test only if Slurm cannot start); every cluster it made is stopped at teardown, whatever the
+        test's outcome."""
         made = []
 
         def make(nodes=("pn1",), **kwargs):
-            workdir = tmp_path_factory.mktemp("slurm")
-            made.append(SlurmCluster(workdir, nodes=nodes, **kwargs))
+            cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=nodes, **kwargs)
+            made.append(cluster)
             try:
-                return made[-1].start()
+                return cluster.start()
             except SlurmStartError as e:
                 print(f"Slurm cannot start: {e}")
                 pytest.skip(f"Slurm cannot start: {e}")
@@ -655,24 +648,14 @@ def _fixtures():
     @pytest.fixture(scope="module")
     def slurm(tmp_path_factory):
         """A started one-node cluster (node "pn1", 8 CPUs), shared by the test module."""
-        cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=["pn1"])
-        try:
-            cluster.start()
-        except SlurmStartError as e:
-            print(f"Slurm cannot start: {e}")
-            pytest.skip(f"Slurm cannot start: {e}")
+        cluster = start_or_skip(tmp_path_factory.mktemp("slurm"), nodes=["pn1"])
         yield cluster
         cluster.stop()
 
     @pytest.fixture(scope="module")
     def slurm3(tmp_path_factory):
         """A started three-node cluster (pn1, pn2, pn3; 8 CPUs each), shared by the test module."""
-        cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=["pn1", "pn2", "pn3"])
-        try:
-            cluster.start()
-        except SlurmStartError as e:
-            print(f"Slurm cannot start: {e}")
-            pytest.skip(f"Slurm cannot start: {e}")
+        cluster = start_or_skip(tmp_path_factory.mktemp("slurm"), nodes=["pn1", "pn2", "pn3"])
         yield cluster
         cluster.stop()
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import run
+from runs import assert_same_run, launch, without_timings
 from shards import structured_text, text_tokens, write_shard
 
-TIMINGS = {"tokens_per_s", "step_ms", "grad_comm_ms"}
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "7"]
 RUN = MODEL + ["--global-batch", "32", "--micro-batch", "4", "--steps", "20", "--quiet"]
 
@@ -29,50 +29,27 @@ def corpus(tmp_path_factory):
     return d
 
 
-def launch(phalanx, corpus, out, ranks, *extra, launcher=()):
-    """Runs the standard 20-step run on `ranks` ranks; returns (metrics, params)."""
-    out.mkdir(parents=True, exist_ok=True)
-    metrics, params = out / "metrics.jsonl", out / "params.bin"
-    train = ["--data", corpus / "train.bin", *RUN, "--metrics", metrics,
-             "--dump-params", params, *extra]
-    if ranks == 1:
-        result = run([phalanx, "train", *train])
-    else:
-        result = run([phalanx, "run", "-n", ranks, *launcher, "--", *train])
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return rows, np.fromfile(params, dtype=np.float32)
-
-
-def assert_same_run(a, b, rtol):
-    rows_a, params_a = a
-    rows_b, params_b = b
-    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
-    loss_a = np.array([r["loss"] for r in rows_a])
-    loss_b = np.array([r["loss"] for r in rows_b])
-    np.testing.assert_allclose(loss_b, loss_a, rtol=rtol, atol=0)
-    scale = np.abs(params_a).max()
-    np.testing.assert_allclose(params_b, params_a, rtol=rtol, atol=rtol * scale)
+def launch_standard(phalanx, corpus, out, ranks):
+    return launch(phalanx, out, ranks, ["--data", corpus / "train.bin", *RUN])
 
 
 @pytest.fixture(scope="module")
 def reference(phalanx, corpus, tmp_path_factory):
-    return launch(phalanx, corpus, tmp_path_factory.mktemp("dp1"), 1)
+    return launch_standard(phalanx, corpus, tmp_path_factory.mktemp("dp1"), 1)
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_data_parallel_matches_one_rank(phalanx, corpus, tmp_path, reference, ranks):
-    result = launch(phalanx, corpus, tmp_path, ranks)
+    result = launch_standard(phalanx, corpus, tmp_path, ranks)
     assert_same_run(reference, result, rtol=1e-5)
     # not trivially equal: the reduction order really differs
     assert result[0][-1]["loss"] != 0
 
 
 def test_same_layout_twice_is_bit_identical(phalanx, corpus, tmp_path):
-    (rows_a, params_a), (rows_b, params_b) = (
-        launch(phalanx, corpus, tmp_path / name, 2) for name in ("a", "b"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
-    assert strip(rows_a) == strip(rows_b)
+    (rows_a, params_a, _), (rows_b, params_b, _) = (
+        launch_standard(phalanx, corpus, tmp_path / name, 2) for name in ("a", "b"))
+    assert without_timings(rows_a) == without_timings(rows_b)
     assert params_a.tobytes() == params_b.tobytes()
 
 
