@@ -141,6 +141,7 @@ int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
     gpt->config = *config;
     gpt->layer_begin = layer_begin;
     gpt->layer_end = layer_end;
+    gpt->sp.size = 1;
     gpt->has_embedding = has_embedding;
     gpt->has_head = has_head;
     int max_tensors = 5 + 12 * (layer_end - layer_begin);
@@ -165,8 +166,14 @@ int gpt_init_full(GPT *gpt, const GPTConfig *config)
     return gpt_init(gpt, config, 0, config->layers, true, true);
 }
 
+int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T)
+{
+    return ulysses_init(&gpt->sp, sp, B, local_T, gpt->config.dim);
+}
+
 void gpt_free(GPT *gpt)
 {
+    ulysses_free(&gpt->sp);
     free(gpt->tensors);
     free(gpt->w.layers);
     free(gpt->g.layers);
@@ -249,7 +256,7 @@ static float *carve(Carver *c, size_t count)
     return p;
 }
 
-static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att)
+static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att, bool sp)
 {
     a->ln1 = carve(c, N * C);
     a->ln1_mean = carve(c, N);
@@ -264,16 +271,26 @@ static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att)
     a->fch = carve(c, N * 4 * C);
     a->fch_gelu = carve(c, N * 4 * C);
     a->out = carve(c, N * C);
+    // head-sharded copies hold the same number of floats as the local ones
+    a->qkv_heads = sp ? carve(c, N * 3 * C) : NULL;
+    a->atty_heads = sp ? carve(c, N * C) : NULL;
+}
+
+/* [B, NH/sp, T*sp, T*sp]: attention runs over whole sequences for NH/sp heads. */
+static size_t attention_floats(const GPT *gpt, int B, int T)
+{
+    size_t P = (size_t)gpt->sp.size;
+    return (size_t)B * (gpt->config.heads / P) * (T * P) * (T * P);
 }
 
 static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
 {
     size_t N = (size_t)a->B * a->T;
     int C = gpt->config.dim, V = gpt->config.vocab;
-    size_t att = (size_t)a->B * gpt->config.heads * a->T * a->T;
+    size_t att = attention_floats(gpt, a->B, a->T);
     a->input = carve(c, N * C);
     for (int l = 0; l < gpt->layer_end - gpt->layer_begin; l++)
-        carve_layer(c, &a->layers[l], N, C, att);
+        carve_layer(c, &a->layers[l], N, C, att, gpt->sp.size > 1);
     if (gpt->has_head) {
         a->lnf = carve(c, N * C);
         a->lnf_mean = carve(c, N);
@@ -296,6 +313,7 @@ int acts_init(Activations *acts, const GPT *gpt, int B, int T)
     Carver sizing = {NULL, 0};
     carve_acts(&sizing, acts, gpt);
     acts->memory = calloc(sizing.used, sizeof(float));
+    acts->bytes = sizing.used * sizeof(float);
     if (!acts->layers || !acts->tokens || !acts->targets || !acts->memory)
         return acts_free(acts), -1;
     Carver carver = {acts->memory, 0};
@@ -316,11 +334,13 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
 {
     size_t N = (size_t)B * T;
     int C = gpt->config.dim;
-    size_t att = (size_t)B * gpt->config.heads * T * T;
-    size_t total = 3 * N * C + N * 4 * C + N * 3 * C + att;
+    size_t att = attention_floats(gpt, B, T);
+    bool sp = gpt->sp.size > 1;
+    size_t total = 3 * N * C + N * 4 * C + N * 3 * C + att + (sp ? N * 4 * C : 0);
     s->memory = calloc(total, sizeof(float));
     if (!s->memory)
         return -1;
+    s->bytes = total * sizeof(float);
     Carver c = {s->memory, 0};
     s->dresid = carve(&c, N * C);
     s->dtmp = carve(&c, N * C);
@@ -328,6 +348,8 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
     s->dfch = carve(&c, N * 4 * C);
     s->dqkv = carve(&c, N * 3 * C);
     s->datt = carve(&c, att);
+    s->datty_heads = sp ? carve(&c, N * C) : NULL;
+    s->dqkv_heads = sp ? carve(&c, N * 3 * C) : NULL;
     return 0;
 }
 
@@ -352,13 +374,41 @@ float *acts_stage_output(const GPT *gpt, Activations *acts)
     return count > 0 ? acts->layers[count - 1].out : acts->input;
 }
 
-void gpt_embed_forward(const GPT *gpt, Activations *acts, int pos_offset)
+void gpt_embed_forward(const GPT *gpt, Activations *acts)
 {
     encoder_forward(acts->input, acts->tokens, gpt->w.wte, gpt->w.wpe, acts->B, acts->T,
-                    gpt->config.dim, pos_offset);
+                    gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
-void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer)
+/* Ulysses: re-shard q, k, v by heads, attend over whole sequences, re-shard back. */
+static int attention_forward_sharded(GPT *gpt, LayerActs *a, int B, int T)
+{
+    int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
+    if (P == 1) {
+        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        return 0;
+    }
+    if (ulysses_seq_to_heads(&gpt->sp, a->qkv_heads, a->qkv, B, T, C, 3))
+        return -1;
+    attention_forward(a->atty_heads, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
+    return ulysses_heads_to_seq(&gpt->sp, a->atty, a->atty_heads, B, T, C, 1);
+}
+
+static int attention_backward_sharded(GPT *gpt, LayerActs *a, Scratch *s, int B, int T)
+{
+    int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
+    if (P == 1) {
+        attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, B, T, C, NH);
+        return 0;
+    }
+    if (ulysses_seq_to_heads(&gpt->sp, s->datty_heads, s->dln, B, T, C, 1))
+        return -1;
+    attention_backward(s->dqkv_heads, s->datt, s->datty_heads, a->qkv_heads, a->att, B, T * P,
+                       C / P, NH / P);
+    return ulysses_heads_to_seq(&gpt->sp, s->dqkv, s->dqkv_heads, B, T, C, 3);
+}
+
+int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
 {
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
     LayerActs *a = &acts->layers[layer - gpt->layer_begin];
@@ -368,7 +418,8 @@ void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer)
 
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
     matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
-    attention_forward(a->atty, a->att, a->qkv, acts->B, acts->T, C, gpt->config.heads);
+    if (attention_forward_sharded(gpt, a, acts->B, acts->T))
+        return -1;
     matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
     accumulate(a->res_attn, x, N * C);
     layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b, N, C);
@@ -376,6 +427,7 @@ void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer)
     gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
     matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
     accumulate(a->out, a->res_attn, N * C);
+    return 0;
 }
 
 double gpt_head_forward(const GPT *gpt, Activations *acts)
@@ -391,11 +443,12 @@ double gpt_head_forward(const GPT *gpt, Activations *acts)
     return total / (double)N;
 }
 
-double gpt_forward(const GPT *gpt, Activations *acts)
+double gpt_forward(GPT *gpt, Activations *acts)
 {
-    gpt_embed_forward(gpt, acts, 0);
+    gpt_embed_forward(gpt, acts);
     for (int l = gpt->layer_begin; l < gpt->layer_end; l++)
-        gpt_layer_forward(gpt, acts, l);
+        if (gpt_layer_forward(gpt, acts, l))
+            return NAN;
     return gpt_head_forward(gpt, acts);
 }
 
@@ -415,7 +468,7 @@ void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
                        acts->lnf_rstd, N, C);
 }
 
-void gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
+int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
 {
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
     LayerWeights *g = &gpt->g.layers[layer - gpt->layer_begin];
@@ -435,24 +488,27 @@ void gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
 
     // attention branch: res_attn = x + proj(attention(qkv(ln1(x))))
     matmul_backward(s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw, N, C, C);
-    attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, acts->B, acts->T, C,
-                       gpt->config.heads);
+    if (attention_backward_sharded(gpt, a, s, acts->B, acts->T))
+        return -1;
     matmul_backward(s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
     layernorm_backward(s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
                        a->ln1_rstd, N, C);
     accumulate(s->dresid, s->dtmp, N * C);
+    return 0;
 }
 
-void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *s, int pos_offset)
+void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *s)
 {
     encoder_backward(gpt->g.wte, gpt->g.wpe, s->dresid, acts->tokens, acts->B, acts->T,
-                     gpt->config.dim, pos_offset);
+                     gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
-void gpt_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
+int gpt_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
 {
     gpt_head_backward(gpt, acts, s, dloss);
     for (int l = gpt->layer_end - 1; l >= gpt->layer_begin; l--)
-        gpt_layer_backward(gpt, acts, s, l);
-    gpt_embed_backward(gpt, acts, s, 0);
+        if (gpt_layer_backward(gpt, acts, s, l))
+            return -1;
+    gpt_embed_backward(gpt, acts, s);
+    return 0;
 }

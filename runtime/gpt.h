@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ulysses.h"
+
 typedef struct {
     int vocab, layers, heads, dim, seq_len;
 } GPTConfig;
@@ -71,12 +73,16 @@ typedef struct {
     size_t param_count;
     float *params, *grads;
     Weights w, g; /* named views into params and grads */
+    SeqParallel sp; /* size 1 unless gpt_enable_sequence_parallel */
 } GPT;
 
 int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
              bool has_embedding, bool has_head);
 int gpt_init_full(GPT *gpt, const GPTConfig *config);
 void gpt_free(GPT *gpt);
+/* Splits every sequence over the ranks of `sp` (Ulysses attention). Call
+ * before acts_init and scratch_init: buffer sizes depend on it. */
+int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T);
 void gpt_init_params(GPT *gpt, uint64_t seed);
 void gpt_zero_grad(GPT *gpt);
 const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
@@ -87,8 +93,9 @@ void gpt_write_manifest(const GPT *gpt, FILE *out);
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; /* [B,T,C], [B,T], [B,T] */
     float *qkv;                       /* [B,T,3C] */
-    float *att;                       /* [B,NH,T,T] softmax probabilities */
+    float *att;                       /* [B,NH/sp,T*sp,T*sp] softmax probabilities */
     float *atty;                      /* [B,T,C] attention output before projection */
+    float *qkv_heads, *atty_heads;    /* sp > 1: [B,T*sp,3C/sp], [B,T*sp,C/sp] */
     float *res_attn;                  /* [B,T,C] input + attention branch */
     float *ln2, *ln2_mean, *ln2_rstd; /* [B,T,C], [B,T], [B,T] */
     float *fch, *fch_gelu;            /* [B,T,4C] */
@@ -97,6 +104,7 @@ typedef struct {
 
 typedef struct {
     int B, T;
+    size_t bytes; /* of activation memory held */
     float *memory;
     int *tokens, *targets;            /* [B,T] */
     float *input;                     /* [B,T,C] stage input: embeddings or received */
@@ -107,9 +115,11 @@ typedef struct {
 
 /* Backward scratch, shared by every layer and micro-batch of a model. */
 typedef struct {
+    size_t bytes;
     float *memory;
     float *dresid; /* [B,T,C] gradient of the residual stream, updated in place */
     float *dtmp, *dln, *dfch, *dqkv, *datt;
+    float *datty_heads, *dqkv_heads; /* sp > 1 */
 } Scratch;
 
 int acts_init(Activations *acts, const GPT *gpt, int B, int T);
@@ -117,22 +127,24 @@ void acts_free(Activations *acts);
 int scratch_init(Scratch *scratch, const GPT *gpt, int B, int T);
 void scratch_free(Scratch *scratch);
 
-/* Stage pieces. pos_offset is the global position of the first local token. */
-void gpt_embed_forward(const GPT *gpt, Activations *acts, int pos_offset);
-void gpt_layer_forward(const GPT *gpt, Activations *acts, int layer);
+/* Stage pieces. Under sequence parallelism T is the local length and
+ * positions start at sp.rank * T. Layer passes return 0, or -1 when the
+ * sequence-parallel exchange failed (message in gpt->sp.error). */
+void gpt_embed_forward(const GPT *gpt, Activations *acts);
+int gpt_layer_forward(GPT *gpt, Activations *acts, int layer);
 /* Returns the mean loss over the B*T tokens (targets must be set). */
 double gpt_head_forward(const GPT *gpt, Activations *acts);
 /* dloss: gradient of the objective with respect to each token's loss. */
 void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *scratch, float dloss);
-void gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *scratch, int layer);
-void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *scratch, int pos_offset);
+int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *scratch, int layer);
+void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *scratch);
 
 /* Output of the stage's last layer (what a pipeline stage sends on). */
 float *acts_stage_output(const GPT *gpt, Activations *acts);
 
 /* Whole model on one stage: embeddings (tokens in acts->tokens), every layer,
- * head. Returns the mean loss. */
-double gpt_forward(const GPT *gpt, Activations *acts);
-void gpt_backward(GPT *gpt, Activations *acts, Scratch *scratch, float dloss);
+ * head. Returns the mean loss (NAN if a layer failed). */
+double gpt_forward(GPT *gpt, Activations *acts);
+int gpt_backward(GPT *gpt, Activations *acts, Scratch *scratch, float dloss);
 
 #endif

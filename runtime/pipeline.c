@@ -47,10 +47,24 @@ void pipeline_free(Pipeline *p)
     memset(p, 0, sizeof(*p));
 }
 
+size_t pipeline_activation_bytes(const Pipeline *p)
+{
+    size_t bytes = p->scratch.bytes + activation_floats(p) * sizeof(float);
+    for (int i = 0; i < p->set_count; i++)
+        bytes += p->sets[i].bytes;
+    return bytes;
+}
+
 static int fail(Pipeline *p, const char *what)
 {
     snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s: %s", p->stage, what,
              comm_error(p->pp));
+    return -1;
+}
+
+static int layer_failed(Pipeline *p)
+{
+    snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s", p->stage, p->gpt->sp.error);
     return -1;
 }
 
@@ -80,12 +94,13 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
         return -1;
     load(context, index, acts);
     if (p->stage == 0)
-        gpt_embed_forward(p->gpt, acts, 0);
+        gpt_embed_forward(p->gpt, acts);
     else if (comm_recv(p->pp, acts->input, activation_floats(p), COMM_F32, p->stage - 1,
                        TAG_ACTIVATION))
         return fail(p, "receiving activations");
     for (int l = p->gpt->layer_begin; l < p->gpt->layer_end; l++)
-        gpt_layer_forward(p->gpt, acts, l);
+        if (gpt_layer_forward(p->gpt, acts, l))
+            return layer_failed(p);
     if (is_last(p)) {
         *loss += weight * gpt_head_forward(p->gpt, acts);
         return 0;
@@ -126,7 +141,7 @@ static int backward_input_gradient(Pipeline *p, Activations *acts, float dloss, 
 static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sync)
 {
     if (p->stage == 0) {
-        gpt_embed_backward(p->gpt, acts, &p->scratch, 0);
+        gpt_embed_backward(p->gpt, acts, &p->scratch);
         return ready_from(p, sync, "wte");
     }
     if (wait_request(p, &p->pending_grad, "sending gradients"))
@@ -147,7 +162,8 @@ static int backward(Pipeline *p, int index, float dloss, GradSync *sync)
     if (backward_input_gradient(p, acts, dloss, sync))
         return -1;
     for (int l = p->gpt->layer_end - 1; l >= p->gpt->layer_begin; l--) {
-        gpt_layer_backward(p->gpt, acts, &p->scratch, l);
+        if (gpt_layer_backward(p->gpt, acts, &p->scratch, l))
+            return layer_failed(p);
         snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
         if (ready_from(p, sync, name))
             return -1;

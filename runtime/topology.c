@@ -8,7 +8,7 @@
  * exist for all three; the pipeline and sequence-parallel schedules arrive
  * in later issues, and until then a layout using them is refused. */
 #define PIPELINE_SUPPORTED true
-#define SEQUENCE_PARALLEL_SUPPORTED false
+#define SEQUENCE_PARALLEL_SUPPORTED true
 
 GridCoord layout_coord(Layout l, int rank)
 {

@@ -45,6 +45,7 @@ typedef struct {
     Channel channel;
     TokenData train, val;
     size_t train_windows, val_windows;
+    int *window_tokens, *window_targets; /* one whole window, before the sp split */
     GPT gpt; /* this rank's pipeline stage of the model */
     Pipeline pipe;
     GradSync sync;
@@ -169,10 +170,14 @@ static int setup_model(Trainer *t)
     const TrainOptions *o = &t->opt;
     LayoutNeeds needs = options_layout_needs(o);
     int begin, end, stage = t->coord.pp, micro_batches = o->global_batch / o->micro_batch;
+    int local_T = o->model.seq_len / t->layout.sp;
     layout_stage_layers(t->layout, &needs, stage, &begin, &end);
-    if (gpt_init(&t->gpt, &o->model, begin, end, stage == 0, stage == t->layout.pp - 1) ||
-        pipeline_init(&t->pipe, &t->gpt, t->pp, o->micro_batch, o->model.seq_len,
-                      micro_batches) ||
+    t->window_tokens = calloc((size_t)o->model.seq_len, sizeof(int));
+    t->window_targets = calloc((size_t)o->model.seq_len, sizeof(int));
+    if (!t->window_tokens || !t->window_targets ||
+        gpt_init(&t->gpt, &o->model, begin, end, stage == 0, stage == t->layout.pp - 1) ||
+        gpt_enable_sequence_parallel(&t->gpt, t->sp, o->micro_batch, local_T) ||
+        pipeline_init(&t->pipe, &t->gpt, t->pp, o->micro_batch, local_T, micro_batches) ||
         setup_optimizer(t)) {
         fprintf(stderr, "phalanx train: out of memory for this model and micro-batch\n");
         return -1;
@@ -243,6 +248,8 @@ static void trainer_teardown(Trainer *t)
     free(t->optim_tensors);
     pipeline_free(&t->pipe);
     gpt_free(&t->gpt);
+    free(t->window_tokens);
+    free(t->window_targets);
     tokendata_close(&t->train);
     tokendata_close(&t->val);
     comm_free(t->dp);
@@ -264,16 +271,25 @@ typedef struct {
     int first_batch, stride;
 } BatchSource;
 
+/* Row b of the micro-batch: this rank's part of `window` (all of it when sp = 1). */
+static void load_window(Trainer *t, const TokenData *data, size_t window, Activations *acts,
+                        int b)
+{
+    int T = t->opt.model.seq_len, local_T = acts->T;
+    tokendata_window(data, T, window, t->window_tokens, t->window_targets);
+    size_t first = (size_t)t->coord.sp * local_T;
+    memcpy(acts->tokens + (size_t)b * local_T, t->window_tokens + first, local_T * sizeof(int));
+    memcpy(acts->targets + (size_t)b * local_T, t->window_targets + first, local_T * sizeof(int));
+}
+
 static void load_train_micro_batch(void *context, int index, Activations *acts)
 {
     BatchSource *src = context;
     Trainer *t = src->trainer;
     uint64_t first = src->first + (uint64_t)index * (uint64_t)acts->B;
-    for (int b = 0; b < acts->B; b++) {
-        size_t window = sampler_window(t->opt.seed, t->train_windows, first + (uint64_t)b);
-        tokendata_window(&t->train, acts->T, window, acts->tokens + (size_t)b * acts->T,
-                         acts->targets + (size_t)b * acts->T);
-    }
+    for (int b = 0; b < acts->B; b++)
+        load_window(t, &t->train, sampler_window(t->opt.seed, t->train_windows, first + (uint64_t)b),
+                    acts, b);
 }
 
 static void load_val_micro_batch(void *context, int index, Activations *acts)
@@ -281,11 +297,8 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
     BatchSource *src = context;
     Trainer *t = src->trainer;
     size_t batch = (size_t)src->first_batch + (size_t)index * (size_t)src->stride;
-    for (int b = 0; b < acts->B; b++) {
-        size_t window = (batch * (size_t)acts->B + (size_t)b) % t->val_windows;
-        tokendata_window(&t->val, acts->T, window, acts->tokens + (size_t)b * acts->T,
-                         acts->targets + (size_t)b * acts->T);
-    }
+    for (int b = 0; b < acts->B; b++)
+        load_window(t, &t->val, (batch * (size_t)acts->B + (size_t)b) % t->val_windows, acts, b);
 }
 
 static const ParamTensor *tied_embedding(const Trainer *t)
@@ -321,8 +334,10 @@ static double compute_gradients(Trainer *t, long step_index, StepReport *r)
     double loss_share = 0.0;
     gpt_zero_grad(&t->gpt);
     gradsync_begin(&t->sync);
-    if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss,
-                            (double)o->micro_batch / o->global_batch, &t->sync, &loss_share)) {
+    // each rank's micro-batch loss is the mean over its B x T/sp tokens
+    double weight = (double)o->micro_batch / o->global_batch / t->layout.sp;
+    if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss, weight,
+                            &t->sync, &loss_share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
         return NAN;
     }
@@ -345,7 +360,7 @@ static double evaluate(Trainer *t)
     BatchSource src = {t, 0, t->coord.dp, t->layout.dp};
     double share = 0.0;
     if (pipeline_eval(&t->pipe, count, load_val_micro_batch, &src,
-                      1.0 / t->opt.eval_batches, &share)) {
+                      1.0 / t->opt.eval_batches / t->layout.sp, &share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
         share = NAN;
     }
@@ -446,9 +461,10 @@ static void write_metrics(Trainer *t, const StepReport *r)
     fprintf(t->metrics,
             "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
             "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g, \"step_ms\": %.3f, "
-            "\"grad_comm_ms\": %.3f",
+            "\"grad_comm_ms\": %.3f, \"activation_mib\": %.3f",
             r->step, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds, r->grad_norm,
-            r->seconds * 1e3, r->comm_seconds * 1e3);
+            r->seconds * 1e3, r->comm_seconds * 1e3,
+            pipeline_activation_bytes(&t->pipe) / 1048576.0);
     fprintf(t->metrics, ", \"live_activations\": [");
     for (int i = 0; i < t->layout.pp; i++)
         fprintf(t->metrics, "%s%d", i ? ", " : "", r->live_activations[i]);
@@ -481,11 +497,11 @@ static void print_header(Trainer *t)
     snprintf(line, sizeof(line),
              "phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
              "%s, global batch %d (micro-batch %d); layout dp=%d pp=%d sp=%d on %d rank(s); "
-             "%zu training windows",
+             "%zu training windows; activation memory %.1f MiB per rank",
              t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
              o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
              o->micro_batch, t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world),
-             t->train_windows);
+             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0);
     report_line(t, 0, line);
 }
 

@@ -51,6 +51,7 @@ PORT_RANGE = (20000, 32000)  # below the usual ephemeral range (32768-60999)
 MAX_SOCKET_DIR = 60  # sun_path is 108 bytes: keep socket-bearing dirs short
 
 _live = weakref.WeakSet()
+_rng = random.SystemRandom()  # independent of any seeding of `random` by tests or plugins
 
 
 class SlurmStartError(RuntimeError):
@@ -71,8 +72,9 @@ def _port_free(port):
     return True
 
 
-def free_ports(count, rng=random):
+def free_ports(count, rng=None):
     """`count` distinct TCP ports, free at the time of the call, outside the ephemeral range."""
+    rng = rng or _rng
     ports = []
     for _ in range(2000):
         port = rng.randrange(*PORT_RANGE)
@@ -188,8 +190,8 @@ class SlurmCluster:
         self.extra_conf = extra_conf
         self.conf = self.workdir / "slurm.conf"
         self.hostname = socket.gethostname().split(".")[0]
-        self.id = f"{os.getpid()}-{id(self):x}-{random.getrandbits(32):08x}"
-        self.cluster_name = f"phx{random.getrandbits(24):06x}"
+        self.id = f"{os.getpid()}-{id(self):x}-{_rng.getrandbits(32):08x}"
+        self.cluster_name = f"phx{_rng.getrandbits(24):06x}"
         self.ctld_port = None
         self.node_ports = {}
         self._daemons = {}  # "munged" / "slurmctld" / "slurmd:NAME" -> _Daemon
@@ -227,7 +229,9 @@ class SlurmCluster:
         """Environment for client commands (srun, sbatch, salloc, squeue, sinfo, scontrol)
         against this cluster: `base` (default os.environ) without any SLURM_* variables
         inherited from an enclosing allocation, plus SLURM_CONF=<private slurm.conf>; as
-        root also OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1 so Open MPI ranks may start."""
+        root also OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1 so Open MPI ranks may start, and Open MPI's
+        shared-memory segments (btl vader) in the cluster's private tmp directory instead of
+        /dev/shm, so that ranks killed in a drill leave nothing there. `extra` overrides all."""
         env = {k: v for k, v in (os.environ if base is None else base).items()
                if not k.startswith(("SLURM_", "SLURMD_", "SRUN_", "SALLOC_", "SBATCH_"))
                and k not in (MARK_ID, MARK_NODE)}
@@ -235,6 +239,8 @@ class SlurmCluster:
         if os.geteuid() == 0:
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        if self._rundir is not None:
+            env.setdefault("OMPI_MCA_btl_vader_backing_directory", str(self._rundir / "tmp"))
         env.update(extra or {})
         return env
 
