@@ -546,16 +546,17 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
         return {k: d.popen.pid for k, d in self._daemons.items() if d.alive()}
 
     # ------------------------------------------------------------------- stop
-    def _stop_slurm_daemons(self, grace=2.0):
-        keys = [k for k in self._daemons if k != "munged"]
-        self._terminate(keys, grace)
+    def _stop_slurm_daemons(self):
+        self._terminate([k for k in self._daemons if k != "munged"], None)
 
     def _terminate(self, keys, grace):
+        """SIGTERM (or, with grace=None, SIGKILL) the daemons `keys`; SIGKILL any still running after
+        `grace` seconds (recorded in self.forced); reap them."""
         daemons = [self._daemons.pop(k) for k in keys if k in self._daemons]
         for d in daemons:
             if d.alive():
-                d.popen.terminate()
-        deadline = time.monotonic() + grace
+                d.popen.terminate() if grace is not None else d.popen.kill()
+        deadline = time.monotonic() + (grace or 0.0)
         for d in daemons:
             try:
                 d.popen.wait(max(0.0, deadline - time.monotonic()))
@@ -569,9 +570,11 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
                 pass
 
     def stop(self, grace=2.0):
-        """Kills every job step, task and client of this cluster, then the daemons (SIGTERM, SIGKILL
-        after `grace` seconds) and their helpers (slurmscriptd). Bounded in time (a few seconds),
-        idempotent, never raises for a dead process. `forced` lists the daemons that needed SIGKILL."""
+        """Kills every job step, task and client of this cluster, then the daemons and their helpers
+        (slurmscriptd). slurmctld gets SIGTERM and `grace` seconds (then SIGKILL; `forced` lists it);
+        the slurmds get SIGKILL at once: they keep no state worth saving, and a graceful slurmd waits
+        for in-flight job-termination RPCs (seconds). Bounded in time (about 1 s; at most a few),
+        idempotent, never raises for a dead process."""
         if not self.started:
             return
         self.started = False
@@ -581,8 +584,8 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
             self._kill_tree(self._cluster_processes)
             # slurmctld first: while the slurmds are up its last RPCs to them do not hang in retries.
             self._terminate(["slurmctld"], grace)
-            self._terminate([k for k in self._daemons if k != "munged"], grace)
-            # A SIGKILLed slurmctld leaves its slurmscriptd behind: kill it (if still ours).
+            self._terminate([k for k in self._daemons if k != "munged"], None)
+            # A SIGKILLed daemon leaves its helpers behind (slurmscriptd, a half-done stepd launch).
             _signal([p for p in helpers if (_read_environ(p) or {}).get(MARK_ID) == self.id], signal.SIGKILL)
             self._kill_tree(self._cluster_processes)  # steps spawned during shutdown
             self._terminate(list(self._daemons), grace)

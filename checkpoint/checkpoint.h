@@ -1,0 +1,279 @@
+/*
+ * checkpoint: lazy asynchronous checkpoints in a universal (layout-free)
+ * HDF5 format, and the resharding reader (DESIGN.md "Checkpoints").
+ *
+ * What a rank saves
+ * - The caller lists what this rank holds as CkptTensor: whole logical
+ *   tensors (name, shape) with pointers to the parameter and to the optimizer
+ *   moments m and v, all fp32 and row-major. Ranks that hold the same tensor
+ *   (data/sequence-parallel replicas, the tied `wte` on the first and last
+ *   stage) split its bytes: replica j of R writes rows [j*rows/R,
+ *   (j+1)*rows/R) (elements for 1-D tensors), so every byte is written once.
+ *
+ * Writing (one Checkpointer per rank)
+ * - ckpt_open() is collective over `world`: it splits a communicator for the
+ *   sidecar, exchanges the fragment table (and checks that the fragments of
+ *   every logical tensor tile it exactly), checks the directories and, in
+ *   async mode, starts the sidecar thread. Every rank gets the same verdict.
+ * - The training thread, around optimizer step s (1-based):
+ *       ckpt_wait_copied(ck);                    right before the optimizer writes
+ *       optimizer step s
+ *       if (ckpt_due(ck, s)) ckpt_snapshot(ck, &state);
+ *   async: ckpt_snapshot() returns at once; the sidecar copies this rank's
+ *   share of params, m and v into a staging buffer while the next forward and
+ *   backward run (so those buffers must not change until ckpt_wait_copied()
+ *   returns), then serialises and flushes it in the background.
+ *   sync: ckpt_snapshot() copies, writes and commits before it returns.
+ * - Tiers: tier 1 in node-local memory (options.memory_dir, by default
+ *   /dev/shm/phalanx-<hash of the tier-2 path>), survives a crashed process;
+ *   tier 2 is options.dir. Same files in both; tier 1 is committed first.
+ * - Commit, per tier: every rank writes and fsyncs its shard; the sidecars
+ *   agree (a non-blocking allreduce on their own communicator); rank 0 writes
+ *   index.h5 (tmp file, fsync, rename, directory fsync). A checkpoint is
+ *   complete when its index exists. Then checkpoints older than the newest
+ *   `keep` complete ones are pruned (tier 1 keeps at most 2: it is memory).
+ *   A checkpoint that cannot be written (no space, I/O error) is not
+ *   committed: a warning goes to stderr, the partial files are removed and
+ *   training goes on; earlier checkpoints are never touched by a failed one.
+ * - ckpt_close() is collective: it flushes what is pending and, after a
+ *   successful run whose newest checkpoint reached tier 2, removes tier 1.
+ *
+ * Files, the same in both tiers:
+ *   <tier>/step_%08ld/rank_%05d.h5   one shard per writing rank: datasets
+ *       params/<name>, optim/m/<name>, optim/v/<name>, each a fragment of a
+ *       logical tensor (attributes logical_name, logical_shape, offset),
+ *       chunked with Fletcher32; metadata checksummed (HDF5 1.8+ format).
+ *   <tier>/step_%08ld/index.h5       written last: group `run` (run state as
+ *       attributes, run/extra for key-value pairs), table `fragments`, table
+ *       `shards` (rank, bytes), and virtual datasets params/<name>,
+ *       optim/m/<name>, optim/v/<name> that show every logical tensor whole
+ *       (h5py and h5dump read them without Phalanx; a missing shard reads NaN).
+ *
+ * Reading
+ * - ckpt_load() reads one checkpoint into whole logical tensors of any layout;
+ *   each rank reads only the fragments of the tensors it passes, straight
+ *   from the shards, with every checksum verified.
+ * - ckpt_resume() is collective: "latest" (the newest complete checkpoint
+ *   across both tiers) or a path; when a candidate fails to load on any rank
+ *   (checksum, missing shard) every rank warns and falls back to the previous
+ *   complete one. A different model shape is never a reason to fall back:
+ *   it fails with a message naming the dimension.
+ *
+ * Rules
+ * - Errors come back as -1 or a CkptStatus with a message in err; nothing
+ *   aborts. Warnings of the background flush go to stderr.
+ * - All functions are called from one thread (the training thread); only
+ *   the sidecar thread calls HDF5 during training, since the thread-safe
+ *   HDF5 (Debian's serial libhdf5) serialises every call behind one lock.
+ * - Fault injection: PHALANX_FAULT_KILL_DURING_FLUSH=STEP[:TIER][@RANK] makes
+ *   the sidecar raise SIGKILL after writing half of that step's shard in that
+ *   tier (default 2; every rank unless @RANK is given).
+ */
+#ifndef PHALANX_CHECKPOINT_H
+#define PHALANX_CHECKPOINT_H
+
+#include "comm.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+#define CKPT_FORMAT_VERSION 1
+#define CKPT_NAME_MAX 64  /* logical tensor names, including the NUL */
+#define CKPT_EXTRA_MAX 32 /* key-value pairs in CkptRunState.extra */
+
+/* Outcome of reading a checkpoint; `phalanx ckpt verify` exits with it
+ * (2 is left for usage errors). */
+typedef enum {
+    CKPT_OK = 0,
+    CKPT_CORRUPT = 1,    /* a checksum, a size or a format check failed */
+    CKPT_INCOMPLETE = 3, /* never committed (no index) or a shard is missing */
+    CKPT_NOT_FOUND = 4,  /* no such path, or no checkpoint there */
+    CKPT_MISMATCH = 5,   /* model shape or tensors differ from this run's */
+    CKPT_ERROR = 6,      /* a system error (permissions, memory, communication) */
+} CkptStatus;
+
+const char *ckpt_status_name(CkptStatus status);
+
+/* ---------------------------------------------------------------------- */
+/* What is saved                                                          */
+
+typedef struct {
+    char name[CKPT_NAME_MAX]; /* logical name: "wte", "h.3.attn.qkv.weight" */
+    int ndim;                 /* 1 or 2 */
+    int64_t shape[2];         /* logical shape (shape[1] unused for 1-D) */
+    float *param, *m, *v;     /* the whole tensor; m or v may be NULL when loading */
+    int replica_index, replica_count; /* writing only: this rank's share */
+} CkptTensor;
+
+typedef struct {
+    int vocab, layers, heads, dim, seq_len;
+} CkptModel;
+
+typedef struct {
+    int dp, pp, sp, world;
+} CkptLayout;
+
+typedef struct {
+    char key[32];
+    double value;
+} CkptExtra;
+
+/* Everything that defines the run besides the tensors; the caller fills it
+ * (format_version is set by the writer). Names of kinds are strings so that
+ * the file reads without Phalanx: optimizer "lamb"/"adamw", schedule
+ * "cosine"/"linear"/"constant"/"wsd". */
+typedef struct {
+    int format_version;
+    int64_t step;          /* optimizer steps completed */
+    int64_t sample_cursor; /* global samples consumed */
+    uint64_t seed;
+    CkptModel model;
+    char optimizer[16];
+    double lr, beta1, beta2, eps, weight_decay, clip;
+    int decay_all;
+    char schedule[16];
+    int64_t warmup_steps, total_steps;
+    double min_lr_ratio, decay_fraction;
+    int global_batch, micro_batch;
+    CkptLayout writer; /* the layout that wrote it (information only) */
+    int extra_count;   /* later state (batch controller): key-value pairs */
+    CkptExtra extra[CKPT_EXTRA_MAX];
+} CkptRunState;
+
+/* Adds or replaces a key-value pair; -1 when full or the key is too long. */
+int ckpt_state_set(CkptRunState *state, const char *key, double value);
+/* The value of `key`, or `fallback` when absent. */
+double ckpt_state_get(const CkptRunState *state, const char *key, double fallback);
+
+/* 0 when equal; else -1 with "checkpoint has --dim 64, this run has --dim 128". */
+int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *err,
+                     size_t err_len);
+
+/* ---------------------------------------------------------------------- */
+/* Writing                                                                */
+
+typedef enum { CKPT_ASYNC = 0, CKPT_SYNC = 1 } CkptMode;
+
+typedef struct {
+    const char *dir;        /* tier 2 (--ckpt-dir); created when missing */
+    const char *memory_dir; /* tier 1; NULL: /dev/shm/phalanx-<hash>; "none": off */
+    long every;             /* checkpoint after steps every, 2*every, ... (>= 1) */
+    int keep;               /* complete checkpoints kept per tier (>= 1) */
+    CkptMode mode;
+} CkptOptions;
+
+/* Parses "async" / "sync". */
+bool ckpt_mode_parse(const char *text, CkptMode *out);
+
+/* The tier directories for `options`: tier1 is "" when tier 1 is off. */
+void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, char *tier2,
+                    size_t tier2_len);
+
+typedef struct Checkpointer Checkpointer;
+
+/* Collective over `world`. The descriptors are copied; the buffers they
+ * point to must stay valid until ckpt_close(). NULL on error (every rank). */
+Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTensor *tensors,
+                        int count, char *err, size_t err_len);
+
+/* True when a checkpoint is due after optimizer step `step` (1-based). */
+bool ckpt_due(const Checkpointer *ck, int64_t step);
+
+/* Hands over the version of the tensors after optimizer step state->step.
+ * async: returns at once. sync: returns after the checkpoint is committed
+ * (or not: see the warning). Returns 0, or -1 on misuse (message in err). */
+int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t err_len);
+
+/* Blocks until the sidecar has copied the last snapshot (at once when it
+ * has); returns the seconds spent blocked. Call before the optimizer writes. */
+double ckpt_wait_copied(Checkpointer *ck);
+
+typedef struct {
+    long snapshots;                 /* versions handed over */
+    long committed[2], failed[2];   /* per tier (0: memory, 1: dir) */
+    int64_t last_step[2];           /* newest committed step per tier, -1: none */
+    double stall_seconds;           /* training thread blocked, in total */
+    double last_stall_seconds;      /* ... by the latest wait or sync snapshot */
+    double last_copy_seconds;       /* copy into staging */
+    double last_flush_seconds;      /* serialise + write + commit, all tiers */
+    uint64_t last_shard_bytes;      /* this rank's shard file */
+} CkptStats;
+
+/* A consistent copy of the counters (safe while the sidecar runs). */
+CkptStats ckpt_stats(Checkpointer *ck);
+
+/* Collective. Finishes pending work and stops the sidecar; `success` says
+ * the run ended well, which lets tier 1 go. Returns 0, or -1 when the last
+ * checkpoint handed over was not committed to tier 2. Frees ck. */
+int ckpt_close(Checkpointer *ck, bool success);
+
+/* ---------------------------------------------------------------------- */
+/* Reading                                                                */
+
+/* Fills the caller's tensors (whole logical tensors; m and v may be NULL)
+ * and *state from the checkpoint at `path` (a step directory or its
+ * index.h5). With `expect` non-NULL the model shape must match it. */
+CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
+                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len);
+
+/* Collective over `comm`. `spec` is "latest" (the tiers of `options`) or a
+ * path: a step directory, or a directory of step directories (its newest
+ * complete one). Falls back to older complete checkpoints when one fails on
+ * any rank. On success *state is filled and path_out names the checkpoint.
+ * The status and the message are the same on every rank. */
+CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
+                       const CkptTensor *tensors, int count, const CkptModel *expect,
+                       CkptRunState *state, char *path_out, size_t path_len, char *err,
+                       size_t err_len);
+
+/* ---------------------------------------------------------------------- */
+/* Inspection (the `phalanx ckpt` subcommands)                           */
+
+typedef struct {
+    char name[CKPT_NAME_MAX];
+    int ndim;
+    int64_t shape[2];
+    int rank;                   /* writer: shard file rank_%05d.h5 */
+    int64_t row_begin, row_end; /* rows (elements for 1-D) of the logical tensor */
+} CkptFragment;
+
+typedef struct {
+    int rank;
+    int64_t bytes;
+} CkptShard;
+
+typedef struct {
+    CkptRunState state;
+    uint64_t run_id; /* the writing run; shards must carry the same */
+    CkptFragment *fragments;
+    int fragment_count;
+    CkptShard *shards;
+    int shard_count;
+} CkptIndex;
+
+/* Reads index.h5 of the checkpoint at `path`. */
+CkptStatus ckpt_index_read(const char *path, CkptIndex *index, char *err, size_t err_len);
+void ckpt_index_free(CkptIndex *index);
+
+typedef struct {
+    char path[4096];
+    int64_t step;
+    time_t time;    /* when the index was committed (else last change) */
+    uint64_t bytes; /* all files of the step directory */
+    CkptStatus status; /* CKPT_OK: complete (index and every shard present) */
+    char why[256];  /* what is missing, when not complete */
+} CkptEntry;
+
+/* The step directories of `dir`, oldest first (*entries is malloc'd).
+ * Completeness is checked cheaply (files present, sizes); no checksums. */
+int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len);
+
+/* Reads every fragment of every shard (all checksums), checks that the
+ * fragments tile every tensor and that the shards belong to the index.
+ * Writes one line per problem to `report`. */
+CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len);
+
+#endif
