@@ -1,0 +1,110 @@
+/* Private to checkpoint/: the HDF5 format (format.c) and the file system
+ * helpers (files.c) shared by the writer (sidecar.c) and the reader (reader.c). */
+#ifndef PHALANX_CHECKPOINT_INTERNAL_H
+#define PHALANX_CHECKPOINT_INTERNAL_H
+
+#include "checkpoint.h"
+
+#include <hdf5.h>
+#include <stdarg.h>
+
+#define CKPT_INDEX_FILE "index.h5"
+
+enum { KIND_PARAM, KIND_M, KIND_V, KIND_COUNT };
+/* Dataset groups of the three kinds, in shards and in the index. */
+extern const char *const ckpt_kind_group[KIND_COUNT];
+
+/* printf into err; returns -1 (for `return fail(...)`). */
+int ckpt_fail(char *err, size_t err_len, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Elements per row: shape[1] for 2-D tensors, 1 for 1-D. */
+int64_t ckpt_row_length(int ndim, const int64_t shape[2]);
+
+/* ---------------------------------------------------------------------- */
+/* format.c                                                               */
+
+/* One fragment this rank writes, with its rows of params, m and v. */
+typedef struct {
+    const CkptFragment *fragment;
+    const float *data[KIND_COUNT];
+} ShardPiece;
+
+typedef struct {
+    int64_t step;
+    uint64_t run_id;
+    int rank, world;
+    const ShardPiece *pieces;
+    int piece_count;
+} ShardContent;
+
+typedef struct {
+    const CkptRunState *state;
+    uint64_t run_id;
+    const CkptFragment *fragments; /* every fragment of every rank */
+    int fragment_count;
+    const CkptShard *shards;
+    int shard_count;
+} IndexContent;
+
+/* Serialise a shard / an index into an HDF5 file image in memory (malloc'd):
+ * files are written with plain write(), so a full disk is an ordinary errno
+ * and never an HDF5 error path. */
+int format_shard_image(const ShardContent *content, void **image, size_t *size, char *err,
+                       size_t err_len);
+int format_index_image(const IndexContent *content, void **image, size_t *size, char *err,
+                       size_t err_len);
+
+/* Reads an index file (not the directory). */
+CkptStatus format_index_read(const char *file, CkptIndex *index, char *err, size_t err_len);
+
+/* Opens a shard and checks that it belongs to the index (step, run id, rank). */
+CkptStatus format_shard_open(const char *file, const CkptIndex *index, int rank, hid_t *out,
+                             char *err, size_t err_len);
+/* Reads one fragment's rows of one kind into dest (checksums verified). */
+CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *fragment,
+                                float *dest, char *err, size_t err_len);
+
+/* Turns HDF5's automatic error printing off for the calling thread (the
+ * thread-safe library keeps that setting per thread). */
+void format_quiet(void);
+
+/* ---------------------------------------------------------------------- */
+/* files.c                                                                */
+
+/* Called between the pieces of a long write (the sidecar serves copies). */
+typedef struct {
+    void (*between)(void *ctx);
+    void *ctx;
+    size_t kill_at; /* fault injection: SIGKILL after this many bytes; SIZE_MAX: never */
+} WriteHooks;
+
+void files_step_dir(char *out, size_t len, const char *tier, int64_t step);
+void files_shard_path(char *out, size_t len, const char *step_dir, int rank);
+void files_index_path(char *out, size_t len, const char *step_dir);
+
+int files_mkdirs(const char *path, char *err, size_t err_len);
+/* Creates a file, removes it: the directory accepts new files. */
+int files_probe(const char *dir, char *err, size_t err_len);
+/* Writes and fsyncs a whole file. */
+int files_write(const char *path, const void *data, size_t size, const WriteHooks *hooks,
+                char *err, size_t err_len);
+/* Writes `path` through a temporary file, fsync, rename and directory fsync. */
+int files_write_atomic(const char *path, const void *data, size_t size, char *err,
+                       size_t err_len);
+/* Removes a step directory: its index first (so it stops being complete at
+ * once), then everything else. Entries that vanish meanwhile are fine. */
+void files_remove_step(const char *step_dir);
+/* Unlinks one file and removes its directory when that left it empty. */
+void files_remove_own(const char *file, const char *dir);
+
+bool files_exists(const char *path);
+bool files_is_dir(const char *path);
+int64_t files_size(const char *path); /* -1 when absent */
+/* Sum of the sizes of the files in a directory; *newest: latest mtime. */
+uint64_t files_dir_bytes(const char *dir, time_t *newest);
+
+/* Steps of the step_%08ld directories in `dir`, ascending (malloc'd). */
+int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, size_t err_len);
+
+#endif
