@@ -399,6 +399,10 @@ int run_main(int argc, char **argv)
     if (install_signals() || open_listener(&run, address, sizeof(address)))
         return 1;
     setenv(CHANNEL_ENV, address, 1);
+    const char *job = getenv("SLURM_JOB_ID");
+    bool srun = spawn_resolve_via(run.plan.via) == VIA_SRUN;
+    fprintf(stderr, "phalanx run: starting %d rank(s) with %s%s%s\n", run.plan.ranks,
+            srun ? "srun in Slurm job " : "mpirun", srun && job ? job : "", srun && !job ? "(no job)" : "");
     run.started_at = now_seconds();
     run.job = spawn_job(&run.plan, err, sizeof(err));
     if (run.job < 0) {
