@@ -47,6 +47,19 @@ void options_usage(FILE *out)
         "  --warmup N             warm-up steps (default 0)\n"
         "  --min-lr-ratio X       final LR as a fraction of the peak (default 0.1)\n"
         "  --decay-fraction X     wsd: share of the run spent decaying (default 0.2)\n"
+        "Adaptive batch (the global batch grows when the gradient noise scale asks for it):\n"
+        "  --batch-policy fixed|adaptive  (default fixed)\n"
+        "  --max-global-batch N   upper bound; a multiple of micro-batch x dp (default: the\n"
+        "                         start --global-batch)\n"
+        "  --batch-quantum N      growth step in samples; a multiple of micro-batch x dp\n"
+        "                         (default: the start --global-batch)\n"
+        "  --batch-check N        estimate the noise scale every N steps (default 5)\n"
+        "  --batch-eta X          norm-test tolerance: grow while batch < B_noise / X^2\n"
+        "                         (default 1.0)\n"
+        "  --batch-ema X          EMA decay of the estimates (default 0.9)\n"
+        "  --lr-scaling none|sqrt|linear  LR follows batch / start batch (default sqrt)\n"
+        "  --train-samples N      run length in samples; the run ends there or at --steps\n"
+        "                         (default: steps x start global batch)\n"
         "Parallel layout (world = dp x pp x sp ranks, started by `phalanx run`, mpirun or srun):\n"
         "  --dp N, --pp N, --sp N data-parallel replicas, pipeline stages, sequence-parallel\n"
         "                         ranks (an axis not given is 1)\n"
@@ -71,7 +84,8 @@ enum {
     OPT_OPTIM, OPT_LR, OPT_WEIGHT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP,
     OPT_DECAY_ALL, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR_RATIO, OPT_DECAY_FRACTION,
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
-    OPT_PP_SPLIT,
+    OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
+    OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES,
 };
 
 static const struct option long_options[] = {
@@ -109,6 +123,14 @@ static const struct option long_options[] = {
     {"sp", required_argument, NULL, OPT_SP},
     {"layout", required_argument, NULL, OPT_LAYOUT},
     {"pp-split", required_argument, NULL, OPT_PP_SPLIT},
+    {"batch-policy", required_argument, NULL, OPT_BATCH_POLICY},
+    {"max-global-batch", required_argument, NULL, OPT_MAX_GLOBAL_BATCH},
+    {"batch-quantum", required_argument, NULL, OPT_BATCH_QUANTUM},
+    {"batch-check", required_argument, NULL, OPT_BATCH_CHECK},
+    {"batch-eta", required_argument, NULL, OPT_BATCH_ETA},
+    {"batch-ema", required_argument, NULL, OPT_BATCH_EMA},
+    {"lr-scaling", required_argument, NULL, OPT_LR_SCALING},
+    {"train-samples", required_argument, NULL, OPT_TRAIN_SAMPLES},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -207,6 +229,10 @@ static void set_defaults(TrainOptions *o)
     o->eval_batches = 8;
     o->layout = (Layout){1, 1, 1};
     o->layout_auto = true;
+    o->batch_check = 5;
+    o->batch_eta = 1.0;
+    o->batch_ema = 0.9;
+    o->lr_scaling = LR_SCALING_SQRT;
 }
 
 /* Applies one option; returns 0, or -1 after printing why the value is bad. */
@@ -237,6 +263,21 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_PP: o->layout_auto = false; return parse_int("pp", arg, 1, &o->layout.pp);
     case OPT_SP: o->layout_auto = false; return parse_int("sp", arg, 1, &o->layout.sp);
     case OPT_PP_SPLIT: return parse_split(arg, o);
+    case OPT_BATCH_POLICY:
+        if (strcmp(arg, "fixed") != 0 && strcmp(arg, "adaptive") != 0)
+            return bad_value("batch-policy", arg, "a policy (fixed or adaptive)");
+        o->batch_adaptive = strcmp(arg, "adaptive") == 0;
+        return 0;
+    case OPT_MAX_GLOBAL_BATCH: return parse_int("max-global-batch", arg, 1, &o->max_global_batch);
+    case OPT_BATCH_QUANTUM: return parse_int("batch-quantum", arg, 1, &o->batch_quantum);
+    case OPT_BATCH_CHECK: return parse_long("batch-check", arg, 1, LONG_MAX, &o->batch_check);
+    case OPT_BATCH_ETA: return parse_double("batch-eta", arg, -1e30, 1e30, &o->batch_eta);
+    case OPT_BATCH_EMA: return parse_double("batch-ema", arg, 0.0, 0.999999, &o->batch_ema);
+    case OPT_TRAIN_SAMPLES: return parse_long("train-samples", arg, 1, LONG_MAX, &o->train_samples);
+    case OPT_LR_SCALING:
+        if (!lr_scaling_parse(arg, &o->lr_scaling))
+            return bad_value("lr-scaling", arg, "a rule (none, sqrt or linear)");
+        return 0;
     case OPT_LAYOUT:
         if (!layout_parse(arg, &o->layout, &o->layout_auto))
             return bad_value("layout", arg, "a layout (auto, or DPxPPxSP such as 2x2x1)");
@@ -268,6 +309,29 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     return -1;
 }
 
+/* The adaptive-batch rules that do not depend on the layout. */
+static int check_batch_options(TrainOptions *o)
+{
+    if (o->max_global_batch == 0)
+        o->max_global_batch = o->global_batch;
+    if (o->batch_quantum == 0)
+        o->batch_quantum = o->global_batch;
+    if (o->train_samples == 0)
+        o->train_samples = o->steps * (long)o->global_batch;
+    if (o->max_global_batch < o->global_batch) {
+        fprintf(stderr, "phalanx train: --max-global-batch %d is below the start --global-batch "
+                        "%d: the batch never shrinks; raise the maximum\n",
+                o->max_global_batch, o->global_batch);
+        return -1;
+    }
+    if (!(o->batch_eta > 0)) {
+        fprintf(stderr, "phalanx train: --batch-eta %g must be > 0: it is the norm test's "
+                        "tolerance (grow while batch < noise scale / eta^2)\n", o->batch_eta);
+        return -1;
+    }
+    return 0;
+}
+
 /* Rules that involve several options. */
 static int check_combination(TrainOptions *o)
 {
@@ -291,7 +355,7 @@ static int check_combination(TrainOptions *o)
                 (o->global_batch / o->micro_batch + 1) * o->micro_batch);
         return -1;
     }
-    return 0;
+    return check_batch_options(o);
 }
 
 int options_parse(TrainOptions *o, int argc, char **argv)
@@ -341,7 +405,8 @@ int options_parse(TrainOptions *o, int argc, char **argv)
 LayoutNeeds options_layout_needs(const TrainOptions *o)
 {
     return (LayoutNeeds){o->model, o->micro_batch, o->global_batch,
-                         o->pp_split_count ? o->pp_split : NULL, o->pp_split_count};
+                         o->pp_split_count ? o->pp_split : NULL, o->pp_split_count,
+                         o->max_global_batch, o->batch_quantum};
 }
 
 int options_resolve_layout(const TrainOptions *o, int world, Layout *out)

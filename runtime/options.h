@@ -10,6 +10,7 @@
 #define PHALANX_OPTIONS_H
 
 #include "gpt.h"
+#include "batch.h"
 #include "optim.h"
 #include "topology.h"
 
@@ -37,6 +38,13 @@ typedef struct {
     bool layout_auto;  /* --layout auto, or no axis given at all */
     int pp_split[MAX_STAGES]; /* --pp-split: layers per stage */
     int pp_split_count;       /* 0: even split */
+    /* adaptive batch (optim/batch.h) */
+    bool batch_adaptive;
+    int max_global_batch, batch_quantum;
+    long batch_check;
+    double batch_eta, batch_ema;
+    LrScaling lr_scaling;
+    long train_samples; /* the run's length in samples: steps x global batch by default */
 } TrainOptions;
 
 /* The constraints a layout must meet for these options. */

@@ -170,6 +170,8 @@ static int backward(Pipeline *p, int index, float dloss, GradSync *sync)
     }
     if (backward_output_gradient(p, acts, sync))
         return -1;
+    if (index == 0 && p->after_first_backward)
+        p->after_first_backward(p->hook_context);
     p->live--;
     return 0;
 }

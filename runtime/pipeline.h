@@ -34,6 +34,10 @@ typedef struct {
     CommRequest **pending_act; /* per set: its output's send to the next stage */
     CommRequest *pending_grad;
     int live, live_max; /* activation sets in use now / at most during the step */
+    /* called once per step, right after the first micro-batch's backward pass,
+     * when the gradients hold that micro-batch alone (NULL: not called) */
+    void (*after_first_backward)(void *context);
+    void *hook_context;
     char error[320];
 } Pipeline;
 

@@ -78,6 +78,14 @@ static const char *broken_rule(Layout l, int world, const LayoutNeeds *n, char *
         snprintf(buf, len,
                  "--global-batch %d is not divisible by micro-batch x dp = %d x %d = %d",
                  n->global_batch, n->micro_batch, l.dp, n->micro_batch * l.dp);
+    else if (n->max_global_batch % (n->micro_batch * l.dp) != 0)
+        snprintf(buf, len,
+                 "--max-global-batch %d is not a multiple of micro-batch x dp = %d x %d = %d",
+                 n->max_global_batch, n->micro_batch, l.dp, n->micro_batch * l.dp);
+    else if (n->batch_quantum % (n->micro_batch * l.dp) != 0)
+        snprintf(buf, len,
+                 "--batch-quantum %d is not a multiple of micro-batch x dp = %d x %d = %d",
+                 n->batch_quantum, n->micro_batch, l.dp, n->micro_batch * l.dp);
     else
         return NULL;
     return buf;

@@ -32,6 +32,7 @@ typedef struct {
     int micro_batch, global_batch;
     const int *pp_split; /* layers per stage (--pp-split), or NULL for an even split */
     int pp_split_count;
+    int max_global_batch, batch_quantum; /* 0: not used */
 } LayoutNeeds;
 
 GridCoord layout_coord(Layout layout, int rank);

@@ -52,12 +52,18 @@ typedef struct {
     float *m, *v;
     OptimTensor *optim_tensors;
     Schedule schedule;
+    BatchController batch;
+    uint64_t cursor;      /* global samples consumed by the steps done */
+    float *grad_snapshot; /* sp > 1: the first micro-batch's gradient, summed over sp */
+    double small_sumsq;   /* this rank's share of |first micro-batch gradient|^2 */
     FILE *metrics;
 } Trainer;
 
 typedef struct {
     long step; /* 1-based: optimizer steps completed */
-    double loss, lr, grad_norm, val_loss, seconds, comm_seconds;
+    double loss, lr, grad_norm, val_loss, seconds, comm_seconds, noise_scale;
+    int batch;            /* the global batch of this step */
+    bool measured;        /* the noise scale was estimated at this step */
     int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
     bool has_val, stop;
 } StepReport;
@@ -140,7 +146,7 @@ static int setup_optimizer(Trainer *t)
         .lr_max = o->lr,
         .min_ratio = o->min_lr_ratio,
         .warmup = (double)o->warmup * o->global_batch,
-        .total = (double)o->steps * o->global_batch,
+        .total = (double)o->train_samples,
         .decay_fraction = o->decay_fraction,
     };
     return 0;
@@ -169,7 +175,7 @@ static int setup_model(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
     LayoutNeeds needs = options_layout_needs(o);
-    int begin, end, stage = t->coord.pp, micro_batches = o->global_batch / o->micro_batch;
+    int begin, end, stage = t->coord.pp, micro_batches = o->max_global_batch / o->micro_batch;
     int local_T = o->model.seq_len / t->layout.sp;
     layout_stage_layers(t->layout, &needs, stage, &begin, &end);
     t->window_tokens = calloc((size_t)o->model.seq_len, sizeof(int));
@@ -178,11 +184,14 @@ static int setup_model(Trainer *t)
         gpt_init(&t->gpt, &o->model, begin, end, stage == 0, stage == t->layout.pp - 1) ||
         gpt_enable_sequence_parallel(&t->gpt, t->sp, o->micro_batch, local_T) ||
         pipeline_init(&t->pipe, &t->gpt, t->pp, o->micro_batch, local_T, micro_batches) ||
-        setup_optimizer(t)) {
+        setup_optimizer(t) ||
+        (t->layout.sp > 1 && !(t->grad_snapshot = malloc(t->gpt.param_count * sizeof(float))))) {
         fprintf(stderr, "phalanx train: out of memory for this model and micro-batch\n");
         return -1;
     }
     gpt_init_params(&t->gpt, o->seed);
+    batch_init(&t->batch, o->batch_adaptive, o->global_batch, o->max_global_batch,
+               o->batch_quantum, o->batch_eta, o->batch_ema);
     gradsync_init(&t->sync, t->dpsp, t->gpt.grads, t->gpt.param_count, GRAD_BUCKET_FLOATS);
     return 0;
 }
@@ -250,6 +259,7 @@ static void trainer_teardown(Trainer *t)
     gpt_free(&t->gpt);
     free(t->window_tokens);
     free(t->window_targets);
+    free(t->grad_snapshot);
     tokendata_close(&t->train);
     tokendata_close(&t->val);
     comm_free(t->dp);
@@ -320,22 +330,73 @@ static int sum_tied_gradients(Trainer *t)
     return -1;
 }
 
+/* Sum of squares of a gradient buffer of this stage, without the last
+ * stage's copy of wte (the first stage counts it). */
+static double stage_sumsq(const Trainer *t, const float *grads)
+{
+    double sum = 0.0;
+    const ParamTensor *wte = tied_embedding(t);
+    for (int i = 0; i < t->gpt.tensor_count; i++) {
+        const ParamTensor *p = &t->gpt.tensors[i];
+        if (p == wte && t->coord.pp != 0)
+            continue;
+        OptimTensor view = {.grad = (float *)grads + p->offset, .numel = p->numel};
+        sum += optim_grad_sumsq(&view, 1);
+    }
+    return sum;
+}
+
+/* Sum of squared gradients over the whole model: each stage's own, wte once. */
+static double global_grad_sumsq(Trainer *t)
+{
+    double local = stage_sumsq(t, t->gpt.grads);
+    if (comm_size(t->pp) > 1 && comm_allreduce(t->pp, &local, 1, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->pp));
+        return NAN;
+    }
+    return local;
+}
+
+/* The squared norm of the step's first micro-batch gradient (the same
+ * samples in every layout): replica 0 holds it right after that micro-batch's
+ * backward pass, split over its stages and, under sp, over its sp ranks. */
+static void measure_first_micro_batch(void *context)
+{
+    Trainer *t = context;
+    if (t->coord.dp != 0)
+        return;
+    const float *grads = t->gpt.grads;
+    if (t->layout.sp > 1) {
+        memcpy(t->grad_snapshot, grads, t->gpt.param_count * sizeof(float));
+        if (comm_allreduce(t->sp, t->grad_snapshot, t->gpt.param_count, COMM_F32) != 0) {
+            t->small_sumsq = NAN;
+            return;
+        }
+        grads = t->grad_snapshot;
+    }
+    if (t->coord.sp == 0)
+        t->small_sumsq = stage_sumsq(t, grads);
+}
+
 /* Forward and backward over this replica's micro-batches (1F1B over the
  * stages), gradients summed over dp x sp and between the copies of wte.
  * Returns this rank's share of the global mean loss, or NAN. */
-static double compute_gradients(Trainer *t, long step_index, StepReport *r)
+static double compute_gradients(Trainer *t, StepReport *r)
 {
     const TrainOptions *o = &t->opt;
-    int per_replica = o->global_batch / o->micro_batch / t->layout.dp;
-    float dloss = 1.0f / ((float)o->global_batch * (float)o->model.seq_len);
-    BatchSource src = {t, (uint64_t)step_index * (uint64_t)o->global_batch +
-                              (uint64_t)t->coord.dp * (uint64_t)per_replica * (uint64_t)o->micro_batch,
+    int B = r->batch, per_replica = B / o->micro_batch / t->layout.dp;
+    float dloss = 1.0f / ((float)B * (float)o->model.seq_len);
+    BatchSource src = {t, t->cursor + (uint64_t)t->coord.dp * (uint64_t)per_replica *
+                                          (uint64_t)o->micro_batch,
                        0, 1};
     double loss_share = 0.0;
     gpt_zero_grad(&t->gpt);
     gradsync_begin(&t->sync);
+    t->small_sumsq = 0.0;
+    t->pipe.after_first_backward = r->measured ? measure_first_micro_batch : NULL;
+    t->pipe.hook_context = t;
     // each rank's micro-batch loss is the mean over its B x T/sp tokens
-    double weight = (double)o->micro_batch / o->global_batch / t->layout.sp;
+    double weight = (double)o->micro_batch / B / t->layout.sp;
     if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss, weight,
                             &t->sync, &loss_share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
@@ -367,33 +428,19 @@ static double evaluate(Trainer *t)
     return world_sum(t, share);
 }
 
-/* Sum of squared gradients over the whole model: each stage's own, wte once. */
-static double global_grad_sumsq(Trainer *t)
-{
-    double local = optim_grad_sumsq(t->optim_tensors, t->gpt.tensor_count);
-    const ParamTensor *wte = tied_embedding(t);
-    if (wte && t->coord.pp != 0) {
-        OptimTensor copy = {.grad = t->gpt.grads + wte->offset, .numel = wte->numel};
-        local -= optim_grad_sumsq(&copy, 1);
-    }
-    if (comm_size(t->pp) > 1 && comm_allreduce(t->pp, &local, 1, COMM_F64) != 0) {
-        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->pp));
-        return NAN;
-    }
-    return local;
-}
 
 /* The step's numbers every rank must agree on: loss and whether to stop. */
 static int agree_on_step(Trainer *t, double loss_share, StepReport *r)
 {
     bool stop = stop_signal != 0 || channel_stop_requested(&t->channel);
-    double values[2] = {loss_share, stop ? 1.0 : 0.0};
-    if (comm_allreduce(t->world, values, 2, COMM_F64) != 0) {
+    double values[3] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq};
+    if (comm_allreduce(t->world, values, 3, COMM_F64) != 0) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
         return -1;
     }
     r->loss = values[0];
     r->stop = values[1] > 0;
+    t->small_sumsq = values[2];
     return 0;
 }
 
@@ -426,12 +473,27 @@ static int check_finite(const Trainer *t, const StepReport *r)
     return -1;
 }
 
+/* Feeds the noise-scale estimate and lets the controller grow the batch of
+ * the steps that follow. The first micro-batch's gradient was summed with
+ * weight 1 / (B T) per token: times B / micro it is that micro-batch's mean. */
+static void update_batch(Trainer *t, StepReport *r)
+{
+    if (!r->measured)
+        return;
+    double scale = (double)r->batch / t->opt.micro_batch;
+    r->noise_scale = batch_observe(&t->batch, t->small_sumsq * scale * scale, t->opt.micro_batch,
+                                   r->grad_norm * r->grad_norm, r->batch);
+    batch_decide(&t->batch);
+}
+
 static int train_step(Trainer *t, long step_index, StepReport *r)
 {
     const TrainOptions *o = &t->opt;
     double start = now_seconds();
     r->step = step_index + 1;
-    double loss_share = compute_gradients(t, step_index, r);
+    r->batch = t->batch.batch;
+    r->measured = o->batch_adaptive && step_index % o->batch_check == 0 && r->batch > o->micro_batch;
+    double loss_share = compute_gradients(t, r);
     if (agree_on_step(t, loss_share, r) || gather_live_activations(t, r))
         return -1;
     // every rank of dp x sp now holds the same summed gradients of its stage
@@ -439,10 +501,13 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     if (check_finite(t, r))
         return -1;
     float clip_scale = optim_clip_scale(r->grad_norm, o->clip);
-    r->lr = schedule_lr(&t->schedule, (double)r->step * o->global_batch);
+    t->cursor += (uint64_t)r->batch;
+    r->lr = schedule_lr(&t->schedule, (double)t->cursor) *
+            lr_scale(o->lr_scaling, r->batch, o->global_batch);
     optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
                clip_scale);
-    bool last = r->step == o->steps;
+    update_batch(t, r);
+    bool last = r->step == o->steps || t->cursor >= (uint64_t)o->train_samples;
     r->has_val = o->val_data && (last || (o->eval_every && r->step % o->eval_every == 0));
     if (r->has_val)
         r->val_loss = evaluate(t);
@@ -457,18 +522,21 @@ static void write_metrics(Trainer *t, const StepReport *r)
 {
     if (!t->metrics)
         return;
-    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
+    double tokens = (double)r->batch * t->opt.model.seq_len;
     fprintf(t->metrics,
-            "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
+            "{\"step\": %ld, \"samples\": %llu, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
             "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g, \"step_ms\": %.3f, "
             "\"grad_comm_ms\": %.3f, \"activation_mib\": %.3f",
-            r->step, r->loss, r->lr, t->opt.global_batch, tokens / r->seconds, r->grad_norm,
+            r->step, (unsigned long long)t->cursor, r->loss, r->lr, r->batch, tokens / r->seconds,
+            r->grad_norm,
             r->seconds * 1e3, r->comm_seconds * 1e3,
             pipeline_activation_bytes(&t->pipe) / 1048576.0);
     fprintf(t->metrics, ", \"live_activations\": [");
     for (int i = 0; i < t->layout.pp; i++)
         fprintf(t->metrics, "%s%d", i ? ", " : "", r->live_activations[i]);
     fprintf(t->metrics, "]");
+    if (r->measured && isfinite(r->noise_scale))
+        fprintf(t->metrics, ", \"noise_scale\": %.17g", r->noise_scale);
     if (r->has_val)
         fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
     fprintf(t->metrics, "}\n");
@@ -478,12 +546,16 @@ static void write_metrics(Trainer *t, const StepReport *r)
 static void print_progress(Trainer *t, const StepReport *r, double elapsed)
 {
     char line[512];
-    double tokens = (double)t->opt.global_batch * t->opt.model.seq_len;
-    double eta = elapsed / r->step * (t->opt.steps - r->step);
+    double tokens = (double)r->batch * t->opt.model.seq_len;
+    double done = (double)t->cursor / t->opt.train_samples;
+    double by_steps = (double)r->step / t->opt.steps;
+    if (by_steps > done)
+        done = by_steps; /* whichever limit comes first */
+    double eta = elapsed / done * (1.0 - done);
     int used = snprintf(line, sizeof(line),
                         "step %5ld/%ld | loss %.4f | lr %.2e | batch %d | %.0f tok/s | "
                         "grad %.3f | ckpt off | ETA %dm%02ds",
-                        r->step, t->opt.steps, r->loss, r->lr, t->opt.global_batch,
+                        r->step, t->opt.steps, r->loss, r->lr, r->batch,
                         tokens / r->seconds, r->grad_norm, (int)(eta / 60), (int)eta % 60);
     if (r->has_val)
         snprintf(line + used, sizeof(line) - (size_t)used, " | val %.4f", r->val_loss);
@@ -608,7 +680,7 @@ static int run_training(Trainer *t)
     print_header(t);
     double start = now_seconds();
     StepReport report = {0};
-    for (long s = 0; s < t->opt.steps; s++) {
+    for (long s = 0; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples; s++) {
         if (train_step(t, s, &report))
             return 1;
         if (t->rank == 0)
