@@ -18,15 +18,19 @@
  * - The training thread, around optimizer step s (1-based):
  *       ckpt_wait_copied(ck);                    right before the optimizer writes
  *       optimizer step s
- *       if (ckpt_due(ck, s)) ckpt_snapshot(ck, &state);
+ *       if (ckpt_due(ck, s)) ckpt_snapshot(ck, &state, err, sizeof(err));
  *   async: ckpt_snapshot() returns at once; the sidecar copies this rank's
  *   share of params, m and v into a staging buffer while the next forward and
  *   backward run (so those buffers must not change until ckpt_wait_copied()
  *   returns), then serialises and flushes it in the background.
  *   sync: ckpt_snapshot() copies, writes and commits before it returns.
+ *   Memory: staging holds this rank's share of params, m and v; a flush
+ *   builds the shard as an HDF5 image in memory (about twice that, briefly).
  * - Tiers: tier 1 in node-local memory (options.memory_dir, by default
  *   /dev/shm/phalanx-<hash of the tier-2 path>), survives a crashed process;
- *   tier 2 is options.dir. Same files in both; tier 1 is committed first.
+ *   tier 2 is options.dir (shared by all ranks). Same files in both; tier 1
+ *   is committed first. A tier-1 checkpoint is readable where all its shards
+ *   are local (one node); elsewhere resume falls back to tier 2 by itself.
  * - Commit, per tier: every rank writes and fsyncs its shard; the sidecars
  *   agree (a non-blocking allreduce on their own communicator); rank 0 writes
  *   index.h5 (tmp file, fsync, rename, directory fsync). A checkpoint is
@@ -42,7 +46,8 @@
  *   <tier>/step_%08ld/rank_%05d.h5   one shard per writing rank: datasets
  *       params/<name>, optim/m/<name>, optim/v/<name>, each a fragment of a
  *       logical tensor (attributes logical_name, logical_shape, offset),
- *       chunked with Fletcher32; metadata checksummed (HDF5 1.8+ format).
+ *       chunked with Fletcher32; metadata checksummed (HDF5 1.10 format:
+ *       readers need HDF5 1.10 or newer).
  *   <tier>/step_%08ld/index.h5       written last: group `run` (run state as
  *       attributes, run/extra for key-value pairs), table `fragments`, table
  *       `shards` (rank, bytes), and virtual datasets params/<name>,
@@ -55,16 +60,17 @@
  *   from the shards, with every checksum verified.
  * - ckpt_resume() is collective: "latest" (the newest complete checkpoint
  *   across both tiers) or a path; when a candidate fails to load on any rank
- *   (checksum, missing shard) every rank warns and falls back to the previous
+ *   (checksum, missing shard) rank 0 warns and all fall back to the previous
  *   complete one. A different model shape is never a reason to fall back:
  *   it fails with a message naming the dimension.
  *
  * Rules
  * - Errors come back as -1 or a CkptStatus with a message in err; nothing
  *   aborts. Warnings of the background flush go to stderr.
- * - All functions are called from one thread (the training thread); only
- *   the sidecar thread calls HDF5 during training, since the thread-safe
- *   HDF5 (Debian's serial libhdf5) serialises every call behind one lock.
+ * - All functions are called from one thread (the training thread). Resume
+ *   before ckpt_open(): during training only the sidecar calls HDF5, since
+ *   the thread-safe HDF5 (Debian's serial libhdf5) serialises every call
+ *   behind one lock.
  * - Fault injection: PHALANX_FAULT_KILL_DURING_FLUSH=STEP[:TIER][@RANK] makes
  *   the sidecar raise SIGKILL after writing half of that step's shard in that
  *   tier (default 2; every rank unless @RANK is given).
@@ -135,9 +141,10 @@ typedef struct {
     double lr, beta1, beta2, eps, weight_decay, clip;
     int decay_all;
     char schedule[16];
-    int64_t warmup_steps, total_steps;
+    int64_t warmup_steps, total_steps; /* --warmup, --steps */
+    int64_t train_samples;             /* the schedule's length in samples */
     double min_lr_ratio, decay_fraction;
-    int global_batch, micro_batch;
+    int global_batch, micro_batch;     /* the global batch of the coming steps */
     CkptLayout writer; /* the layout that wrote it (information only) */
     int extra_count;   /* later state (batch controller): key-value pairs */
     CkptExtra extra[CKPT_EXTRA_MAX];
@@ -159,7 +166,7 @@ typedef enum { CKPT_ASYNC = 0, CKPT_SYNC = 1 } CkptMode;
 
 typedef struct {
     const char *dir;        /* tier 2 (--ckpt-dir); created when missing */
-    const char *memory_dir; /* tier 1; NULL: /dev/shm/phalanx-<hash>; "none": off */
+    const char *memory_dir; /* tier 1; NULL or "": /dev/shm/phalanx-<hash>; "none": off */
     long every;             /* checkpoint after steps every, 2*every, ... (>= 1) */
     int keep;               /* complete checkpoints kept per tier (>= 1) */
     CkptMode mode;
@@ -206,9 +213,10 @@ typedef struct {
 CkptStats ckpt_stats(Checkpointer *ck);
 
 /* Collective. Finishes pending work and stops the sidecar; `success` says
- * the run ended well, which lets tier 1 go. Returns 0, or -1 when the last
+ * the run ended well, which lets tier 1 go. Fills *final (when not NULL)
+ * with the counters after the last flush. Returns 0, or -1 when the last
  * checkpoint handed over was not committed to tier 2. Frees ck. */
-int ckpt_close(Checkpointer *ck, bool success);
+int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
 
 /* ---------------------------------------------------------------------- */
 /* Reading                                                                */

@@ -65,6 +65,12 @@ CkptStatus format_shard_open(const char *file, const CkptIndex *index, int rank,
 CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *fragment,
                                 float *dest, char *err, size_t err_len);
 
+/* Sorts fragments by name, then first row. */
+void format_fragments_sort(CkptFragment *fragments, int count);
+/* Checks sorted fragments: one shape per tensor, rows tiled exactly (no gap,
+ * no overlap). The message names the tensor and the ranks. */
+int format_fragments_check(const CkptFragment *sorted, int count, char *err, size_t err_len);
+
 /* Turns HDF5's automatic error printing off for the calling thread (the
  * thread-safe library keeps that setting per thread). */
 void format_quiet(void);
@@ -89,6 +95,7 @@ int files_probe(const char *dir, char *err, size_t err_len);
 /* Writes and fsyncs a whole file. */
 int files_write(const char *path, const void *data, size_t size, const WriteHooks *hooks,
                 char *err, size_t err_len);
+int files_fsync_dir(const char *dir);
 /* Writes `path` through a temporary file, fsync, rename and directory fsync. */
 int files_write_atomic(const char *path, const void *data, size_t size, char *err,
                        size_t err_len);

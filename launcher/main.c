@@ -3,8 +3,10 @@
  *   train          one training worker (runtime/)
  *   data prepare   text files -> token shards
  *   run            start N ranks with mpirun or srun and watch them (launcher/)
- * Later issues add: drill (failure injection), ckpt.
+ *   ckpt           list, verify and inspect checkpoints (launcher/ckpt.c)
+ * Later issues add: drill (failure injection).
  */
+#include "ckpt.h"
 #include "launcher.h"
 #include "runtime.h"
 
@@ -19,6 +21,7 @@ static void usage(FILE *out)
           "  run            start N training ranks with mpirun or srun (see phalanx run --help)\n"
           "  train          train a model on this process (see phalanx train --help)\n"
           "  data prepare   turn text files into token shards (see phalanx data prepare --help)\n"
+          "  ckpt           ls, verify or inspect checkpoints (see phalanx ckpt --help)\n"
           "  help           this text\n",
           out);
 }
@@ -36,6 +39,8 @@ int main(int argc, char **argv)
         return run_main(argc - 1, argv + 1);
     if (strcmp(command, "data") == 0)
         return data_main(argc - 1, argv + 1);
+    if (strcmp(command, "ckpt") == 0)
+        return ckpt_main(argc - 1, argv + 1);
     if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
         strcmp(command, "-h") == 0) {
         usage(stdout);

@@ -1,0 +1,900 @@
+/*
+ * The HDF5 side of checkpoints: shard and index files built as in-memory
+ * images (the core driver), and reading them back.
+ *
+ * Why images: HDF5 1.10.8 does not survive a failed write cleanly (after
+ * ENOSPC its close calls fail and leave state behind that crashes the
+ * library at exit), so HDF5 never touches a real file while writing; the
+ * sidecar writes the image with write() and sees a full disk as an errno.
+ *
+ * Files use the 1.8+ format (superblock 2, object headers 2), which puts a
+ * checksum on all metadata; Fletcher32 covers the data. H5Fget_file_image in
+ * 1.10.8 leaves a stale superblock checksum in images of that format, so
+ * core_image() recomputes it (Jenkins' lookup3, as HDF5 does).
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const ckpt_kind_group[KIND_COUNT] = {"params", "optim/m", "optim/v"};
+
+/* Chunks of at most 4 MiB: big enough for fast I/O, small enough that a
+ * checksum error names a small region and reading needs little scratch. */
+#define CHUNK_BYTES ((size_t)4 << 20)
+
+static void close_id(hid_t id)
+{
+    if (id >= 0)
+        H5Idec_ref(id);
+}
+
+void format_quiet(void)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+// ----------------------------------------------------------------------------
+// the fragment table
+
+static int compare_fragments(const void *a, const void *b)
+{
+    const CkptFragment *x = a, *y = b;
+    int by_name = strcmp(x->name, y->name);
+    if (by_name != 0)
+        return by_name;
+    return (x->row_begin > y->row_begin) - (x->row_begin < y->row_begin);
+}
+
+void format_fragments_sort(CkptFragment *fragments, int count)
+{
+    qsort(fragments, (size_t)count, sizeof(*fragments), compare_fragments);
+}
+
+static bool same_shape(const CkptFragment *a, const CkptFragment *b)
+{
+    return a->ndim == b->ndim && a->shape[0] == b->shape[0] &&
+           ckpt_row_length(a->ndim, a->shape) == ckpt_row_length(b->ndim, b->shape);
+}
+
+int format_fragments_check(const CkptFragment *f, int count, char *err, size_t err_len)
+{
+    for (int i = 0; i < count; i++) {
+        bool first = i == 0 || strcmp(f[i].name, f[i - 1].name) != 0;
+        bool last = i == count - 1 || strcmp(f[i].name, f[i + 1].name) != 0;
+        if (!first && !same_shape(&f[i], &f[i - 1]))
+            return ckpt_fail(err, err_len,
+                             "tensor '%s': rank %d holds shape [%lld, %lld], rank %d holds "
+                             "[%lld, %lld]",
+                             f[i].name, f[i].rank, (long long)f[i].shape[0],
+                             (long long)ckpt_row_length(f[i].ndim, f[i].shape), f[i - 1].rank,
+                             (long long)f[i - 1].shape[0],
+                             (long long)ckpt_row_length(f[i - 1].ndim, f[i - 1].shape));
+        int64_t expected = first ? 0 : f[i - 1].row_end;
+        if (f[i].row_begin > expected)
+            return ckpt_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
+                             f[i].name, (long long)expected, (long long)f[i].row_begin);
+        if (f[i].row_begin < expected)
+            return ckpt_fail(err, err_len,
+                             "tensor '%s': rows [%lld, %lld) of rank %d overlap rows up to %lld "
+                             "of rank %d (replica_index/replica_count disagree)",
+                             f[i].name, (long long)f[i].row_begin, (long long)f[i].row_end,
+                             f[i].rank, (long long)expected, f[i - 1].rank);
+        if (last && f[i].row_end != f[i].shape[0])
+            return ckpt_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
+                             f[i].name, (long long)f[i].row_end, (long long)f[i].shape[0]);
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// errors
+
+typedef struct {
+    char *buf;
+    size_t len;
+} ErrorText;
+
+static herr_t innermost_error(unsigned n, const H5E_error2_t *e, void *data)
+{
+    ErrorText *t = data;
+    if (n > 0)
+        return 0;
+    const char *desc = e->desc ? e->desc : "unknown HDF5 error";
+    // low-level I/O errors carry the system's text inside a long description
+    const char *sys = strstr(desc, "error message = '");
+    if (sys) {
+        sys += strlen("error message = '");
+        snprintf(t->buf, t->len, "%.*s", (int)strcspn(sys, "'"), sys);
+    } else {
+        snprintf(t->buf, t->len, "%s", desc);
+    }
+    return 0;
+}
+
+/* The most specific message on this thread's HDF5 error stack. */
+static const char *h5_error(char *buf, size_t len)
+{
+    ErrorText text = {buf, len};
+    snprintf(buf, len, "unknown HDF5 error");
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, &text);
+    H5Eclear2(H5E_DEFAULT);
+    return buf;
+}
+
+static int h5_fail(char *err, size_t err_len, const char *what)
+{
+    char why[256];
+    return ckpt_fail(err, err_len, "%s: %s", what, h5_error(why, sizeof(why)));
+}
+
+// ----------------------------------------------------------------------------
+// in-memory files
+
+#define ROT(x, k) (((x) << (k)) | ((x) >> (32 - (k))))
+
+/* Bob Jenkins' lookup3 hashlittle(), byte by byte: HDF5's metadata checksum. */
+static uint32_t lookup3(const uint8_t *k, size_t length)
+{
+    uint32_t a, b, c;
+    a = b = c = 0xdeadbeefu + (uint32_t)length;
+    while (length > 12) {
+        a += k[0] + ((uint32_t)k[1] << 8) + ((uint32_t)k[2] << 16) + ((uint32_t)k[3] << 24);
+        b += k[4] + ((uint32_t)k[5] << 8) + ((uint32_t)k[6] << 16) + ((uint32_t)k[7] << 24);
+        c += k[8] + ((uint32_t)k[9] << 8) + ((uint32_t)k[10] << 16) + ((uint32_t)k[11] << 24);
+        a -= c; a ^= ROT(c, 4);  c += b;
+        b -= a; b ^= ROT(a, 6);  a += c;
+        c -= b; c ^= ROT(b, 8);  b += a;
+        a -= c; a ^= ROT(c, 16); c += b;
+        b -= a; b ^= ROT(a, 19); a += c;
+        c -= b; c ^= ROT(b, 4);  b += a;
+        length -= 12;
+        k += 12;
+    }
+    if (length == 0)
+        return c;
+    uint32_t *word[3] = {&a, &b, &c};
+    for (size_t i = 0; i < length; i++)
+        *word[i / 4] += (uint32_t)k[i] << (8 * (i % 4));
+    c ^= b; c -= ROT(b, 14);
+    a ^= c; a -= ROT(c, 11);
+    b ^= a; b -= ROT(a, 25);
+    c ^= b; c -= ROT(b, 16);
+    a ^= c; a -= ROT(c, 4);
+    b ^= a; b -= ROT(a, 14);
+    c ^= b; c -= ROT(b, 24);
+    return c;
+}
+
+/* Superblock 2/3: signature, version, sizes of offsets and lengths, flags,
+ * four addresses, then the checksum of everything before it. */
+static void fix_superblock_checksum(uint8_t *image, size_t size)
+{
+    static const uint8_t signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    if (size < 12 || memcmp(image, signature, 8) != 0 || image[8] < 2)
+        return;
+    size_t end = 12 + 4 * (size_t)image[9];
+    if (end + 4 > size)
+        return;
+    uint32_t sum = lookup3(image, end);
+    for (int i = 0; i < 4; i++)
+        image[end + (size_t)i] = (uint8_t)(sum >> (8 * i));
+}
+
+static hid_t core_create(size_t increment)
+{
+    static atomic_ulong serial;
+    char name[64];
+    // names of open core files must differ, and several sidecars may run
+    snprintf(name, sizeof(name), "phalanx-image-%lu", atomic_fetch_add(&serial, 1));
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t file = H5I_INVALID_HID;
+    if (fapl >= 0 && H5Pset_fapl_core(fapl, increment, 0) >= 0 &&
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0)
+        file = H5Fcreate(name, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    close_id(fapl);
+    return file;
+}
+
+static int core_image(hid_t file, void **image, size_t *size, char *err, size_t err_len)
+{
+    if (H5Fflush(file, H5F_SCOPE_LOCAL) < 0)
+        return h5_fail(err, err_len, "cannot flush the in-memory file");
+    ssize_t n = H5Fget_file_image(file, NULL, 0);
+    if (n <= 0)
+        return h5_fail(err, err_len, "cannot size the in-memory file");
+    uint8_t *buf = malloc((size_t)n);
+    if (!buf)
+        return ckpt_fail(err, err_len, "out of memory for a %zd-byte file image", n);
+    if (H5Fget_file_image(file, buf, (size_t)n) != n) {
+        free(buf);
+        return h5_fail(err, err_len, "cannot copy the in-memory file");
+    }
+    fix_superblock_checksum(buf, (size_t)n);
+    *image = buf;
+    *size = (size_t)n;
+    return 0;
+}
+
+/* Checkpoint files never change once committed, so readers take no lock:
+ * HDF5 1.10 flocks by default, which fails on some parallel file systems. */
+static hid_t open_read(const char *path)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t file = H5I_INVALID_HID;
+    if (fapl >= 0 && H5Pset_file_locking(fapl, 0, 1) >= 0)
+        file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    close_id(fapl);
+    return file;
+}
+
+// ----------------------------------------------------------------------------
+// attributes
+
+static int attr_write(hid_t obj, const char *name, hid_t file_type, hid_t mem_type,
+                      hsize_t count, const void *value)
+{
+    hid_t space = count ? H5Screate_simple(1, &count, NULL) : H5Screate(H5S_SCALAR);
+    hid_t attr = space < 0 ? H5I_INVALID_HID
+                           : H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = attr >= 0 && H5Awrite(attr, mem_type, value) >= 0 ? 0 : -1;
+    close_id(attr);
+    close_id(space);
+    return rc;
+}
+
+static int attr_i64(hid_t obj, const char *name, hsize_t count, const int64_t *v)
+{
+    return attr_write(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, count, v);
+}
+
+static int attr_string(hid_t obj, const char *name, const char *text)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    int rc = -1;
+    // variable length UTF-8: h5py reads it as str
+    if (type >= 0 && H5Tset_size(type, H5T_VARIABLE) >= 0 &&
+        H5Tset_cset(type, H5T_CSET_UTF8) >= 0)
+        rc = attr_write(obj, name, type, type, 0, &text);
+    close_id(type);
+    return rc;
+}
+
+static int attr_read(hid_t obj, const char *name, hid_t mem_type, hssize_t count, void *out)
+{
+    if (H5Aexists(obj, name) <= 0)
+        return -1;
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
+    int rc = -1;
+    if (space >= 0 && H5Sget_simple_extent_npoints(space) == (count ? count : 1))
+        rc = H5Aread(attr, mem_type, out) >= 0 ? 0 : -1;
+    close_id(space);
+    close_id(attr);
+    return rc;
+}
+
+/* Reads a variable- or fixed-length string attribute into out. */
+static int attr_read_string(hid_t obj, const char *name, char *out, size_t len)
+{
+    if (H5Aexists(obj, name) <= 0)
+        return -1;
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
+    int rc = -1;
+    if (type >= 0 && H5Tget_class(type) == H5T_STRING) {
+        if (H5Tis_variable_str(type) > 0) {
+            char *text = NULL;
+            if (H5Aread(attr, type, &text) >= 0 && text) {
+                snprintf(out, len, "%s", text);
+                H5free_memory(text);
+                rc = 0;
+            }
+        } else {
+            size_t size = H5Tget_size(type);
+            char *text = calloc(1, size + 1);
+            if (text && H5Aread(attr, type, text) >= 0) {
+                snprintf(out, len, "%s", text);
+                rc = 0;
+            }
+            free(text);
+        }
+    }
+    close_id(type);
+    close_id(attr);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// run state: one attribute per field of CkptRunState
+
+typedef enum { F_INT, F_I64, F_U64, F_F64, F_STR } FieldType;
+
+typedef struct {
+    const char *name;
+    FieldType type;
+    size_t offset, size;
+} Field;
+
+#define FIELD(n, t, member) \
+    {n, t, offsetof(CkptRunState, member), sizeof(((CkptRunState *)0)->member)}
+
+static const Field RUN_FIELDS[] = {
+    FIELD("format_version", F_INT, format_version),
+    FIELD("step", F_I64, step),
+    FIELD("sample_cursor", F_I64, sample_cursor),
+    FIELD("seed", F_U64, seed),
+    FIELD("vocab", F_INT, model.vocab),
+    FIELD("layers", F_INT, model.layers),
+    FIELD("heads", F_INT, model.heads),
+    FIELD("dim", F_INT, model.dim),
+    FIELD("seq_len", F_INT, model.seq_len),
+    FIELD("optimizer", F_STR, optimizer),
+    FIELD("lr", F_F64, lr),
+    FIELD("beta1", F_F64, beta1),
+    FIELD("beta2", F_F64, beta2),
+    FIELD("eps", F_F64, eps),
+    FIELD("weight_decay", F_F64, weight_decay),
+    FIELD("clip", F_F64, clip),
+    FIELD("decay_all", F_INT, decay_all),
+    FIELD("schedule", F_STR, schedule),
+    FIELD("warmup_steps", F_I64, warmup_steps),
+    FIELD("total_steps", F_I64, total_steps),
+    FIELD("train_samples", F_I64, train_samples),
+    FIELD("min_lr_ratio", F_F64, min_lr_ratio),
+    FIELD("decay_fraction", F_F64, decay_fraction),
+    FIELD("global_batch", F_INT, global_batch),
+    FIELD("micro_batch", F_INT, micro_batch),
+    FIELD("writer_dp", F_INT, writer.dp),
+    FIELD("writer_pp", F_INT, writer.pp),
+    FIELD("writer_sp", F_INT, writer.sp),
+    FIELD("writer_world", F_INT, writer.world),
+};
+#define RUN_FIELD_COUNT (sizeof(RUN_FIELDS) / sizeof(RUN_FIELDS[0]))
+
+static hid_t field_file_type(FieldType t)
+{
+    switch (t) {
+    case F_INT: return H5T_STD_I32LE;
+    case F_I64: return H5T_STD_I64LE;
+    case F_U64: return H5T_STD_U64LE;
+    case F_F64: return H5T_IEEE_F64LE;
+    case F_STR: break;
+    }
+    return H5I_INVALID_HID;
+}
+
+static hid_t field_mem_type(FieldType t)
+{
+    switch (t) {
+    case F_INT: return H5T_NATIVE_INT;
+    case F_I64: return H5T_NATIVE_INT64;
+    case F_U64: return H5T_NATIVE_UINT64;
+    case F_F64: return H5T_NATIVE_DOUBLE;
+    case F_STR: break;
+    }
+    return H5I_INVALID_HID;
+}
+
+static int run_state_write(hid_t file, const CkptRunState *state)
+{
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t run = H5Gcreate2(file, "run", lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t extra = run >= 0 ? H5Gcreate2(run, "extra", lcpl, H5P_DEFAULT, H5P_DEFAULT)
+                           : H5I_INVALID_HID;
+    int rc = extra >= 0 ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
+        const Field *f = &RUN_FIELDS[i];
+        const char *at = (const char *)state + f->offset;
+        rc = f->type == F_STR ? attr_string(run, f->name, at)
+                              : attr_write(run, f->name, field_file_type(f->type),
+                                           field_mem_type(f->type), 0, at);
+    }
+    for (int i = 0; rc == 0 && i < state->extra_count; i++)
+        rc = attr_write(extra, state->extra[i].key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0,
+                        &state->extra[i].value);
+    close_id(extra);
+    close_id(run);
+    close_id(lcpl);
+    return rc;
+}
+
+static herr_t read_extra(hid_t obj, const char *name, const H5A_info_t *info, void *data)
+{
+    (void)info;
+    CkptRunState *state = data;
+    double value;
+    if (attr_read(obj, name, H5T_NATIVE_DOUBLE, 0, &value) != 0 ||
+        ckpt_state_set(state, name, value) != 0)
+        return -1;
+    return 0;
+}
+
+static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err_len)
+{
+    memset(state, 0, sizeof(*state));
+    if (H5Lexists(file, "run", H5P_DEFAULT) <= 0 || H5Lexists(file, "run/extra", H5P_DEFAULT) <= 0)
+        return ckpt_fail(err, err_len, "no run state (group 'run')");
+    hid_t run = H5Gopen2(file, "run", H5P_DEFAULT);
+    hid_t extra = H5Gopen2(file, "run/extra", H5P_DEFAULT);
+    int rc = run >= 0 && extra >= 0 ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
+        const Field *f = &RUN_FIELDS[i];
+        char *at = (char *)state + f->offset;
+        rc = f->type == F_STR ? attr_read_string(run, f->name, at, f->size)
+                              : attr_read(run, f->name, field_mem_type(f->type), 0, at);
+        if (rc != 0)
+            ckpt_fail(err, err_len, "run state: attribute '%s' is missing or unreadable",
+                      f->name);
+    }
+    if (rc == 0 && H5Aiterate2(extra, H5_INDEX_NAME, H5_ITER_INC, NULL, read_extra, state) < 0)
+        rc = ckpt_fail(err, err_len, "run state: unreadable key-value pairs in run/extra");
+    close_id(extra);
+    close_id(run);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// shards
+
+static void dataset_path(char *out, size_t len, int kind, const char *name)
+{
+    snprintf(out, len, "%s/%s", ckpt_kind_group[kind], name);
+}
+
+static void fragment_dims(const CkptFragment *f, hsize_t dims[2])
+{
+    dims[0] = (hsize_t)(f->row_end - f->row_begin);
+    dims[1] = (hsize_t)(f->ndim == 2 ? f->shape[1] : 1);
+}
+
+/* Rows per chunk: whole rows, up to CHUNK_BYTES. */
+static hsize_t chunk_rows(const CkptFragment *f)
+{
+    hsize_t dims[2];
+    fragment_dims(f, dims);
+    size_t row_bytes = (size_t)dims[1] * sizeof(float);
+    hsize_t rows = row_bytes >= CHUNK_BYTES ? 1 : CHUNK_BYTES / row_bytes;
+    return dims[0] < rows ? dims[0] : rows;
+}
+
+static size_t chunk_bytes(const CkptFragment *f)
+{
+    hsize_t dims[2];
+    fragment_dims(f, dims);
+    return (size_t)chunk_rows(f) * (size_t)dims[1] * sizeof(float);
+}
+
+/* Chunked (which Fletcher32 needs) with the Fletcher32 filter. */
+static hid_t fragment_dcpl(const CkptFragment *f)
+{
+    hsize_t dims[2], chunk[2];
+    fragment_dims(f, dims);
+    chunk[0] = chunk_rows(f);
+    chunk[1] = dims[1];
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (dcpl >= 0 && (H5Pset_chunk(dcpl, f->ndim, chunk) < 0 || H5Pset_fletcher32(dcpl) < 0)) {
+        close_id(dcpl);
+        return H5I_INVALID_HID;
+    }
+    return dcpl;
+}
+
+/* HDF5's Fletcher32 (H5_checksum_fletcher32, for an even length): sums of
+ * big-endian 16-bit words, folded to 17 bits after every 360 words. Over a
+ * block of n words sum2 gains n*sum1 + sum((n - i) * w_i), the same value
+ * modulo 2^32 as the word-by-word loop, in a form the compiler vectorises. */
+static uint32_t fletcher32(const uint8_t *data, size_t bytes)
+{
+    uint32_t sum1 = 0, sum2 = 0;
+    for (size_t words = bytes / 2; words > 0;) {
+        uint32_t n = words > 360 ? 360 : (uint32_t)words, s = 0, t = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t w = (uint32_t)data[2 * i] << 8 | data[2 * i + 1];
+            s += w;
+            t += (n - i) * w;
+        }
+        sum2 += n * sum1 + t;
+        sum1 += s;
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+        data += 2 * (size_t)n;
+        words -= n;
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    return sum2 << 16 | sum1;
+}
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "chunks are written as raw little-endian floats (H5T_IEEE_F32LE)");
+
+/* Writes the chunks already filtered, with H5Dwrite_chunk: HDF5's own filter
+ * runs at a few hundred MB/s and copies more. Readers check the checksum with
+ * HDF5's filter as usual. An edge chunk is stored whole, zero-padded. */
+static int write_chunks(hid_t ds, const CkptFragment *f, const float *data, uint8_t *scratch)
+{
+    hsize_t dims[2], rows = chunk_rows(f);
+    fragment_dims(f, dims);
+    size_t whole = chunk_bytes(f);
+    for (hsize_t r = 0; r < dims[0]; r += rows) {
+        size_t bytes = (size_t)(dims[0] - r < rows ? dims[0] - r : rows) * dims[1] * sizeof(float);
+        memcpy(scratch, data + r * dims[1], bytes);
+        memset(scratch + bytes, 0, whole - bytes);
+        uint32_t sum = fletcher32(scratch, whole);
+        for (int i = 0; i < 4; i++)
+            scratch[whole + (size_t)i] = (uint8_t)(sum >> (8 * i)); // stored little-endian
+        hsize_t offset[2] = {r, 0};
+        if (H5Dwrite_chunk(ds, H5P_DEFAULT, 0, offset, whole + 4, scratch) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int write_piece(hid_t file, hid_t lcpl, const ShardPiece *piece, int kind,
+                       uint8_t *scratch)
+{
+    const CkptFragment *f = piece->fragment;
+    char path[2 * CKPT_NAME_MAX];
+    dataset_path(path, sizeof(path), kind, f->name);
+    hsize_t dims[2];
+    fragment_dims(f, dims);
+    int64_t offset[2] = {f->row_begin, 0};
+    hid_t space = H5Screate_simple(f->ndim, dims, NULL);
+    hid_t dcpl = fragment_dcpl(f);
+    hid_t ds = space >= 0 && dcpl >= 0
+                   ? H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT)
+                   : H5I_INVALID_HID;
+    int rc = ds >= 0 && write_chunks(ds, f, piece->data[kind], scratch) == 0 &&
+                     attr_string(ds, "logical_name", f->name) == 0 &&
+                     attr_i64(ds, "logical_shape", (hsize_t)f->ndim, f->shape) == 0 &&
+                     attr_i64(ds, "offset", (hsize_t)f->ndim, offset) == 0
+                 ? 0
+                 : -1;
+    close_id(ds);
+    close_id(dcpl);
+    close_id(space);
+    return rc;
+}
+
+static int write_root_attrs(hid_t file, int64_t step, uint64_t run_id)
+{
+    int version = CKPT_FORMAT_VERSION;
+    return attr_write(file, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT, 0, &version) ||
+                   attr_i64(file, "step", 0, &step) ||
+                   attr_write(file, "run_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &run_id)
+               ? -1
+               : 0;
+}
+
+int format_shard_image(const ShardContent *c, void **image, size_t *size, char *err,
+                       size_t err_len)
+{
+    format_quiet();
+    size_t bytes = 1 << 16, largest_chunk = 0;
+    for (int i = 0; i < c->piece_count; i++) {
+        const CkptFragment *f = c->pieces[i].fragment;
+        bytes += KIND_COUNT * ((size_t)(f->row_end - f->row_begin) *
+                                   (size_t)ckpt_row_length(f->ndim, f->shape) * sizeof(float) +
+                               4096);
+        largest_chunk = chunk_bytes(f) > largest_chunk ? chunk_bytes(f) : largest_chunk;
+    }
+    uint8_t *scratch = malloc(largest_chunk + 4);
+    if (!scratch)
+        return ckpt_fail(err, err_len, "out of memory for a chunk of %zu bytes", largest_chunk);
+    hid_t file = core_create(bytes);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    int64_t rank = c->rank, world = c->world;
+    int rc = file >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0 &&
+                     write_root_attrs(file, c->step, c->run_id) == 0 &&
+                     attr_i64(file, "rank", 0, &rank) == 0 &&
+                     attr_i64(file, "world", 0, &world) == 0
+                 ? 0
+                 : -1;
+    for (int i = 0; rc == 0 && i < c->piece_count; i++)
+        for (int kind = 0; rc == 0 && kind < KIND_COUNT; kind++)
+            rc = write_piece(file, lcpl, &c->pieces[i], kind, scratch);
+    if (rc != 0)
+        h5_fail(err, err_len, "cannot build the shard");
+    else
+        rc = core_image(file, image, size, err, err_len);
+    close_id(lcpl);
+    close_id(file);
+    free(scratch);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// index
+
+static hid_t fragment_type(void)
+{
+    hid_t name = H5Tcopy(H5T_C_S1);
+    hsize_t two = 2;
+    hid_t shape = H5Tarray_create2(H5T_NATIVE_INT64, 1, &two);
+    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(CkptFragment));
+    if (name < 0 || shape < 0 || t < 0 || H5Tset_size(name, CKPT_NAME_MAX) < 0 ||
+        H5Tinsert(t, "name", offsetof(CkptFragment, name), name) < 0 ||
+        H5Tinsert(t, "ndim", offsetof(CkptFragment, ndim), H5T_NATIVE_INT) < 0 ||
+        H5Tinsert(t, "shape", offsetof(CkptFragment, shape), shape) < 0 ||
+        H5Tinsert(t, "rank", offsetof(CkptFragment, rank), H5T_NATIVE_INT) < 0 ||
+        H5Tinsert(t, "row_begin", offsetof(CkptFragment, row_begin), H5T_NATIVE_INT64) < 0 ||
+        H5Tinsert(t, "row_end", offsetof(CkptFragment, row_end), H5T_NATIVE_INT64) < 0) {
+        close_id(t);
+        t = H5I_INVALID_HID;
+    }
+    close_id(shape);
+    close_id(name);
+    return t;
+}
+
+static hid_t shard_type(void)
+{
+    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(CkptShard));
+    if (t >= 0 && (H5Tinsert(t, "rank", offsetof(CkptShard, rank), H5T_NATIVE_INT) < 0 ||
+                   H5Tinsert(t, "bytes", offsetof(CkptShard, bytes), H5T_NATIVE_INT64) < 0)) {
+        close_id(t);
+        return H5I_INVALID_HID;
+    }
+    return t;
+}
+
+/* A 1-D table of `count` records, chunked with Fletcher32 like every dataset. */
+static int table_write(hid_t file, const char *name, hid_t mem_type, size_t count,
+                       const void *records)
+{
+    hsize_t n = count, chunk = count ? count : 1;
+    hsize_t max = H5S_UNLIMITED;
+    hid_t file_type = H5Tcopy(mem_type);
+    hid_t space = H5Screate_simple(1, &n, &max);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t ds = H5I_INVALID_HID;
+    if (file_type >= 0 && H5Tpack(file_type) >= 0 && space >= 0 && dcpl >= 0 &&
+        H5Pset_chunk(dcpl, 1, &chunk) >= 0 && H5Pset_fletcher32(dcpl) >= 0)
+        ds = H5Dcreate2(file, name, file_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int rc = ds >= 0 && (count == 0 || H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                                records) >= 0)
+                 ? 0
+                 : -1;
+    close_id(ds);
+    close_id(dcpl);
+    close_id(space);
+    close_id(file_type);
+    return rc;
+}
+
+/* The virtual dataset <kind>/<name> over the `count` fragments of one tensor. */
+static int write_virtual(hid_t file, hid_t lcpl, int kind, const CkptFragment *fragments,
+                         int count)
+{
+    const CkptFragment *t = &fragments[0];
+    char path[2 * CKPT_NAME_MAX], source[32];
+    dataset_path(path, sizeof(path), kind, t->name);
+    hsize_t dims[2] = {(hsize_t)t->shape[0], (hsize_t)ckpt_row_length(t->ndim, t->shape)};
+    hid_t space = H5Screate_simple(t->ndim, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    float missing = NAN; // a shard that cannot be found reads as NaN, not as zeros
+    int rc = space >= 0 && dcpl >= 0 &&
+                     H5Pset_fill_value(dcpl, H5T_NATIVE_FLOAT, &missing) >= 0
+                 ? 0
+                 : -1;
+    for (int i = 0; rc == 0 && i < count; i++) {
+        const CkptFragment *f = &fragments[i];
+        hsize_t start[2] = {(hsize_t)f->row_begin, 0}, size[2];
+        fragment_dims(f, size);
+        hid_t src = H5Screate_simple(f->ndim, size, NULL);
+        snprintf(source, sizeof(source), "rank_%05d.h5", f->rank);
+        rc = src >= 0 &&
+                     H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, size, NULL) >= 0 &&
+                     H5Pset_virtual(dcpl, space, source, path, src) >= 0
+                 ? 0
+                 : -1;
+        close_id(src);
+    }
+    hid_t ds = H5I_INVALID_HID;
+    if (rc == 0 && H5Sselect_all(space) >= 0)
+        ds = H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT);
+    rc = ds >= 0 && attr_i64(ds, "logical_shape", (hsize_t)t->ndim, t->shape) == 0 ? 0 : -1;
+    close_id(ds);
+    close_id(dcpl);
+    close_id(space);
+    return rc;
+}
+
+static int write_virtuals(hid_t file, const CkptFragment *fragments, int count)
+{
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    int rc = lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0 ? 0 : -1;
+    // fragments come sorted by name: each run of one name is one tensor
+    for (int first = 0, end; rc == 0 && first < count; first = end) {
+        for (end = first + 1; end < count && strcmp(fragments[end].name, fragments[first].name) == 0;)
+            end++;
+        for (int kind = 0; rc == 0 && kind < KIND_COUNT; kind++)
+            rc = write_virtual(file, lcpl, kind, &fragments[first], end - first);
+    }
+    close_id(lcpl);
+    return rc;
+}
+
+int format_index_image(const IndexContent *c, void **image, size_t *size, char *err,
+                       size_t err_len)
+{
+    format_quiet();
+    hid_t file = core_create(1 << 20);
+    hid_t ftype = fragment_type(), stype = shard_type();
+    int rc = file >= 0 && ftype >= 0 && stype >= 0 &&
+                     write_root_attrs(file, c->state->step, c->run_id) == 0 &&
+                     run_state_write(file, c->state) == 0 &&
+                     table_write(file, "fragments", ftype, (size_t)c->fragment_count,
+                                 c->fragments) == 0 &&
+                     table_write(file, "shards", stype, (size_t)c->shard_count, c->shards) == 0 &&
+                     write_virtuals(file, c->fragments, c->fragment_count) == 0
+                 ? 0
+                 : -1;
+    if (rc != 0)
+        h5_fail(err, err_len, "cannot build the index");
+    else
+        rc = core_image(file, image, size, err, err_len);
+    close_id(stype);
+    close_id(ftype);
+    close_id(file);
+    return rc;
+}
+
+/* Reads a whole 1-D table into a malloc'd array of `record_size` records. */
+static int table_read(hid_t file, const char *name, hid_t mem_type, size_t record_size,
+                      void **out, int *count)
+{
+    if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
+        return -1;
+    hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    hid_t space = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
+    hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    void *records = n >= 0 ? calloc((size_t)n + 1, record_size) : NULL;
+    int rc = records && (n == 0 || H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                           records) >= 0)
+                 ? 0
+                 : -1;
+    close_id(space);
+    close_id(ds);
+    if (rc != 0) {
+        free(records);
+        return -1;
+    }
+    *out = records;
+    *count = (int)n;
+    return 0;
+}
+
+/* The fragment table is data from disk: check it before anything trusts it. */
+static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
+{
+    for (int i = 0; i < x->fragment_count; i++) {
+        CkptFragment *f = &x->fragments[i];
+        f->name[CKPT_NAME_MAX - 1] = '\0';
+        if (f->ndim < 1 || f->ndim > 2 || f->shape[0] < 1 ||
+            ckpt_row_length(f->ndim, f->shape) < 1 || f->row_begin < 0 ||
+            f->row_end <= f->row_begin || f->row_end > f->shape[0] || f->rank < 0)
+            return ckpt_fail(err, err_len, "fragment %d ('%s') is malformed", i, f->name);
+    }
+    return 0;
+}
+
+static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err_len)
+{
+    int version = 0;
+    if (attr_read(file, "format_version", H5T_NATIVE_INT, 0, &version) != 0 ||
+        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &x->run_id) != 0) {
+        ckpt_fail(err, err_len, "not a Phalanx checkpoint index (no format_version)");
+        return CKPT_CORRUPT;
+    }
+    if (version > CKPT_FORMAT_VERSION) {
+        ckpt_fail(err, err_len,
+                  "written in checkpoint format %d; this Phalanx reads format %d and older: "
+                  "use a newer Phalanx",
+                  version, CKPT_FORMAT_VERSION);
+        return CKPT_MISMATCH;
+    }
+    if (run_state_read(file, &x->state, err, err_len) != 0)
+        return CKPT_CORRUPT;
+    hid_t ftype = fragment_type(), stype = shard_type();
+    int rc = table_read(file, "fragments", ftype, sizeof(CkptFragment), (void **)&x->fragments,
+                        &x->fragment_count) == 0 &&
+                     table_read(file, "shards", stype, sizeof(CkptShard), (void **)&x->shards,
+                                &x->shard_count) == 0
+                 ? 0
+                 : -1;
+    close_id(stype);
+    close_id(ftype);
+    if (rc != 0)
+        rc = h5_fail(err, err_len, "cannot read the tables 'fragments' and 'shards'");
+    return rc == 0 && fragments_sane(x, err, err_len) == 0 ? CKPT_OK : CKPT_CORRUPT;
+}
+
+CkptStatus format_index_read(const char *file_path, CkptIndex *index, char *err, size_t err_len)
+{
+    format_quiet();
+    memset(index, 0, sizeof(*index));
+    char why[512];
+    hid_t file = open_read(file_path);
+    if (file < 0) {
+        ckpt_fail(err, err_len, "%s: %s", file_path, h5_error(why, sizeof(why)));
+        return CKPT_CORRUPT;
+    }
+    CkptStatus status = index_read_all(file, index, why, sizeof(why));
+    close_id(file);
+    if (status != CKPT_OK) {
+        ckpt_index_free(index);
+        ckpt_fail(err, err_len, "%s: %s", file_path, why);
+    }
+    return status;
+}
+
+CkptStatus format_shard_open(const char *file_path, const CkptIndex *index, int rank, hid_t *out,
+                             char *err, size_t err_len)
+{
+    format_quiet();
+    hid_t file = open_read(file_path);
+    if (file < 0) {
+        char why[256];
+        ckpt_fail(err, err_len, "%s: %s", file_path, h5_error(why, sizeof(why)));
+        return CKPT_CORRUPT;
+    }
+    int64_t step = -1, file_rank = -1;
+    uint64_t run_id = 0;
+    char why[256];
+    if (attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0 ||
+        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &run_id) != 0 ||
+        attr_read(file, "rank", H5T_NATIVE_INT64, 0, &file_rank) != 0) {
+        close_id(file);
+        ckpt_fail(err, err_len, "%s: unreadable attributes step, run_id, rank: %s", file_path,
+                  h5_error(why, sizeof(why)));
+        return CKPT_CORRUPT;
+    }
+    if (step != index->state.step || run_id != index->run_id || file_rank != rank) {
+        close_id(file);
+        ckpt_fail(err, err_len,
+                  "%s does not belong to this checkpoint's index (it says step %lld, rank "
+                  "%lld, run %016llx; the index wants step %lld, rank %d, run %016llx)",
+                  file_path, (long long)step, (long long)file_rank, (unsigned long long)run_id,
+                  (long long)index->state.step, rank, (unsigned long long)index->run_id);
+        return CKPT_CORRUPT;
+    }
+    *out = file;
+    return CKPT_OK;
+}
+
+CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, float *dest,
+                                char *err, size_t err_len)
+{
+    char path[2 * CKPT_NAME_MAX], why[256];
+    dataset_path(path, sizeof(path), kind, f->name);
+    if (H5Lexists(shard, ckpt_kind_group[kind], H5P_DEFAULT) <= 0 ||
+        H5Lexists(shard, path, H5P_DEFAULT) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        ckpt_fail(err, err_len, "/%s: dataset missing", path);
+        return CKPT_CORRUPT;
+    }
+    hid_t ds = H5Dopen2(shard, path, H5P_DEFAULT);
+    hid_t space = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
+    hsize_t want[2], have[2] = {0, 1};
+    fragment_dims(f, want);
+    CkptStatus status = CKPT_CORRUPT;
+    if (space < 0 || H5Sget_simple_extent_ndims(space) != f->ndim ||
+        H5Sget_simple_extent_dims(space, have, NULL) < 0)
+        ckpt_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
+    else if (have[0] != want[0] || (f->ndim == 2 && have[1] != want[1]))
+        ckpt_fail(err, err_len, "/%s: has %llu x %llu elements, the index says %llu x %llu",
+                  path, (unsigned long long)have[0], (unsigned long long)have[1],
+                  (unsigned long long)want[0], (unsigned long long)want[1]);
+    else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dest) < 0)
+        ckpt_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
+    else
+        status = CKPT_OK;
+    close_id(space);
+    close_id(ds);
+    return status;
+}

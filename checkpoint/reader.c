@@ -1,0 +1,583 @@
+/*
+ * The reader: load one checkpoint into any layout, resume collectively with
+ * fallback, and the checks behind `phalanx ckpt ls|verify|inspect`.
+ *
+ * A checkpoint is read through its index: the fragment table says which
+ * shard holds which rows of each logical tensor, and every fragment is read
+ * from its shard with its checksums verified. (The index's virtual datasets
+ * are for readers without Phalanx: a missing source there reads as NaN,
+ * where this reader must report the missing shard instead.)
+ */
+#include "internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *ckpt_status_name(CkptStatus status)
+{
+    switch (status) {
+    case CKPT_OK: return "ok";
+    case CKPT_CORRUPT: return "corrupt";
+    case CKPT_INCOMPLETE: return "incomplete";
+    case CKPT_NOT_FOUND: return "not found";
+    case CKPT_MISMATCH: return "mismatch";
+    case CKPT_ERROR: return "error";
+    }
+    return "unknown";
+}
+
+// ----------------------------------------------------------------------------
+// run state
+
+int ckpt_state_set(CkptRunState *state, const char *key, double value)
+{
+    if (strlen(key) >= sizeof(state->extra[0].key))
+        return -1;
+    int i = 0;
+    while (i < state->extra_count && strcmp(state->extra[i].key, key) != 0)
+        i++;
+    if (i == CKPT_EXTRA_MAX)
+        return -1;
+    snprintf(state->extra[i].key, sizeof(state->extra[i].key), "%s", key);
+    state->extra[i].value = value;
+    if (i == state->extra_count)
+        state->extra_count++;
+    return 0;
+}
+
+double ckpt_state_get(const CkptRunState *state, const char *key, double fallback)
+{
+    for (int i = 0; i < state->extra_count; i++)
+        if (strcmp(state->extra[i].key, key) == 0)
+            return state->extra[i].value;
+    return fallback;
+}
+
+int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *err,
+                     size_t err_len)
+{
+    static const struct {
+        const char *flag;
+        size_t offset;
+    } dims[] = {
+        {"--vocab", offsetof(CkptModel, vocab)},     {"--layers", offsetof(CkptModel, layers)},
+        {"--heads", offsetof(CkptModel, heads)},     {"--dim", offsetof(CkptModel, dim)},
+        {"--seq-len", offsetof(CkptModel, seq_len)},
+    };
+    char had[256] = "", has[256] = "";
+    size_t had_n = 0, has_n = 0;
+    for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++) {
+        int a = *(const int *)((const char *)checkpoint + dims[i].offset);
+        int b = *(const int *)((const char *)run + dims[i].offset);
+        if (a == b)
+            continue;
+        had_n += (size_t)snprintf(had + had_n, sizeof(had) - had_n, " %s %d", dims[i].flag, a);
+        has_n += (size_t)snprintf(has + has_n, sizeof(has) - has_n, " %s %d", dims[i].flag, b);
+    }
+    if (had_n == 0)
+        return 0;
+    return ckpt_fail(err, err_len,
+                     "the model shape differs: checkpoint has%s, this run has%s (the layout may "
+                     "change on resume, the model may not)",
+                     had, has);
+}
+
+// ----------------------------------------------------------------------------
+// one checkpoint
+
+/* `path` is a step directory or its index file. */
+static void locate(const char *path, char *dir, char *index)
+{
+    if (files_is_dir(path)) {
+        snprintf(dir, PATH_MAX, "%s", path);
+        files_index_path(index, PATH_MAX, path);
+        return;
+    }
+    snprintf(index, PATH_MAX, "%s", path);
+    snprintf(dir, PATH_MAX, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, PATH_MAX, ".");
+}
+
+CkptStatus ckpt_index_read(const char *path, CkptIndex *index, char *err, size_t err_len)
+{
+    char dir[PATH_MAX], file[PATH_MAX];
+    memset(index, 0, sizeof(*index));
+    if (!files_exists(path)) {
+        ckpt_fail(err, err_len, "%s: no such file or directory", path);
+        return CKPT_NOT_FOUND;
+    }
+    locate(path, dir, file);
+    if (!files_exists(file)) {
+        ckpt_fail(err, err_len,
+                  "%s: no %s: the checkpoint was never committed (its write was interrupted "
+                  "or failed), or this is not a checkpoint directory",
+                  dir, CKPT_INDEX_FILE);
+        return CKPT_INCOMPLETE;
+    }
+    return format_index_read(file, index, err, err_len);
+}
+
+void ckpt_index_free(CkptIndex *index)
+{
+    free(index->fragments);
+    free(index->shards);
+    index->fragments = NULL;
+    index->shards = NULL;
+    index->fragment_count = index->shard_count = 0;
+}
+
+/* Shards opened so far, by rank, while reading one checkpoint. */
+typedef struct {
+    const char *dir;
+    const CkptIndex *index;
+    hid_t *open;
+} ShardSet;
+
+static const CkptShard *find_shard(const CkptIndex *x, int rank)
+{
+    for (int i = 0; i < x->shard_count; i++)
+        if (x->shards[i].rank == rank)
+            return &x->shards[i];
+    return NULL;
+}
+
+/* Present, of the size the index recorded (a cheap completeness check). */
+static CkptStatus shard_present(const char *dir, const CkptShard *s, char *err, size_t err_len)
+{
+    char path[PATH_MAX];
+    files_shard_path(path, sizeof(path), dir, s->rank);
+    int64_t size = files_size(path);
+    if (size < 0) {
+        ckpt_fail(err, err_len, "%s is missing", path);
+        return CKPT_INCOMPLETE;
+    }
+    if (size != s->bytes) {
+        ckpt_fail(err, err_len, "%s has %lld bytes, the index says %lld (truncated or replaced)",
+                  path, (long long)size, (long long)s->bytes);
+        return CKPT_CORRUPT;
+    }
+    return CKPT_OK;
+}
+
+static CkptStatus shard_get(ShardSet *set, int rank, hid_t *out, char *err, size_t err_len)
+{
+    const CkptShard *s = find_shard(set->index, rank);
+    if (!s || rank >= set->index->shard_count) {
+        ckpt_fail(err, err_len, "the index lists no shard for rank %d", rank);
+        return CKPT_CORRUPT;
+    }
+    if (set->open[rank] < 0) {
+        char path[PATH_MAX];
+        files_shard_path(path, sizeof(path), set->dir, rank);
+        CkptStatus status = shard_present(set->dir, s, err, err_len);
+        if (status == CKPT_OK)
+            status = format_shard_open(path, set->index, rank, &set->open[rank], err, err_len);
+        if (status != CKPT_OK)
+            return status;
+    }
+    *out = set->open[rank];
+    return CKPT_OK;
+}
+
+static int shard_set_init(ShardSet *set, const char *dir, const CkptIndex *index)
+{
+    set->dir = dir;
+    set->index = index;
+    set->open = malloc(((size_t)index->shard_count + 1) * sizeof(hid_t));
+    if (!set->open)
+        return -1;
+    for (int i = 0; i < index->shard_count; i++)
+        set->open[i] = H5I_INVALID_HID;
+    return 0;
+}
+
+static void shard_set_close(ShardSet *set)
+{
+    for (int i = 0; set->open && i < set->index->shard_count; i++)
+        if (set->open[i] >= 0)
+            H5Fclose(set->open[i]);
+    free(set->open);
+}
+
+/* Fragments of `name`: the first one and how many (the table is sorted). */
+static int find_fragments(const CkptIndex *x, const char *name, int *count)
+{
+    int lo = 0, hi = x->fragment_count;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (strcmp(x->fragments[mid].name, name) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int end = lo;
+    while (end < x->fragment_count && strcmp(x->fragments[end].name, name) == 0)
+        end++;
+    *count = end - lo;
+    return lo;
+}
+
+static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, char *err, size_t err_len)
+{
+    int n, first = find_fragments(set->index, t->name, &n);
+    if (n == 0) {
+        ckpt_fail(err, err_len, "the checkpoint has no tensor '%s'", t->name);
+        return CKPT_MISMATCH;
+    }
+    const CkptFragment *f = &set->index->fragments[first];
+    int64_t row = ckpt_row_length(t->ndim, t->shape);
+    if (f->ndim != t->ndim || f->shape[0] != t->shape[0] ||
+        ckpt_row_length(f->ndim, f->shape) != row) {
+        ckpt_fail(err, err_len, "tensor '%s': the checkpoint has shape [%lld, %lld], this run "
+                  "[%lld, %lld]", t->name, (long long)f->shape[0],
+                  (long long)ckpt_row_length(f->ndim, f->shape), (long long)t->shape[0],
+                  (long long)row);
+        return CKPT_MISMATCH;
+    }
+    float *dest[KIND_COUNT] = {t->param, t->m, t->v};
+    for (int i = 0; i < n; i++, f++) {
+        hid_t shard;
+        CkptStatus status = shard_get(set, f->rank, &shard, err, err_len);
+        for (int kind = 0; status == CKPT_OK && kind < KIND_COUNT; kind++) {
+            char why[768];
+            if (!dest[kind])
+                continue;
+            status = format_fragment_read(shard, kind, f, dest[kind] + f->row_begin * row, why,
+                                          sizeof(why));
+            if (status != CKPT_OK)
+                ckpt_fail(err, err_len, "%s/rank_%05d.h5: %s", set->dir, f->rank, why);
+        }
+        if (status != CKPT_OK)
+            return status;
+    }
+    return CKPT_OK;
+}
+
+CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
+                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
+{
+    format_quiet();
+    CkptIndex index;
+    CkptStatus status = ckpt_index_read(path, &index, err, err_len);
+    if (status != CKPT_OK)
+        return status;
+    char dir[PATH_MAX], file[PATH_MAX];
+    locate(path, dir, file);
+    ShardSet set;
+    if (expect && ckpt_model_check(&index.state.model, expect, err, err_len) != 0)
+        status = CKPT_MISMATCH;
+    else if (format_fragments_check(index.fragments, index.fragment_count, err, err_len) != 0)
+        status = CKPT_CORRUPT;
+    else if (shard_set_init(&set, dir, &index) != 0) {
+        ckpt_fail(err, err_len, "out of memory");
+        status = CKPT_ERROR;
+    } else {
+        for (int i = 0; status == CKPT_OK && i < count; i++)
+            status = load_tensor(&set, &tensors[i], err, err_len);
+        shard_set_close(&set);
+    }
+    if (status == CKPT_OK)
+        *state = index.state;
+    ckpt_index_free(&index);
+    return status;
+}
+
+// ----------------------------------------------------------------------------
+// listing
+
+/* Index readable and every shard present at its recorded size. */
+static CkptStatus quick_check(const char *dir, char *why, size_t why_len)
+{
+    CkptIndex index;
+    CkptStatus status = ckpt_index_read(dir, &index, why, why_len);
+    for (int i = 0; status == CKPT_OK && i < index.shard_count; i++)
+        status = shard_present(dir, &index.shards[i], why, why_len);
+    ckpt_index_free(&index);
+    return status;
+}
+
+int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len)
+{
+    int64_t *steps;
+    int n;
+    *entries = NULL;
+    *count = 0;
+    if (files_list_steps(dir, &steps, &n, err, err_len) != 0)
+        return -1;
+    CkptEntry *list = calloc((size_t)n + 1, sizeof(CkptEntry));
+    if (!list) {
+        free(steps);
+        return ckpt_fail(err, err_len, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        CkptEntry *e = &list[i];
+        char index[PATH_MAX];
+        struct stat st;
+        e->step = steps[i];
+        files_step_dir(e->path, sizeof(e->path), dir, steps[i]);
+        e->bytes = files_dir_bytes(e->path, &e->time);
+        files_index_path(index, sizeof(index), e->path);
+        if (stat(index, &st) == 0)
+            e->time = st.st_mtime;
+        e->status = quick_check(e->path, e->why, sizeof(e->why));
+        if (e->status == CKPT_OK)
+            e->why[0] = '\0';
+    }
+    free(steps);
+    *entries = list;
+    *count = n;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// verify
+
+/* Reads every kind of every fragment; reports each failure. */
+static CkptStatus verify_data(ShardSet *set, FILE *report)
+{
+    const CkptIndex *x = set->index;
+    int64_t largest = 0;
+    for (int i = 0; i < x->fragment_count; i++) {
+        const CkptFragment *f = &x->fragments[i];
+        int64_t n = (f->row_end - f->row_begin) * ckpt_row_length(f->ndim, f->shape);
+        largest = n > largest ? n : largest;
+    }
+    float *scratch = malloc((size_t)largest * sizeof(float) + 1);
+    if (!scratch) {
+        fprintf(report, "out of memory for a fragment of %lld floats\n", (long long)largest);
+        return CKPT_ERROR;
+    }
+    CkptStatus worst = CKPT_OK;
+    char why[1024];
+    for (int i = 0; i < x->fragment_count; i++) {
+        const CkptFragment *f = &x->fragments[i];
+        hid_t shard;
+        CkptStatus status = shard_get(set, f->rank, &shard, why, sizeof(why));
+        if (status != CKPT_OK)
+            continue; // reported once per shard by verify_shards
+        for (int kind = 0; kind < KIND_COUNT; kind++) {
+            char what[768];
+            if (format_fragment_read(shard, kind, f, scratch, what, sizeof(what)) != CKPT_OK) {
+                fprintf(report, "%s/rank_%05d.h5: %s\n", set->dir, f->rank, what);
+                worst = CKPT_CORRUPT;
+            }
+        }
+    }
+    free(scratch);
+    return worst;
+}
+
+/* Every shard of the index: present, of its size, belonging to this index. */
+static CkptStatus verify_shards(ShardSet *set, FILE *report)
+{
+    CkptStatus worst = CKPT_OK;
+    char why[1024];
+    for (int i = 0; i < set->index->shard_count; i++) {
+        hid_t shard;
+        CkptStatus status = shard_get(set, set->index->shards[i].rank, &shard, why, sizeof(why));
+        if (status == CKPT_OK)
+            continue;
+        fprintf(report, "%s\n", why);
+        if (worst != CKPT_INCOMPLETE)
+            worst = status;
+    }
+    return worst;
+}
+
+CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len)
+{
+    format_quiet();
+    CkptIndex index;
+    CkptStatus status = ckpt_index_read(path, &index, err, err_len);
+    if (status != CKPT_OK)
+        return status;
+    char dir[PATH_MAX], file[PATH_MAX];
+    locate(path, dir, file);
+    ShardSet set;
+    if (format_fragments_check(index.fragments, index.fragment_count, err, err_len) != 0) {
+        status = CKPT_CORRUPT;
+    } else if (shard_set_init(&set, dir, &index) != 0) {
+        status = CKPT_ERROR;
+        ckpt_fail(err, err_len, "out of memory");
+    } else {
+        CkptStatus shards = verify_shards(&set, report);
+        CkptStatus data = verify_data(&set, report);
+        shard_set_close(&set);
+        // verify_shards ranks a missing piece above a damaged one
+        status = shards != CKPT_OK ? shards : data;
+        if (status != CKPT_OK)
+            ckpt_fail(err, err_len, "%s: %s", dir,
+                      status == CKPT_INCOMPLETE ? "shards are missing"
+                                                : "some data failed its checks");
+    }
+    ckpt_index_free(&index);
+    return status;
+}
+
+// ----------------------------------------------------------------------------
+// resume
+
+typedef struct {
+    char path[PATH_MAX];
+    int64_t step;
+    int tier;
+} Candidate;
+
+static int compare_candidates(const void *a, const void *b)
+{
+    const Candidate *x = a, *y = b;
+    if (x->step != y->step)
+        return x->step < y->step ? 1 : -1; // newest first
+    return x->tier - y->tier;             // tier 1 (memory, faster) first
+}
+
+/* The complete checkpoints of `dir`, appended to *list. Newer ones that are
+ * not complete are skipped with a note (after a crash, that is expected). */
+static void add_complete(const char *dir, int tier, Candidate **list, int *count)
+{
+    CkptEntry *entries;
+    int n;
+    if (!dir[0] || ckpt_list(dir, &entries, &n, NULL, 0) != 0)
+        return;
+    Candidate *grown = realloc(*list, ((size_t)*count + (size_t)n + 1) * sizeof(Candidate));
+    bool found = false;
+    for (int i = n - 1; grown && i >= 0; i--) {
+        if (entries[i].status != CKPT_OK) {
+            if (!found)
+                fprintf(stderr, "phalanx ckpt: skipping %s (%s)\n", entries[i].path,
+                        entries[i].why);
+            continue;
+        }
+        found = true;
+        Candidate *c = &grown[(*count)++];
+        snprintf(c->path, sizeof(c->path), "%s", entries[i].path);
+        c->step = entries[i].step;
+        c->tier = tier;
+    }
+    if (grown)
+        *list = grown;
+    free(entries);
+}
+
+/* Rank 0: what to try, newest first. Returns how many (0: nothing found). */
+static int resume_candidates(const CkptOptions *options, const char *spec, Candidate **out,
+                             char *err, size_t err_len)
+{
+    char tier1[PATH_MAX], tier2[PATH_MAX], index[PATH_MAX];
+    int count = 0;
+    *out = NULL;
+    if (strcmp(spec, "latest") == 0) {
+        if (!options->dir || !*options->dir) {
+            ckpt_fail(err, err_len, "--resume latest needs --ckpt-dir");
+            return 0;
+        }
+        ckpt_tier_dirs(options, tier1, sizeof(tier1), tier2, sizeof(tier2));
+        add_complete(tier1, 1, out, &count);
+        add_complete(tier2, 2, out, &count);
+        if (count == 0)
+            ckpt_fail(err, err_len, "--resume latest: no complete checkpoint in '%s'%s%s%s",
+                      tier2, tier1[0] ? " or in tier 1 '" : "", tier1, tier1[0] ? "'" : "");
+    } else {
+        files_index_path(index, sizeof(index), spec);
+        int64_t *steps = NULL;
+        int n = 0;
+        // a directory of step directories: its newest complete checkpoints
+        if (files_is_dir(spec) && !files_exists(index) &&
+            files_list_steps(spec, &steps, &n, NULL, 0) == 0 && n > 0)
+            add_complete(spec, 2, out, &count);
+        free(steps);
+        if (count == 0 && (*out = calloc(1, sizeof(Candidate)))) {
+            snprintf((*out)[0].path, sizeof((*out)[0].path), "%s", spec);
+            count = 1;
+        }
+    }
+    if (count > 1)
+        qsort(*out, (size_t)count, sizeof(Candidate), compare_candidates);
+    return count;
+}
+
+/* Loads `path` on every rank; returns the status of the first rank that
+ * failed (its message in err on every rank), or CKPT_OK. */
+static CkptStatus resume_try(Comm *comm, const char *path, const CkptTensor *tensors, int count,
+                             const CkptModel *expect, CkptRunState *state, char *err,
+                             size_t err_len)
+{
+    char mine[1024];
+    int world = comm_size(comm), rank = comm_rank(comm);
+    CkptStatus status = ckpt_load(path, tensors, count, expect, state, mine, sizeof(mine));
+    // every rank learns every rank's status: the same verdict everywhere
+    int64_t *statuses = calloc((size_t)world, sizeof(int64_t));
+    if (!statuses) {
+        ckpt_fail(err, err_len, "resume: out of memory");
+        return CKPT_ERROR;
+    }
+    statuses[rank] = status;
+    if (comm_allreduce(comm, statuses, (size_t)world, COMM_I64) != 0) {
+        ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+        free(statuses);
+        return CKPT_ERROR;
+    }
+    int first = 0;
+    while (first < world && statuses[first] == CKPT_OK)
+        first++;
+    CkptStatus result = first < world ? (CkptStatus)statuses[first] : CKPT_OK;
+    free(statuses);
+    if (result == CKPT_OK)
+        return CKPT_OK;
+    char message[1024];
+    snprintf(message, sizeof(message), "%s", mine);
+    if (comm_broadcast(comm, message, sizeof(message), COMM_BYTE, first) != 0)
+        snprintf(message, sizeof(message), "failed on rank %d", first);
+    message[sizeof(message) - 1] = '\0';
+    if (world > 1)
+        ckpt_fail(err, err_len, "rank %d: %s", first, message);
+    else
+        ckpt_fail(err, err_len, "%s", message);
+    return result;
+}
+
+CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
+                       const CkptTensor *tensors, int count, const CkptModel *expect,
+                       CkptRunState *state, char *path_out, size_t path_len, char *err,
+                       size_t err_len)
+{
+    Candidate *candidates = NULL;
+    int64_t n = 0;
+    char path[PATH_MAX] = "", none[1024] = "";
+    if (comm_rank(comm) == 0)
+        n = resume_candidates(options, spec, &candidates, none, sizeof(none));
+    if (comm_broadcast(comm, &n, 1, COMM_I64, 0) != 0 ||
+        comm_broadcast(comm, none, sizeof(none), COMM_BYTE, 0) != 0) {
+        free(candidates);
+        ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+        return CKPT_ERROR;
+    }
+    CkptStatus status = CKPT_NOT_FOUND;
+    ckpt_fail(err, err_len, "%s", none);
+    for (int64_t i = 0; i < n; i++) {
+        if (comm_rank(comm) == 0)
+            snprintf(path, sizeof(path), "%s", candidates[i].path);
+        if (comm_broadcast(comm, path, sizeof(path), COMM_BYTE, 0) != 0) {
+            status = CKPT_ERROR;
+            ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+            break;
+        }
+        status = resume_try(comm, path, tensors, count, expect, state, err, err_len);
+        // a model that does not fit fails every checkpoint the same way
+        if (status == CKPT_OK || status == CKPT_MISMATCH || status == CKPT_ERROR)
+            break;
+        if (comm_rank(comm) == 0 && i + 1 < n)
+            fprintf(stderr, "phalanx ckpt: cannot resume from %s (%s); trying the previous "
+                            "complete checkpoint\n", path, err);
+    }
+    free(candidates);
+    if (status == CKPT_OK)
+        snprintf(path_out, path_len, "%s", path);
+    return status;
+}

@@ -1,0 +1,745 @@
+/*
+ * The writer: a Checkpointer per rank and, in async mode, its sidecar thread.
+ *
+ * Hand-over (async). The training thread sets copy_requested; the sidecar
+ * copies this rank's share into `staging` (staged = true) and wakes the
+ * training thread, which may then change its buffers again. The sidecar then
+ * serialises staging into a shard image (staged = false: staging is free for
+ * the next copy) and writes that image to each tier. A copy request that
+ * arrives meanwhile is served between two pieces of a write or while the
+ * sidecar waits for the other ranks, so the training thread waits only when
+ * a copy is asked for while staging still holds an earlier version.
+ *
+ * Commit of a tier (every rank, in the same order):
+ *   1. write and fsync rank_R.h5
+ *   2. agree: allreduce of [ranks that succeeded, shard size of each rank]
+ *   3. rank 0 writes index.h5 atomically, then decides what to prune
+ *   4. agree: allreduce of [index committed, prune below step P]
+ *   5. prune
+ * A rank whose write failed still takes part in both agreements, so no rank
+ * waits forever and none commits a checkpoint that lacks a shard.
+ */
+#include "internal.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { TIER_MEMORY, TIER_DIR, TIER_COUNT };
+static const char *const TIER_NAME[TIER_COUNT] = {"tier 1 (memory)", "tier 2"};
+
+/* Fault injection: SIGKILL in the middle of step's shard in one tier. */
+typedef struct {
+    int64_t step; /* -1: off */
+    int tier;     /* TIER_MEMORY or TIER_DIR */
+    int rank;     /* -1: every rank */
+} Fault;
+
+/* One fragment this rank writes, and where its rows sit in staging. */
+typedef struct {
+    CkptFragment fragment;
+    int tensor;
+    size_t staging_offset; /* floats, within each kind's part of staging */
+} Own;
+
+struct Checkpointer {
+    CkptOptions options;
+    char tier[TIER_COUNT][PATH_MAX]; /* "" when the tier is off */
+    Comm *comm;                      /* the sidecar's own */
+    int rank, world;
+    uint64_t run_id;
+    CkptTensor *tensors;
+    int tensor_count;
+    Own *own;
+    int own_count;
+    size_t staging_floats; /* per kind */
+    float *staging;        /* params, m, v parts of staging_floats each */
+    CkptFragment *all;     /* every rank's fragments, sorted */
+    int all_count;
+    Fault fault;
+
+    bool threaded;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;   /* to the sidecar: work or quit */
+    pthread_cond_t copied; /* to the training thread */
+    bool copy_requested, staged, quit, broken;
+    CkptRunState requested, staged_state;
+    bool last_dir_ok; /* the newest flush reached tier 2 */
+    CkptStats stats;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+bool ckpt_mode_parse(const char *text, CkptMode *out)
+{
+    if (strcmp(text, "async") == 0)
+        *out = CKPT_ASYNC;
+    else if (strcmp(text, "sync") == 0)
+        *out = CKPT_SYNC;
+    else
+        return false;
+    return true;
+}
+
+// ----------------------------------------------------------------------------
+// set-up
+
+static Fault fault_parse(int rank)
+{
+    Fault f = {-1, TIER_DIR, -1};
+    const char *text = getenv("PHALANX_FAULT_KILL_DURING_FLUSH");
+    if (!text || !*text)
+        return f;
+    char *end;
+    long long step = strtoll(text, &end, 10);
+    long tier = 2, who = -1;
+    if (end != text && *end == ':')
+        tier = strtol(end + 1, &end, 10);
+    if (end != text && *end == '@')
+        who = strtol(end + 1, &end, 10);
+    if (end == text || *end != '\0' || step < 1 || (tier != 1 && tier != 2)) {
+        if (rank == 0)
+            fprintf(stderr,
+                    "phalanx ckpt: PHALANX_FAULT_KILL_DURING_FLUSH='%s' ignored: the form is "
+                    "STEP[:TIER][@RANK], e.g. 20, 20:1 or 20:2@3\n",
+                    text);
+        return f;
+    }
+    f.step = step;
+    f.tier = tier == 1 ? TIER_MEMORY : TIER_DIR;
+    f.rank = (int)who;
+    return f;
+}
+
+static int check_options(const CkptOptions *o, char *err, size_t err_len)
+{
+    if (!o->dir || !*o->dir)
+        return ckpt_fail(err, err_len, "--ckpt-dir is required for checkpoints");
+    if (o->every < 1)
+        return ckpt_fail(err, err_len, "--ckpt-every is %ld: it must be at least 1", o->every);
+    if (o->keep < 1)
+        return ckpt_fail(err, err_len, "--ckpt-keep is %d: it must be at least 1", o->keep);
+    hbool_t safe = 0;
+    if (o->mode == CKPT_ASYNC && (H5is_library_threadsafe(&safe) < 0 || !safe))
+        return ckpt_fail(err, err_len,
+                         "this HDF5 library is not thread-safe; the checkpoint sidecar needs "
+                         "Debian's serial libhdf5 (pkg-config hdf5-serial)");
+    return 0;
+}
+
+static int check_tensor(const CkptTensor *t, char *err, size_t err_len)
+{
+    if (memchr(t->name, '\0', CKPT_NAME_MAX) == NULL || !t->name[0] || strchr(t->name, '/'))
+        return ckpt_fail(err, err_len, "tensor name '%.*s' is empty, too long or has a '/'",
+                         CKPT_NAME_MAX, t->name);
+    if (t->ndim < 1 || t->ndim > 2 || t->shape[0] < 1 ||
+        ckpt_row_length(t->ndim, t->shape) < 1)
+        return ckpt_fail(err, err_len, "tensor '%s': ndim %d / shape is not a 1-D or 2-D shape",
+                         t->name, t->ndim);
+    if (!t->param || !t->m || !t->v)
+        return ckpt_fail(err, err_len, "tensor '%s': params, m and v are all needed", t->name);
+    if (t->replica_count < 1 || t->replica_index < 0 || t->replica_index >= t->replica_count)
+        return ckpt_fail(err, err_len, "tensor '%s': replica %d of %d is not a replica",
+                         t->name, t->replica_index, t->replica_count);
+    return 0;
+}
+
+/* This rank's share of every tensor: rows [j*rows/R, (j+1)*rows/R). */
+static int plan_own(Checkpointer *ck, char *err, size_t err_len)
+{
+    ck->own = calloc((size_t)ck->tensor_count + 1, sizeof(Own));
+    if (!ck->own)
+        return ckpt_fail(err, err_len, "out of memory");
+    for (int i = 0; i < ck->tensor_count; i++) {
+        const CkptTensor *t = &ck->tensors[i];
+        if (check_tensor(t, err, err_len) != 0)
+            return -1;
+        int64_t rows = t->shape[0], j = t->replica_index, r = t->replica_count;
+        int64_t begin = j * rows / r, end = (j + 1) * rows / r;
+        if (begin == end)
+            continue; // more replicas than rows: this one writes nothing
+        Own *o = &ck->own[ck->own_count++];
+        o->tensor = i;
+        o->staging_offset = ck->staging_floats;
+        o->fragment = (CkptFragment){.ndim = t->ndim, .shape = {t->shape[0], t->shape[1]},
+                                     .rank = ck->rank, .row_begin = begin, .row_end = end};
+        if (t->ndim == 1)
+            o->fragment.shape[1] = 0;
+        snprintf(o->fragment.name, sizeof(o->fragment.name), "%s", t->name);
+        ck->staging_floats += (size_t)(end - begin) * (size_t)ckpt_row_length(t->ndim, t->shape);
+    }
+    ck->staging = malloc(KIND_COUNT * ck->staging_floats * sizeof(float) + 1);
+    if (!ck->staging)
+        return ckpt_fail(err, err_len, "out of memory for %zu MiB of checkpoint staging",
+                         KIND_COUNT * ck->staging_floats * sizeof(float) >> 20);
+    return 0;
+}
+
+/* Tier 2 must work; tier 1 is dropped (by every rank, later) when it does not. */
+static int check_dirs(Checkpointer *ck, bool *memory_ok, char *err, size_t err_len)
+{
+    char why[512];
+    if (files_probe(ck->tier[TIER_DIR], why, sizeof(why)) != 0)
+        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", ck->tier[TIER_DIR], why);
+    *memory_ok = !ck->tier[TIER_MEMORY][0] ||
+                 (files_mkdirs(ck->tier[TIER_MEMORY], why, sizeof(why)) == 0 &&
+                  files_probe(ck->tier[TIER_MEMORY], why, sizeof(why)) == 0);
+    if (!*memory_ok)
+        fprintf(stderr, "phalanx ckpt: rank %d: %s is not usable (%s)\n", ck->rank,
+                TIER_NAME[TIER_MEMORY], why);
+    return 0;
+}
+
+static int setup_local(Checkpointer *ck, const CkptOptions *options, const CkptTensor *tensors,
+                       int count, bool *memory_ok, char *err, size_t err_len)
+{
+    ck->options = *options;
+    ck->tensor_count = count;
+    ck->tensors = malloc(((size_t)count + 1) * sizeof(CkptTensor));
+    if (!ck->tensors)
+        return ckpt_fail(err, err_len, "out of memory");
+    if (count > 0)
+        memcpy(ck->tensors, tensors, (size_t)count * sizeof(CkptTensor));
+    for (int t = 0; t < TIER_COUNT; t++)
+        ck->stats.last_step[t] = -1;
+    ck->fault = fault_parse(ck->rank);
+    char why[512];
+    if (check_options(options, err, err_len) != 0)
+        return -1;
+    // tier 2 exists before its real path names tier 1 (ckpt_tier_dirs)
+    if (files_mkdirs(options->dir, why, sizeof(why)) != 0)
+        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", options->dir, why);
+    ckpt_tier_dirs(options, ck->tier[TIER_MEMORY], PATH_MAX, ck->tier[TIER_DIR], PATH_MAX);
+    ck->options.dir = ck->tier[TIER_DIR];
+    ck->options.memory_dir = NULL;
+    return plan_own(ck, err, err_len) || check_dirs(ck, memory_ok, err, err_len) ? -1 : 0;
+}
+
+/* Every rank learns every fragment: allgather of counts, then of records
+ * padded to the largest count. */
+static int exchange_fragments(Checkpointer *ck, Comm *world, char *err, size_t err_len)
+{
+    int64_t mine = ck->own_count, *counts = calloc((size_t)ck->world, sizeof(int64_t));
+    if (!counts || comm_allgather(world, &mine, counts, 1, COMM_I64) != 0) {
+        free(counts);
+        return ckpt_fail(err, err_len, "fragment exchange: %s", comm_error(world));
+    }
+    int64_t most = 0, total = 0;
+    for (int r = 0; r < ck->world; r++) {
+        most = counts[r] > most ? counts[r] : most;
+        total += counts[r];
+    }
+    size_t padded = (size_t)most * sizeof(CkptFragment);
+    CkptFragment *send = calloc((size_t)most + 1, sizeof(CkptFragment));
+    CkptFragment *recv = calloc((size_t)most * (size_t)ck->world + 1, sizeof(CkptFragment));
+    ck->all = calloc((size_t)total + 1, sizeof(CkptFragment));
+    int rc = send && recv && ck->all ? 0 : ckpt_fail(err, err_len, "out of memory");
+    for (int i = 0; rc == 0 && i < ck->own_count; i++)
+        send[i] = ck->own[i].fragment;
+    if (rc == 0 && most > 0 && comm_allgather(world, send, recv, padded, COMM_BYTE) != 0)
+        rc = ckpt_fail(err, err_len, "fragment exchange: %s", comm_error(world));
+    for (int r = 0; rc == 0 && r < ck->world; r++)
+        for (int64_t i = 0; i < counts[r]; i++)
+            ck->all[ck->all_count++] = recv[(size_t)r * (size_t)most + (size_t)i];
+    free(counts);
+    free(send);
+    free(recv);
+    if (rc == 0)
+        format_fragments_sort(ck->all, ck->all_count);
+    return rc;
+}
+
+static uint64_t new_run_id(void)
+{
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof(id), 0) != (ssize_t)sizeof(id))
+        id = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
+    return id;
+}
+
+// ----------------------------------------------------------------------------
+// copy
+
+static void copy_snapshot(Checkpointer *ck)
+{
+    double start = now_seconds();
+    for (int i = 0; i < ck->own_count; i++) {
+        const Own *o = &ck->own[i];
+        const CkptTensor *t = &ck->tensors[o->tensor];
+        size_t row = (size_t)ckpt_row_length(t->ndim, t->shape);
+        size_t first = (size_t)o->fragment.row_begin * row;
+        size_t n = (size_t)(o->fragment.row_end - o->fragment.row_begin) * row;
+        const float *source[KIND_COUNT] = {t->param, t->m, t->v};
+        for (int kind = 0; kind < KIND_COUNT; kind++)
+            memcpy(ck->staging + kind * ck->staging_floats + o->staging_offset,
+                   source[kind] + first, n * sizeof(float));
+    }
+    pthread_mutex_lock(&ck->lock);
+    ck->staged = true;
+    ck->copy_requested = false;
+    ck->staged_state = ck->requested;
+    ck->stats.last_copy_seconds = now_seconds() - start;
+    pthread_cond_broadcast(&ck->copied);
+    pthread_mutex_unlock(&ck->lock);
+}
+
+/* Called by the sidecar whenever it could otherwise only wait. */
+static void serve_copy(void *arg)
+{
+    Checkpointer *ck = arg;
+    if (!ck->threaded)
+        return;
+    pthread_mutex_lock(&ck->lock);
+    bool go = ck->copy_requested && !ck->staged;
+    pthread_mutex_unlock(&ck->lock);
+    if (go)
+        copy_snapshot(ck);
+}
+
+static void release_staging(Checkpointer *ck)
+{
+    pthread_mutex_lock(&ck->lock);
+    ck->staged = false;
+    pthread_mutex_unlock(&ck->lock);
+    serve_copy(ck);
+}
+
+// ----------------------------------------------------------------------------
+// flush and commit
+
+/* A non-blocking allreduce on the sidecar's communicator; the sidecar serves
+ * copies while the slowest rank catches up. */
+static int agree(Checkpointer *ck, int64_t *values, size_t count)
+{
+    CommRequest *request = comm_iallreduce(ck->comm, values, count, COMM_I64);
+    if (!request)
+        return -1;
+    bool done = false;
+    while (ck->threaded && !done) {
+        if (comm_test(request, &done) != 0)
+            break;
+        if (!done) {
+            serve_copy(ck);
+            nanosleep(&(struct timespec){0, 200000}, NULL);
+        }
+    }
+    return comm_wait(request);
+}
+
+static void mark_broken(Checkpointer *ck)
+{
+    fprintf(stderr,
+            "phalanx ckpt: rank %d: the checkpoint agreement failed (%s); no further "
+            "checkpoints in this run\n",
+            ck->rank, comm_error(ck->comm));
+    pthread_mutex_lock(&ck->lock);
+    ck->broken = true;
+    pthread_mutex_unlock(&ck->lock);
+}
+
+static int build_shard(Checkpointer *ck, const CkptRunState *state, void **image, size_t *size,
+                       char *err, size_t err_len)
+{
+    ShardPiece *pieces = calloc((size_t)ck->own_count + 1, sizeof(ShardPiece));
+    if (!pieces)
+        return ckpt_fail(err, err_len, "out of memory");
+    for (int i = 0; i < ck->own_count; i++) {
+        pieces[i].fragment = &ck->own[i].fragment;
+        for (int kind = 0; kind < KIND_COUNT; kind++)
+            pieces[i].data[kind] =
+                ck->staging + kind * ck->staging_floats + ck->own[i].staging_offset;
+    }
+    ShardContent content = {.step = state->step, .run_id = ck->run_id, .rank = ck->rank,
+                            .world = ck->world, .pieces = pieces, .piece_count = ck->own_count};
+    int rc = format_shard_image(&content, image, size, err, err_len);
+    free(pieces);
+    return rc;
+}
+
+static int write_shard(Checkpointer *ck, int tier, const char *dir, const char *shard,
+                       int64_t step, const void *image, size_t size, char *err, size_t err_len)
+{
+    if (files_mkdirs(dir, err, err_len) != 0)
+        return -1;
+    if (ck->rank == 0) {
+        // an index left by an earlier run at this step would describe other shards
+        char index[PATH_MAX];
+        files_index_path(index, sizeof(index), dir);
+        unlink(index);
+    }
+    const Fault *f = &ck->fault;
+    bool die = f->step == step && f->tier == tier && (f->rank < 0 || f->rank == ck->rank);
+    WriteHooks hooks = {serve_copy, ck, die ? size / 2 : SIZE_MAX};
+    return files_write(shard, image, size, &hooks, err, err_len);
+}
+
+static int write_index(Checkpointer *ck, int tier, const char *dir, const CkptRunState *state,
+                       const int64_t *sizes, char *err, size_t err_len)
+{
+    CkptShard *shards = calloc((size_t)ck->world, sizeof(CkptShard));
+    if (!shards)
+        return ckpt_fail(err, err_len, "out of memory");
+    for (int r = 0; r < ck->world; r++)
+        shards[r] = (CkptShard){r, sizes[r]};
+    IndexContent content = {.state = state, .run_id = ck->run_id, .fragments = ck->all,
+                            .fragment_count = ck->all_count, .shards = shards,
+                            .shard_count = ck->world};
+    void *image = NULL;
+    size_t size = 0;
+    char path[PATH_MAX];
+    files_index_path(path, sizeof(path), dir);
+    int rc = format_index_image(&content, &image, &size, err, err_len) ||
+                     files_write_atomic(path, image, size, err, err_len)
+                 ? -1
+                 : 0;
+    // and the step directory's own entry, when it is new
+    if (rc == 0 && files_fsync_dir(ck->tier[tier]) != 0)
+        rc = ckpt_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier]);
+    free(image);
+    free(shards);
+    return rc;
+}
+
+/* Rank 0: steps below the returned one go (never the one just committed):
+ * the oldest of the newest `keep` complete checkpoints of the tier. */
+static int64_t prune_below(Checkpointer *ck, int tier, int64_t committed)
+{
+    int keep = tier == TIER_MEMORY && ck->options.keep > 2 ? 2 : ck->options.keep;
+    int64_t *steps = NULL, below = 0;
+    int count = 0, complete = 0;
+    if (files_list_steps(ck->tier[tier], &steps, &count, NULL, 0) != 0)
+        return 0;
+    char dir[PATH_MAX], index[PATH_MAX];
+    for (int i = count - 1; i >= 0 && complete < keep; i--) {
+        files_step_dir(dir, sizeof(dir), ck->tier[tier], steps[i]);
+        files_index_path(index, sizeof(index), dir);
+        if (files_exists(index)) {
+            below = steps[i];
+            complete++;
+        }
+    }
+    free(steps);
+    return below < committed ? below : committed;
+}
+
+/* Tier 2 is shared storage: rank 0 removes whole directories. Tier 1 is
+ * node-local: every rank removes what its node holds. */
+static void prune(Checkpointer *ck, int tier, int64_t below)
+{
+    int64_t *steps = NULL;
+    int count = 0;
+    if (below <= 0 || (tier == TIER_DIR && ck->rank != 0) ||
+        files_list_steps(ck->tier[tier], &steps, &count, NULL, 0) != 0)
+        return;
+    char dir[PATH_MAX], shard[PATH_MAX];
+    for (int i = 0; i < count && steps[i] < below; i++) {
+        files_step_dir(dir, sizeof(dir), ck->tier[tier], steps[i]);
+        files_shard_path(shard, sizeof(shard), dir, ck->rank);
+        if (ck->rank == 0)
+            files_remove_step(dir);
+        else
+            files_remove_own(shard, dir);
+    }
+    free(steps);
+}
+
+static void report_not_committed(Checkpointer *ck, int tier, int64_t step, int64_t failed)
+{
+    if (ck->rank == 0)
+        fprintf(stderr,
+                "phalanx ckpt: the checkpoint of step %lld is not committed to %s (%s): %lld "
+                "of %d rank(s) could not write their shard; training goes on\n",
+                (long long)step, TIER_NAME[tier], ck->tier[tier], (long long)failed, ck->world);
+}
+
+static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
+                        const void *image, size_t size, const char *build_error)
+{
+    char dir[PATH_MAX], shard[PATH_MAX], err[1024];
+    files_step_dir(dir, sizeof(dir), ck->tier[tier], state->step);
+    files_shard_path(shard, sizeof(shard), dir, ck->rank);
+    int wrote = image ? write_shard(ck, tier, dir, shard, state->step, image, size, err,
+                                    sizeof(err))
+                      : ckpt_fail(err, sizeof(err), "%s", build_error);
+    if (wrote != 0)
+        fprintf(stderr, "phalanx ckpt: rank %d: step %lld, %s: %s\n", ck->rank,
+                (long long)state->step, TIER_NAME[tier], err);
+    // votes: [ranks whose shard is durable, then each rank's shard size]
+    int64_t *votes = calloc((size_t)ck->world + 1, sizeof(int64_t));
+    if (!votes) {
+        mark_broken(ck);
+        return false;
+    }
+    votes[0] = wrote == 0;
+    votes[1 + ck->rank] = wrote == 0 ? (int64_t)size : 0;
+    int64_t verdict[2] = {0, 0}; // [index committed, prune below this step]
+    int rc = agree(ck, votes, (size_t)ck->world + 1);
+    bool all_wrote = rc == 0 && votes[0] == ck->world;
+    if (all_wrote && ck->rank == 0) {
+        verdict[0] = write_index(ck, tier, dir, state, votes + 1, err, sizeof(err)) == 0;
+        if (verdict[0])
+            verdict[1] = prune_below(ck, tier, state->step);
+        else
+            fprintf(stderr, "phalanx ckpt: step %lld, %s: %s\n", (long long)state->step,
+                    TIER_NAME[tier], err);
+    }
+    if (rc == 0 && !all_wrote)
+        report_not_committed(ck, tier, state->step, ck->world - votes[0]);
+    free(votes);
+    if (rc == 0 && all_wrote)
+        rc = agree(ck, verdict, 2);
+    if (rc != 0)
+        mark_broken(ck);
+    if (rc != 0 || !verdict[0]) {
+        files_remove_own(shard, dir);
+        return false;
+    }
+    prune(ck, tier, verdict[1]);
+    return true;
+}
+
+static void flush(Checkpointer *ck, const CkptRunState *state)
+{
+    double start = now_seconds();
+    void *image = NULL;
+    size_t size = 0;
+    char err[512];
+    int built = build_shard(ck, state, &image, &size, err, sizeof(err));
+    release_staging(ck);
+    bool ok[TIER_COUNT] = {false, false};
+    for (int tier = 0; tier < TIER_COUNT && !ck->broken; tier++)
+        if (ck->tier[tier][0])
+            ok[tier] = commit_tier(ck, tier, state, built == 0 ? image : NULL, size, err);
+    free(image);
+    pthread_mutex_lock(&ck->lock);
+    for (int tier = 0; tier < TIER_COUNT; tier++) {
+        if (!ck->tier[tier][0])
+            continue;
+        ck->stats.committed[tier] += ok[tier];
+        ck->stats.failed[tier] += !ok[tier];
+        if (ok[tier])
+            ck->stats.last_step[tier] = state->step;
+    }
+    ck->last_dir_ok = ok[TIER_DIR];
+    ck->stats.last_shard_bytes = size;
+    ck->stats.last_flush_seconds = now_seconds() - start;
+    pthread_mutex_unlock(&ck->lock);
+}
+
+static void *sidecar_main(void *arg)
+{
+    Checkpointer *ck = arg;
+    format_quiet();
+    pthread_mutex_lock(&ck->lock);
+    for (;;) {
+        if (ck->copy_requested && !ck->staged) {
+            pthread_mutex_unlock(&ck->lock);
+            copy_snapshot(ck);
+            pthread_mutex_lock(&ck->lock);
+        } else if (ck->staged) {
+            CkptRunState state = ck->staged_state;
+            pthread_mutex_unlock(&ck->lock);
+            flush(ck, &state);
+            pthread_mutex_lock(&ck->lock);
+        } else if (ck->quit) {
+            break;
+        } else {
+            pthread_cond_wait(&ck->wake, &ck->lock);
+        }
+    }
+    pthread_mutex_unlock(&ck->lock);
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// the training thread's side
+
+static void free_checkpointer(Checkpointer *ck)
+{
+    if (!ck)
+        return;
+    comm_free(ck->comm);
+    free(ck->tensors);
+    free(ck->own);
+    free(ck->staging);
+    free(ck->all);
+    pthread_mutex_destroy(&ck->lock);
+    pthread_cond_destroy(&ck->wake);
+    pthread_cond_destroy(&ck->copied);
+    free(ck);
+}
+
+static Checkpointer *new_checkpointer(Comm *world)
+{
+    Checkpointer *ck = calloc(1, sizeof(*ck));
+    if (!ck)
+        return NULL;
+    ck->rank = comm_rank(world);
+    ck->world = comm_size(world);
+    pthread_mutex_init(&ck->lock, NULL);
+    pthread_cond_init(&ck->wake, NULL);
+    pthread_cond_init(&ck->copied, NULL);
+    return ck;
+}
+
+/* Every rank runs the same collectives whatever failed locally, then all
+ * learn whether any rank failed: all return a Checkpointer or none does. */
+Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTensor *tensors,
+                        int count, char *err, size_t err_len)
+{
+    Checkpointer *ck = new_checkpointer(world);
+    if (!ck) {
+        ckpt_fail(err, err_len, "out of memory");
+        return NULL;
+    }
+    bool memory_ok = true;
+    int failed = setup_local(ck, options, tensors, count, &memory_ok, err, err_len);
+    ck->comm = comm_split(world, 0, ck->rank);
+    if (!ck->comm && !failed)
+        failed = ckpt_fail(err, err_len, "cannot make the sidecar's communicator: %s",
+                           comm_error(world));
+    if (failed)
+        ck->own_count = 0; // still take part in the exchange, with nothing
+    if (exchange_fragments(ck, world, failed ? NULL : err, err_len) != 0)
+        failed = -1;
+    int64_t votes[3] = {failed != 0, !memory_ok, ck->rank == 0 ? (int64_t)new_run_id() : 0};
+    if (comm_allreduce(world, votes, 3, COMM_I64) != 0) {
+        if (!failed)
+            ckpt_fail(err, err_len, "checkpoint set-up: %s", comm_error(world));
+        free_checkpointer(ck);
+        return NULL;
+    }
+    // the table is the same on every rank: so is this verdict
+    if (votes[0] == 0 && format_fragments_check(ck->all, ck->all_count, err, err_len) != 0) {
+        free_checkpointer(ck);
+        return NULL;
+    }
+    if (votes[0] != 0) {
+        if (!failed)
+            ckpt_fail(err, err_len, "%lld rank(s) could not set up checkpoints (see their "
+                      "messages)", (long long)votes[0]);
+        free_checkpointer(ck);
+        return NULL;
+    }
+    ck->run_id = (uint64_t)votes[2];
+    if (votes[1] != 0) {
+        if (ck->rank == 0)
+            fprintf(stderr, "phalanx ckpt: %s is off for this run: %lld rank(s) cannot use it\n",
+                    TIER_NAME[TIER_MEMORY], (long long)votes[1]);
+        ck->tier[TIER_MEMORY][0] = '\0';
+    }
+    ck->threaded = options->mode == CKPT_ASYNC;
+    if (ck->threaded && pthread_create(&ck->thread, NULL, sidecar_main, ck) != 0) {
+        // not fatal: the files are the same, only training waits for them
+        fprintf(stderr, "phalanx ckpt: rank %d: cannot start the sidecar thread; checkpoints "
+                        "are written synchronously\n", ck->rank);
+        ck->threaded = false;
+    }
+    return ck;
+}
+
+bool ckpt_due(const Checkpointer *ck, int64_t step)
+{
+    return step > 0 && step % ck->options.every == 0;
+}
+
+double ckpt_wait_copied(Checkpointer *ck)
+{
+    if (!ck->threaded)
+        return 0.0;
+    pthread_mutex_lock(&ck->lock);
+    double stalled = 0.0;
+    if (ck->copy_requested) {
+        double start = now_seconds();
+        while (ck->copy_requested)
+            pthread_cond_wait(&ck->copied, &ck->lock);
+        stalled = now_seconds() - start;
+        ck->stats.stall_seconds += stalled;
+    }
+    ck->stats.last_stall_seconds = stalled;
+    pthread_mutex_unlock(&ck->lock);
+    return stalled;
+}
+
+int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t err_len)
+{
+    ckpt_wait_copied(ck); // the previous version must be out of the buffers
+    pthread_mutex_lock(&ck->lock);
+    bool broken = ck->broken;
+    if (!broken) {
+        ck->requested = *state;
+        ck->requested.format_version = CKPT_FORMAT_VERSION;
+        ck->stats.snapshots++;
+        ck->copy_requested = true;
+        pthread_cond_signal(&ck->wake);
+    }
+    pthread_mutex_unlock(&ck->lock);
+    if (broken)
+        return ckpt_fail(err, err_len, "checkpoints stopped after a communication failure");
+    if (ck->threaded)
+        return 0;
+    double start = now_seconds();
+    copy_snapshot(ck);
+    flush(ck, &ck->staged_state);
+    pthread_mutex_lock(&ck->lock);
+    ck->stats.last_stall_seconds = now_seconds() - start;
+    ck->stats.stall_seconds += ck->stats.last_stall_seconds;
+    pthread_mutex_unlock(&ck->lock);
+    return 0;
+}
+
+CkptStats ckpt_stats(Checkpointer *ck)
+{
+    pthread_mutex_lock(&ck->lock);
+    CkptStats stats = ck->stats;
+    pthread_mutex_unlock(&ck->lock);
+    return stats;
+}
+
+/* A successful run no longer needs tier 1, unless tier 2 is behind it. */
+static void clean_memory_tier(Checkpointer *ck)
+{
+    const char *root = ck->tier[TIER_MEMORY];
+    if (ck->stats.last_step[TIER_MEMORY] > ck->stats.last_step[TIER_DIR]) {
+        if (ck->rank == 0)
+            fprintf(stderr,
+                    "phalanx ckpt: %s kept in %s: its newest checkpoint (step %lld) never "
+                    "reached --ckpt-dir\n",
+                    TIER_NAME[TIER_MEMORY], root,
+                    (long long)ck->stats.last_step[TIER_MEMORY]);
+        return;
+    }
+    prune(ck, TIER_MEMORY, INT64_MAX);
+    rmdir(root);
+}
+
+int ckpt_close(Checkpointer *ck, bool success, CkptStats *final)
+{
+    if (ck->threaded) {
+        pthread_mutex_lock(&ck->lock);
+        ck->quit = true;
+        pthread_cond_signal(&ck->wake);
+        pthread_mutex_unlock(&ck->lock);
+        pthread_join(ck->thread, NULL);
+    }
+    // every rank's flushes are over before tier 1 goes
+    int synced = comm_barrier(ck->comm);
+    if (success && synced == 0 && ck->tier[TIER_MEMORY][0] && !ck->broken)
+        clean_memory_tier(ck);
+    int rc = ck->stats.snapshots == 0 || ck->last_dir_ok ? 0 : -1;
+    if (final)
+        *final = ck->stats;
+    free_checkpointer(ck);
+    return rc;
+}

@@ -1,0 +1,384 @@
+/* Checkpoints in one process (checkpoint/checkpoint.h): round trips in both
+ * modes, the async hand-over, pruning, and every bad input the reader and
+ * ckpt_open() must refuse with a message. Multi-rank resharding, h5py,
+ * crashes and full disks are in test_checkpoint.py. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "comm.h"
+
+#define TENSORS 3
+
+typedef struct {
+    char dir[256];
+    char tier2[512], tier1[512], path[600];
+    char err[1024];
+    Comm *world;
+    CkptTensor t[TENSORS];
+} Fixture;
+
+static const CkptModel MODEL = {256, 2, 2, 32, 32};
+
+static void make_tensor(CkptTensor *t, const char *name, int64_t rows, int64_t cols)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->ndim = cols ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
+    t->param = calloc(n, sizeof(float));
+    t->m = calloc(n, sizeof(float));
+    t->v = calloc(n, sizeof(float));
+    t->replica_count = 1;
+}
+
+static size_t numel(const CkptTensor *t)
+{
+    return (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
+}
+
+/* Distinct values per tensor, kind, version and element. */
+static void fill(CkptTensor *t, int count, int version)
+{
+    for (int k = 0; k < count; k++)
+        for (size_t i = 0; i < numel(&t[k]); i++) {
+            t[k].param[i] = (float)(version * 100000 + k * 10000 + (int)i);
+            t[k].m[i] = -t[k].param[i];
+            t[k].v[i] = t[k].param[i] + 0.5f;
+        }
+}
+
+static void zero(CkptTensor *t, int count)
+{
+    for (int k = 0; k < count; k++) {
+        memset(t[k].param, 0, numel(&t[k]) * sizeof(float));
+        memset(t[k].m, 0, numel(&t[k]) * sizeof(float));
+        memset(t[k].v, 0, numel(&t[k]) * sizeof(float));
+    }
+}
+
+static void assert_version(const CkptTensor *t, int count, int version)
+{
+    for (int k = 0; k < count; k++)
+        for (size_t i = 0; i < numel(&t[k]); i++) {
+            float p = (float)(version * 100000 + k * 10000 + (int)i);
+            assert_true(t[k].param[i] == p && t[k].m[i] == -p && t[k].v[i] == p + 0.5f);
+        }
+}
+
+static int setup(void **state)
+{
+    Fixture *f = calloc(1, sizeof(*f));
+    const char *tmp = getenv("TMPDIR");
+    snprintf(f->dir, sizeof(f->dir), "%s/test_ckpt_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->tier2, sizeof(f->tier2), "%s/ckpt", f->dir);
+    snprintf(f->tier1, sizeof(f->tier1), "%s/shm", f->dir);
+    f->world = comm_world_init(NULL, NULL, f->err, sizeof(f->err));
+    make_tensor(&f->t[0], "wte", 16, 8);
+    make_tensor(&f->t[1], "h.0.attn.qkv.weight", 24, 8);
+    make_tensor(&f->t[2], "lnf.bias", 8, 0);
+    *state = f;
+    return f->world ? 0 : -1;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int teardown(void **state)
+{
+    Fixture *f = *state;
+    for (int k = 0; k < TENSORS; k++) {
+        free(f->t[k].param);
+        free(f->t[k].m);
+        free(f->t[k].v);
+    }
+    comm_world_finalize(f->world);
+    int rc = nftw(f->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return rc;
+}
+
+static CkptOptions options(Fixture *f, CkptMode mode, long every, int keep)
+{
+    return (CkptOptions){f->tier2, f->tier1, every, keep, mode};
+}
+
+static CkptRunState run_state(int64_t step)
+{
+    CkptRunState s;
+    memset(&s, 0, sizeof(s));
+    s.step = step;
+    s.sample_cursor = step * 32;
+    s.seed = 0x8000000000000001ull; // needs all 64 bits
+    s.model = MODEL;
+    snprintf(s.optimizer, sizeof(s.optimizer), "adamw");
+    snprintf(s.schedule, sizeof(s.schedule), "wsd");
+    s.lr = 3e-4;
+    s.beta2 = 0.95;
+    s.warmup_steps = 5;
+    s.total_steps = 100;
+    s.train_samples = 3200;
+    s.global_batch = 32;
+    s.micro_batch = 4;
+    s.writer = (CkptLayout){1, 1, 1, 1};
+    ckpt_state_set(&s, "batch.noise_scale", 12.25);
+    return s;
+}
+
+/* Runs steps 1..steps, checkpointing when due (the protocol of checkpoint.h). */
+static void train(Fixture *f, CkptOptions o, int steps)
+{
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    for (int s = 1; s <= steps; s++) {
+        ckpt_wait_copied(ck);
+        fill(f->t, TENSORS, s);
+        CkptRunState state = run_state(s);
+        if (ckpt_due(ck, s))
+            assert_int_equal(ckpt_snapshot(ck, &state, f->err, sizeof(f->err)), 0);
+    }
+    assert_int_equal(ckpt_stats(ck).snapshots, steps / o.every);
+    CkptStats stats;
+    assert_int_equal(ckpt_close(ck, true, &stats), 0);
+    assert_int_equal(stats.snapshots, steps / o.every);
+    assert_int_equal(stats.committed[1], steps / o.every);
+}
+
+static const char *step_path(Fixture *f, int step)
+{
+    snprintf(f->path, sizeof(f->path), "%s/step_%08d", f->tier2, step);
+    return f->path;
+}
+
+static void test_sync_round_trip(void **state)
+{
+    Fixture *f = *state;
+    train(f, options(f, CKPT_SYNC, 2, 3), 4);
+    zero(f->t, TENSORS);
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 4), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_version(f->t, TENSORS, 4);
+    CkptRunState want = run_state(4);
+    assert_int_equal(s.format_version, CKPT_FORMAT_VERSION);
+    assert_int_equal(s.step, 4);
+    assert_int_equal(s.sample_cursor, want.sample_cursor);
+    assert_true(s.seed == want.seed);
+    assert_string_equal(s.optimizer, "adamw");
+    assert_string_equal(s.schedule, "wsd");
+    assert_true(s.lr == want.lr && s.beta2 == want.beta2);
+    assert_int_equal(s.warmup_steps, 5);
+    assert_int_equal(s.total_steps, 100);
+    assert_int_equal(s.train_samples, 3200);
+    assert_memory_equal(&s.model, &MODEL, sizeof(MODEL));
+    assert_true(ckpt_state_get(&s, "batch.noise_scale", 0) == 12.25);
+    // the older one is still there, with its own version
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_version(f->t, TENSORS, 2);
+}
+
+/* The sidecar must save the version handed over, though the buffers change
+ * right after ckpt_wait_copied() returns. */
+static void test_async_saves_the_handed_version(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_ASYNC, 3, 2);
+    train(f, o, 7); // checkpoints at 3 and 6; step 7 rewrites the buffers
+    zero(f->t, TENSORS);
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 6), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_version(f->t, TENSORS, 6);
+    assert_int_equal(s.step, 6);
+}
+
+static void test_keep_prunes_and_close_cleans_tier1(void **state)
+{
+    Fixture *f = *state;
+    train(f, options(f, CKPT_ASYNC, 1, 2), 5);
+    CkptEntry *entries;
+    int count;
+    assert_int_equal(ckpt_list(f->tier2, &entries, &count, f->err, sizeof(f->err)), 0);
+    assert_int_equal(count, 2);
+    assert_int_equal(entries[0].step, 4);
+    assert_int_equal(entries[1].step, 5);
+    assert_int_equal(entries[1].status, CKPT_OK);
+    assert_true(entries[1].bytes > 0);
+    free(entries);
+    struct stat st;
+    assert_int_not_equal(stat(f->tier1, &st), 0); // tier 1 is gone after a good run
+}
+
+static void test_model_mismatch_names_the_dimensions(void **state)
+{
+    Fixture *f = *state;
+    train(f, options(f, CKPT_SYNC, 1, 1), 1);
+    CkptModel other = MODEL;
+    other.dim = 64;
+    other.layers = 3;
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, &other, &s, f->err, sizeof(f->err)),
+                     CKPT_MISMATCH);
+    assert_non_null(strstr(f->err, "checkpoint has --layers 2 --dim 32, this run has --layers 3 "
+                                   "--dim 64"));
+}
+
+static void test_tensor_shape_mismatch(void **state)
+{
+    Fixture *f = *state;
+    train(f, options(f, CKPT_SYNC, 1, 1), 1);
+    CkptTensor wider;
+    make_tensor(&wider, "wte", 16, 9);
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_MISMATCH);
+    assert_non_null(strstr(f->err, "tensor 'wte'"));
+    snprintf(wider.name, sizeof(wider.name), "h.9.attn.qkv.weight");
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_MISMATCH);
+    assert_non_null(strstr(f->err, "no tensor 'h.9.attn.qkv.weight'"));
+    free(wider.param);
+    free(wider.m);
+    free(wider.v);
+}
+
+static void test_missing_and_partial_checkpoints(void **state)
+{
+    Fixture *f = *state;
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 7), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_NOT_FOUND);
+    assert_non_null(strstr(f->err, "no such file or directory"));
+    train(f, options(f, CKPT_SYNC, 1, 2), 2);
+    char index[700];
+    snprintf(index, sizeof(index), "%s/index.h5", step_path(f, 2));
+    assert_int_equal(unlink(index), 0);
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_INCOMPLETE);
+    assert_non_null(strstr(f->err, "never committed"));
+    assert_int_equal(ckpt_verify(step_path(f, 2), stderr, f->err, sizeof(f->err)),
+                     CKPT_INCOMPLETE);
+    // a shard cut short: the index knows its size
+    char shard[700];
+    snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_path(f, 1));
+    assert_int_equal(truncate(shard, 1000), 0);
+    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_CORRUPT);
+    assert_non_null(strstr(f->err, "truncated"));
+}
+
+/* "latest": the newest complete checkpoint; a damaged one is skipped. */
+static void test_resume_falls_back(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 3);
+    o.memory_dir = "none";
+    train(f, o, 3);
+    char path[1024], shard[700];
+    CkptRunState s;
+    zero(f->t, TENSORS);
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 3);
+    snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_path(f, 3));
+    assert_int_equal(truncate(shard, 5000), 0);
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 2);
+    assert_string_equal(path, step_path(f, 2));
+    assert_version(f->t, TENSORS, 2);
+    // a model that does not fit is not a reason to fall back
+    CkptModel other = MODEL;
+    other.heads = 4;
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &other, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_MISMATCH);
+    assert_non_null(strstr(f->err, "--heads 2"));
+}
+
+static void test_resume_with_nothing_there(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 1);
+    char path[1024];
+    CkptRunState s;
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_NOT_FOUND);
+    assert_non_null(strstr(f->err, "no complete checkpoint"));
+}
+
+static void test_open_rejects_bad_inputs(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_ASYNC, 1, 1);
+    // two replicas claimed, but this world has one rank: half of wte is unowned
+    f->t[0].replica_count = 2;
+    assert_null(ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err)));
+    assert_non_null(strstr(f->err, "tensor 'wte': rows [8, 16) are written by no rank"));
+    f->t[0].replica_count = 1;
+    // a --ckpt-dir under a regular file cannot be created, even by root
+    char file[600];
+    snprintf(file, sizeof(file), "%s/plain", f->dir);
+    fclose(fopen(file, "w"));
+    snprintf(f->tier2, sizeof(f->tier2), "%s/plain/ckpt", f->dir);
+    assert_null(ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err)));
+    assert_non_null(strstr(f->err, "--ckpt-dir"));
+    o.every = 0;
+    assert_null(ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err)));
+    assert_non_null(strstr(f->err, "--ckpt-every is 0"));
+}
+
+static void test_state_key_values(void **state)
+{
+    (void)state;
+    CkptRunState s;
+    memset(&s, 0, sizeof(s));
+    char key[32];
+    for (int i = 0; i < CKPT_EXTRA_MAX; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        assert_int_equal(ckpt_state_set(&s, key, i), 0);
+    }
+    assert_int_equal(ckpt_state_set(&s, "k3", -1), 0); // replaces
+    assert_int_equal(ckpt_state_set(&s, "one.too.many", 1), -1);
+    assert_int_equal(ckpt_state_set(&s, "a.key.that.is.much.too.long.to.fit", 1), -1);
+    assert_true(ckpt_state_get(&s, "k3", 0) == -1);
+    assert_true(ckpt_state_get(&s, "absent", 7) == 7);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_sync_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_saves_the_handed_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keep_prunes_and_close_cleans_tier1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_model_mismatch_names_the_dimensions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_shape_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_and_partial_checkpoints, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_with_nothing_there, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_rejects_bad_inputs, setup, teardown),
+        cmocka_unit_test(test_state_key_values),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
