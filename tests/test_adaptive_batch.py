@@ -1,0 +1,56 @@
+"""Adaptive batch sizing end to end: the batch grows from the noise-scale
+estimate, identically in every layout (the estimate uses the step's first
+micro-batch, the same samples everywhere), with losses within 1e-5 relative
+(float32 reduction order only), and bad settings are refused."""
+import pytest
+
+from conftest import run
+from runs import assert_same_run, launch
+from shards import structured_text, text_tokens, write_shard
+
+# eta 0.15: grow while batch < 44 x noise scale (~0.6 early on), so the batch moves at once
+RUN = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "2",
+       "--micro-batch", "4", "--global-batch", "16", "--steps", "12", "--quiet",
+       "--batch-policy", "adaptive", "--max-global-batch", "64", "--batch-quantum", "16",
+       "--batch-check", "2", "--batch-eta", "0.15"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(60000, seed=6)))
+    return d
+
+
+def test_batch_grows_and_metrics_carry_it(phalanx, corpus, tmp_path):
+    rows, _, _ = launch(phalanx, tmp_path, 1, ["--data", corpus / "train.bin", *RUN])
+    batches = [r["global_batch"] for r in rows]
+    assert batches[0] == 16 and batches[-1] > 16, batches
+    assert batches == sorted(batches), "the batch never shrinks"
+    assert all(b % 16 == 0 and b <= 64 for b in batches)
+    assert [r["samples"] for r in rows] == [sum(batches[: i + 1]) for i in range(len(rows))]
+    measured = [r for r in rows if "noise_scale" in r]
+    assert [r["step"] for r in measured] == list(range(1, len(rows) + 1, 2))
+    # LR follows sqrt(batch / 16) on top of the schedule
+    grown = next(r for r in rows if r["global_batch"] > 16)
+    assert grown["lr"] > rows[0]["lr"] * 0.5
+
+
+def test_batch_trajectory_same_at_dp1_and_dp4(phalanx, corpus, tmp_path):
+    one = launch(phalanx, tmp_path / "dp1", 1, ["--data", corpus / "train.bin", *RUN])
+    four = launch(phalanx, tmp_path / "dp4", 4, ["--data", corpus / "train.bin", *RUN])
+    assert [r["global_batch"] for r in one[0]] == [r["global_batch"] for r in four[0]]
+    assert_same_run(one, four, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ranks,args,expected", [
+    (1, ["--max-global-batch", "8"], "--max-global-batch 8 is below the start --global-batch 16"),
+    (2, ["--max-global-batch", "36", "--dp", "2"], "--max-global-batch 36 is not a multiple of micro-batch x dp = 4 x 2 = 8"),
+    (1, ["--batch-eta", "0"], "--batch-eta 0 must be > 0"),
+    (1, ["--batch-eta", "-1"], "--batch-eta -1 must be > 0"),
+])
+def test_bad_batch_settings(phalanx, corpus, ranks, args, expected):
+    cmd = ([phalanx, "train"] if ranks == 1 else [phalanx, "run", "-n", ranks, "--"])
+    result = run([*cmd, "--data", corpus / "train.bin", *RUN, *args], timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr, result.stderr
