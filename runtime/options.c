@@ -85,7 +85,8 @@ enum {
     OPT_DECAY_ALL, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR_RATIO, OPT_DECAY_FRACTION,
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
-    OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES,
+    OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
+    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME,
 };
 
 static const struct option long_options[] = {
@@ -131,6 +132,12 @@ static const struct option long_options[] = {
     {"batch-ema", required_argument, NULL, OPT_BATCH_EMA},
     {"lr-scaling", required_argument, NULL, OPT_LR_SCALING},
     {"train-samples", required_argument, NULL, OPT_TRAIN_SAMPLES},
+    {"ckpt-dir", required_argument, NULL, OPT_CKPT_DIR},
+    {"ckpt-every", required_argument, NULL, OPT_CKPT_EVERY},
+    {"ckpt-keep", required_argument, NULL, OPT_CKPT_KEEP},
+    {"ckpt-mode", required_argument, NULL, OPT_CKPT_MODE},
+    {"ckpt-memory-dir", required_argument, NULL, OPT_CKPT_MEMORY_DIR},
+    {"resume", required_argument, NULL, OPT_RESUME},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -233,6 +240,7 @@ static void set_defaults(TrainOptions *o)
     o->batch_eta = 1.0;
     o->batch_ema = 0.9;
     o->lr_scaling = LR_SCALING_SQRT;
+    o->ckpt = (CkptOptions){.every = 100, .keep = 2, .mode = CKPT_ASYNC};
 }
 
 /* Applies one option; returns 0, or -1 after printing why the value is bad. */
@@ -274,6 +282,15 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_BATCH_ETA: return parse_double("batch-eta", arg, -1e30, 1e30, &o->batch_eta);
     case OPT_BATCH_EMA: return parse_double("batch-ema", arg, 0.0, 0.999999, &o->batch_ema);
     case OPT_TRAIN_SAMPLES: return parse_long("train-samples", arg, 1, LONG_MAX, &o->train_samples);
+    case OPT_CKPT_DIR: o->ckpt.dir = arg; return 0;
+    case OPT_CKPT_MEMORY_DIR: o->ckpt.memory_dir = arg; return 0;
+    case OPT_RESUME: o->resume = arg; return 0;
+    case OPT_CKPT_EVERY: return parse_long("ckpt-every", arg, 1, LONG_MAX, &o->ckpt.every);
+    case OPT_CKPT_KEEP: return parse_int("ckpt-keep", arg, 1, &o->ckpt.keep);
+    case OPT_CKPT_MODE:
+        if (!ckpt_mode_parse(arg, &o->ckpt.mode))
+            return bad_value("ckpt-mode", arg, "a mode (async or sync)");
+        return 0;
     case OPT_LR_SCALING:
         if (!lr_scaling_parse(arg, &o->lr_scaling))
             return bad_value("lr-scaling", arg, "a rule (none, sqrt or linear)");
@@ -353,6 +370,11 @@ static int check_combination(TrainOptions *o)
                 "a step is a whole number of micro-batches; try --global-batch %d\n",
                 o->global_batch, o->micro_batch,
                 (o->global_batch / o->micro_batch + 1) * o->micro_batch);
+        return -1;
+    }
+    if (o->resume && strcmp(o->resume, "latest") == 0 && !o->ckpt.dir) {
+        fprintf(stderr, "phalanx train: --resume latest needs --ckpt-dir: it looks for the "
+                        "newest checkpoint there (and in its tier 1); or give a path\n");
         return -1;
     }
     return check_batch_options(o);

@@ -9,8 +9,9 @@
 #ifndef PHALANX_OPTIONS_H
 #define PHALANX_OPTIONS_H
 
-#include "gpt.h"
 #include "batch.h"
+#include "checkpoint.h"
+#include "gpt.h"
 #include "optim.h"
 #include "topology.h"
 
@@ -45,6 +46,9 @@ typedef struct {
     double batch_eta, batch_ema;
     LrScaling lr_scaling;
     long train_samples; /* the run's length in samples: steps x global batch by default */
+    /* checkpoints (checkpoint/checkpoint.h); ckpt.dir NULL: off */
+    CkptOptions ckpt;
+    const char *resume; /* NULL, "latest" or a path */
 } TrainOptions;
 
 /* The constraints a layout must meet for these options. */

@@ -13,16 +13,9 @@
  */
 #include "runtime.h"
 
-#include "channel.h"
-#include "comm.h"
-#include "data.h"
-#include "gpt.h"
-#include "gradsync.h"
 #include "kernels.h"
-#include "optim.h"
-#include "options.h"
-#include "pipeline.h"
-#include "topology.h"
+#include "snapshot.h"
+#include "trainer.h"
 
 #include <math.h>
 #include <signal.h>
@@ -31,40 +24,13 @@
 #include <string.h>
 #include <time.h>
 
-/* Gradient buckets of at least 1M floats (4 MB): large enough that the
- * per-message cost of MPI stays small, small enough to overlap. */
-#define GRAD_BUCKET_FLOATS (1u << 20)
-
-typedef struct {
-    TrainOptions opt;
-    Comm *world, *dp, *pp, *sp, *dpsp;
-    Comm *tied; /* first and last stage of one pipeline: the two copies of wte */
-    Layout layout;
-    GridCoord coord;
-    int rank;
-    Channel channel;
-    TokenData train, val;
-    size_t train_windows, val_windows;
-    int *window_tokens, *window_targets; /* one whole window, before the sp split */
-    GPT gpt; /* this rank's pipeline stage of the model */
-    Pipeline pipe;
-    GradSync sync;
-    float *m, *v;
-    OptimTensor *optim_tensors;
-    Schedule schedule;
-    BatchController batch;
-    uint64_t cursor;      /* global samples consumed by the steps done */
-    float *grad_snapshot; /* sp > 1: the first micro-batch's gradient, summed over sp */
-    double small_sumsq;   /* this rank's share of |first micro-batch gradient|^2 */
-    FILE *metrics;
-} Trainer;
-
 typedef struct {
     long step; /* 1-based: optimizer steps completed */
     double loss, lr, grad_norm, val_loss, seconds, comm_seconds, noise_scale;
     int batch;            /* the global batch of this step */
     bool measured;        /* the noise scale was estimated at this step */
     int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
+    double ckpt_stall_seconds; /* the training thread blocked by checkpoints */
     bool has_val, stop;
 } StepReport;
 
@@ -213,7 +179,9 @@ static int setup_rank(Trainer *t)
         return -1;
     if (setup_model(t))
         return -1;
-    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, "w"))) {
+    // a resumed run continues the metrics of the run it resumes
+    const char *mode = o->resume ? "a" : "w";
+    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, mode))) {
         fprintf(stderr, "phalanx train: --metrics: cannot write '%s'\n", o->metrics_path);
         return -1;
     }
@@ -241,7 +209,7 @@ static int trainer_setup(Trainer *t)
     // every rank learns whether any rank failed, so none waits in a collective for it
     double failures = world_sum(t, failed);
     if (failures == 0)
-        return 0;
+        return snapshot_setup(t);
     if (t->rank == 0 && !failed)
         fprintf(stderr, "phalanx train: %.0f rank(s) failed to start; see their messages\n",
                 failures);
@@ -250,6 +218,7 @@ static int trainer_setup(Trainer *t)
 
 static void trainer_teardown(Trainer *t)
 {
+    free(t->ckpt_tensors);
     if (t->metrics)
         fclose(t->metrics);
     free(t->m);
@@ -504,10 +473,14 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     t->cursor += (uint64_t)r->batch;
     r->lr = schedule_lr(&t->schedule, (double)t->cursor) *
             lr_scale(o->lr_scaling, r->batch, o->global_batch);
+    // the sidecar may still be copying the previous version of params, m, v
+    r->ckpt_stall_seconds = snapshot_before_update(t);
     optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
                clip_scale);
     update_batch(t, r);
+    t->steps_done = r->step;
     bool last = r->step == o->steps || t->cursor >= (uint64_t)o->train_samples;
+    r->ckpt_stall_seconds += snapshot_after_update(t, last || r->stop);
     r->has_val = o->val_data && (last || (o->eval_every && r->step % o->eval_every == 0));
     if (r->has_val)
         r->val_loss = evaluate(t);
@@ -526,10 +499,9 @@ static void write_metrics(Trainer *t, const StepReport *r)
     fprintf(t->metrics,
             "{\"step\": %ld, \"samples\": %llu, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
             "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g, \"step_ms\": %.3f, "
-            "\"grad_comm_ms\": %.3f, \"activation_mib\": %.3f",
+            "\"grad_comm_ms\": %.3f, \"ckpt_stall_ms\": %.3f, \"activation_mib\": %.3f",
             r->step, (unsigned long long)t->cursor, r->loss, r->lr, r->batch, tokens / r->seconds,
-            r->grad_norm,
-            r->seconds * 1e3, r->comm_seconds * 1e3,
+            r->grad_norm, r->seconds * 1e3, r->comm_seconds * 1e3, r->ckpt_stall_seconds * 1e3,
             pipeline_activation_bytes(&t->pipe) / 1048576.0);
     fprintf(t->metrics, ", \"live_activations\": [");
     for (int i = 0; i < t->layout.pp; i++)
@@ -543,20 +515,27 @@ static void write_metrics(Trainer *t, const StepReport *r)
     fflush(t->metrics);
 }
 
-static void print_progress(Trainer *t, const StepReport *r, double elapsed)
+/* The share of the run done, by whichever limit comes first. */
+static double run_progress(const Trainer *t)
 {
-    char line[512];
+    double by_samples = (double)t->cursor / t->opt.train_samples;
+    double by_steps = (double)t->steps_done / t->opt.steps;
+    return by_steps > by_samples ? by_steps : by_samples;
+}
+
+/* `elapsed` seconds took this process from progress `began` to now. */
+static void print_progress(Trainer *t, const StepReport *r, double elapsed, double began)
+{
+    char line[512], ckpt[64];
     double tokens = (double)r->batch * t->opt.model.seq_len;
-    double done = (double)t->cursor / t->opt.train_samples;
-    double by_steps = (double)r->step / t->opt.steps;
-    if (by_steps > done)
-        done = by_steps; /* whichever limit comes first */
-    double eta = elapsed / done * (1.0 - done);
+    double done = run_progress(t);
+    double eta = done > began ? elapsed / (done - began) * (1.0 - done) : 0.0;
+    snapshot_describe(t, ckpt, sizeof(ckpt));
     int used = snprintf(line, sizeof(line),
                         "step %5ld/%ld | loss %.4f | lr %.2e | batch %d | %.0f tok/s | "
-                        "grad %.3f | ckpt off | ETA %dm%02ds",
+                        "grad %.3f | %s | ETA %dm%02ds",
                         r->step, t->opt.steps, r->loss, r->lr, r->batch,
-                        tokens / r->seconds, r->grad_norm, (int)(eta / 60), (int)eta % 60);
+                        tokens / r->seconds, r->grad_norm, ckpt, (int)(eta / 60), (int)eta % 60);
     if (r->has_val)
         snprintf(line + used, sizeof(line) - (size_t)used, " | val %.4f", r->val_loss);
     report_line(t, r->step, line);
@@ -678,17 +657,21 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
 static int run_training(Trainer *t)
 {
     print_header(t);
-    double start = now_seconds();
-    StepReport report = {0};
-    for (long s = 0; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples; s++) {
-        if (train_step(t, s, &report))
+    double start = now_seconds(), began = run_progress(t);
+    StepReport report = {.step = t->steps_done};
+    for (long s = t->steps_done; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples;
+         s++) {
+        if (train_step(t, s, &report)) {
+            snapshot_close(t, false);
             return 1;
+        }
         if (t->rank == 0)
             write_metrics(t, &report);
-        print_progress(t, &report, now_seconds() - start);
+        print_progress(t, &report, now_seconds() - start, began);
         if (report.stop)
             break;
     }
+    snapshot_close(t, !report.stop);
     return finish(t, &report, now_seconds() - start);
 }
 

@@ -1,0 +1,262 @@
+/* The training loop's side of checkpoints (contract in snapshot.h). */
+#include "snapshot.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Every rank of dp x sp holds the same tensors of its stage; the tied wte is
+ * also held by the last stage, so its replicas are those of both stages. */
+static int build_tensor_table(Trainer *t)
+{
+    const GPT *gpt = &t->gpt;
+    int replicas = t->layout.dp * t->layout.sp;
+    int replica = t->coord.dp * t->layout.sp + t->coord.sp;
+    bool tied_on_last = t->layout.pp > 1 && t->coord.pp == t->layout.pp - 1;
+    t->ckpt_tensors = calloc((size_t)gpt->tensor_count, sizeof(CkptTensor));
+    if (!t->ckpt_tensors)
+        return -1;
+    for (int i = 0; i < gpt->tensor_count; i++) {
+        const ParamTensor *p = &gpt->tensors[i];
+        CkptTensor *x = &t->ckpt_tensors[i];
+        snprintf(x->name, sizeof(x->name), "%s", p->name);
+        x->ndim = p->ndim;
+        x->shape[0] = p->shape[0];
+        x->shape[1] = p->ndim == 2 ? p->shape[1] : 0;
+        x->param = gpt->params + p->offset;
+        x->m = t->m + p->offset;
+        x->v = t->v + p->offset;
+        bool tied = t->layout.pp > 1 && strcmp(p->name, "wte") == 0;
+        x->replica_count = tied ? 2 * replicas : replicas;
+        x->replica_index = tied && tied_on_last ? replicas + replica : replica;
+    }
+    t->ckpt_tensor_count = gpt->tensor_count;
+    return 0;
+}
+
+static CkptModel ckpt_model(const GPTConfig *c)
+{
+    return (CkptModel){c->vocab, c->layers, c->heads, c->dim, c->seq_len};
+}
+
+/* The batch controller's state; its settings come from the command line. */
+static void save_batch_state(const BatchController *b, CkptRunState *s)
+{
+    ckpt_state_set(s, "batch.adaptive", b->adaptive);
+    ckpt_state_set(s, "batch.batch", b->batch);
+    ckpt_state_set(s, "batch.ema_noise", b->ema_noise);
+    ckpt_state_set(s, "batch.ema_signal", b->ema_signal);
+    ckpt_state_set(s, "batch.ema_weight", b->ema_weight);
+    ckpt_state_set(s, "batch.updates", (double)b->updates);
+}
+
+static void load_batch_state(BatchController *b, const CkptRunState *s)
+{
+    if (!b->adaptive || ckpt_state_get(s, "batch.adaptive", 0) == 0)
+        return; /* a fixed-batch run keeps the batch of its command line */
+    b->batch = (int)ckpt_state_get(s, "batch.batch", b->batch);
+    b->ema_noise = ckpt_state_get(s, "batch.ema_noise", 0);
+    b->ema_signal = ckpt_state_get(s, "batch.ema_signal", 0);
+    b->ema_weight = ckpt_state_get(s, "batch.ema_weight", 0);
+    b->updates = (long)ckpt_state_get(s, "batch.updates", 0);
+}
+
+static void fill_run_state(const Trainer *t, CkptRunState *s)
+{
+    const TrainOptions *o = &t->opt;
+    memset(s, 0, sizeof(*s));
+    s->step = t->steps_done;
+    s->sample_cursor = (int64_t)t->cursor;
+    s->seed = o->seed;
+    s->model = ckpt_model(&o->model);
+    snprintf(s->optimizer, sizeof(s->optimizer), "%s", optim_kind_name(o->optim.kind));
+    s->lr = o->lr;
+    s->beta1 = o->optim.beta1;
+    s->beta2 = o->optim.beta2;
+    s->eps = o->optim.eps;
+    s->weight_decay = o->optim.weight_decay;
+    s->clip = o->clip;
+    s->decay_all = o->optim.decay_all;
+    snprintf(s->schedule, sizeof(s->schedule), "%s", schedule_kind_name(o->schedule));
+    s->warmup_steps = o->warmup;
+    s->total_steps = o->steps;
+    s->train_samples = o->train_samples;
+    s->min_lr_ratio = o->min_lr_ratio;
+    s->decay_fraction = o->decay_fraction;
+    s->global_batch = t->batch.batch;
+    s->micro_batch = o->micro_batch;
+    s->writer = (CkptLayout){t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world)};
+    save_batch_state(&t->batch, s);
+}
+
+/* What must match for the resumed run to be the same run; the rest (layout,
+ * micro-batch, learning rate, length) may change between runs. */
+static int check_same_run(const Trainer *t, const CkptRunState *s, const char *path)
+{
+    const TrainOptions *o = &t->opt;
+    const char *kind = optim_kind_name(o->optim.kind);
+    if (s->seed != o->seed) {
+        if (t->rank == 0)
+            fprintf(stderr, "phalanx train: --resume: %s was written with --seed %llu, this run "
+                            "has --seed %llu: the data order would differ; use --seed %llu\n",
+                    path, (unsigned long long)s->seed, (unsigned long long)o->seed,
+                    (unsigned long long)s->seed);
+        return -1;
+    }
+    if (strcmp(s->optimizer, kind) != 0) {
+        if (t->rank == 0)
+            fprintf(stderr, "phalanx train: --resume: %s holds %s moments, this run uses "
+                            "--optim %s; use --optim %s\n",
+                    path, s->optimizer, kind, s->optimizer);
+        return -1;
+    }
+    return 0;
+}
+
+static int resume(Trainer *t)
+{
+    CkptModel expect = ckpt_model(&t->opt.model);
+    CkptRunState state;
+    char path[4096], err[2048];
+    CkptStatus status = ckpt_resume(t->world, &t->opt.ckpt, t->opt.resume, t->ckpt_tensors,
+                                    t->ckpt_tensor_count, &expect, &state, path, sizeof(path),
+                                    err, sizeof(err));
+    if (status != CKPT_OK) {
+        if (t->rank == 0)
+            fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
+        return -1;
+    }
+    if (check_same_run(t, &state, path))
+        return -1;
+    t->steps_done = (long)state.step;
+    t->cursor = (uint64_t)state.sample_cursor;
+    load_batch_state(&t->batch, &state);
+    char line[4352];
+    snprintf(line, sizeof(line),
+             "resumed from %s: step %lld, %lld samples, written by dp=%d pp=%d sp=%d",
+             path, (long long)state.step, (long long)state.sample_cursor, state.writer.dp,
+             state.writer.pp, state.writer.sp);
+    if (t->rank == 0) /* even under --quiet: which checkpoint a run continues matters */
+        fprintf(stderr, "phalanx train: %s\n", line);
+    return 0;
+}
+
+/* Rank 0: the newest complete checkpoint in either tier, or -1. */
+static long newest_complete(const CkptOptions *options)
+{
+    char tiers[2][4096];
+    ckpt_tier_dirs(options, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
+    long newest = -1;
+    for (int k = 0; k < 2; k++) {
+        CkptEntry *entries = NULL;
+        int count = 0;
+        if (!tiers[k][0] || ckpt_list(tiers[k], &entries, &count, NULL, 0) != 0)
+            continue; /* a directory that does not exist yet holds nothing */
+        for (int i = 0; i < count; i++)
+            if (entries[i].status == CKPT_OK && entries[i].step > newest)
+                newest = (long)entries[i].step;
+        free(entries);
+    }
+    return newest;
+}
+
+/* A fresh run must not write over (or prune) another run's checkpoints. */
+static int check_fresh_dir(Trainer *t)
+{
+    int64_t newest = t->rank == 0 ? newest_complete(&t->opt.ckpt) : -1;
+    if (comm_broadcast(t->world, &newest, 1, COMM_I64, 0) != 0)
+        return -1;
+    if (newest < 0)
+        return 0;
+    if (t->rank == 0)
+        fprintf(stderr, "phalanx train: --ckpt-dir %s already holds checkpoints (the newest "
+                        "complete one is step %lld); continue that run with --resume latest, "
+                        "or give another --ckpt-dir\n",
+                t->opt.ckpt.dir, (long long)newest);
+    return -1;
+}
+
+static int open_checkpointer(Trainer *t)
+{
+    char err[2048];
+    t->ckpt = ckpt_open(&t->opt.ckpt, t->world, t->ckpt_tensors, t->ckpt_tensor_count, err,
+                        sizeof(err));
+    if (t->ckpt)
+        return 0;
+    if (t->rank == 0)
+        fprintf(stderr, "phalanx train: %s\n", err);
+    return -1;
+}
+
+int snapshot_setup(Trainer *t)
+{
+    const TrainOptions *o = &t->opt;
+    if (!o->resume && !o->ckpt.dir)
+        return 0;
+    // every rank allocates the same way, so all fail together or none
+    if (build_tensor_table(t)) {
+        fprintf(stderr, "phalanx train: rank %d: out of memory\n", t->rank);
+        return -1;
+    }
+    if (o->resume ? resume(t) : o->ckpt.dir ? check_fresh_dir(t) : 0)
+        return -1;
+    return o->ckpt.dir ? open_checkpointer(t) : 0;
+}
+
+double snapshot_before_update(Trainer *t)
+{
+    return t->ckpt ? ckpt_wait_copied(t->ckpt) : 0.0;
+}
+
+double snapshot_after_update(Trainer *t, bool last)
+{
+    if (!t->ckpt || !(last || ckpt_due(t->ckpt, t->steps_done)))
+        return 0.0;
+    CkptRunState state;
+    fill_run_state(t, &state);
+    char err[512];
+    double start = now_seconds();
+    if (ckpt_snapshot(t->ckpt, &state, err, sizeof(err)) != 0)
+        fprintf(stderr, "phalanx train: rank %d: checkpoint of step %ld: %s\n", t->rank,
+                t->steps_done, err);
+    return now_seconds() - start;
+}
+
+void snapshot_describe(Trainer *t, char *out, size_t len)
+{
+    if (!t->ckpt) {
+        snprintf(out, len, "ckpt off");
+        return;
+    }
+    CkptStats s = ckpt_stats(t->ckpt);
+    long long memory = s.last_step[0], dir = s.last_step[1];
+    if (dir < 0 && memory < 0)
+        snprintf(out, len, "ckpt none yet");
+    else if (dir < 0)
+        snprintf(out, len, "ckpt t1 %lld", memory);
+    else if (memory > dir)
+        snprintf(out, len, "ckpt %lld (t1 %lld)", dir, memory);
+    else
+        snprintf(out, len, "ckpt %lld", dir);
+}
+
+void snapshot_close(Trainer *t, bool success)
+{
+    if (t->ckpt) {
+        CkptStats stats;
+        if (ckpt_close(t->ckpt, success, &stats) != 0 && t->rank == 0)
+            fprintf(stderr, "phalanx train: warning: the last checkpoint did not reach "
+                            "--ckpt-dir %s; the newest there is step %lld\n",
+                    t->opt.ckpt.dir, (long long)stats.last_step[1]);
+        t->ckpt = NULL;
+    }
+    free(t->ckpt_tensors);
+    t->ckpt_tensors = NULL;
+}

@@ -1,0 +1,56 @@
+/*
+ * trainer: the state of one training worker, shared by the files of the
+ * training loop (train.c) and its checkpoint glue (snapshot.c). Private to
+ * runtime/.
+ */
+#ifndef PHALANX_TRAINER_H
+#define PHALANX_TRAINER_H
+
+#include "channel.h"
+#include "checkpoint.h"
+#include "comm.h"
+#include "data.h"
+#include "gpt.h"
+#include "gradsync.h"
+#include "optim.h"
+#include "options.h"
+#include "pipeline.h"
+#include "topology.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Gradient buckets of at least 1M floats (4 MB): large enough that the
+ * per-message cost of MPI stays small, small enough to overlap. */
+#define GRAD_BUCKET_FLOATS (1u << 20)
+
+typedef struct {
+    TrainOptions opt;
+    Comm *world, *dp, *pp, *sp, *dpsp;
+    Comm *tied; /* first and last stage of one pipeline: the two copies of wte */
+    Layout layout;
+    GridCoord coord;
+    int rank;
+    Channel channel;
+    TokenData train, val;
+    size_t train_windows, val_windows;
+    int *window_tokens, *window_targets; /* one whole window, before the sp split */
+    GPT gpt; /* this rank's pipeline stage of the model */
+    Pipeline pipe;
+    GradSync sync;
+    float *m, *v;
+    OptimTensor *optim_tensors;
+    Schedule schedule;
+    BatchController batch;
+    uint64_t cursor;      /* global samples consumed by the steps done */
+    float *grad_snapshot; /* sp > 1: the first micro-batch's gradient, summed over sp */
+    double small_sumsq;   /* this rank's share of |first micro-batch gradient|^2 */
+    FILE *metrics;
+    long steps_done;         /* optimizer steps completed (resumed ones included) */
+    Checkpointer *ckpt;      /* NULL: checkpoints off */
+    CkptTensor *ckpt_tensors; /* what this rank holds, for writing and resuming */
+    int ckpt_tensor_count;
+} Trainer;
+
+#endif
