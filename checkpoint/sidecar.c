@@ -72,6 +72,10 @@ struct Checkpointer {
     CkptRunState requested, staged_state;
     bool last_dir_ok; /* the newest flush reached tier 2 */
     CkptStats stats;
+    /* rank 0: the index of the checkpoint being flushed, built once for both
+     * tiers (VDS creation is most of a flush's CPU time) */
+    void *index_image;
+    size_t index_size;
 };
 
 static double now_seconds(void)
@@ -384,9 +388,12 @@ static int write_shard(Checkpointer *ck, int tier, const char *dir, const char *
     return files_write(shard, image, size, &hooks, err, err_len);
 }
 
-static int write_index(Checkpointer *ck, int tier, const char *dir, const CkptRunState *state,
-                       const int64_t *sizes, char *err, size_t err_len)
+/* Rank 0: the index image of this flush (the same bytes in every tier). */
+static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_t *sizes,
+                       char *err, size_t err_len)
 {
+    if (ck->index_image)
+        return 0;
     CkptShard *shards = calloc((size_t)ck->world, sizeof(CkptShard));
     if (!shards)
         return ckpt_fail(err, err_len, "out of memory");
@@ -395,19 +402,23 @@ static int write_index(Checkpointer *ck, int tier, const char *dir, const CkptRu
     IndexContent content = {.state = state, .run_id = ck->run_id, .fragments = ck->all,
                             .fragment_count = ck->all_count, .shards = shards,
                             .shard_count = ck->world};
-    void *image = NULL;
-    size_t size = 0;
+    int rc = format_index_image(&content, &ck->index_image, &ck->index_size, err, err_len);
+    free(shards);
+    return rc;
+}
+
+static int write_index(Checkpointer *ck, int tier, const char *dir, const CkptRunState *state,
+                       const int64_t *sizes, char *err, size_t err_len)
+{
     char path[PATH_MAX];
     files_index_path(path, sizeof(path), dir);
-    int rc = format_index_image(&content, &image, &size, err, err_len) ||
-                     files_write_atomic(path, image, size, err, err_len)
+    int rc = build_index(ck, state, sizes, err, err_len) ||
+                     files_write_atomic(path, ck->index_image, ck->index_size, err, err_len)
                  ? -1
                  : 0;
     // and the step directory's own entry, when it is new
     if (rc == 0 && files_fsync_dir(ck->tier[tier]) != 0)
         rc = ckpt_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier]);
-    free(image);
-    free(shards);
     return rc;
 }
 
@@ -532,6 +543,8 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
             ck->stats.last_step[tier] = state->step;
     }
     ck->last_dir_ok = ok[TIER_DIR];
+    free(ck->index_image);
+    ck->index_image = NULL;
     ck->stats.last_shard_bytes = size;
     ck->stats.last_flush_seconds = now_seconds() - start;
     pthread_mutex_unlock(&ck->lock);
