@@ -12,4 +12,8 @@
 
 int run_main(int argc, char **argv);
 
+/*   drill_main `phalanx drill ...`: `phalanx run --elastic` with failures to
+ *              inject (--inject) and a report (--report). */
+int drill_main(int argc, char **argv);
+
 #endif

@@ -4,7 +4,7 @@
  *   data prepare   text files -> token shards
  *   run            start N ranks with mpirun or srun and watch them (launcher/)
  *   ckpt           list, verify and inspect checkpoints (launcher/ckpt.c)
- * Later issues add: drill (failure injection).
+ *   drill          an elastic run with injected failures and a report
  */
 #include "ckpt.h"
 #include "launcher.h"
@@ -19,6 +19,7 @@ static void usage(FILE *out)
           "\n"
           "commands:\n"
           "  run            start N training ranks with mpirun or srun (see phalanx run --help)\n"
+          "  drill          run with injected failures, recover, report (see phalanx drill --help)\n"
           "  train          train a model on this process (see phalanx train --help)\n"
           "  data prepare   turn text files into token shards (see phalanx data prepare --help)\n"
           "  ckpt           ls, verify or inspect checkpoints (see phalanx ckpt --help)\n"
@@ -37,6 +38,8 @@ int main(int argc, char **argv)
         return train_main(argc - 1, argv + 1);
     if (strcmp(command, "run") == 0)
         return run_main(argc - 1, argv + 1);
+    if (strcmp(command, "drill") == 0)
+        return drill_main(argc - 1, argv + 1);
     if (strcmp(command, "data") == 0)
         return data_main(argc - 1, argv + 1);
     if (strcmp(command, "ckpt") == 0)

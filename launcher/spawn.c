@@ -13,6 +13,7 @@ typedef struct {
     char *items[MAX_ARGS];
     int count;
     char numbers[4][32];
+    char exclude[1100];
 } Argv;
 
 static void add(Argv *a, const char *item)
@@ -66,12 +67,13 @@ static void build_mpirun(const SpawnPlan *plan, Argv *a)
     add(a, "none");
     if (geteuid() == 0)
         add(a, "--allow-run-as-root");
-    add(a, "-x");
-    add(a, "PHALANX_CHANNEL");
-    if (getenv("OMP_NUM_THREADS")) {
-        add(a, "-x");
-        add(a, "OMP_NUM_THREADS");
-    }
+    static const char *const forwarded[] = {"PHALANX_CHANNEL", "OMP_NUM_THREADS",
+                                            "PHALANX_FAULTS", "PHALANX_FAULT_KILL_DURING_FLUSH"};
+    for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
+        if (getenv(forwarded[i])) {
+            add(a, "-x");
+            add(a, forwarded[i]);
+        }
 }
 
 static void build_srun(const SpawnPlan *plan, Argv *a)
@@ -81,7 +83,16 @@ static void build_srun(const SpawnPlan *plan, Argv *a)
     snprintf(a->numbers[0], sizeof(a->numbers[0]), "%d", plan->ranks);
     add(a, a->numbers[0]);
     add(a, "--mpi=pmix");
-    add(a, "--kill-on-bad-exit=1");
+    if (plan->elastic) {
+        // a lost node must not take the step down before the launcher sees it
+        add(a, "--no-kill");
+        if (plan->exclude) {
+            snprintf(a->exclude, sizeof(a->exclude), "--exclude=%s", plan->exclude);
+            add(a, a->exclude);
+        }
+    } else {
+        add(a, "--kill-on-bad-exit=1");
+    }
 }
 
 pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len)

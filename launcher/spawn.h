@@ -17,6 +17,8 @@ typedef struct {
     Via via;
     const char *hostfile, *hosts; /* mpirun across hosts */
     const char *worker;           /* the phalanx binary the ranks run */
+    bool elastic;                 /* srun: --no-kill (the launcher handles failures) */
+    const char *exclude;          /* srun: --exclude=NODES (failed nodes), or NULL */
     char **train_argv;            /* options after `--` */
     int train_argc;
 } SpawnPlan;

@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#define BEAT_INTERVAL_SECONDS 0.5
 
 static int connect_to(const char *address, char *err, size_t err_len)
 {
@@ -46,6 +49,7 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
 {
     memset(channel, 0, sizeof(*channel));
     channel->fd = -1;
+    channel->rank = rank;
     const char *address = getenv(CHANNEL_ENV);
     if (!address || !*address)
         return 0;
@@ -82,6 +86,19 @@ void channel_send(Channel *channel, const char *format, ...)
         close(channel->fd);
         channel->fd = -1;
     }
+}
+
+void channel_beat(Channel *channel, long step)
+{
+    if (channel->fd < 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (now - channel->last_beat < BEAT_INTERVAL_SECONDS)
+        return;
+    channel->last_beat = now;
+    channel_send(channel, "beat %d %ld", channel->rank, step);
 }
 
 bool channel_stop_requested(Channel *channel)

@@ -11,6 +11,8 @@
 #ifndef PHALANX_RUNTIME_H
 #define PHALANX_RUNTIME_H
 
+#include <stddef.h>
+
 int train_main(int argc, char **argv);
 
 /* For the launcher, before any rank starts: parses the training options and
@@ -18,17 +20,40 @@ int train_main(int argc, char **argv);
  * else the exit status, after printing what is wrong. */
 int train_check_launch(int world, int argc, char **argv);
 
+/* What the elastic launcher needs of a run's training options. */
+typedef struct {
+    int dp, pp, sp;             /* a layout for the world asked */
+    char ckpt_dir[4096];        /* "" when checkpoints are off */
+    char ckpt_memory_dir[4096]; /* --ckpt-memory-dir as given, "" for the default */
+    char metrics[4096];         /* --metrics, "" when not given */
+} TrainPlan;
+
+/* Parses training options already checked by train_check_launch and picks a
+ * layout for `world` ranks that keeps the run (its global batch and model):
+ * pipeline and sequence degrees prefer_pp x prefer_sp with the rest
+ * data-parallel when that fits, else the most data-parallel valid layout.
+ * prefer_pp = 0: the options' own layout. Returns 0, or -1 with the reason in
+ * err; prints nothing. */
+int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **argv,
+                      TrainPlan *plan, char *err, size_t err_len);
+
 /*
  * The worker <-> launcher channel. `phalanx run` listens on a TCP port and
  * passes PHALANX_CHANNEL=host:port to every rank. Text lines:
  *   rank -> launcher   hello RANK WORLD PID HOST
  *                      progress STEP TEXT        (rank 0: the job's progress line)
+ *                      step STEP                 (rank 0: step STEP completed, always)
  *                      log TEXT                  (rank 0: a line for the user)
  *                      done RANK STATUS          (before a rank exits)
+ *                      beat RANK STEP            (training progress, at most every 0.5 s)
+ *                      fault KIND RANK STEP      (an injected crash or hang fires now)
+ *                      resumed STEP PATH         (rank 0: the checkpoint it resumed)
  *   launcher -> rank   stop                      (finish the current step, exit)
  * A rank that runs without PHALANX_CHANNEL prints its own progress (rank 0).
  */
 #define CHANNEL_ENV "PHALANX_CHANNEL"
+/* Injected failures for a drill, set by the launcher (runtime/fault.h). */
+#define FAULT_ENV "PHALANX_FAULTS"
 int data_main(int argc, char **argv);
 
 #endif

@@ -143,8 +143,10 @@ static int resume(Trainer *t)
              "resumed from %s: step %lld, %lld samples, written by dp=%d pp=%d sp=%d",
              path, (long long)state.step, (long long)state.sample_cursor, state.writer.dp,
              state.writer.pp, state.writer.sp);
-    if (t->rank == 0) /* even under --quiet: which checkpoint a run continues matters */
+    if (t->rank == 0) { /* even under --quiet: which checkpoint a run continues matters */
         fprintf(stderr, "phalanx train: %s\n", line);
+        channel_send(&t->channel, "resumed %lld %s", (long long)state.step, path);
+    }
     return 0;
 }
 
@@ -235,16 +237,26 @@ void snapshot_describe(Trainer *t, char *out, size_t len)
         snprintf(out, len, "ckpt off");
         return;
     }
-    CkptStats s = ckpt_stats(t->ckpt);
-    long long memory = s.last_step[0], dir = s.last_step[1];
+    long dir, memory;
+    snapshot_committed(t, &dir, &memory);
     if (dir < 0 && memory < 0)
         snprintf(out, len, "ckpt none yet");
     else if (dir < 0)
-        snprintf(out, len, "ckpt t1 %lld", memory);
+        snprintf(out, len, "ckpt t1 %ld", memory);
     else if (memory > dir)
-        snprintf(out, len, "ckpt %lld (t1 %lld)", dir, memory);
+        snprintf(out, len, "ckpt %ld (t1 %ld)", dir, memory);
     else
-        snprintf(out, len, "ckpt %lld", dir);
+        snprintf(out, len, "ckpt %ld", dir);
+}
+
+void snapshot_committed(Trainer *t, long *tier2, long *tier1)
+{
+    *tier2 = *tier1 = -1;
+    if (!t->ckpt)
+        return;
+    CkptStats s = ckpt_stats(t->ckpt);
+    *tier2 = (long)s.last_step[1];
+    *tier1 = (long)s.last_step[0];
 }
 
 void snapshot_close(Trainer *t, bool success)

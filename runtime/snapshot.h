@@ -35,6 +35,8 @@ double snapshot_after_update(Trainer *t, bool last);
 /* For the progress line: "ckpt off", "ckpt none yet", "ckpt 40" (the newest
  * committed step in tier 2), "ckpt 40 (t1 42)" (tier 1 is ahead), "ckpt t1 42". */
 void snapshot_describe(Trainer *t, char *out, size_t len);
+/* The newest step committed to tier 2 (and tier 1), -1 for none (or off). */
+void snapshot_committed(Trainer *t, long *tier2, long *tier1);
 void snapshot_close(Trainer *t, bool success);
 
 #endif

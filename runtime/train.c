@@ -171,6 +171,10 @@ static int setup_rank(Trainer *t)
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, err);
         return -1;
     }
+    if (fault_init(&t->faults, t->rank, err, sizeof(err))) {
+        fprintf(stderr, "phalanx train: %s\n", err);
+        return -1;
+    }
     kernels_set_threads(o->threads);
     if (setup_groups(t) || open_data(&t->train, &t->train_windows, o->data, "--data", &o->model))
         return -1;
@@ -265,6 +269,7 @@ static void load_train_micro_batch(void *context, int index, Activations *acts)
 {
     BatchSource *src = context;
     Trainer *t = src->trainer;
+    channel_beat(&t->channel, t->steps_done);
     uint64_t first = src->first + (uint64_t)index * (uint64_t)acts->B;
     for (int b = 0; b < acts->B; b++)
         load_window(t, &t->train, sampler_window(t->opt.seed, t->train_windows, first + (uint64_t)b),
@@ -275,6 +280,7 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
 {
     BatchSource *src = context;
     Trainer *t = src->trainer;
+    channel_beat(&t->channel, t->steps_done);
     size_t batch = (size_t)src->first_batch + (size_t)index * (size_t)src->stride;
     for (int b = 0; b < acts->B; b++)
         load_window(t, &t->val, (batch * (size_t)acts->B + (size_t)b) % t->val_windows, acts, b);
@@ -462,7 +468,9 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     r->step = step_index + 1;
     r->batch = t->batch.batch;
     r->measured = o->batch_adaptive && step_index % o->batch_check == 0 && r->batch > o->micro_batch;
+    fault_step_begin(&t->faults);
     double loss_share = compute_gradients(t, r);
+    fault_mid_step(&t->faults, &t->channel, r->step);
     if (agree_on_step(t, loss_share, r) || gather_live_activations(t, r))
         return -1;
     // every rank of dp x sp now holds the same summed gradients of its stage
@@ -484,6 +492,7 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     r->has_val = o->val_data && (last || (o->eval_every && r->step % o->eval_every == 0));
     if (r->has_val)
         r->val_loss = evaluate(t);
+    fault_step_end(&t->faults);
     r->seconds = now_seconds() - start;
     return 0;
 }
@@ -509,6 +518,10 @@ static void write_metrics(Trainer *t, const StepReport *r)
     fprintf(t->metrics, "]");
     if (r->measured && isfinite(r->noise_scale))
         fprintf(t->metrics, ", \"noise_scale\": %.17g", r->noise_scale);
+    long tier2, tier1;
+    snapshot_committed(t, &tier2, &tier1);
+    if (t->ckpt) /* how far the background flushes are behind: timing, not the run */
+        fprintf(t->metrics, ", \"ckpt_committed\": [%ld, %ld]", tier1, tier2);
     if (r->has_val)
         fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
     fprintf(t->metrics, "}\n");
@@ -668,6 +681,9 @@ static int run_training(Trainer *t)
         if (t->rank == 0)
             write_metrics(t, &report);
         print_progress(t, &report, now_seconds() - start, began);
+        if (t->rank == 0) /* even under --quiet: the launcher's timeline */
+            channel_send(&t->channel, "step %ld", report.step);
+        channel_beat(&t->channel, t->steps_done);
         if (report.stop)
             break;
     }
@@ -705,6 +721,47 @@ int train_check_launch(int world, int argc, char **argv)
         return parsed > 0 ? 0 : 2;
     Layout layout;
     return options_resolve_layout(&options, world, &layout) ? 2 : 0;
+}
+
+/* The preferred pp x sp with dp = world / (pp sp), when it fits. */
+static int preferred_layout(int world, int pp, int sp, const LayoutNeeds *needs, Layout *out)
+{
+    if (pp < 1 || sp < 1 || world % (pp * sp) != 0)
+        return -1;
+    Layout layout = {world / (pp * sp), pp, sp};
+    char ignored[2048];
+    if (layout_check(layout, world, needs, ignored, sizeof(ignored)) != 0)
+        return -1;
+    *out = layout;
+    return 0;
+}
+
+int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **argv,
+                      TrainPlan *plan, char *err, size_t err_len)
+{
+    TrainOptions o;
+    if (options_parse(&o, argc, argv) != 0) {
+        snprintf(err, err_len, "the training options do not parse (see above)");
+        return -1;
+    }
+    memset(plan, 0, sizeof(*plan));
+    snprintf(plan->ckpt_dir, sizeof(plan->ckpt_dir), "%s", o.ckpt.dir ? o.ckpt.dir : "");
+    snprintf(plan->ckpt_memory_dir, sizeof(plan->ckpt_memory_dir), "%s",
+             o.ckpt.memory_dir ? o.ckpt.memory_dir : "");
+    snprintf(plan->metrics, sizeof(plan->metrics), "%s", o.metrics_path ? o.metrics_path : "");
+    LayoutNeeds needs = options_layout_needs(&o);
+    Layout layout;
+    if (prefer_pp == 0 && !o.layout_auto) {
+        prefer_pp = o.layout.pp;
+        prefer_sp = o.layout.sp;
+    }
+    if (preferred_layout(world, prefer_pp, prefer_sp, &needs, &layout) != 0 &&
+        layout_auto(world, &needs, &layout, err, err_len) != 0)
+        return -1;
+    plan->dp = layout.dp;
+    plan->pp = layout.pp;
+    plan->sp = layout.sp;
+    return 0;
 }
 
 int data_main(int argc, char **argv)

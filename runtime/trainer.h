@@ -10,6 +10,7 @@
 #include "checkpoint.h"
 #include "comm.h"
 #include "data.h"
+#include "fault.h"
 #include "gpt.h"
 #include "gradsync.h"
 #include "optim.h"
@@ -51,6 +52,7 @@ typedef struct {
     Checkpointer *ckpt;      /* NULL: checkpoints off */
     CkptTensor *ckpt_tensors; /* what this rank holds, for writing and resuming */
     int ckpt_tensor_count;
+    Faults faults; /* injected failures of drills (fault.h) */
 } Trainer;
 
 #endif

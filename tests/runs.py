@@ -5,7 +5,7 @@ import numpy as np
 
 from conftest import run
 
-TIMINGS = {"tokens_per_s", "step_ms", "grad_comm_ms", "ckpt_stall_ms"}  # wall-clock fields, never repeatable
+TIMINGS = {"tokens_per_s", "step_ms", "grad_comm_ms", "ckpt_stall_ms", "ckpt_committed"}  # wall-clock fields, never repeatable
 
 
 def launch(phalanx, out, ranks, train_args, launcher=()):

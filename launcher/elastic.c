@@ -1,0 +1,556 @@
+/* The elastic agent (contract in elastic.h). */
+#include "elastic.h"
+
+#include "checkpoint.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_ATTEMPTS 64
+#define MAX_TRAIN_ARGS 512
+
+/* What one attempt saw, for the report. */
+typedef struct {
+    int world, dp, pp, sp;
+    bool resumed_flag;
+    double launched_at, first_step_at, resumed_at, ended_at;
+    long first_step, last_step, resumed_step;
+    JobFailure failure;
+    int node_lost; /* -1: none removed */
+    char excluded[256];
+} Attempt;
+
+typedef struct {
+    const ElasticOptions *options;
+    Job *job;
+    char **train_argv; /* the user's training options */
+    int train_argc;
+    double t0;
+    Attempt attempts[MAX_ATTEMPTS];
+    int attempt_count;
+    int nodes_alive; /* of ranks_per_node ranks each (virtual nodes) */
+    char excluded[1024]; /* Slurm: nodes left out, comma-separated */
+    TrainPlan plan;
+    const char *outcome;
+} Agent;
+
+// ----------------------------------------------------------------------------
+// events
+
+typedef struct {
+    char kind[16];
+    int who; /* rank or node */
+    long step;
+    double factor;
+    int attempt;
+} Event;
+
+static int parse_event(const char *text, Event *e)
+{
+    memset(e, 0, sizeof(*e));
+    char body[128];
+    snprintf(body, sizeof(body), "%s", text);
+    char *hash = strchr(body, '#');
+    if (hash) {
+        char *end;
+        e->attempt = (int)strtol(hash + 1, &end, 10);
+        if (end == hash + 1 || *end || e->attempt < 0)
+            return -1;
+        *hash = '\0';
+    }
+    int used = 0;
+    if (sscanf(body, "slow:%d*%lf%n", &e->who, &e->factor, &used) == 2 && !body[used] &&
+        e->factor >= 1 && e->who >= 0)
+        return snprintf(e->kind, sizeof(e->kind), "slow"), 0;
+    if (sscanf(body, "corrupt:%ld%n", &e->step, &used) == 1 && !body[used] && e->step >= 1)
+        return snprintf(e->kind, sizeof(e->kind), "corrupt"), 0;
+    if (sscanf(body, "%15[a-z]:%d@%ld%n", e->kind, &e->who, &e->step, &used) == 3 &&
+        !body[used] && e->who >= 0 && e->step >= 1)
+        for (const char *k = "crash\0hang\0node\0flushkill\0"; *k; k += strlen(k) + 1)
+            if (strcmp(e->kind, k) == 0)
+                return 0;
+    return -1;
+}
+
+int elastic_check(const ElasticOptions *o, int ranks)
+{
+    if (o->min_ranks > ranks) {
+        fprintf(stderr, "phalanx run: --min-ranks %d is above the job's %d rank(s): the run "
+                        "could never start; lower --min-ranks or raise -n\n",
+                o->min_ranks, ranks);
+        return -1;
+    }
+    if (ranks % o->ranks_per_node != 0) {
+        fprintf(stderr, "phalanx run: --ranks-per-node %d does not divide -n %d: every "
+                        "(virtual) node holds the same number of ranks\n",
+                o->ranks_per_node, ranks);
+        return -1;
+    }
+    for (int i = 0; i < o->event_count; i++) {
+        Event e;
+        if (parse_event(o->events[i], &e) != 0) {
+            fprintf(stderr, "phalanx run: --inject '%s' is not an event: crash:RANK@STEP, "
+                            "hang:RANK@STEP, slow:RANK*FACTOR, node:NODE@STEP, "
+                            "flushkill:RANK@STEP or corrupt:STEP, each with an optional "
+                            "#ATTEMPT (default #0)\n", o->events[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The worker's environment for attempt `a`: PHALANX_FAULTS and the
+ * checkpoint module's kill-during-flush hook. */
+static void set_fault_env(const Agent *agent, int a)
+{
+    char faults[1024] = "", flush[64] = "";
+    size_t used = 0;
+    for (int i = 0; i < agent->options->event_count; i++) {
+        Event e;
+        parse_event(agent->options->events[i], &e);
+        if (e.attempt != a)
+            continue;
+        int first = e.who, last = e.who;
+        if (strcmp(e.kind, "node") == 0) {
+            first = e.who * agent->options->ranks_per_node;
+            last = first + agent->options->ranks_per_node - 1;
+        }
+        for (int r = first; r <= last && used < sizeof(faults) - 64; r++) {
+            if (strcmp(e.kind, "slow") == 0)
+                used += (size_t)snprintf(faults + used, sizeof(faults) - used, "slow:%d*%g;", r,
+                                         e.factor);
+            else if (strcmp(e.kind, "crash") == 0 || strcmp(e.kind, "node") == 0 ||
+                     strcmp(e.kind, "hang") == 0)
+                used += (size_t)snprintf(faults + used, sizeof(faults) - used, "%s:%d@%ld;",
+                                         strcmp(e.kind, "hang") ? "crash" : "hang", r, e.step);
+        }
+        if (strcmp(e.kind, "flushkill") == 0)
+            snprintf(flush, sizeof(flush), "%ld@%d", e.step, e.who);
+    }
+    setenv(FAULT_ENV, faults, 1);
+    setenv("PHALANX_FAULT_KILL_DURING_FLUSH", flush, 1);
+}
+
+/* corrupt:S events of attempt `a`: one flipped byte in the middle of the
+ * step-S checkpoint's rank-0 shard, in every tier that has it. */
+static void corrupt_shards(const Agent *agent, int a)
+{
+    for (int i = 0; i < agent->options->event_count; i++) {
+        Event e;
+        parse_event(agent->options->events[i], &e);
+        if (e.attempt != a || strcmp(e.kind, "corrupt") != 0 || !agent->plan.ckpt_dir[0])
+            continue;
+        CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
+        char tiers[2][4096], shard[8300];
+        ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
+        for (int t = 0; t < 2; t++) {
+            snprintf(shard, sizeof(shard), "%s/step_%08ld/rank_00000.h5", tiers[t], e.step);
+            int fd = tiers[t][0] ? open(shard, O_RDWR) : -1;
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st) != 0) {
+                if (fd >= 0)
+                    close(fd);
+                continue;
+            }
+            unsigned char byte = 0;
+            off_t middle = st.st_size / 2;
+            if (pread(fd, &byte, 1, middle) == 1) {
+                byte ^= 0xFF;
+                if (pwrite(fd, &byte, 1, middle) == 1)
+                    fprintf(stderr, "phalanx drill: corrupted one byte of %s\n", shard);
+            }
+            close(fd);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// planning an attempt
+
+static bool has_complete_checkpoint(const TrainPlan *plan)
+{
+    if (!plan->ckpt_dir[0])
+        return false;
+    CkptOptions ck = {.dir = plan->ckpt_dir, .memory_dir = plan->ckpt_memory_dir};
+    char tiers[2][4096];
+    ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
+    for (int t = 0; t < 2; t++) {
+        CkptEntry *entries = NULL;
+        int count = 0;
+        bool found = false;
+        if (tiers[t][0] && ckpt_list(tiers[t], &entries, &count, NULL, 0) == 0)
+            for (int i = 0; i < count; i++)
+                found |= entries[i].status == CKPT_OK;
+        free(entries);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
+/* The largest world of at most `alive` ranks (down to min_ranks) with a layout
+ * that keeps the run; the first attempt keeps the user's layout. */
+static int plan_world(Agent *agent, int alive, int prefer_pp, int prefer_sp, char *why,
+                      size_t why_len)
+{
+    why[0] = '\0';
+    // options are parsed as a command line: a program name first
+    char *argv[MAX_TRAIN_ARGS + 1] = {"train"};
+    int argc = 1;
+    for (int i = 0; i < agent->train_argc && argc < MAX_TRAIN_ARGS; i++)
+        argv[argc++] = agent->train_argv[i];
+    for (int world = alive; world >= agent->options->min_ranks && world >= 1; world--) {
+        char err[2048];
+        if (train_plan_launch(world, prefer_pp, prefer_sp, argc, argv, &agent->plan, err,
+                              sizeof(err)) == 0)
+            return world;
+        if (!why[0])
+            snprintf(why, why_len, "%d rank(s): %.1900s", world, err);
+    }
+    return -1;
+}
+
+/* argv of attempt `a`: the user's options, then --layout (and --resume latest). */
+static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout, size_t len)
+{
+    int n = 0;
+    for (int i = 0; i < agent->train_argc && n < MAX_TRAIN_ARGS - 6; i++)
+        argv[n++] = agent->train_argv[i];
+    snprintf(layout, len, "%dx%dx%d", attempt->dp, attempt->pp, attempt->sp);
+    argv[n++] = "--layout";
+    argv[n++] = layout;
+    attempt->resumed_flag = agent->attempt_count > 1 && has_complete_checkpoint(&agent->plan);
+    if (attempt->resumed_flag) {
+        argv[n++] = "--resume";
+        argv[n++] = "latest";
+    }
+    argv[n] = NULL;
+    agent->job->plan.train_argv = argv;
+    agent->job->plan.train_argc = n;
+}
+
+// ----------------------------------------------------------------------------
+// the timeline
+
+static void on_job_event(void *context, const char *event, long step, double at)
+{
+    Agent *agent = context;
+    Attempt *a = &agent->attempts[agent->attempt_count - 1];
+    if (strcmp(event, "first_step") == 0) {
+        a->first_step_at = at;
+        a->first_step = step;
+    } else if (strcmp(event, "resumed") == 0) {
+        a->resumed_at = at;
+        a->resumed_step = step;
+    }
+}
+
+static const char *failure_name(FailureKind kind)
+{
+    static const char *const names[] = {"none", "crash", "hang", "exit"};
+    return names[kind];
+}
+
+static void print_failure(const Agent *agent, const Attempt *a)
+{
+    const JobFailure *f = &a->failure;
+    char who[128] = "an unknown rank";
+    if (f->rank >= 0)
+        snprintf(who, sizeof(who), "rank %d (node %s)", f->rank, f->node[0] ? f->node : "?");
+    fprintf(stderr, "phalanx run: %s of %s detected (%s) %.2f s after launch, after step %ld\n",
+            failure_name(f->kind), who, f->how ? f->how : "", f->detected_at - a->launched_at,
+            a->last_step);
+    (void)agent;
+}
+
+/* Removes the failed rank's node; returns the ranks still alive. */
+static int remove_failed_node(Agent *agent, Attempt *a)
+{
+    int per_node = agent->options->ranks_per_node;
+    a->node_lost = -1;
+    if (a->failure.rank < 0)
+        return agent->nodes_alive * per_node; /* nobody to blame: same size again */
+    a->node_lost = a->failure.rank / per_node;
+    agent->nodes_alive--;
+    if (getenv("SLURM_JOB_ID") && a->failure.node[0]) {
+        size_t used = strlen(agent->excluded);
+        snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s",
+                 used ? "," : "", a->failure.node);
+    }
+    return agent->nodes_alive * per_node;
+}
+
+// ----------------------------------------------------------------------------
+// the report
+
+typedef struct {
+    long steps;
+    long long consumed, lost, duplicated;
+} SampleAccount;
+
+/* The committed trajectory: rows in file order, a row for step s replacing
+ * every row from s on (a recomputed step after a resume). */
+static int account_samples(const char *metrics, SampleAccount *acc)
+{
+    memset(acc, 0, sizeof(*acc));
+    FILE *f = metrics[0] ? fopen(metrics, "r") : NULL;
+    if (!f)
+        return -1;
+    long long *ends = NULL, *starts = NULL;
+    long cap = 0, count = 0;
+    char line[8192];
+    while (fgets(line, sizeof(line), f)) {
+        long step;
+        long long samples;
+        int batch;
+        const char *s = strstr(line, "\"step\": "), *c = strstr(line, "\"samples\": "),
+                   *b = strstr(line, "\"global_batch\": ");
+        if (!s || !c || !b || sscanf(s + 8, "%ld", &step) != 1 ||
+            sscanf(c + 11, "%lld", &samples) != 1 || sscanf(b + 16, "%d", &batch) != 1 ||
+            step < 1)
+            continue;
+        if (step > cap) {
+            cap = step * 2;
+            ends = realloc(ends, (size_t)cap * sizeof(*ends));
+            starts = realloc(starts, (size_t)cap * sizeof(*starts));
+        }
+        count = step; /* drops later rows: the resumed run replaced them */
+        ends[step - 1] = samples;
+        starts[step - 1] = samples - batch;
+    }
+    fclose(f);
+    acc->steps = count;
+    long long cursor = 0;
+    for (long i = 0; i < count; i++) {
+        if (starts[i] > cursor)
+            acc->lost += starts[i] - cursor;
+        if (starts[i] < cursor)
+            acc->duplicated += cursor - starts[i];
+        cursor = ends[i];
+    }
+    acc->consumed = cursor;
+    free(ends);
+    free(starts);
+    return 0;
+}
+
+static void write_attempt(FILE *out, const Agent *agent, int i)
+{
+    const Attempt *a = &agent->attempts[i];
+    double t0 = agent->t0;
+    fprintf(out, "    {\"attempt\": %d, \"world\": %d, \"layout\": \"%dx%dx%d\", "
+                 "\"resume\": %s, \"launched_s\": %.3f",
+            i, a->world, a->dp, a->pp, a->sp, a->resumed_flag ? "true" : "false",
+            a->launched_at - t0);
+    if (a->resumed_at > 0)
+        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld", a->resumed_at - t0,
+                a->resumed_step);
+    if (a->first_step_at > 0)
+        fprintf(out, ", \"first_step_s\": %.3f, \"first_step\": %ld", a->first_step_at - t0,
+                a->first_step);
+    fprintf(out, ", \"last_step\": %ld, \"ended_s\": %.3f", a->last_step, a->ended_at - t0);
+    const JobFailure *f = &a->failure;
+    if (f->kind != FAILURE_NONE) {
+        fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": \"%s\", "
+                     "\"how\": \"%s\", \"detected_s\": %.3f",
+                failure_name(f->kind), f->rank, f->node, f->how ? f->how : "",
+                f->detected_at - t0);
+        if (f->fault_at > 0)
+            fprintf(out, ", \"fault_s\": %.3f", f->fault_at - t0);
+        fprintf(out, ", \"node_removed\": %d}", a->node_lost);
+    }
+    fprintf(out, "}%s\n", i + 1 < agent->attempt_count ? "," : "");
+}
+
+/* Per failure: detection, teardown, relaunch, load and first step, MTTR. */
+static void write_recoveries(FILE *out, const Agent *agent)
+{
+    bool first = true;
+    for (int i = 0; i + 1 < agent->attempt_count; i++) {
+        const Attempt *a = &agent->attempts[i], *next = &agent->attempts[i + 1];
+        const JobFailure *f = &a->failure;
+        double failed = f->fault_at > 0 ? f->fault_at : f->detected_at;
+        long resumed = next->resumed_at > 0 ? next->resumed_step : 0;
+        fprintf(out, "%s    {\"attempt\": %d, \"kind\": \"%s\", \"rank\": %d, \"detect_s\": %.3f, "
+                     "\"teardown_s\": %.3f, \"relaunch_s\": %.3f",
+                first ? "" : ",\n", i, failure_name(f->kind), f->rank, f->detected_at - failed,
+                a->ended_at - f->detected_at, next->launched_at - a->ended_at);
+        if (next->resumed_at > 0)
+            fprintf(out, ", \"ckpt_load_s\": %.3f", next->resumed_at - next->launched_at);
+        if (next->first_step_at > 0)
+            fprintf(out, ", \"mttr_s\": %.3f", next->first_step_at - failed);
+        long recomputed = a->last_step - resumed;
+        fprintf(out, ", \"last_step_before\": %ld, \"resumed_step\": %ld, \"steps_recomputed\": %ld}",
+                a->last_step, resumed, recomputed > 0 ? recomputed : 0);
+        first = false;
+    }
+    fprintf(out, "\n");
+}
+
+static void write_report(const Agent *agent, int status)
+{
+    const char *path = agent->options->report_path;
+    if (!path)
+        return;
+    FILE *out = fopen(path, "w");
+    if (!out) {
+        fprintf(stderr, "phalanx run: --report: cannot write '%s': %s\n", path, strerror(errno));
+        return;
+    }
+    fprintf(out, "{\n  \"outcome\": \"%s\", \"exit_status\": %d, \"restarts\": %d,\n",
+            agent->outcome, status, agent->attempt_count - 1);
+    fprintf(out, "  \"min_ranks\": %d, \"ranks_per_node\": %d, \"heartbeat_timeout_s\": %g,\n",
+            agent->options->min_ranks, agent->options->ranks_per_node,
+            agent->options->heartbeat_timeout);
+    fprintf(out, "  \"injected\": [");
+    for (int i = 0; i < agent->options->event_count; i++)
+        fprintf(out, "%s\"%s\"", i ? ", " : "", agent->options->events[i]);
+    fprintf(out, "],\n  \"attempts\": [\n");
+    for (int i = 0; i < agent->attempt_count; i++)
+        write_attempt(out, agent, i);
+    fprintf(out, "  ],\n  \"recoveries\": [\n");
+    write_recoveries(out, agent);
+    fprintf(out, "  ]");
+    SampleAccount acc;
+    if (account_samples(agent->plan.metrics, &acc) == 0)
+        fprintf(out, ",\n  \"samples\": {\"metrics\": \"%s\", \"committed_steps\": %ld, "
+                     "\"consumed\": %lld, \"lost\": %lld, \"duplicated\": %lld}",
+                agent->plan.metrics, acc.steps, acc.consumed, acc.lost, acc.duplicated);
+    fprintf(out, "\n}\n");
+    fclose(out);
+    fprintf(stderr, "phalanx run: drill report in %s\n", path);
+}
+
+// ----------------------------------------------------------------------------
+// the loop
+
+static int run_attempt(Agent *agent, int world)
+{
+    Job *job = agent->job;
+    Attempt *a = &agent->attempts[agent->attempt_count++];
+    memset(a, 0, sizeof(*a));
+    a->world = world;
+    a->dp = agent->plan.dp;
+    a->pp = agent->plan.pp;
+    a->sp = agent->plan.sp;
+    static char *argv[MAX_TRAIN_ARGS];
+    static char layout[64];
+    build_argv(agent, a, argv, layout, sizeof(layout));
+    int index = agent->attempt_count - 1;
+    corrupt_shards(agent, index);
+    set_fault_env(agent, index);
+    job->plan.ranks = world;
+    job->plan.exclude = agent->excluded[0] ? agent->excluded : NULL;
+    fprintf(stderr, "phalanx run: attempt %d: %d rank(s), layout %s%s\n", index, world, layout,
+            a->resumed_flag ? ", resuming from the newest checkpoint" : "");
+    a->launched_at = job_now();
+    if (job_start(job) != 0)
+        return -1;
+    job_watch(job);
+    a->ended_at = job_now();
+    a->failure = job->failure;
+    a->first_step = job->first_step;
+    a->last_step = job->last_step;
+    return 0;
+}
+
+static void reset_job(Job *job)
+{
+    job_close(job);
+    SpawnPlan plan = job->plan;
+    double startup = job->startup_timeout, heartbeat = job->heartbeat_timeout;
+    JobEventHook hook = job->on_event;
+    void *context = job->event_context;
+    memset(job, 0, sizeof(*job));
+    job->plan = plan;
+    job->startup_timeout = startup;
+    job->heartbeat_timeout = heartbeat;
+    job->detect = true;
+    job->on_event = hook;
+    job->event_context = context;
+}
+
+/* After a failed attempt: the world of the next one, or an exit status. */
+static int next_world(Agent *agent, int *status)
+{
+    Attempt *a = &agent->attempts[agent->attempt_count - 1];
+    print_failure(agent, a);
+    int alive = remove_failed_node(agent, a);
+    if (agent->attempt_count > agent->options->max_restarts) {
+        fprintf(stderr, "phalanx run: giving up: --max-restarts %d used up; the newest complete "
+                        "checkpoint in %s is intact\n",
+                agent->options->max_restarts,
+                agent->plan.ckpt_dir[0] ? agent->plan.ckpt_dir : "(no --ckpt-dir)");
+        agent->outcome = "restarts used up";
+        *status = EXIT_RESTARTS_USED_UP;
+        return -1;
+    }
+    if (alive < agent->options->min_ranks) {
+        fprintf(stderr, "phalanx run: giving up: %d rank(s) left, below --min-ranks %d; the "
+                        "newest complete checkpoint in %s is intact\n",
+                alive, agent->options->min_ranks,
+                agent->plan.ckpt_dir[0] ? agent->plan.ckpt_dir : "(no --ckpt-dir)");
+        agent->outcome = "too few ranks";
+        *status = EXIT_TOO_FEW_RANKS;
+        return -1;
+    }
+    char why[2048];
+    int world = plan_world(agent, alive, a->pp, a->sp, why, sizeof(why));
+    if (world < 0) {
+        fprintf(stderr, "phalanx run: giving up: no layout of %d to %d rank(s) fits this run "
+                        "(%s)\n", agent->options->min_ranks, alive, why);
+        agent->outcome = "no valid layout";
+        *status = EXIT_TOO_FEW_RANKS;
+    }
+    return world;
+}
+
+int elastic_run(Job *job, const ElasticOptions *options)
+{
+    static Agent agent;
+    memset(&agent, 0, sizeof(agent));
+    agent.options = options;
+    agent.job = job;
+    agent.train_argv = job->plan.train_argv;
+    agent.train_argc = job->plan.train_argc;
+    agent.nodes_alive = job->plan.ranks / options->ranks_per_node;
+    agent.outcome = "completed";
+    agent.t0 = job_now();
+    job->detect = true;
+    job->heartbeat_timeout = options->heartbeat_timeout;
+    job->on_event = on_job_event;
+    job->event_context = &agent;
+    char why[2048];
+    int world = plan_world(&agent, job->plan.ranks, 0, 0, why, sizeof(why));
+    if (world != job->plan.ranks) {
+        fprintf(stderr, "phalanx run: no layout for %d rank(s): %s\n", job->plan.ranks, why);
+        return 2;
+    }
+    int status = 0;
+    while (world > 0 && agent.attempt_count < MAX_ATTEMPTS) {
+        if (run_attempt(&agent, world) != 0) {
+            status = 1;
+            agent.outcome = "launch failed";
+            break;
+        }
+        const JobFailure *f = &agent.attempts[agent.attempt_count - 1].failure;
+        bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG;
+        if (!retry) {
+            status = job_exit_status(job);
+            if (status != 0)
+                agent.outcome = job->stop_signal ? "stopped" : "failed (not retried)";
+            break;
+        }
+        world = next_world(&agent, &status);
+        reset_job(job);
+    }
+    job_close(job);
+    write_report(&agent, status);
+    return status;
+}

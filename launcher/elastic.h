@@ -1,0 +1,56 @@
+/*
+ * elastic: the launcher as elastic agent (`phalanx run --elastic`, `phalanx
+ * drill`), private to launcher/. Open MPI 4.1 has no ULFM, so recovery
+ * restarts the world, fast (DESIGN.md "Elasticity"):
+ *
+ *   launch -> watch (job.h: crash = lost channel, hang = no heartbeat)
+ *          -> kill what is left -> remove the failed rank's node
+ *          -> pick a layout for the survivors that keeps the global batch
+ *             (same pp x sp, fewer replicas, more accumulation; else the most
+ *             data-parallel layout that fits; else fewer ranks)
+ *          -> relaunch with --layout and --resume latest (the newest complete
+ *             checkpoint of tier 1 or tier 2) -> watch ...
+ *
+ * until the run completes, fewer than min_ranks survive, or max_restarts
+ * relaunches are used up. Nodes are real hosts (Slurm node names under srun)
+ * or, on one host, virtual nodes of ranks_per_node consecutive ranks.
+ *
+ * Injected events (drills), each for one attempt (#A, default 0) of the run:
+ *   crash:R@S  hang:R@S  slow:R*F   a worker fault on rank R (runtime/fault.h)
+ *   node:N@S                        crash every rank of node N at step S
+ *   flushkill:R@S                   SIGKILL rank R in its step-S checkpoint flush
+ *   corrupt:S                       before the attempt starts, flip a byte in the
+ *                                   step-S checkpoint's first shard in both tiers
+ *
+ * The report (JSON) has the timeline of every attempt (launch, first step,
+ * fault, detection, teardown, checkpoint loaded, first step after recovery),
+ * per failure the MTTR (failure to the first completed step after it) and
+ * the steps recomputed, and, from the metrics file, the samples the committed
+ * trajectory consumed, lost and duplicated.
+ */
+#ifndef PHALANX_ELASTIC_H
+#define PHALANX_ELASTIC_H
+
+#include "job.h"
+
+#define ELASTIC_MAX_EVENTS 32
+
+/* Exit statuses besides the job's own (0 success, 2 usage, 3 start-up). */
+enum { EXIT_RESTARTS_USED_UP = 4, EXIT_TOO_FEW_RANKS = 5 };
+
+typedef struct {
+    int min_ranks, max_restarts, ranks_per_node;
+    double heartbeat_timeout;
+    const char *events[ELASTIC_MAX_EVENTS];
+    int event_count;
+    const char *report_path; /* NULL: no report */
+} ElasticOptions;
+
+/* Checks the options against the job's size; 0, or -1 after printing why. */
+int elastic_check(const ElasticOptions *options, int ranks);
+
+/* Runs the job elastically; returns the exit status. `job` has the plan of
+ * the first attempt (ranks, via, worker, training options). */
+int elastic_run(Job *job, const ElasticOptions *options);
+
+#endif

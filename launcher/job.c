@@ -1,0 +1,369 @@
+/* One launch of the ranks and the watch over it (contract in job.h). */
+#include "job.h"
+
+#include "runtime.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STOP_GRACE_SECONDS 30.0 /* after a stop request, then the job is killed */
+#define KILL_GRACE_SECONDS 5.0  /* between SIGTERM and SIGKILL */
+
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int signo)
+{
+    unsigned char byte = (unsigned char)signo;
+    ssize_t ignored = write(signal_pipe[1], &byte, 1);
+    (void)ignored;
+}
+
+double job_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int job_install_signals(void)
+{
+    if (signal_pipe[0] >= 0)
+        return 0;
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+        return -1;
+    struct sigaction action = {.sa_handler = on_signal};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the channel
+
+static int open_listener(Job *job)
+{
+    bool wide = spawn_is_multi_host(&job->plan);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
+    addr.sin_addr.s_addr = htonl(wide ? INADDR_ANY : INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
+        listen(fd, 128) != 0 || getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
+        fprintf(stderr, "phalanx run: cannot open the launcher channel: %s\n", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char host[256] = "127.0.0.1";
+    if (wide)
+        gethostname(host, sizeof(host) - 1);
+    snprintf(job->address, sizeof(job->address), "%s:%d", host, ntohs(addr.sin_port));
+    job->listen_fd = fd;
+    return 0;
+}
+
+static void accept_client(Job *job)
+{
+    int fd = accept4(job->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (job->client_count == JOB_MAX_CLIENTS) {
+        close(fd);
+        return;
+    }
+    job->clients[job->client_count++] = (JobClient){.fd = fd, .rank = -1, .last_seen = job_now()};
+}
+
+static void kill_job(Job *job, int signo)
+{
+    if (!job->done)
+        kill(-job->pid, signo);
+}
+
+/* The first failure counts; the job is killed at once. */
+static void fail(Job *job, FailureKind kind, const JobClient *client, const char *how)
+{
+    if (!job->detect || job->failure.kind != FAILURE_NONE || job->stop_signal)
+        return;
+    job->failure.kind = kind;
+    job->failure.rank = client ? client->rank : -1;
+    if (client)
+        snprintf(job->failure.node, sizeof(job->failure.node), "%s", client->node);
+    job->failure.detected_at = job_now();
+    job->failure.how = how;
+    kill_job(job, SIGKILL);
+    job->killed_at = job->failure.detected_at;
+}
+
+static void on_hello(Job *job, JobClient *client, const char *args)
+{
+    char host[64] = "";
+    client->rank = -1;
+    if (sscanf(args, "%d %*d %ld %63s", &client->rank, &client->pid, host) >= 1)
+        snprintf(client->node, sizeof(client->node), "%s", host);
+    if (++job->hello_count == job->plan.ranks)
+        job->ready = true;
+}
+
+static void on_step(Job *job, long step, double at)
+{
+    job->last_step = step;
+    if (job->first_step == 0) {
+        job->first_step = step;
+        if (job->on_event)
+            job->on_event(job->event_context, "first_step", step, at);
+    }
+}
+
+static void on_progress(Job *job, const char *args)
+{
+    char *text = strchr(args, ' ');
+    job->last_step = atol(args);
+    printf("%s\n", text ? text + 1 : "");
+    fflush(stdout);
+}
+
+static void handle_line(Job *job, JobClient *client, char *line)
+{
+    client->last_seen = job_now();
+    if (strncmp(line, "hello ", 6) == 0) {
+        on_hello(job, client, line + 6);
+    } else if (strncmp(line, "progress ", 9) == 0) {
+        on_progress(job, line + 9);
+    } else if (strncmp(line, "log ", 4) == 0) {
+        printf("%s\n", line + 4);
+        fflush(stdout);
+    } else if (strncmp(line, "step ", 5) == 0) {
+        on_step(job, atol(line + 5), client->last_seen);
+    } else if (strncmp(line, "done ", 5) == 0) {
+        client->done = true;
+    } else if (strncmp(line, "fault ", 6) == 0) {
+        job->failure.fault_at = client->last_seen;
+        client->faulted = true;
+    } else if (strncmp(line, "resumed ", 8) == 0 && job->on_event) {
+        job->on_event(job->event_context, "resumed", atol(line + 8), client->last_seen);
+    }
+}
+
+static void drop_client(Job *job, int index)
+{
+    JobClient *c = &job->clients[index];
+    close(c->fd);
+    if (c->rank >= 0 && !c->done)
+        fail(job, FAILURE_CRASH, c, "lost channel");
+    job->clients[index] = job->clients[--job->client_count];
+}
+
+static void read_client(Job *job, int index)
+{
+    JobClient *c = &job->clients[index];
+    ssize_t got = read(c->fd, c->buffer + c->length, sizeof(c->buffer) - 1 - c->length);
+    if (got <= 0) {
+        drop_client(job, index);
+        return;
+    }
+    c->length += (size_t)got;
+    c->buffer[c->length] = '\0';
+    char *start = c->buffer, *newline;
+    while ((newline = strchr(start, '\n'))) {
+        *newline = '\0';
+        handle_line(job, c, start);
+        start = newline + 1;
+    }
+    c->length = strlen(start);
+    memmove(c->buffer, start, c->length + 1);
+    if (c->length == sizeof(c->buffer) - 1)
+        c->length = 0; /* an over-long line: drop it */
+}
+
+static void broadcast_stop(Job *job)
+{
+    for (int i = 0; i < job->client_count; i++) {
+        ssize_t ignored = send(job->clients[i].fd, "stop\n", 5, MSG_NOSIGNAL);
+        (void)ignored;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the event loop
+
+static void on_user_signal(Job *job, int signo)
+{
+    if (job->stop_signal == 0) {
+        job->stop_signal = signo;
+        job->stop_at = job_now();
+        broadcast_stop(job);
+        fprintf(stderr, "\nphalanx run: stopping: every rank finishes its current step and "
+                        "exits (Ctrl-C again to kill the job)\n");
+        return;
+    }
+    fprintf(stderr, "phalanx run: killing the job\n");
+    kill_job(job, SIGTERM);
+    job->term_at = job_now();
+}
+
+/* A process of this host in the stopped state ('T' in /proc/PID/stat). */
+static bool process_stopped(long pid)
+{
+    char path[64], text[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[got] = '\0';
+    const char *paren = strrchr(text, ')'); /* the name may hold spaces */
+    return paren && paren[1] == ' ' && paren[2] == 'T';
+}
+
+/* Which rank hung: peers stuck waiting on it fall silent too, so silence
+ * alone does not tell; an announced fault or a stopped process does. */
+static const JobClient *hung_rank(const Job *job)
+{
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].faulted)
+            return &job->clients[i];
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].rank >= 0 && process_stopped(job->clients[i].pid))
+            return &job->clients[i];
+    return NULL;
+}
+
+static void check_heartbeats(Job *job, double now)
+{
+    if (!job->detect || !job->ready || job->failure.kind != FAILURE_NONE)
+        return;
+    for (int i = 0; i < job->client_count; i++) {
+        const JobClient *c = &job->clients[i];
+        if (c->rank >= 0 && !c->done && now - c->last_seen > job->heartbeat_timeout) {
+            fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
+            return;
+        }
+    }
+}
+
+static void check_timeouts(Job *job)
+{
+    double now = job_now();
+    if (!job->ready && job->term_at == 0 && now - job->started_at > job->startup_timeout) {
+        fprintf(stderr,
+                "phalanx run: only %d of %d ranks started within %.0f s; stopping the job "
+                "(see the messages above; --startup-timeout sets the limit)\n",
+                job->hello_count, job->plan.ranks, job->startup_timeout);
+        job->startup_timed_out = true;
+        kill_job(job, SIGTERM);
+        job->term_at = now;
+    }
+    if (job->stop_at > 0 && job->term_at == 0 && now - job->stop_at > STOP_GRACE_SECONDS) {
+        fprintf(stderr, "phalanx run: the ranks did not stop within %.0f s; killing the job\n",
+                STOP_GRACE_SECONDS);
+        kill_job(job, SIGTERM);
+        job->term_at = now;
+    }
+    if (job->term_at > 0 && now - job->term_at > KILL_GRACE_SECONDS)
+        kill_job(job, SIGKILL);
+    check_heartbeats(job, now);
+}
+
+static void poll_once(Job *job, int timeout_ms)
+{
+    struct pollfd fds[JOB_MAX_CLIENTS + 2];
+    fds[0] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
+    fds[1] = (struct pollfd){.fd = job->listen_fd, .events = POLLIN};
+    for (int i = 0; i < job->client_count; i++)
+        fds[i + 2] = (struct pollfd){.fd = job->clients[i].fd, .events = POLLIN};
+    int count = job->client_count;
+    if (poll(fds, (nfds_t)count + 2, timeout_ms) <= 0)
+        return;
+    if (fds[0].revents & POLLIN) {
+        unsigned char signo;
+        if (read(signal_pipe[0], &signo, 1) == 1)
+            on_user_signal(job, signo);
+    }
+    if (fds[1].revents & POLLIN)
+        accept_client(job);
+    for (int i = count - 1; i >= 0; i--) /* from the end: read_client may swap in the last */
+        if (fds[i + 2].revents & (POLLIN | POLLHUP | POLLERR))
+            read_client(job, i);
+}
+
+int job_start(Job *job)
+{
+    char err[512];
+    if (job_install_signals() || open_listener(job))
+        return -1;
+    setenv(CHANNEL_ENV, job->address, 1);
+    job->failure.rank = -1;
+    job->started_at = job_now();
+    job->pid = spawn_job(&job->plan, err, sizeof(err));
+    if (job->pid < 0) {
+        fprintf(stderr, "phalanx run: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+int job_code(const Job *job)
+{
+    return WIFEXITED(job->status) ? WEXITSTATUS(job->status) : 128 + WTERMSIG(job->status);
+}
+
+void job_watch(Job *job)
+{
+    while (!job->done) {
+        poll_once(job, 20);
+        if (waitpid(job->pid, &job->status, WNOHANG) == job->pid)
+            job->done = true;
+        check_timeouts(job);
+    }
+    for (int i = 0; i < 5 && job->client_count > 0; i++) /* lines still in flight */
+        poll_once(job, 20);
+    // a failure the channel did not show: a rank exited non-zero after saying done
+    if (job->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal && job->ready &&
+        job_code(job) != 0) {
+        job->failure = (JobFailure){.kind = FAILURE_EXIT, .rank = -1,
+                                    .detected_at = job_now(), .how = "exit status"};
+    }
+}
+
+int job_exit_status(const Job *job)
+{
+    int code = job_code(job);
+    if (!job->ready) {
+        fprintf(stderr, "phalanx run: the job ended before all ranks started (%d of %d; "
+                        "exit status %d)\n", job->hello_count, job->plan.ranks, code);
+        return job->startup_timed_out || code == 0 ? 3 : code;
+    }
+    if (job->stop_signal) {
+        fprintf(stderr, "phalanx run: stopped by %s after step %ld; %s\n",
+                job->stop_signal == SIGINT ? "Ctrl-C" : "SIGTERM", job->last_step,
+                job->term_at > 0 ? "the job was killed" : "every rank exited cleanly");
+        return 128 + job->stop_signal;
+    }
+    if (code != 0)
+        fprintf(stderr, "phalanx run: the job failed with exit status %d\n", code);
+    return code;
+}
+
+void job_close(Job *job)
+{
+    for (int i = 0; i < job->client_count; i++)
+        close(job->clients[i].fd);
+    job->client_count = 0;
+    if (job->listen_fd > 0)
+        close(job->listen_fd);
+    job->listen_fd = -1;
+}

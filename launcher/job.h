@@ -1,0 +1,91 @@
+/*
+ * job: one launch of the worker ranks and the launcher's watch over it
+ * (private to launcher/). `phalanx run` makes one; the elastic agent makes
+ * one per attempt.
+ *
+ * The launcher listens on a TCP port (the channel, protocol in runtime.h),
+ * starts mpirun or srun in a process group of its own (spawn.h), and waits on
+ * the channel, its signals and the job. It prints rank 0's progress lines,
+ * bounds start-up with a timeout (a rank that never says hello cannot hang
+ * it), and turns Ctrl-C into a clean stop of every rank at a step boundary.
+ *
+ * Failure detection (when `detect` is set): a rank whose channel closes
+ * before it said "done" has crashed; a rank silent for `heartbeat_timeout`
+ * seconds has hung (ranks beat while the training thread makes progress);
+ * the hung rank is the one that announced an injected fault, else one whose
+ * process is stopped (on this host), else unknown (rank -1: every rank
+ * waited on a peer, and none can be blamed).
+ * Either way the job is killed at once (SIGKILL to its process group: the
+ * state that matters is in checkpoints) and JobFailure says who and when.
+ */
+#ifndef PHALANX_JOB_H
+#define PHALANX_JOB_H
+
+#include "spawn.h"
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#define JOB_MAX_CLIENTS 1024
+
+typedef struct {
+    int fd;
+    int rank; /* -1 until its hello */
+    long pid;
+    bool done, faulted; /* said "done"; said "fault" (an injected failure) */
+    double last_seen;
+    char node[64]; /* its host, or its Slurm node name */
+    char buffer[2048];
+    size_t length;
+} JobClient;
+
+typedef enum { FAILURE_NONE, FAILURE_CRASH, FAILURE_HANG, FAILURE_EXIT } FailureKind;
+
+typedef struct {
+    FailureKind kind;
+    int rank;          /* -1: unknown (the job exited non-zero with every channel closed) */
+    char node[64];
+    double fault_at;   /* when the rank said "fault" (injected failures), else 0 */
+    double detected_at;
+    const char *how;   /* "lost channel", "no heartbeat for S s", "exit status N" */
+} JobFailure;
+
+/* Called for timeline events: "first_step", "resumed" (with the step). */
+typedef void (*JobEventHook)(void *context, const char *event, long step, double at);
+
+typedef struct {
+    SpawnPlan plan;
+    double startup_timeout;
+    bool detect;              /* crash and hang detection (elastic) */
+    double heartbeat_timeout; /* seconds; used when detect is set */
+    JobEventHook on_event;
+    void *event_context;
+    /* state */
+    int listen_fd;
+    char address[300];
+    JobClient clients[JOB_MAX_CLIENTS];
+    int client_count, hello_count;
+    long first_step, last_step; /* progress steps seen (rank 0), 0: none */
+    pid_t pid;
+    int status; /* raw waitpid status, valid once done */
+    bool done, ready, startup_timed_out;
+    double started_at, stop_at, term_at, killed_at;
+    int stop_signal;
+    JobFailure failure;
+} Job;
+
+double job_now(void);
+/* Installs the SIGINT/SIGTERM handlers of the launcher (once per process). */
+int job_install_signals(void);
+/* Opens the channel and starts the ranks. 0, or -1 after printing why. */
+int job_start(Job *job);
+/* Watches until the job has ended (and, after a failure, been killed). */
+void job_watch(Job *job);
+/* The exit status to report for a job that was not retried. */
+int job_exit_status(const Job *job);
+/* Closes the channel and every client connection. */
+void job_close(Job *job);
+/* The job's raw exit code (128 + signal for a signal). */
+int job_code(const Job *job);
+
+#endif

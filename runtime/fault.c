@@ -1,0 +1,79 @@
+/* Failure injection in the worker (contract in fault.h). */
+#include "fault.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* One event "KIND:RANK@STEP" or "slow:RANK*FACTOR"; applies it when it names `rank`. */
+static int parse_event(Faults *f, const char *event, int rank, char *err, size_t err_len)
+{
+    char kind[16];
+    int target, used = 0;
+    long step;
+    double factor;
+    if (sscanf(event, "%15[a-z]:%d@%ld%n", kind, &target, &step, &used) == 3 &&
+        event[used] == '\0' && step >= 1 && (!strcmp(kind, "crash") || !strcmp(kind, "hang"))) {
+        if (target == rank)
+            *(strcmp(kind, "crash") == 0 ? &f->crash_step : &f->hang_step) = step;
+        return 0;
+    }
+    if (sscanf(event, "slow:%d*%lf%n", &target, &factor, &used) == 2 && event[used] == '\0' &&
+        factor >= 1.0) {
+        if (target == rank)
+            f->slow_factor = factor;
+        return 0;
+    }
+    snprintf(err, err_len, "%s: '%s' is not crash:RANK@STEP, hang:RANK@STEP or "
+             "slow:RANK*FACTOR (FACTOR >= 1)", FAULT_ENV, event);
+    return -1;
+}
+
+int fault_init(Faults *f, int rank, char *err, size_t err_len)
+{
+    memset(f, 0, sizeof(*f));
+    f->slow_factor = 1.0;
+    const char *spec = getenv(FAULT_ENV);
+    if (!spec || !*spec)
+        return 0;
+    char copy[1024];
+    snprintf(copy, sizeof(copy), "%s", spec);
+    for (char *save, *e = strtok_r(copy, ";", &save); e; e = strtok_r(NULL, ";", &save))
+        if (parse_event(f, e, rank, err, err_len))
+            return -1;
+    return 0;
+}
+
+void fault_step_begin(Faults *f)
+{
+    f->step_started = now_seconds();
+}
+
+void fault_mid_step(Faults *f, Channel *channel, long step)
+{
+    bool crash = f->crash_step == step, hang = f->hang_step == step;
+    if (!crash && !hang)
+        return;
+    channel_send(channel, "fault %s %d %ld", crash ? "crash" : "hang", channel->rank, step);
+    fprintf(stderr, "phalanx train: rank %d: injected %s at step %ld\n", channel->rank,
+            crash ? "crash" : "hang", step);
+    raise(crash ? SIGKILL : SIGSTOP);
+}
+
+void fault_step_end(Faults *f)
+{
+    if (f->slow_factor <= 1.0)
+        return;
+    double delay = (now_seconds() - f->step_started) * (f->slow_factor - 1.0);
+    struct timespec ts = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
+    nanosleep(&ts, NULL);
+}

@@ -1,0 +1,39 @@
+/*
+ * fault: failure injection inside a training worker, for drills
+ * (`phalanx drill`, `phalanx run --inject`). The launcher passes this run's
+ * events in PHALANX_FAULTS, ';'-separated, each naming the rank it hits:
+ *
+ *   crash:RANK@STEP   SIGKILL in the middle of step STEP (after its forward
+ *                     and backward, before the optimizer): the step is lost
+ *   hang:RANK@STEP    SIGSTOP at the same point: the process freezes, as on a
+ *                     hung device or node, and stops heartbeating
+ *   slow:RANK*FACTOR  every step of RANK takes FACTOR times as long (sleeps)
+ *
+ * Before a crash or hang fires the rank says "fault KIND RANK STEP" on the
+ * launcher channel, so the drill's timeline has the moment of failure.
+ * (Kills during a checkpoint flush use the checkpoint module's own hook,
+ * PHALANX_FAULT_KILL_DURING_FLUSH.) No events: every call does nothing.
+ */
+#ifndef PHALANX_FAULT_H
+#define PHALANX_FAULT_H
+
+#include "channel.h"
+#include "runtime.h" /* FAULT_ENV */
+
+#include <stdbool.h>
+
+typedef struct {
+    long crash_step, hang_step; /* 0: none */
+    double slow_factor;         /* 1: none */
+    double step_started;
+} Faults;
+
+/* Reads this rank's events; -1 with a message when the variable is malformed. */
+int fault_init(Faults *faults, int rank, char *err, size_t err_len);
+void fault_step_begin(Faults *faults);
+/* In the middle of step `step` (1-based): fires a crash or hang due now. */
+void fault_mid_step(Faults *faults, Channel *channel, long step);
+/* At the end of a step: the delay of a slowed rank. */
+void fault_step_end(Faults *faults);
+
+#endif
