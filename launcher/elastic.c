@@ -447,6 +447,7 @@ static int run_attempt(Agent *agent, int world)
     set_fault_env(agent, index);
     job->plan.ranks = world;
     job->plan.exclude = agent->excluded[0] ? agent->excluded : NULL;
+    job->plan.ranks_per_node = agent->options->ranks_per_node;
     fprintf(stderr, "phalanx run: attempt %d: %d rank(s), layout %s%s\n", index, world, layout,
             a->resumed_flag ? ", resuming from the newest checkpoint" : "");
     a->launched_at = job_now();

@@ -93,6 +93,22 @@ static void kill_job(Job *job, int signo)
         kill(-job->pid, signo);
 }
 
+/* scancel --signal=KILL JOB.STEP in the background (it may wait on
+ * slurmctld for seconds while a node is lost); double fork: no zombie. */
+static void cancel_step(const char *step)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (fork() == 0) {
+            execlp("scancel", "scancel", "--quiet", "--signal=KILL", step, (char *)NULL);
+            _exit(127);
+        }
+        _exit(0);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+}
+
 /* The first failure counts; the job is killed at once. */
 static void fail(Job *job, FailureKind kind, const JobClient *client, const char *how)
 {
@@ -104,16 +120,22 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
         snprintf(job->failure.node, sizeof(job->failure.node), "%s", client->node);
     job->failure.detected_at = job_now();
     job->failure.how = how;
-    kill_job(job, SIGKILL);
     job->killed_at = job->failure.detected_at;
+    // srun's tasks are remote: killing srun would leave them running (stuck
+    // in a collective, spinning), so Slurm kills the whole step first
+    if (job->slurm_step[0])
+        cancel_step(job->slurm_step);
+    kill_job(job, SIGKILL);
 }
 
 static void on_hello(Job *job, JobClient *client, const char *args)
 {
-    char host[64] = "";
+    char host[64] = "", step[64] = "-";
     client->rank = -1;
-    if (sscanf(args, "%d %*d %ld %63s", &client->rank, &client->pid, host) >= 1)
+    if (sscanf(args, "%d %*d %ld %63s %63s", &client->rank, &client->pid, host, step) >= 1)
         snprintf(client->node, sizeof(client->node), "%s", host);
+    if (strcmp(step, "-") != 0)
+        snprintf(job->slurm_step, sizeof(job->slurm_step), "%s", step);
     if (++job->hello_count == job->plan.ranks)
         job->ready = true;
 }

@@ -67,6 +67,7 @@ typedef struct {
     int client_count, hello_count;
     long first_step, last_step; /* progress steps seen (rank 0), 0: none */
     pid_t pid;
+    char slurm_step[64]; /* JOB.STEP of the ranks under srun, "" otherwise */
     int status; /* raw waitpid status, valid once done */
     bool done, ready, startup_timed_out;
     double started_at, stop_at, term_at, killed_at;

@@ -86,6 +86,14 @@ static void build_srun(const SpawnPlan *plan, Argv *a)
     if (plan->elastic) {
         // a lost node must not take the step down before the launcher sees it
         add(a, "--no-kill");
+        // the failed step's resources may still be held while its lost node
+        // is not yet marked down: the relaunched step shares them
+        add(a, "--overlap");
+        if (plan->ranks_per_node > 0) {
+            snprintf(a->numbers[1], sizeof(a->numbers[1]), "--ntasks-per-node=%d",
+                     plan->ranks_per_node);
+            add(a, a->numbers[1]);
+        }
         if (plan->exclude) {
             snprintf(a->exclude, sizeof(a->exclude), "--exclude=%s", plan->exclude);
             add(a, a->exclude);

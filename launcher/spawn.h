@@ -19,6 +19,7 @@ typedef struct {
     const char *worker;           /* the phalanx binary the ranks run */
     bool elastic;                 /* srun: --no-kill (the launcher handles failures) */
     const char *exclude;          /* srun: --exclude=NODES (failed nodes), or NULL */
+    int ranks_per_node;           /* srun, elastic: --ntasks-per-node (0: Slurm's choice) */
     char **train_argv;            /* options after `--` */
     int train_argc;
 } SpawnPlan;

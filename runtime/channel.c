@@ -56,9 +56,19 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     channel->fd = connect_to(address, err, err_len);
     if (channel->fd < 0)
         return -1;
+    // the node a failure takes down: Slurm's name for it (emulated nodes share a host)
     char host[128] = "?";
-    gethostname(host, sizeof(host) - 1);
-    channel_send(channel, "hello %d %d %ld %s", rank, world, (long)getpid(), host);
+    const char *slurm_node = getenv("SLURMD_NODENAME");
+    if (slurm_node && *slurm_node)
+        snprintf(host, sizeof(host), "%s", slurm_node);
+    else
+        gethostname(host, sizeof(host) - 1);
+    // under srun, the step: the launcher cancels the whole step after a failure
+    const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
+    char step_id[64] = "-";
+    if (job && step)
+        snprintf(step_id, sizeof(step_id), "%s.%s", job, step);
+    channel_send(channel, "hello %d %d %ld %s %s", rank, world, (long)getpid(), host, step_id);
     return 0;
 }
 

@@ -40,7 +40,8 @@ int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **
 /*
  * The worker <-> launcher channel. `phalanx run` listens on a TCP port and
  * passes PHALANX_CHANNEL=host:port to every rank. Text lines:
- *   rank -> launcher   hello RANK WORLD PID HOST
+ *   rank -> launcher   hello RANK WORLD PID NODE STEP  (NODE: $SLURMD_NODENAME or the
+ *                                                   host; STEP: JOB.STEP under srun, else -)
  *                      progress STEP TEXT        (rank 0: the job's progress line)
  *                      step STEP                 (rank 0: step STEP completed, always)
  *                      log TEXT                  (rank 0: a line for the user)

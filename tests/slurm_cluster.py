@@ -274,7 +274,7 @@ SlurmctldLogFile={self.log_path("slurmctld")}
 SlurmdLogFile={w}/log/slurmd.%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-TmpFS={self._rundir}/tmp
+TmpFS={self._rundir}/tmp/%n
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -382,6 +382,8 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP O
             self._rundir, self._own_rundir = pathlib.Path(tempfile.mkdtemp(prefix="phx-slurm-")), True
             (self.workdir / "rt").symlink_to(self._rundir)
         (self._rundir / "tmp").mkdir()
+        for node in self.nodes:  # TmpFS per node: PMIx keeps a step's files there by name
+            (self._rundir / "tmp" / node).mkdir()
         self.started = True  # from here on, stop() has something to clean up
         _live.add(self)
         try:

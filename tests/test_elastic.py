@@ -15,12 +15,14 @@ the one step in flight at the failure is recomputed."""
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, run
 from shards import structured_text, text_tokens, write_shard
+from slurm_cluster import slurm_factory  # noqa: F401  (fixture)
 
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "128", "--seq-len", "64", "--seed", "11",
          "--micro-batch", "4", "--global-batch", "24", "--threads", "1", "--quiet",
@@ -210,3 +212,44 @@ def test_malformed_fault_variable_is_refused_by_the_worker(phalanx, corpus, tmp_
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "PHALANX_FAULTS: 'crash:one@two' is not crash:RANK@STEP" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Slurm: a node of a three-node (emulated) cluster is lost mid-run
+
+def test_slurm_node_loss_drill(phalanx, corpus, reference, slurm_factory, tmp_path):
+    """pn2's slurmd, its step daemon and its task are SIGKILLed at step ~5; the
+    agent (inside `salloc --no-kill`) sees rank 1's channel close, stops the
+    step, and relaunches `srun --no-kill --exclude=pn2` on pn1 and pn3."""
+    cluster = slurm_factory(nodes=["pn1", "pn2", "pn3"])
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = ["salloc", "-N", 3, "--no-kill", phalanx, "run", "-n", 3, "--elastic",
+           "--ranks-per-node", 1, "--heartbeat-timeout", 5, "--report", out / "report.json", "--",
+           *train_args(corpus, out)]
+    # emulated nodes share this host: Open MPI's TCP between them stays on loopback
+    env = cluster.env({"OMPI_MCA_btl_tcp_if_include": "127.0.0.0/8"})
+    job = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and job.poll() is None and \
+                (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+            time.sleep(0.1)
+        assert job.poll() is None, job.communicate()
+        assert cluster.node_processes("pn2"), "no rank on pn2"
+        cluster.kill_node("pn2")
+        stdout, stderr = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["attempts"]
+    assert first["failure"]["node"] == "pn2" and first["failure"]["kind"] == "crash"
+    assert second["world"] == 2 and second["resume"]
+    assert "with srun in Slurm job" in stderr
+    rows = committed(out)
+    assert_no_sample_lost(rows, report)
+    assert_matches_reference(rows, reference)
