@@ -4,7 +4,9 @@
  *   local  a world of one process, no MPI at all (a plain `phalanx train`);
  *   mpi    Open MPI, CPU buffers (MPI_Init_thread with MPI_THREAD_MULTIPLE,
  *          because the checkpoint sidecar communicates from its own thread);
- *   nccl   GPU buffers (a later issue; MPI bootstraps it).
+ *   nccl   GPU buffers, one CUDA stream per communicator (nccl.c; built when
+ *          NCCL is found, HAVE_NCCL). A host communicator bootstraps it by
+ *          broadcasting the NCCL id; isend/irecv start at the next call.
  *
  * Contract
  * - comm_world_init() starts MPI when the process was launched by mpirun or
@@ -16,7 +18,9 @@
  * - Every operation returns 0 on success, or -1 with a message available from
  *   comm_error(); nothing aborts the process. MPI communicators use
  *   MPI_ERRORS_RETURN for that reason.
- * - Reductions sum. Buffers are host memory for local and mpi.
+ * - Reductions sum. Buffers are host memory for local and mpi, device memory
+ *   for nccl (written by the caller's kernels before the call: the NCCL
+ *   stream does not wait for other streams).
  * - Non-blocking operations return a CommRequest that comm_wait() completes
  *   and frees; comm_test() lets a caller drive progress between computations.
  * - Thread safety: different communicators may be used from different
@@ -37,6 +41,13 @@ typedef enum { COMM_F32, COMM_F64, COMM_I64, COMM_BYTE } CommType;
 Comm *comm_world_init(int *argc, char ***argv, char *err, size_t err_len);
 /* Frees `world` and shuts MPI down (if it was started). */
 void comm_world_finalize(Comm *world);
+
+#ifdef HAVE_NCCL
+/* The NCCL backend (nccl.c), for device buffers: a communicator over the same
+ * ranks as `mpi_comm` (any host communicator: it only broadcasts the NCCL id),
+ * on the calling thread's current CUDA device. Collective over mpi_comm. */
+Comm *comm_nccl_from_mpi(Comm *mpi_comm, char *err, size_t err_len);
+#endif
 
 /* True when the process was started by mpirun or srun (MPI will be used). */
 bool comm_launched_by_mpi(void);

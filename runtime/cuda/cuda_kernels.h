@@ -1,0 +1,132 @@
+/*
+ * cuda_kernels: the CUDA device backend. Every operation of kernels.h with the
+ * same shapes and semantics, named with a cuda_ prefix, on DEVICE pointers;
+ * the optimizer updates of optim.h on device tensors; memory helpers and
+ * pinned staging for checkpoint snapshots.
+ *
+ * Contract
+ * - cuda_kernels_init() selects a GPU and makes the module's compute stream
+ *   and cuBLAS handle. Every cuda_ kernel is queued on that stream and
+ *   returns at once; cuda_kernels_sync() waits for it. Functions that return
+ *   a host value (the loss sum, the gradient sum of squares) and the
+ *   cuda_memcpy_* helpers wait for the stream themselves.
+ * - Conventions of kernels.h: N = B*T rows; backward functions ACCUMULATE
+ *   into parameter gradients and OVERWRITE input gradients; the same in-place
+ *   cases are allowed. Pointer arguments are device memory, except the
+ *   OptimConfig and the OptimTensor array itself (their param, grad, m and v
+ *   are device pointers).
+ * - Matrix products are cuBLAS sgemm in fp32. TF32 tensor cores are off
+ *   unless cuda_set_tf32(true): results then differ from the CPU's by TF32's
+ *   10-bit mantissa.
+ * - Sums are deterministic: no atomics, fixed reduction trees, so the same
+ *   inputs give the same bits on the same GPU model. They are not the CPU's
+ *   bits (the summation order differs); tests/gpu holds them to 1e-4 relative.
+ * - Every function returns 0, or -1 with a message in cuda_error() (a
+ *   per-thread buffer); nothing aborts. A failed kernel launch is reported by
+ *   the call that queued it; an error while a kernel runs, by the next call
+ *   that waits. cuda_alloc and cuda_host_alloc_pinned return NULL on failure.
+ * - Threads: kernels, memcpy and cuda_snapshot_copy_async are called from the
+ *   thread that owns the training loop; cuda_snapshot_wait from any thread
+ *   (the checkpoint sidecar waits for its copy).
+ */
+#ifndef PHALANX_CUDA_KERNELS_H
+#define PHALANX_CUDA_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Device, stream, errors                                                  */
+
+/* Number of usable GPUs; 0 (never a crash) without a GPU or a driver, the
+ * reason then in cuda_error(). */
+int cuda_device_count(void);
+/* Makes `device` current and creates the streams and the cuBLAS handle. */
+int cuda_kernels_init(int device, char *err, size_t err_len);
+/* Waits for queued work, then frees everything the module made. */
+void cuda_kernels_shutdown(void);
+int cuda_kernels_sync(void);
+const char *cuda_error(void);
+/* TF32 tensor cores for the matrix products (off after init). */
+int cuda_set_tf32(bool enabled);
+
+/* ---------------------------------------------------------------------- */
+/* Memory                                                                  */
+
+void *cuda_alloc(size_t bytes);
+void cuda_free(void *device_ptr);
+/* Queued on the compute stream after the work before them; they return when
+ * the copy is done. */
+int cuda_memcpy_h2d(void *device_dst, const void *host_src, size_t bytes);
+int cuda_memcpy_d2h(void *host_dst, const void *device_src, size_t bytes);
+/* Queued; returns at once. */
+int cuda_memset_zero(void *device_dst, size_t bytes);
+
+/* Page-locked host memory, so that snapshot copies run asynchronously. */
+void *cuda_host_alloc_pinned(size_t bytes);
+void cuda_host_free_pinned(void *host_ptr);
+/* Copies device memory to pinned host memory on a copy stream of its own,
+ * after the compute work queued so far (the snapshot sees parameters as of
+ * this call) and concurrently with the compute work queued later. */
+int cuda_snapshot_copy_async(void *pinned_dst, const void *device_src, size_t bytes);
+/* Waits until every snapshot copy queued so far has landed. The training loop
+ * calls it before the optimizer overwrites what is being copied. */
+int cuda_snapshot_wait(void);
+
+/* ---------------------------------------------------------------------- */
+/* Model kernels (shapes and semantics: kernels.h)                         */
+
+int cuda_encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
+                         int B, int T, int C, int pos_offset);
+int cuda_encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
+                          int B, int T, int C, int pos_offset);
+
+int cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, size_t N, int C);
+int cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, size_t N, int C);
+
+int cuda_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                        size_t N, int IC, int OC);
+int cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, size_t N, int IC, int OC);
+
+int cuda_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+                           int NH);
+int cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int NH);
+
+int cuda_gelu_forward(float *out, const float *inp, size_t count);
+int cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t count);
+
+int cuda_residual_forward(float *out, const float *a, const float *b, size_t count);
+int cuda_accumulate(float *dst, const float *src, size_t count);
+
+/* *loss_sum (host) receives the sum of losses in double; waits for the stream. */
+int cuda_crossentropy_forward(float *probs, float *losses, const float *logits,
+                              const int *targets, size_t N, int V, double *loss_sum);
+int cuda_crossentropy_backward(float *dlogits, const float *probs, const int *targets,
+                               float dloss, size_t N, int V);
+
+/* ---------------------------------------------------------------------- */
+/* Optimizer (semantics: optim.h; tensors hold device pointers)            */
+
+/* optim_grad_sumsq on the device; *sumsq (host) in double; waits for the stream. */
+int cuda_optim_grad_sumsq(const OptimTensor *tensors, int count, double *sumsq);
+/* optim_step on the device: LAMB's per-tensor norms and trust ratio stay on
+ * the GPU, so the step queues its work without waiting. */
+int cuda_optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
+                    long step, float grad_scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
