@@ -157,6 +157,38 @@ def test_kill_during_flush_resumes_from_the_previous_checkpoint(phalanx, corpus,
     assert_matches_reference(rows, reference)
 
 
+def test_corrupt_checkpoint_found_at_recovery_falls_back(phalanx, corpus, reference, tmp_path):
+    """Sync checkpoints make step 9 committed before step 10 starts; the drill
+    flips a byte of its shard before the relaunch, which warns and resumes
+    from step 8: step 9 is recomputed, nothing is lost."""
+    result, report = drill(phalanx, tmp_path, 4, ["crash:2@10", "corrupt:9#1"],
+                           *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2,
+                                       "--ckpt-mode", "sync", memory="shm"))
+    assert result.returncode == 0, result.stderr
+    assert "corrupted one byte of" in result.stderr and "step_00000009" in result.stderr
+    assert "cannot resume from" in result.stderr
+    recovery = report["recoveries"][0]
+    assert recovery["resumed_step"] == 8 and recovery["steps_recomputed"] == 1
+    rows = committed(tmp_path)
+    assert_no_sample_lost(rows, report)
+    assert_matches_reference(rows, reference)
+
+
+def test_slow_rank_slows_the_run_without_a_failure(phalanx, corpus, reference, tmp_path):
+    result, report = drill(phalanx, tmp_path, 4, ["slow:3*3"],
+                           *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2,
+                                       "--train-samples", STEPS * 24, steps=10))
+    assert result.returncode == 0, result.stderr
+    assert report["restarts"] == 0 and not report["recoveries"]
+    rows = committed(tmp_path)
+    # rank 3 sleeps twice its step time: every step of the job waits for it
+    slow = np.median([r["step_ms"] for r in rows[2:]])
+    fast = np.median([r["step_ms"] for r in reference[2:10]])
+    assert slow > 1.5 * fast, (slow, fast)
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in reference[:10]],
+                               rtol=0, atol=0)  # same layout: the same numbers
+
+
 def test_below_min_ranks_stops_with_the_checkpoint_intact(phalanx, corpus, tmp_path):
     result, report = drill(phalanx, tmp_path, 4, ["node:0@5"],
                            *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2),
