@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run
+from h5bytes import flip_data_byte
 
 MODEL = ["--layers", "4", "--heads", "2", "--dim", "32", "--vocab", "256", "--seq-len", "32"]
 KINDS = ["params", "optim/m", "optim/v"]
@@ -165,16 +166,6 @@ def test_ckpt_ls_inspect_verify(phalanx, written):
     assert "every checksum good" in verify.stdout
     assert run([phalanx, "ckpt", "verify", ckpt]).returncode == 0  # every step in it
     assert run([phalanx, "ckpt", "frobnicate", ckpt]).returncode == 2
-
-
-def flip_data_byte(shard, dataset):
-    with h5py.File(shard, "r") as f:
-        offset = f[dataset].id.get_chunk_info(0).byte_offset
-    with open(shard, "r+b") as out:
-        out.seek(offset + 100)
-        byte = out.read(1)[0]
-        out.seek(offset + 100)
-        out.write(bytes([byte ^ 0xFF]))
 
 
 def test_flipped_byte_is_named_and_skipped(phalanx, driver, written, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import run
+from h5bytes import flip_data_byte
 from runs import TIMINGS, assert_same_run
 from shards import structured_text, text_tokens, write_shard
 
@@ -163,16 +164,6 @@ def test_progress_line_shows_the_checkpoint_state(phalanx, corpus, tmp_path):
     lines = [l for l in result.stdout.splitlines() if l.startswith("step")]
     assert "ckpt none yet" in lines[0] and "ckpt 2" in lines[1] and "ckpt 6" in lines[5]
     assert "ckpt off" in run([*cmd[:-8], "--steps", 1]).stdout
-
-
-def flip_data_byte(shard, dataset):
-    with h5py.File(shard, "r") as f:
-        offset = f[dataset].id.get_chunk_info(0).byte_offset
-    with open(shard, "r+b") as out:
-        out.seek(offset + 64)
-        byte = out.read(1)[0]
-        out.seek(offset + 64)
-        out.write(bytes([byte ^ 0xFF]))
 
 
 def test_kill_during_flush_then_resume_uses_the_previous_checkpoint(phalanx, corpus, straight,
