@@ -26,7 +26,7 @@
 
 typedef struct {
     long step; /* 1-based: optimizer steps completed */
-    double loss, lr, grad_norm, val_loss, seconds, comm_seconds, noise_scale;
+    double loss, lr, grad_norm, val_loss, seconds, comm_seconds;
     int batch;            /* the global batch of this step */
     bool measured;        /* the noise scale was estimated at this step */
     int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
@@ -456,8 +456,8 @@ static void update_batch(Trainer *t, StepReport *r)
     if (!r->measured)
         return;
     double scale = (double)r->batch / t->opt.micro_batch;
-    r->noise_scale = batch_observe(&t->batch, t->small_sumsq * scale * scale, t->opt.micro_batch,
-                                   r->grad_norm * r->grad_norm, r->batch);
+    batch_observe(&t->batch, t->small_sumsq * scale * scale, t->opt.micro_batch,
+                  r->grad_norm * r->grad_norm, r->batch);
     batch_decide(&t->batch);
 }
 
@@ -516,8 +516,13 @@ static void write_metrics(Trainer *t, const StepReport *r)
     for (int i = 0; i < t->layout.pp; i++)
         fprintf(t->metrics, "%s%d", i ? ", " : "", r->live_activations[i]);
     fprintf(t->metrics, "]");
-    if (r->measured && isfinite(r->noise_scale))
-        fprintf(t->metrics, ", \"noise_scale\": %.17g", r->noise_scale);
+    // the controller's current estimate at every step; "noise_measured" marks
+    // the steps that fed it a new measurement
+    double noise = t->opt.batch_adaptive ? batch_noise_scale(&t->batch) : NAN;
+    if (isfinite(noise))
+        fprintf(t->metrics, ", \"noise_scale\": %.17g", noise);
+    if (r->measured)
+        fprintf(t->metrics, ", \"noise_measured\": true");
     long tier2, tier1;
     snapshot_committed(t, &tier2, &tier1);
     if (t->ckpt) /* how far the background flushes are behind: timing, not the run */

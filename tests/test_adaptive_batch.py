@@ -30,8 +30,10 @@ def test_batch_grows_and_metrics_carry_it(phalanx, corpus, tmp_path):
     assert batches == sorted(batches), "the batch never shrinks"
     assert all(b % 16 == 0 and b <= 64 for b in batches)
     assert [r["samples"] for r in rows] == [sum(batches[: i + 1]) for i in range(len(rows))]
-    measured = [r for r in rows if "noise_scale" in r]
+    measured = [r for r in rows if r.get("noise_measured")]
     assert [r["step"] for r in measured] == list(range(1, len(rows) + 1, 2))
+    # the estimate is in the metrics at every step once it exists
+    assert all("noise_scale" in r for r in rows[rows.index(measured[0]):])
     # LR follows sqrt(batch / 16) on top of the schedule
     grown = next(r for r in rows if r["global_batch"] > 16)
     assert grown["lr"] > rows[0]["lr"] * 0.5
@@ -77,6 +79,8 @@ def test_batch_trajectory_survives_a_stop_and_resume(phalanx, corpus, tmp_path, 
         assert_same_run(straight, resumed, rtol=1e-5)
         noise = [(r["step"], r["noise_scale"]) for r in rows if "noise_scale" in r]
         assert [s for s, _ in noise] == [r["step"] for r in ref if "noise_scale" in r]
+        assert [r["step"] for r in rows if r.get("noise_measured")] == \
+            [r["step"] for r in ref if r.get("noise_measured")]
         np.testing.assert_allclose([n for _, n in noise],
                                    [r["noise_scale"] for r in ref if "noise_scale" in r],
                                    rtol=1e-4)
