@@ -278,7 +278,8 @@ static int remove_failed_node(Agent *agent, Attempt *a)
         return agent->nodes_alive * per_node; /* nobody to blame: same size again */
     a->node_lost = a->failure.rank / per_node;
     agent->nodes_alive--;
-    if (getenv("SLURM_JOB_ID") && a->failure.node[0]) {
+    // real hosts (srun, or mpirun across hosts) are left out of the relaunch
+    if (spawn_is_multi_host(&agent->job->plan) && a->failure.node[0]) {
         size_t used = strlen(agent->excluded);
         snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s",
                  used ? "," : "", a->failure.node);
@@ -497,6 +498,18 @@ static int next_world(Agent *agent, int *status)
                         "newest complete checkpoint in %s is intact\n",
                 alive, agent->options->min_ranks,
                 agent->plan.ckpt_dir[0] ? agent->plan.ckpt_dir : "(no --ckpt-dir)");
+        agent->outcome = "too few ranks";
+        *status = EXIT_TOO_FEW_RANKS;
+        return -1;
+    }
+    char hosts[4096];
+    bool mpirun_hosts = agent->job->plan.hosts || agent->job->plan.hostfile;
+    SpawnPlan next = agent->job->plan;
+    next.exclude = agent->excluded;
+    if (mpirun_hosts && spawn_filtered_hosts(&next, hosts, sizeof(hosts)) == 0) {
+        fprintf(stderr, "phalanx run: giving up: every host of %s is lost (%s); the newest "
+                        "complete checkpoint is intact\n",
+                agent->job->plan.hostfile ? "--hostfile" : "--hosts", agent->excluded);
         agent->outcome = "too few ranks";
         *status = EXIT_TOO_FEW_RANKS;
         return -1;

@@ -14,6 +14,7 @@ typedef struct {
     int count;
     char numbers[4][32];
     char exclude[1100];
+    char hosts[4096];
 } Argv;
 
 static void add(Argv *a, const char *item)
@@ -48,13 +49,84 @@ static void default_threads(const SpawnPlan *plan)
     setenv("OMP_NUM_THREADS", value, 1);
 }
 
+/* `name` (its first `len` bytes) is one of the comma-separated `names`, up
+ * to the first '.' of each (short and full host names both match). */
+static bool host_listed(const char *name, size_t len, const char *names)
+{
+    size_t short_len = strcspn(name, ".");
+    if (short_len < len)
+        len = short_len;
+    for (const char *n = names; n && *n;) {
+        size_t item = strcspn(n, ","), item_short = strcspn(n, ".,");
+        if (item_short == len && strncmp(n, name, len) == 0)
+            return true;
+        n += item + (n[item] == ',');
+    }
+    return false;
+}
+
+/* Appends "name[:slots]" to out unless excluded; returns 1 when kept. */
+static int keep_host(const char *entry, size_t len, const char *exclude, char *out, size_t out_len)
+{
+    size_t name_len = strcspn(entry, ":");
+    if (name_len > len)
+        name_len = len;
+    if (len == 0 || host_listed(entry, name_len, exclude))
+        return 0;
+    size_t used = strlen(out);
+    snprintf(out + used, out_len - used, "%s%.*s", used ? "," : "", (int)len, entry);
+    return 1;
+}
+
+static int hostfile_hosts(const SpawnPlan *plan, char *out, size_t len)
+{
+    FILE *f = fopen(plan->hostfile, "r");
+    if (!f)
+        return -1;
+    char line[512], entry[300];
+    int kept = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char name[256];
+        int slots = 0;
+        const char *at = strstr(line, "slots=");
+        if (line[0] == '#' || sscanf(line, "%255s", name) != 1)
+            continue;
+        if (at)
+            slots = atoi(at + 6);
+        int n = slots > 0 ? snprintf(entry, sizeof(entry), "%s:%d", name, slots)
+                          : snprintf(entry, sizeof(entry), "%s", name);
+        kept += keep_host(entry, (size_t)n, plan->exclude, out, len);
+    }
+    fclose(f);
+    return kept;
+}
+
+int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (plan->hostfile)
+        return hostfile_hosts(plan, out, len);
+    int kept = 0;
+    for (const char *h = plan->hosts; h && *h;) {
+        size_t item = strcspn(h, ",");
+        kept += keep_host(h, item, plan->exclude, out, len);
+        h += item + (h[item] == ',');
+    }
+    return kept;
+}
+
 static void build_mpirun(const SpawnPlan *plan, Argv *a)
 {
     add(a, "mpirun");
     add(a, "-n");
     snprintf(a->numbers[0], sizeof(a->numbers[0]), "%d", plan->ranks);
     add(a, a->numbers[0]);
-    if (plan->hostfile) {
+    if (plan->exclude && (plan->hostfile || plan->hosts)) {
+        // a relaunch after a lost host: the others only
+        spawn_filtered_hosts(plan, a->hosts, sizeof(a->hosts));
+        add(a, "--host");
+        add(a, a->hosts);
+    } else if (plan->hostfile) {
         add(a, "--hostfile");
         add(a, plan->hostfile);
     } else if (plan->hosts) {

@@ -18,7 +18,8 @@ typedef struct {
     const char *hostfile, *hosts; /* mpirun across hosts */
     const char *worker;           /* the phalanx binary the ranks run */
     bool elastic;                 /* srun: --no-kill (the launcher handles failures) */
-    const char *exclude;          /* srun: --exclude=NODES (failed nodes), or NULL */
+    const char *exclude;          /* failed nodes, comma-separated, or NULL: srun gets
+                                     --exclude=, mpirun the hosts without them */
     int ranks_per_node;           /* srun, elastic: --ntasks-per-node (0: Slurm's choice) */
     char **train_argv;            /* options after `--` */
     int train_argc;
@@ -28,6 +29,11 @@ typedef struct {
 Via spawn_resolve_via(Via via);
 /* True when ranks may run on other hosts (the channel must not be loopback). */
 bool spawn_is_multi_host(const SpawnPlan *plan);
+/* mpirun across hosts: the --host list of `hosts` or of the hostfile's lines
+ * ("name slots=N" -> "name:N") without the hosts named in `exclude` (names
+ * compared up to the first '.'). Returns the hosts kept, or -1 when the
+ * hostfile cannot be read. */
+int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len);
 /* Forks and execs the job; returns the child's pid, or -1 with a message in err. */
 pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len);
 

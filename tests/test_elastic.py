@@ -14,6 +14,7 @@ flush, as it does at real scale: with a checkpoint after every step, at most
 the one step in flight at the failure is recomputed."""
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -175,17 +176,21 @@ def test_corrupt_checkpoint_found_at_recovery_falls_back(phalanx, corpus, refere
 
 
 def test_slow_rank_slows_the_run_without_a_failure(phalanx, corpus, reference, tmp_path):
-    result, report = drill(phalanx, tmp_path, 4, ["slow:3*3"],
+    """Rank 3 sleeps 5 times its own step time after each step, and every
+    rank waits for it. (On this oversubscribed host its peers get its core
+    while it sleeps, so the job slows by less than the factor: we ask for a
+    clear slowdown only.)"""
+    steps = 6
+    result, report = drill(phalanx, tmp_path, 4, ["slow:3*6"],
                            *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2,
-                                       "--train-samples", STEPS * 24, steps=10))
+                                       "--train-samples", STEPS * 24, steps=steps))
     assert result.returncode == 0, result.stderr
     assert report["restarts"] == 0 and not report["recoveries"]
     rows = committed(tmp_path)
-    # rank 3 sleeps twice its step time: every step of the job waits for it
-    slow = np.median([r["step_ms"] for r in rows[2:]])
-    fast = np.median([r["step_ms"] for r in reference[2:10]])
-    assert slow > 1.5 * fast, (slow, fast)
-    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in reference[:10]],
+    slow = np.median([r["step_ms"] for r in rows[1:]])
+    fast = np.median([r["step_ms"] for r in reference[1:steps]])
+    assert slow > 2 * fast, (slow, fast)
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in reference[:steps]],
                                rtol=0, atol=0)  # same layout: the same numbers
 
 
@@ -285,3 +290,24 @@ def test_slurm_node_loss_drill(phalanx, corpus, reference, slurm_factory, tmp_pa
     rows = committed(out)
     assert_no_sample_lost(rows, report)
     assert_matches_reference(rows, reference)
+
+
+# ---------------------------------------------------------------------------
+# mpirun across hosts: a lost host is left out of the relaunch
+
+def test_lost_host_is_left_out_of_the_mpirun_relaunch(phalanx, corpus, tmp_path):
+    """Two host entries, both this machine under two names: the ranks report
+    this host's name, so losing it leaves `localhost` alone for the relaunch."""
+    host = socket.gethostname()
+    args = train_args(corpus, tmp_path, "--dp", 2, steps=8)
+    result, report = drill(phalanx, tmp_path, 2, ["crash:1@4"], *args,
+                           launcher=["--hosts", f"{host}:1,localhost:1"])
+    assert result.returncode == 0, result.stderr
+    assert report["attempts"][1]["world"] == 1
+    assert report["attempts"][0]["failure"]["node"] == host
+    # the only host lost: nothing to relaunch on
+    result, report = drill(phalanx, tmp_path / "alone", 2, ["crash:1@4"],
+                           *train_args(corpus, tmp_path / "alone", "--dp", 2, steps=8),
+                           launcher=["--hosts", f"{host}:2"])
+    assert result.returncode == 5, result.stderr
+    assert f"every host of --hosts is lost ({host})" in result.stderr
