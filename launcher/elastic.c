@@ -19,7 +19,7 @@
 typedef struct {
     int world, dp, pp, sp;
     bool resumed_flag;
-    double launched_at, first_step_at, resumed_at, ended_at;
+    double launched_at, ranks_up_at, first_step_at, resumed_at, ended_at;
     long first_step, last_step, resumed_step;
     JobFailure failure;
     int node_lost; /* -1: none removed */
@@ -242,7 +242,9 @@ static void on_job_event(void *context, const char *event, long step, double at)
 {
     Agent *agent = context;
     Attempt *a = &agent->attempts[agent->attempt_count - 1];
-    if (strcmp(event, "first_step") == 0) {
+    if (strcmp(event, "ranks_up") == 0) {
+        a->ranks_up_at = at;
+    } else if (strcmp(event, "first_step") == 0) {
         a->first_step_at = at;
         a->first_step = step;
     } else if (strcmp(event, "resumed") == 0) {
@@ -349,6 +351,8 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
                  "\"resume\": %s, \"launched_s\": %.3f",
             i, a->world, a->dp, a->pp, a->sp, a->resumed_flag ? "true" : "false",
             a->launched_at - t0);
+    if (a->ranks_up_at > 0)
+        fprintf(out, ", \"ranks_up_s\": %.3f", a->ranks_up_at - t0);
     if (a->resumed_at > 0)
         fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld", a->resumed_at - t0,
                 a->resumed_step);
@@ -382,8 +386,11 @@ static void write_recoveries(FILE *out, const Agent *agent)
                      "\"teardown_s\": %.3f, \"relaunch_s\": %.3f",
                 first ? "" : ",\n", i, failure_name(f->kind), f->rank, f->detected_at - failed,
                 a->ended_at - f->detected_at, next->launched_at - a->ended_at);
-        if (next->resumed_at > 0)
-            fprintf(out, ", \"ckpt_load_s\": %.3f", next->resumed_at - next->launched_at);
+        // relaunch -> ranks up (processes, MPI) -> checkpoint loaded -> first step
+        if (next->ranks_up_at > 0)
+            fprintf(out, ", \"startup_s\": %.3f", next->ranks_up_at - next->launched_at);
+        if (next->resumed_at > 0 && next->ranks_up_at > 0)
+            fprintf(out, ", \"ckpt_load_s\": %.3f", next->resumed_at - next->ranks_up_at);
         if (next->first_step_at > 0)
             fprintf(out, ", \"mttr_s\": %.3f", next->first_step_at - failed);
         long recomputed = a->last_step - resumed;

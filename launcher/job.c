@@ -136,8 +136,11 @@ static void on_hello(Job *job, JobClient *client, const char *args)
         snprintf(client->node, sizeof(client->node), "%s", host);
     if (strcmp(step, "-") != 0)
         snprintf(job->slurm_step, sizeof(job->slurm_step), "%s", step);
-    if (++job->hello_count == job->plan.ranks)
+    if (++job->hello_count == job->plan.ranks) {
         job->ready = true;
+        if (job->on_event)
+            job->on_event(job->event_context, "ranks_up", 0, client->last_seen);
+    }
 }
 
 static void on_step(Job *job, long step, double at)
@@ -351,7 +354,8 @@ void job_watch(Job *job)
             job->done = true;
         check_timeouts(job);
     }
-    for (int i = 0; i < 5 && job->client_count > 0; i++) /* lines still in flight */
+    // lines still in flight (not after a failure: recovery is waiting)
+    for (int i = 0; i < 5 && job->client_count > 0 && job->failure.kind == FAILURE_NONE; i++)
         poll_once(job, 20);
     // a failure the channel did not show: a rank exited non-zero after saying done
     if (job->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal && job->ready &&

@@ -50,7 +50,8 @@ typedef struct {
     const char *how;   /* "lost channel", "no heartbeat for S s", "exit status N" */
 } JobFailure;
 
-/* Called for timeline events: "first_step", "resumed" (with the step). */
+/* Called for timeline events: "ranks_up" (every rank said hello), "resumed"
+ * (with the step of the checkpoint), "first_step" (with the step). */
 typedef void (*JobEventHook)(void *context, const char *event, long step, double at);
 
 typedef struct {
