@@ -198,6 +198,22 @@ static hid_t core_create(size_t increment)
     return file;
 }
 
+/* An in-memory copy of `image` open for writing (the core driver copies it). */
+static hid_t core_open(const void *image, size_t size)
+{
+    static atomic_ulong serial;
+    char name[64];
+    snprintf(name, sizeof(name), "phalanx-template-%lu", atomic_fetch_add(&serial, 1));
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t file = H5I_INVALID_HID;
+    if (fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 &&
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0 &&
+        H5Pset_file_image(fapl, (void *)image, size) >= 0)
+        file = H5Fopen(name, H5F_ACC_RDWR, fapl);
+    close_id(fapl);
+    return file;
+}
+
 static int core_image(hid_t file, void **image, size_t *size, char *err, size_t err_len)
 {
     if (H5Fflush(file, H5F_SCOPE_LOCAL) < 0)
@@ -740,6 +756,37 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
         rc = core_image(file, image, size, err, err_len);
     close_id(stype);
     close_id(ftype);
+    close_id(file);
+    return rc;
+}
+
+/* The per-checkpoint parts of an index (root attributes, run state, shard
+ * sizes) written over a copy of an earlier index of the same run: the
+ * fragments and the virtual datasets, most of the work, stay as they are. */
+int format_index_update(const void *template, size_t template_size, const IndexContent *c,
+                        void **image, size_t *size, char *err, size_t err_len)
+{
+    format_quiet();
+    hid_t file = core_open(template, template_size);
+    hid_t stype = shard_type();
+    hid_t shards = file >= 0 ? H5Dopen2(file, "shards", H5P_DEFAULT) : H5I_INVALID_HID;
+    hid_t space = shards >= 0 ? H5Dget_space(shards) : H5I_INVALID_HID;
+    int rc = stype >= 0 && space >= 0 &&
+                     H5Sget_simple_extent_npoints(space) == (hssize_t)c->shard_count &&
+                     H5Adelete(file, "format_version") >= 0 && H5Adelete(file, "step") >= 0 &&
+                     H5Adelete(file, "run_id") >= 0 && H5Ldelete(file, "run", H5P_DEFAULT) >= 0 &&
+                     write_root_attrs(file, c->state->step, c->run_id) == 0 &&
+                     run_state_write(file, c->state) == 0 &&
+                     H5Dwrite(shards, stype, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->shards) >= 0
+                 ? 0
+                 : -1;
+    if (rc != 0)
+        h5_fail(err, err_len, "cannot update the index");
+    else
+        rc = core_image(file, image, size, err, err_len);
+    close_id(space);
+    close_id(shards);
+    close_id(stype);
     close_id(file);
     return rc;
 }

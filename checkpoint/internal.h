@@ -54,6 +54,12 @@ int format_shard_image(const ShardContent *content, void **image, size_t *size, 
                        size_t err_len);
 int format_index_image(const IndexContent *content, void **image, size_t *size, char *err,
                        size_t err_len);
+/* The same index as format_index_image, from an earlier image of this run
+ * (same fragments and shard count): only what changes per checkpoint is
+ * rewritten, so a flush does not recreate every virtual dataset. */
+int format_index_update(const void *template, size_t template_size,
+                        const IndexContent *content, void **image, size_t *size, char *err,
+                        size_t err_len);
 
 /* Reads an index file (not the directory). */
 CkptStatus format_index_read(const char *file, CkptIndex *index, char *err, size_t err_len);

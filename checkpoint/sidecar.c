@@ -77,6 +77,8 @@ struct Checkpointer {
      * tiers (VDS creation is most of a flush's CPU time) */
     void *index_image;
     size_t index_size;
+    void *index_template; /* rank 0: the first index of this run, updated since */
+    size_t index_template_size;
 };
 
 static double now_seconds(void)
@@ -403,8 +405,16 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
     IndexContent content = {.state = state, .run_id = ck->run_id, .fragments = ck->all,
                             .fragment_count = ck->all_count, .shards = shards,
                             .shard_count = ck->world};
-    int rc = format_index_image(&content, &ck->index_image, &ck->index_size, err, err_len);
+    int rc = ck->index_template
+                 ? format_index_update(ck->index_template, ck->index_template_size, &content,
+                                       &ck->index_image, &ck->index_size, err, err_len)
+                 : format_index_image(&content, &ck->index_image, &ck->index_size, err,
+                                      err_len);
     free(shards);
+    if (rc == 0 && !ck->index_template && (ck->index_template = malloc(ck->index_size))) {
+        memcpy(ck->index_template, ck->index_image, ck->index_size);
+        ck->index_template_size = ck->index_size;
+    }
     return rc;
 }
 
@@ -588,6 +598,7 @@ static void free_checkpointer(Checkpointer *ck)
     free(ck->own);
     free(ck->staging);
     free(ck->all);
+    free(ck->index_template);
     pthread_mutex_destroy(&ck->lock);
     pthread_cond_destroy(&ck->wake);
     pthread_cond_destroy(&ck->copied);
