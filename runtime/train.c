@@ -181,15 +181,7 @@ static int setup_rank(Trainer *t)
     if (o->val_data &&
         open_data(&t->val, &t->val_windows, o->val_data, "--val-data", &o->model))
         return -1;
-    if (setup_model(t))
-        return -1;
-    // a resumed run continues the metrics of the run it resumes
-    const char *mode = o->resume ? "a" : "w";
-    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, mode))) {
-        fprintf(stderr, "phalanx train: --metrics: cannot write '%s'\n", o->metrics_path);
-        return -1;
-    }
-    return 0;
+    return setup_model(t);
 }
 
 /* Sums `value` over the world; a failed reduction counts as a failure. */
@@ -200,6 +192,24 @@ static double world_sum(Trainer *t, double value)
         return NAN;
     }
     return value;
+}
+
+/* Opened last, once the run is sure to start: a run refused for its
+ * checkpoints must not truncate the metrics of the run it would overwrite.
+ * A resumed run continues the metrics of the run it resumes. */
+static int open_metrics(Trainer *t)
+{
+    const TrainOptions *o = &t->opt;
+    bool failed = false;
+    const char *mode = o->resume ? "a" : "w";
+    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, mode))) {
+        fprintf(stderr, "phalanx train: --metrics: cannot write '%s'\n", o->metrics_path);
+        failed = true;
+    }
+    if (world_sum(t, failed) == 0)
+        return 0;
+    snapshot_close(t, false);
+    return -1;
 }
 
 static int trainer_setup(Trainer *t)
@@ -213,7 +223,7 @@ static int trainer_setup(Trainer *t)
     // every rank learns whether any rank failed, so none waits in a collective for it
     double failures = world_sum(t, failed);
     if (failures == 0)
-        return snapshot_setup(t);
+        return snapshot_setup(t) || open_metrics(t) ? -1 : 0;
     if (t->rank == 0 && !failed)
         fprintf(stderr, "phalanx train: %.0f rank(s) failed to start; see their messages\n",
                 failures);

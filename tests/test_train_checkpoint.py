@@ -243,9 +243,10 @@ def test_resume_of_a_missing_or_partial_checkpoint(phalanx, corpus, half_2x2, tm
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(phalanx, corpus, half_2x2):
+    """...and leaves the run's metrics file as it was (checked with the rest of half_2x2)."""
     ckpt = half_2x2 / "ckpt"
-    err = refused(phalanx, corpus, ckpt, "--ckpt-dir", ckpt, "--ckpt-memory-dir", "none",
-                  ranks=2)
+    err = refused(phalanx, corpus, half_2x2, "--ckpt-dir", ckpt, "--ckpt-memory-dir", "none",
+                  "--metrics", half_2x2 / "metrics.jsonl", ranks=2)
     assert "already holds checkpoints (the newest complete one is step 10)" in err
     assert "--resume latest" in err
 
