@@ -319,15 +319,27 @@ static int account_samples(const char *metrics, SampleAccount *acc)
             step < 1)
             continue;
         if (step > cap) {
-            cap = step * 2;
-            ends = realloc(ends, (size_t)cap * sizeof(*ends));
-            starts = realloc(starts, (size_t)cap * sizeof(*starts));
+            long grown = step * 2;
+            long long *e = realloc(ends, (size_t)grown * sizeof(*ends));
+            long long *b2 = e ? realloc(starts, (size_t)grown * sizeof(*starts)) : NULL;
+            ends = e ? e : ends;
+            if (!b2) {
+                count = -1; /* out of memory: no account */
+                break;
+            }
+            starts = b2;
+            cap = grown;
         }
         count = step; /* drops later rows: the resumed run replaced them */
         ends[step - 1] = samples;
         starts[step - 1] = samples - batch;
     }
     fclose(f);
+    if (count < 0) {
+        free(ends);
+        free(starts);
+        return -1;
+    }
     acc->steps = count;
     long long cursor = 0;
     for (long i = 0; i < count; i++) {
@@ -447,7 +459,7 @@ static int run_attempt(Agent *agent, int world)
     a->dp = agent->plan.dp;
     a->pp = agent->plan.pp;
     a->sp = agent->plan.sp;
-    static char *argv[MAX_TRAIN_ARGS];
+    static char *argv[MAX_TRAIN_ARGS]; /* job->plan points here until the next attempt */
     static char layout[64];
     build_argv(agent, a, argv, layout, sizeof(layout));
     int index = agent->attempt_count - 1;
