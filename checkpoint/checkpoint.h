@@ -279,6 +279,10 @@ typedef struct {
  * Completeness is checked cheaply (files present, sizes); no checksums. */
 int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len);
 
+/* The newest complete checkpoint step in either tier of `options` (cheap
+ * checks, as ckpt_list), or -1 when there is none or no directory yet. */
+int64_t ckpt_newest_complete(const CkptOptions *options);
+
 /* Reads every fragment of every shard (all checksums), checks that the
  * fragments tile every tensor and that the shards belong to the index.
  * Writes one line per problem to `report`. */

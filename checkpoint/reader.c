@@ -259,29 +259,44 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, char *err, siz
     return CKPT_OK;
 }
 
+/* Reads the index of the checkpoint at `path`, checks it (the model against
+ * `expect` when given, the tiling of the fragments) and opens its shard set
+ * over `dir` (PATH_MAX bytes, which the set refers to). On CKPT_OK the caller
+ * closes the set and frees the index; otherwise nothing is left open. */
+static CkptStatus open_checkpoint(const char *path, const CkptModel *expect, char *dir,
+                                  CkptIndex *index, ShardSet *set, char *err, size_t err_len)
+{
+    format_quiet();
+    CkptStatus status = ckpt_index_read(path, index, err, err_len);
+    if (status != CKPT_OK)
+        return status;
+    char file[PATH_MAX];
+    locate(path, dir, file);
+    if (expect && ckpt_model_check(&index->state.model, expect, err, err_len) != 0)
+        status = CKPT_MISMATCH;
+    else if (format_fragments_check(index->fragments, index->fragment_count, err, err_len) != 0)
+        status = CKPT_CORRUPT;
+    else if (shard_set_init(set, dir, index) != 0) {
+        ckpt_fail(err, err_len, "out of memory");
+        status = CKPT_ERROR;
+    }
+    if (status != CKPT_OK)
+        ckpt_index_free(index);
+    return status;
+}
+
 CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
                      const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
 {
-    format_quiet();
     CkptIndex index;
-    CkptStatus status = ckpt_index_read(path, &index, err, err_len);
+    ShardSet set;
+    char dir[PATH_MAX];
+    CkptStatus status = open_checkpoint(path, expect, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
-    char dir[PATH_MAX], file[PATH_MAX];
-    locate(path, dir, file);
-    ShardSet set;
-    if (expect && ckpt_model_check(&index.state.model, expect, err, err_len) != 0)
-        status = CKPT_MISMATCH;
-    else if (format_fragments_check(index.fragments, index.fragment_count, err, err_len) != 0)
-        status = CKPT_CORRUPT;
-    else if (shard_set_init(&set, dir, &index) != 0) {
-        ckpt_fail(err, err_len, "out of memory");
-        status = CKPT_ERROR;
-    } else {
-        for (int i = 0; status == CKPT_OK && i < count; i++)
-            status = load_tensor(&set, &tensors[i], err, err_len);
-        shard_set_close(&set);
-    }
+    for (int i = 0; status == CKPT_OK && i < count; i++)
+        status = load_tensor(&set, &tensors[i], err, err_len);
+    shard_set_close(&set);
     if (status == CKPT_OK)
         *state = index.state;
     ckpt_index_free(&index);
@@ -333,6 +348,24 @@ int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_
     *entries = list;
     *count = n;
     return 0;
+}
+
+int64_t ckpt_newest_complete(const CkptOptions *options)
+{
+    char tiers[2][PATH_MAX];
+    ckpt_tier_dirs(options, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
+    int64_t newest = -1;
+    for (int t = 0; t < 2; t++) {
+        CkptEntry *entries = NULL;
+        int count = 0;
+        if (!tiers[t][0] || ckpt_list(tiers[t], &entries, &count, NULL, 0) != 0)
+            continue; /* a directory that does not exist yet holds nothing */
+        for (int i = 0; i < count; i++)
+            if (entries[i].status == CKPT_OK && entries[i].step > newest)
+                newest = entries[i].step;
+        free(entries);
+    }
+    return newest;
 }
 
 // ----------------------------------------------------------------------------
@@ -392,30 +425,20 @@ static CkptStatus verify_shards(ShardSet *set, FILE *report)
 
 CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len)
 {
-    format_quiet();
     CkptIndex index;
-    CkptStatus status = ckpt_index_read(path, &index, err, err_len);
+    ShardSet set;
+    char dir[PATH_MAX];
+    CkptStatus status = open_checkpoint(path, NULL, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
-    char dir[PATH_MAX], file[PATH_MAX];
-    locate(path, dir, file);
-    ShardSet set;
-    if (format_fragments_check(index.fragments, index.fragment_count, err, err_len) != 0) {
-        status = CKPT_CORRUPT;
-    } else if (shard_set_init(&set, dir, &index) != 0) {
-        status = CKPT_ERROR;
-        ckpt_fail(err, err_len, "out of memory");
-    } else {
-        CkptStatus shards = verify_shards(&set, report);
-        CkptStatus data = verify_data(&set, report);
-        shard_set_close(&set);
-        // verify_shards ranks a missing piece above a damaged one
-        status = shards != CKPT_OK ? shards : data;
-        if (status != CKPT_OK)
-            ckpt_fail(err, err_len, "%s: %s", dir,
-                      status == CKPT_INCOMPLETE ? "shards are missing"
-                                                : "some data failed its checks");
-    }
+    CkptStatus shards = verify_shards(&set, report);
+    CkptStatus data = verify_data(&set, report);
+    shard_set_close(&set);
+    // verify_shards ranks a missing piece above a damaged one
+    status = shards != CKPT_OK ? shards : data;
+    if (status != CKPT_OK)
+        ckpt_fail(err, err_len, "%s: %s", dir,
+                  status == CKPT_INCOMPLETE ? "shards are missing" : "some data failed its checks");
     ckpt_index_free(&index);
     return status;
 }

@@ -175,23 +175,8 @@ static void corrupt_shards(const Agent *agent, int a)
 
 static bool has_complete_checkpoint(const TrainPlan *plan)
 {
-    if (!plan->ckpt_dir[0])
-        return false;
     CkptOptions ck = {.dir = plan->ckpt_dir, .memory_dir = plan->ckpt_memory_dir};
-    char tiers[2][4096];
-    ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
-    for (int t = 0; t < 2; t++) {
-        CkptEntry *entries = NULL;
-        int count = 0;
-        bool found = false;
-        if (tiers[t][0] && ckpt_list(tiers[t], &entries, &count, NULL, 0) == 0)
-            for (int i = 0; i < count; i++)
-                found |= entries[i].status == CKPT_OK;
-        free(entries);
-        if (found)
-            return true;
-    }
-    return false;
+    return plan->ckpt_dir[0] && ckpt_newest_complete(&ck) >= 0;
 }
 
 /* The largest world of at most `alive` ranks (down to min_ranks) with a layout

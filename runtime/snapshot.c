@@ -150,29 +150,10 @@ static int resume(Trainer *t)
     return 0;
 }
 
-/* Rank 0: the newest complete checkpoint in either tier, or -1. */
-static long newest_complete(const CkptOptions *options)
-{
-    char tiers[2][4096];
-    ckpt_tier_dirs(options, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
-    long newest = -1;
-    for (int k = 0; k < 2; k++) {
-        CkptEntry *entries = NULL;
-        int count = 0;
-        if (!tiers[k][0] || ckpt_list(tiers[k], &entries, &count, NULL, 0) != 0)
-            continue; /* a directory that does not exist yet holds nothing */
-        for (int i = 0; i < count; i++)
-            if (entries[i].status == CKPT_OK && entries[i].step > newest)
-                newest = (long)entries[i].step;
-        free(entries);
-    }
-    return newest;
-}
-
 /* A fresh run must not write over (or prune) another run's checkpoints. */
 static int check_fresh_dir(Trainer *t)
 {
-    int64_t newest = t->rank == 0 ? newest_complete(&t->opt.ckpt) : -1;
+    int64_t newest = t->rank == 0 ? ckpt_newest_complete(&t->opt.ckpt) : -1;
     if (comm_broadcast(t->world, &newest, 1, COMM_I64, 0) != 0)
         return -1;
     if (newest < 0)
