@@ -186,6 +186,17 @@ typedef struct Checkpointer Checkpointer;
 Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTensor *tensors,
                         int count, char *err, size_t err_len);
 
+/* The elements [*first, *first + *count) of `t` (row-major) that this
+ * rank writes: its replica's rows. A GPU rank copies only those to the host. */
+void ckpt_tensor_share(const CkptTensor *t, size_t *first, size_t *count);
+
+/* For tensors that are filled asynchronously (a GPU rank's device-to-host
+ * copy): the sidecar, or ckpt_snapshot() in sync mode, calls wait(context)
+ * before it reads a snapshot's tensors. When wait fails that checkpoint is
+ * skipped with a warning naming its message; training goes on. */
+typedef int (*CkptSourceWait)(void *context, char *err, size_t err_len);
+void ckpt_set_source_wait(Checkpointer *ck, CkptSourceWait wait, void *context);
+
 /* True when a checkpoint is due after optimizer step `step` (1-based). */
 bool ckpt_due(const Checkpointer *ck, int64_t step);
 

@@ -72,6 +72,9 @@ struct Checkpointer {
     bool copy_requested, staged, quit, broken;
     CkptRunState requested, staged_state;
     bool last_dir_ok; /* the newest flush reached tier 2 */
+    CkptSourceWait source_wait; /* NULL: the tensors are ready when handed over */
+    void *source_context;
+    char source_error[512]; /* non-empty: the staged version is unusable */
     CkptStats stats;
     /* rank 0: the index of the checkpoint being flushed, built once for both
      * tiers (VDS creation is most of a flush's CPU time) */
@@ -162,6 +165,21 @@ static int check_tensor(const CkptTensor *t, char *err, size_t err_len)
     return 0;
 }
 
+static void share_rows(const CkptTensor *t, int64_t *begin, int64_t *end)
+{
+    int64_t rows = t->shape[0], j = t->replica_index, r = t->replica_count;
+    *begin = j * rows / r;
+    *end = (j + 1) * rows / r;
+}
+
+void ckpt_tensor_share(const CkptTensor *t, size_t *first, size_t *count)
+{
+    int64_t begin, end, row = ckpt_row_length(t->ndim, t->shape);
+    share_rows(t, &begin, &end);
+    *first = (size_t)(begin * row);
+    *count = (size_t)((end - begin) * row);
+}
+
 /* This rank's share of every tensor: rows [j*rows/R, (j+1)*rows/R). */
 static int plan_own(Checkpointer *ck, char *err, size_t err_len)
 {
@@ -172,8 +190,8 @@ static int plan_own(Checkpointer *ck, char *err, size_t err_len)
         const CkptTensor *t = &ck->tensors[i];
         if (check_tensor(t, err, err_len) != 0)
             return -1;
-        int64_t rows = t->shape[0], j = t->replica_index, r = t->replica_count;
-        int64_t begin = j * rows / r, end = (j + 1) * rows / r;
+        int64_t begin, end;
+        share_rows(t, &begin, &end);
         if (begin == end)
             continue; // more replicas than rows: this one writes nothing
         Own *o = &ck->own[ck->own_count++];
@@ -278,10 +296,18 @@ static uint64_t new_run_id(void)
 // ----------------------------------------------------------------------------
 // copy
 
+/* When the sources cannot be read (a failed GPU copy), the version is still
+ * staged, marked unusable: its flush then votes "not written" in the commit
+ * agreement like a failed write, so that every rank drops it together. */
 static void copy_snapshot(Checkpointer *ck)
 {
     double start = now_seconds();
-    for (int i = 0; i < ck->own_count; i++) {
+    ck->source_error[0] = '\0';
+    if (ck->source_wait &&
+        ck->source_wait(ck->source_context, ck->source_error, sizeof(ck->source_error)) != 0 &&
+        !ck->source_error[0])
+        snprintf(ck->source_error, sizeof(ck->source_error), "the tensors could not be read");
+    for (int i = 0; i < ck->own_count && !ck->source_error[0]; i++) {
         const Own *o = &ck->own[i];
         const CkptTensor *t = &ck->tensors[o->tensor];
         size_t row = (size_t)ckpt_row_length(t->ndim, t->shape);
@@ -299,6 +325,12 @@ static void copy_snapshot(Checkpointer *ck)
     ck->stats.last_copy_seconds = now_seconds() - start;
     pthread_cond_broadcast(&ck->copied);
     pthread_mutex_unlock(&ck->lock);
+}
+
+void ckpt_set_source_wait(Checkpointer *ck, CkptSourceWait wait, void *context)
+{
+    ck->source_wait = wait;
+    ck->source_context = context;
 }
 
 /* Called by the sidecar whenever it could otherwise only wait. */
@@ -537,7 +569,9 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
     void *image = NULL;
     size_t size = 0;
     char err[512];
-    int built = build_shard(ck, state, &image, &size, err, sizeof(err));
+    int built = ck->source_error[0]
+                    ? ckpt_fail(err, sizeof(err), "%s", ck->source_error)
+                    : build_shard(ck, state, &image, &size, err, sizeof(err));
     release_staging(ck);
     bool ok[TIER_COUNT] = {false, false};
     for (int tier = 0; tier < TIER_COUNT && !ck->broken; tier++)

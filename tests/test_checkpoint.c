@@ -227,6 +227,59 @@ static void test_keep_prunes_and_close_cleans_tier1(void **state)
     assert_int_not_equal(stat(f->tier1, &st), 0); // tier 1 is gone after a good run
 }
 
+/* A source filled asynchronously (a GPU rank's device-to-host copy): the
+ * checkpointer waits for it before reading the tensors; when that wait fails
+ * the version is not committed, and the next one is. */
+typedef struct {
+    int calls, fail_on;
+} SourceWait;
+
+static int counted_wait(void *context, char *err, size_t err_len)
+{
+    SourceWait *w = context;
+    if (++w->calls != w->fail_on)
+        return 0;
+    snprintf(err, err_len, "injected copy failure");
+    return -1;
+}
+
+static void check_source_wait(Fixture *f, CkptMode mode)
+{
+    CkptOptions o = options(f, mode, 1, 5);
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    SourceWait wait = {0, 2};
+    ckpt_set_source_wait(ck, counted_wait, &wait);
+    for (int s = 1; s <= 3; s++) {
+        ckpt_wait_copied(ck);
+        fill(f->t, TENSORS, s);
+        CkptRunState state = run_state(s);
+        assert_int_equal(ckpt_snapshot(ck, &state, f->err, sizeof(f->err)), 0);
+    }
+    CkptStats stats;
+    ckpt_close(ck, true, &stats);
+    assert_int_equal(wait.calls, 3);
+    assert_int_equal(stats.committed[1], 2);
+    assert_int_equal(stats.failed[1], 1);
+    CkptRunState s;
+    zero(f->t, TENSORS);
+    assert_int_equal(ckpt_load(step_path(f, 3), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_version(f->t, TENSORS, 3);
+    assert_int_not_equal(
+        ckpt_load(step_path(f, 2), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)), CKPT_OK);
+}
+
+static void test_source_wait_sync(void **state)
+{
+    check_source_wait(*state, CKPT_SYNC);
+}
+
+static void test_source_wait_async(void **state)
+{
+    check_source_wait(*state, CKPT_ASYNC);
+}
+
 static void test_model_mismatch_names_the_dimensions(void **state)
 {
     Fixture *f = *state;
@@ -372,6 +425,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sync_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_saves_the_handed_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keep_prunes_and_close_cleans_tier1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_source_wait_sync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_source_wait_async, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_mismatch_names_the_dimensions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tensor_shape_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_and_partial_checkpoints, setup, teardown),
