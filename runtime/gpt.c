@@ -1,7 +1,6 @@
 /* The GPT-2 model (contract in gpt.h); the math lives in kernels.c. */
 #include "gpt.h"
 
-#include "kernels.h"
 #include "rng.h"
 
 #include <math.h>
@@ -134,10 +133,11 @@ static void point_weights(const GPT *gpt, Weights *w, float *base)
     }
 }
 
-int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
-             bool has_embedding, bool has_head)
+int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
+             int layer_end, bool has_embedding, bool has_head)
 {
     memset(gpt, 0, sizeof(*gpt));
+    gpt->dev = dev;
     gpt->config = *config;
     gpt->layer_begin = layer_begin;
     gpt->layer_end = layer_end;
@@ -152,8 +152,8 @@ int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
     if (!gpt->tensors || !gpt->w.layers || !gpt->g.layers)
         return gpt_free(gpt), -1;
     visit_tensors(config, layer_begin, layer_end, has_embedding, has_head, append_tensor, gpt);
-    gpt->params = calloc(gpt->param_count, sizeof(float));
-    gpt->grads = calloc(gpt->param_count, sizeof(float));
+    gpt->params = dev->alloc(gpt->param_count * sizeof(float));
+    gpt->grads = dev->alloc(gpt->param_count * sizeof(float));
     if (!gpt->params || !gpt->grads)
         return gpt_free(gpt), -1;
     point_weights(gpt, &gpt->w, gpt->params);
@@ -161,24 +161,26 @@ int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
     return 0;
 }
 
-int gpt_init_full(GPT *gpt, const GPTConfig *config)
+int gpt_init_full(GPT *gpt, const Device *dev, const GPTConfig *config)
 {
-    return gpt_init(gpt, config, 0, config->layers, true, true);
+    return gpt_init(gpt, dev, config, 0, config->layers, true, true);
 }
 
 int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T)
 {
-    return ulysses_init(&gpt->sp, sp, B, local_T, gpt->config.dim);
+    return ulysses_init(&gpt->sp, gpt->dev, sp, B, local_T, gpt->config.dim);
 }
 
 void gpt_free(GPT *gpt)
 {
+    if (!gpt->dev)
+        return; /* never initialised */
     ulysses_free(&gpt->sp);
     free(gpt->tensors);
     free(gpt->w.layers);
     free(gpt->g.layers);
-    free(gpt->params);
-    free(gpt->grads);
+    gpt->dev->free(gpt->params);
+    gpt->dev->free(gpt->grads);
     memset(gpt, 0, sizeof(*gpt));
 }
 
@@ -212,9 +214,9 @@ static bool ends_with(const char *s, const char *suffix)
 
 /* GPT-2: LayerNorm weights 1, biases 0, weights N(0, 0.02), and the two
  * projections that write into the residual stream N(0, 0.02 / sqrt(2 L)). */
-static void init_tensor(const GPT *gpt, const ParamTensor *t, uint64_t seed)
+static void init_tensor(const GPT *gpt, float *params, const ParamTensor *t, uint64_t seed)
 {
-    float *p = gpt->params + t->offset;
+    float *p = params + t->offset;
     bool layernorm = t->excluded && ends_with(t->name, ".weight");
     if (t->excluded) {
         for (size_t i = 0; i < t->numel; i++)
@@ -230,15 +232,24 @@ static void init_tensor(const GPT *gpt, const ParamTensor *t, uint64_t seed)
         p[i] = (float)(std * rng_normal(seed, RNG_INIT, stream, i));
 }
 
-void gpt_init_params(GPT *gpt, uint64_t seed)
+/* Drawn on the host (rng.h is host code), then uploaded. */
+int gpt_init_params(GPT *gpt, uint64_t seed)
 {
+    const Device *dev = gpt->dev;
+    float *host = dev->host_memory ? gpt->params : malloc(gpt->param_count * sizeof(float));
+    if (!host)
+        return -1;
     for (int i = 0; i < gpt->tensor_count; i++)
-        init_tensor(gpt, &gpt->tensors[i], seed);
+        init_tensor(gpt, host, &gpt->tensors[i], seed);
+    dev->upload(gpt->params, host, gpt->param_count * sizeof(float));
+    if (host != gpt->params)
+        free(host);
+    return dev->sync();
 }
 
 void gpt_zero_grad(GPT *gpt)
 {
-    memset(gpt->grads, 0, gpt->param_count * sizeof(float));
+    gpt->dev->zero(gpt->grads, gpt->param_count * sizeof(float));
 }
 
 // ----------------------------------------------------------------------------
@@ -303,18 +314,24 @@ static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
 
 int acts_init(Activations *acts, const GPT *gpt, int B, int T)
 {
+    const Device *dev = gpt->dev;
     memset(acts, 0, sizeof(*acts));
+    acts->dev = dev;
     acts->B = B;
     acts->T = T;
     int layers = gpt->layer_end - gpt->layer_begin;
+    size_t ids = (size_t)B * T * sizeof(int);
     acts->layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerActs));
-    acts->tokens = calloc((size_t)B * T, sizeof(int));
-    acts->targets = calloc((size_t)B * T, sizeof(int));
+    acts->tokens = calloc(1, ids);
+    acts->targets = calloc(1, ids);
+    acts->dev_tokens = dev->host_memory ? acts->tokens : dev->alloc(ids);
+    acts->dev_targets = dev->host_memory ? acts->targets : dev->alloc(ids);
     Carver sizing = {NULL, 0};
     carve_acts(&sizing, acts, gpt);
-    acts->memory = calloc(sizing.used, sizeof(float));
+    acts->memory = dev->alloc(sizing.used * sizeof(float));
     acts->bytes = sizing.used * sizeof(float);
-    if (!acts->layers || !acts->tokens || !acts->targets || !acts->memory)
+    if (!acts->layers || !acts->tokens || !acts->targets || !acts->dev_tokens ||
+        !acts->dev_targets || !acts->memory)
         return acts_free(acts), -1;
     Carver carver = {acts->memory, 0};
     carve_acts(&carver, acts, gpt);
@@ -323,7 +340,13 @@ int acts_init(Activations *acts, const GPT *gpt, int B, int T)
 
 void acts_free(Activations *acts)
 {
-    free(acts->memory);
+    if (!acts->dev)
+        return;
+    acts->dev->free(acts->memory);
+    if (acts->dev_tokens != acts->tokens)
+        acts->dev->free(acts->dev_tokens);
+    if (acts->dev_targets != acts->targets)
+        acts->dev->free(acts->dev_targets);
     free(acts->layers);
     free(acts->tokens);
     free(acts->targets);
@@ -337,7 +360,8 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
     size_t att = attention_floats(gpt, B, T);
     bool sp = gpt->sp.size > 1;
     size_t total = 3 * N * C + N * 4 * C + N * 3 * C + att + (sp ? N * 4 * C : 0);
-    s->memory = calloc(total, sizeof(float));
+    s->dev = gpt->dev;
+    s->memory = gpt->dev->alloc(total * sizeof(float));
     if (!s->memory)
         return -1;
     s->bytes = total * sizeof(float);
@@ -355,7 +379,8 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
 
 void scratch_free(Scratch *s)
 {
-    free(s->memory);
+    if (s->dev)
+        s->dev->free(s->memory);
     memset(s, 0, sizeof(*s));
 }
 
@@ -376,8 +401,10 @@ float *acts_stage_output(const GPT *gpt, Activations *acts)
 
 void gpt_embed_forward(const GPT *gpt, Activations *acts)
 {
-    encoder_forward(acts->input, acts->tokens, gpt->w.wte, gpt->w.wpe, acts->B, acts->T,
-                    gpt->config.dim, gpt->sp.rank * acts->T);
+    const Device *dev = gpt->dev;
+    dev->upload(acts->dev_tokens, acts->tokens, (size_t)acts->B * acts->T * sizeof(int));
+    dev->encoder_forward(acts->input, acts->dev_tokens, gpt->w.wte, gpt->w.wpe, acts->B,
+                         acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
 /* Ulysses: re-shard q, k, v by heads, attend over whole sequences, re-shard back. */
@@ -385,12 +412,12 @@ static int attention_forward_sharded(GPT *gpt, LayerActs *a, int B, int T)
 {
     int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
     if (P == 1) {
-        attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+        gpt->dev->attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
         return 0;
     }
     if (ulysses_seq_to_heads(&gpt->sp, a->qkv_heads, a->qkv, B, T, C, 3))
         return -1;
-    attention_forward(a->atty_heads, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
+    gpt->dev->attention_forward(a->atty_heads, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
     return ulysses_heads_to_seq(&gpt->sp, a->atty, a->atty_heads, B, T, C, 1);
 }
 
@@ -398,48 +425,52 @@ static int attention_backward_sharded(GPT *gpt, LayerActs *a, Scratch *s, int B,
 {
     int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
     if (P == 1) {
-        attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, B, T, C, NH);
+        gpt->dev->attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, B, T, C, NH);
         return 0;
     }
     if (ulysses_seq_to_heads(&gpt->sp, s->datty_heads, s->dln, B, T, C, 1))
         return -1;
-    attention_backward(s->dqkv_heads, s->datt, s->datty_heads, a->qkv_heads, a->att, B, T * P,
-                       C / P, NH / P);
+    gpt->dev->attention_backward(s->dqkv_heads, s->datt, s->datty_heads, a->qkv_heads, a->att,
+                                 B, T * P, C / P, NH / P);
     return ulysses_heads_to_seq(&gpt->sp, s->dqkv, s->dqkv_heads, B, T, C, 3);
 }
 
 int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
 {
+    const Device *dev = gpt->dev;
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
     LayerActs *a = &acts->layers[layer - gpt->layer_begin];
     const float *x = layer_input(gpt, acts, layer);
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim;
 
-    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
-    matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
+    dev->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
+    dev->matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
     if (attention_forward_sharded(gpt, a, acts->B, acts->T))
         return -1;
-    matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
-    accumulate(a->res_attn, x, N * C);
-    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b, N, C);
-    matmul_forward(a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
-    gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
-    matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
-    accumulate(a->out, a->res_attn, N * C);
+    dev->matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
+    dev->accumulate(a->res_attn, x, N * C);
+    dev->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b, N,
+                           C);
+    dev->matmul_forward(a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
+    dev->gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
+    dev->matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
+    dev->accumulate(a->out, a->res_attn, N * C);
     return 0;
 }
 
 double gpt_head_forward(const GPT *gpt, Activations *acts)
 {
+    const Device *dev = gpt->dev;
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim, V = gpt->config.vocab;
     const float *x = acts_stage_output(gpt, acts);
-    layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw, gpt->w.lnfb,
-                      N, C);
-    matmul_forward(acts->logits, acts->lnf, gpt->w.wte, NULL, N, C, V);
-    double total = crossentropy_forward(acts->probs, acts->losses, acts->logits, acts->targets,
-                                        N, V);
+    dev->upload(acts->dev_targets, acts->targets, N * sizeof(int));
+    dev->layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw,
+                           gpt->w.lnfb, N, C);
+    dev->matmul_forward(acts->logits, acts->lnf, gpt->w.wte, NULL, N, C, V);
+    double total = dev->crossentropy_forward(acts->probs, acts->losses, acts->logits,
+                                             acts->dev_targets, N, V);
     return total / (double)N;
 }
 
@@ -458,18 +489,20 @@ double gpt_forward(GPT *gpt, Activations *acts)
 
 void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
 {
+    const Device *dev = gpt->dev;
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim, V = gpt->config.vocab;
     // dlogits overwrite the probabilities: they are not needed afterwards
-    crossentropy_backward(acts->probs, acts->probs, acts->targets, dloss, N, V);
-    matmul_backward(s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C, V);
-    layernorm_backward(s->dresid, gpt->g.lnfw, gpt->g.lnfb, s->dln,
-                       acts_stage_output(gpt, acts), gpt->w.lnfw, acts->lnf_mean,
-                       acts->lnf_rstd, N, C);
+    dev->crossentropy_backward(acts->probs, acts->probs, acts->dev_targets, dloss, N, V);
+    dev->matmul_backward(s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C, V);
+    dev->layernorm_backward(s->dresid, gpt->g.lnfw, gpt->g.lnfb, s->dln,
+                            acts_stage_output(gpt, acts), gpt->w.lnfw, acts->lnf_mean,
+                            acts->lnf_rstd, N, C);
 }
 
 int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
 {
+    const Device *dev = gpt->dev;
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
     LayerWeights *g = &gpt->g.layers[layer - gpt->layer_begin];
     LayerActs *a = &acts->layers[layer - gpt->layer_begin];
@@ -478,29 +511,31 @@ int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
     int C = gpt->config.dim;
 
     // MLP branch: out = res_attn + proj(gelu(fc(ln2(res_attn))))
-    matmul_backward(s->dfch, g->fcprojw, g->fcprojb, s->dresid, a->fch_gelu, w->fcprojw, N,
-                    4 * C, C);
-    gelu_backward(s->dfch, a->fch, s->dfch, N * 4 * C);
-    matmul_backward(s->dln, g->fcw, g->fcb, s->dfch, a->ln2, w->fcw, N, C, 4 * C);
-    layernorm_backward(s->dtmp, g->ln2w, g->ln2b, s->dln, a->res_attn, w->ln2w, a->ln2_mean,
-                       a->ln2_rstd, N, C);
-    accumulate(s->dresid, s->dtmp, N * C);
+    dev->matmul_backward(s->dfch, g->fcprojw, g->fcprojb, s->dresid, a->fch_gelu, w->fcprojw, N,
+                         4 * C, C);
+    dev->gelu_backward(s->dfch, a->fch, s->dfch, N * 4 * C);
+    dev->matmul_backward(s->dln, g->fcw, g->fcb, s->dfch, a->ln2, w->fcw, N, C, 4 * C);
+    dev->layernorm_backward(s->dtmp, g->ln2w, g->ln2b, s->dln, a->res_attn, w->ln2w,
+                            a->ln2_mean, a->ln2_rstd, N, C);
+    dev->accumulate(s->dresid, s->dtmp, N * C);
 
     // attention branch: res_attn = x + proj(attention(qkv(ln1(x))))
-    matmul_backward(s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw, N, C, C);
+    dev->matmul_backward(s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw, N,
+                         C, C);
     if (attention_backward_sharded(gpt, a, s, acts->B, acts->T))
         return -1;
-    matmul_backward(s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
-    layernorm_backward(s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
-                       a->ln1_rstd, N, C);
-    accumulate(s->dresid, s->dtmp, N * C);
+    dev->matmul_backward(s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
+    dev->layernorm_backward(s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
+                            a->ln1_rstd, N, C);
+    dev->accumulate(s->dresid, s->dtmp, N * C);
     return 0;
 }
 
 void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *s)
 {
-    encoder_backward(gpt->g.wte, gpt->g.wpe, s->dresid, acts->tokens, acts->B, acts->T,
-                     gpt->config.dim, gpt->sp.rank * acts->T);
+    // the tokens on the device are still this micro-batch's: embed_forward put them there
+    gpt->dev->encoder_backward(gpt->g.wte, gpt->g.wpe, s->dresid, acts->dev_tokens, acts->B,
+                               acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
 int gpt_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)

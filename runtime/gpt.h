@@ -19,6 +19,11 @@
  *   local length: seq_len, or seq_len / sp later). A pipeline keeps several.
  * - Backward passes accumulate into `grads` (gpt_zero_grad clears them), so
  *   the micro-batches of a step add up.
+ * - Every buffer (parameters, gradients, activations, scratch) lives on the
+ *   model's device (device.h) and every kernel is queued there; only the
+ *   token and target arrays the data loader fills are host memory, uploaded
+ *   by the passes that read them. With a GPU the passes return before the
+ *   GPU has finished; gpt->dev->sync() reports a failed kernel.
  */
 #ifndef PHALANX_GPT_H
 #define PHALANX_GPT_H
@@ -28,6 +33,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "device.h"
 #include "ulysses.h"
 
 typedef struct {
@@ -65,6 +71,7 @@ typedef struct {
 } Weights;
 
 typedef struct {
+    const Device *dev;
     GPTConfig config;
     int layer_begin, layer_end;
     bool has_embedding, has_head;
@@ -76,14 +83,15 @@ typedef struct {
     SeqParallel sp; /* size 1 unless gpt_enable_sequence_parallel */
 } GPT;
 
-int gpt_init(GPT *gpt, const GPTConfig *config, int layer_begin, int layer_end,
-             bool has_embedding, bool has_head);
-int gpt_init_full(GPT *gpt, const GPTConfig *config);
+int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
+             int layer_end, bool has_embedding, bool has_head);
+int gpt_init_full(GPT *gpt, const Device *dev, const GPTConfig *config);
 void gpt_free(GPT *gpt);
 /* Splits every sequence over the ranks of `sp` (Ulysses attention). Call
  * before acts_init and scratch_init: buffer sizes depend on it. */
 int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T);
-void gpt_init_params(GPT *gpt, uint64_t seed);
+/* Returns 0, or -1 (out of memory, or a device error). */
+int gpt_init_params(GPT *gpt, uint64_t seed);
 void gpt_zero_grad(GPT *gpt);
 const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
 /* Writes the tensor table as JSON: {"param_count": P, "tensors": [{"name",
@@ -103,10 +111,12 @@ typedef struct {
 } LayerActs;
 
 typedef struct {
+    const Device *dev;
     int B, T;
     size_t bytes; /* of activation memory held */
     float *memory;
-    int *tokens, *targets;            /* [B,T] */
+    int *tokens, *targets;            /* [B,T] host memory, filled by the loader */
+    int *dev_tokens, *dev_targets;    /* their device copies (the same arrays on cpu) */
     float *input;                     /* [B,T,C] stage input: embeddings or received */
     LayerActs *layers;                /* index: layer - layer_begin */
     float *lnf, *lnf_mean, *lnf_rstd; /* head only */
@@ -115,6 +125,7 @@ typedef struct {
 
 /* Backward scratch, shared by every layer and micro-batch of a model. */
 typedef struct {
+    const Device *dev;
     size_t bytes;
     float *memory;
     float *dresid; /* [B,T,C] gradient of the residual stream, updated in place */

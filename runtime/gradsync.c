@@ -11,9 +11,11 @@ static double seconds_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void gradsync_init(GradSync *sync, Comm *comm, float *grads, size_t count, size_t bucket_floats)
+void gradsync_init(GradSync *sync, Comm *comm, const Device *dev, float *grads, size_t count,
+                   size_t bucket_floats)
 {
     sync->comm = comm;
+    sync->dev = dev;
     sync->grads = grads;
     sync->count = count;
     sync->bucket_floats = bucket_floats > 0 ? bucket_floats : 1;
@@ -33,6 +35,11 @@ static int launch(GradSync *sync, size_t from)
     if (sync->request_count == GRADSYNC_MAX_BUCKETS) {
         snprintf(sync->error, sizeof(sync->error), "more than %d gradient buckets",
                  GRADSYNC_MAX_BUCKETS);
+        return -1;
+    }
+    if (sync->dev->sync() != 0) {
+        snprintf(sync->error, sizeof(sync->error), "gradient allreduce: %s device: %s",
+                 sync->dev->name, sync->dev->error());
         return -1;
     }
     size_t length = sync->launched_from - from;

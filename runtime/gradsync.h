@@ -9,12 +9,14 @@
  * micro-batch's backward pass; a bucket (a contiguous range of at least
  * bucket_floats, or the rest) is launched as a non-blocking allreduce as soon
  * as it is final, and gradsync_finish() launches what is left and waits.
- * With a group of one rank every call does nothing.
+ * With a group of one rank every call does nothing. The gradients are on
+ * `dev`: its queue is drained before a bucket is handed to the communicator.
  */
 #ifndef PHALANX_GRADSYNC_H
 #define PHALANX_GRADSYNC_H
 
 #include "comm.h"
+#include "device.h"
 
 #include <stddef.h>
 
@@ -22,6 +24,7 @@
 
 typedef struct {
     Comm *comm;
+    const Device *dev;
     float *grads;
     size_t count;         /* floats in grads */
     size_t bucket_floats; /* smallest bucket worth a message */
@@ -29,10 +32,11 @@ typedef struct {
     CommRequest *requests[GRADSYNC_MAX_BUCKETS];
     int request_count;
     double comm_seconds;  /* time spent waiting in gradsync_finish, this step */
-    char error[256];
+    char error[640];
 } GradSync;
 
-void gradsync_init(GradSync *sync, Comm *comm, float *grads, size_t count, size_t bucket_floats);
+void gradsync_init(GradSync *sync, Comm *comm, const Device *dev, float *grads, size_t count,
+                   size_t bucket_floats);
 /* Starts a new step: nothing launched yet. */
 void gradsync_begin(GradSync *sync);
 /* Gradients at offsets >= `offset` are final on this rank. Returns 0 or -1. */

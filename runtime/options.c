@@ -72,8 +72,14 @@ void options_usage(FILE *out)
         "                         tokens_per_s, grad_norm, val_loss (when computed)\n"
         "  --dump-params FILE     write the final parameters to FILE (float32) and\n"
         "                         FILE.json (names, shapes, offsets)\n"
-        "  --threads N            CPU threads for OpenMP and OpenBLAS (default: all cores)\n"
         "  --quiet                no per-step progress lines\n"
+        "Device:\n"
+        "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
+        "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
+        "                         SLURM_LOCALID); tensors between ranks go over NCCL\n"
+        "  --tf32                 cuda: TF32 tensor cores for matrix products (faster; results\n"
+        "                         differ from fp32 by TF32's 10-bit mantissa)\n"
+        "  --threads N            CPU threads for OpenMP and OpenBLAS (default: all cores)\n"
         "  -h, --help             this text\n",
         out);
 }
@@ -86,7 +92,8 @@ enum {
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
-    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME,
+    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_DEVICE,
+    OPT_TF32,
 };
 
 static const struct option long_options[] = {
@@ -138,6 +145,8 @@ static const struct option long_options[] = {
     {"ckpt-mode", required_argument, NULL, OPT_CKPT_MODE},
     {"ckpt-memory-dir", required_argument, NULL, OPT_CKPT_MEMORY_DIR},
     {"resume", required_argument, NULL, OPT_RESUME},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"tf32", no_argument, NULL, OPT_TF32},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -241,6 +250,7 @@ static void set_defaults(TrainOptions *o)
     o->batch_ema = 0.9;
     o->lr_scaling = LR_SCALING_SQRT;
     o->ckpt = (CkptOptions){.every = 100, .keep = 2, .mode = CKPT_ASYNC};
+    o->device = "cpu";
 }
 
 /* Applies one option; returns 0, or -1 after printing why the value is bad. */
@@ -285,6 +295,12 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_CKPT_DIR: o->ckpt.dir = arg; return 0;
     case OPT_CKPT_MEMORY_DIR: o->ckpt.memory_dir = arg; return 0;
     case OPT_RESUME: o->resume = arg; return 0;
+    case OPT_TF32: o->tf32 = true; return 0;
+    case OPT_DEVICE:
+        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0)
+            return bad_value("device", arg, "a device (cpu or cuda)");
+        o->device = arg;
+        return 0;
     case OPT_CKPT_EVERY: return parse_long("ckpt-every", arg, 1, LONG_MAX, &o->ckpt.every);
     case OPT_CKPT_KEEP: return parse_int("ckpt-keep", arg, 1, &o->ckpt.keep);
     case OPT_CKPT_MODE:
@@ -370,6 +386,15 @@ static int check_combination(TrainOptions *o)
                 "a step is a whole number of micro-batches; try --global-batch %d\n",
                 o->global_batch, o->micro_batch,
                 (o->global_batch / o->micro_batch + 1) * o->micro_batch);
+        return -1;
+    }
+    if (o->tf32 && strcmp(o->device, "cuda") != 0) {
+        fprintf(stderr, "phalanx train: --tf32 needs --device cuda: TF32 is a GPU tensor-core "
+                        "mode; drop --tf32 or add --device cuda\n");
+        return -1;
+    }
+    if (!device_built(o->device, err, sizeof(err))) {
+        fprintf(stderr, "phalanx train: %s\n", err);
         return -1;
     }
     if (o->resume && strcmp(o->resume, "latest") == 0 && !o->ckpt.dir) {

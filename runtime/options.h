@@ -11,6 +11,7 @@
 
 #include "batch.h"
 #include "checkpoint.h"
+#include "device.h"
 #include "gpt.h"
 #include "optim.h"
 #include "topology.h"
@@ -32,6 +33,8 @@ typedef struct {
     ScheduleKind schedule;
     long warmup;
     int threads;
+    const char *device; /* "cpu" or "cuda" (device.h) */
+    bool tf32;          /* cuda: TF32 tensor cores for matrix products */
     long eval_every;
     int eval_batches;
     bool quiet; /* no per-step progress lines */

@@ -30,7 +30,8 @@ int pipeline_init(Pipeline *p, GPT *gpt, Comm *pp, int micro_batch, int seq_len,
     for (int i = 0; i < p->set_count; i++)
         if (acts_init(&p->sets[i], gpt, micro_batch, seq_len))
             return -1;
-    p->send_grad = calloc((size_t)micro_batch * seq_len * gpt->config.dim, sizeof(float));
+    p->send_grad = gpt->dev->alloc((size_t)micro_batch * seq_len * gpt->config.dim *
+                                   sizeof(float));
     if (!p->send_grad || scratch_init(&p->scratch, gpt, micro_batch, seq_len))
         return -1;
     return 0;
@@ -42,7 +43,8 @@ void pipeline_free(Pipeline *p)
         acts_free(&p->sets[i]);
     free(p->sets);
     free(p->pending_act);
-    free(p->send_grad);
+    if (p->gpt && p->send_grad)
+        p->gpt->dev->free(p->send_grad);
     scratch_free(&p->scratch);
     memset(p, 0, sizeof(*p));
 }
@@ -59,6 +61,18 @@ static int fail(Pipeline *p, const char *what)
 {
     snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s: %s", p->stage, what,
              comm_error(p->pp));
+    return -1;
+}
+
+/* Communicators touch device buffers only once the kernels queued before
+ * are done (comm.h): they read what those wrote, and they overwrite what
+ * those may still read. A failed kernel is reported here too. */
+static int device_ready(Pipeline *p)
+{
+    if (p->gpt->dev->sync() == 0)
+        return 0;
+    snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s device: %s", p->stage,
+             p->gpt->dev->name, p->gpt->dev->error());
     return -1;
 }
 
@@ -95,6 +109,8 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
     load(context, index, acts);
     if (p->stage == 0)
         gpt_embed_forward(p->gpt, acts);
+    else if (device_ready(p)) /* this set's last backward may still read its input */
+        return -1;
     else if (comm_recv(p->pp, acts->input, activation_floats(p), COMM_F32, p->stage - 1,
                        TAG_ACTIVATION))
         return fail(p, "receiving activations");
@@ -105,6 +121,8 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
         *loss += weight * gpt_head_forward(p->gpt, acts);
         return 0;
     }
+    if (device_ready(p))
+        return -1;
     p->pending_act[slot] = comm_isend(p->pp, acts_stage_output(p->gpt, acts),
                                       activation_floats(p), COMM_F32, p->stage + 1,
                                       TAG_ACTIVATION);
@@ -132,6 +150,8 @@ static int backward_input_gradient(Pipeline *p, Activations *acts, float dloss, 
         gpt_head_backward(p->gpt, acts, &p->scratch, dloss);
         return ready_from(p, sync, "lnf.weight");
     }
+    if (device_ready(p)) /* the last backward may still use dresid */
+        return -1;
     if (comm_recv(p->pp, p->scratch.dresid, activation_floats(p), COMM_F32, p->stage + 1,
                   TAG_GRADIENT))
         return fail(p, "receiving gradients");
@@ -146,7 +166,9 @@ static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sy
     }
     if (wait_request(p, &p->pending_grad, "sending gradients"))
         return -1;
-    memcpy(p->send_grad, p->scratch.dresid, activation_floats(p) * sizeof(float));
+    p->gpt->dev->copy(p->send_grad, p->scratch.dresid, activation_floats(p) * sizeof(float));
+    if (device_ready(p))
+        return -1;
     p->pending_grad = comm_isend(p->pp, p->send_grad, activation_floats(p), COMM_F32,
                                  p->stage - 1, TAG_GRADIENT);
     if (!p->pending_grad)

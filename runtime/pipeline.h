@@ -12,6 +12,8 @@
  * With p = 1 this is plain gradient accumulation over m micro-batches.
  * During the backward pass of the last micro-batch the gradient sync (if any)
  * is told which gradients are final, so their allreduce overlaps the rest.
+ * Buffers are on the model's device; the pp communicator must take them
+ * (MPI for cpu, NCCL for cuda).
  */
 #ifndef PHALANX_PIPELINE_H
 #define PHALANX_PIPELINE_H
@@ -38,7 +40,7 @@ typedef struct {
      * when the gradients hold that micro-batch alone (NULL: not called) */
     void (*after_first_backward)(void *context);
     void *hook_context;
-    char error[320];
+    char error[768];
 } Pipeline;
 
 int pipeline_init(Pipeline *p, GPT *gpt, Comm *pp, int micro_batch, int seq_len,

@@ -13,13 +13,26 @@ static double now_seconds(void)
 }
 
 /* Every rank of dp x sp holds the same tensors of its stage; the tied wte is
- * also held by the last stage, so its replicas are those of both stages. */
+ * also held by the last stage, so its replicas are those of both stages.
+ * On a GPU the checkpointer reads a pinned host mirror of params, m and v
+ * (t->host_state, the same layout one after another), which
+ * snapshot_after_update fills from the device. */
 static int build_tensor_table(Trainer *t)
 {
     const GPT *gpt = &t->gpt;
     int replicas = t->layout.dp * t->layout.sp;
     int replica = t->coord.dp * t->layout.sp + t->coord.sp;
     bool tied_on_last = t->layout.pp > 1 && t->coord.pp == t->layout.pp - 1;
+    size_t P = gpt->param_count;
+    float *params = gpt->params, *m = t->m, *v = t->v;
+    if (!t->dev->host_memory) {
+        t->host_state = t->dev->host_alloc(3 * P * sizeof(float));
+        if (!t->host_state)
+            return -1;
+        params = t->host_state;
+        m = params + P;
+        v = m + P;
+    }
     t->ckpt_tensors = calloc((size_t)gpt->tensor_count, sizeof(CkptTensor));
     if (!t->ckpt_tensors)
         return -1;
@@ -30,9 +43,9 @@ static int build_tensor_table(Trainer *t)
         x->ndim = p->ndim;
         x->shape[0] = p->shape[0];
         x->shape[1] = p->ndim == 2 ? p->shape[1] : 0;
-        x->param = gpt->params + p->offset;
-        x->m = t->m + p->offset;
-        x->v = t->v + p->offset;
+        x->param = params + p->offset;
+        x->m = m + p->offset;
+        x->v = v + p->offset;
         bool tied = t->layout.pp > 1 && strcmp(p->name, "wte") == 0;
         x->replica_count = tied ? 2 * replicas : replicas;
         x->replica_index = tied && tied_on_last ? replicas + replica : replica;
@@ -120,6 +133,23 @@ static int check_same_run(const Trainer *t, const CkptRunState *s, const char *p
     return 0;
 }
 
+/* A GPU rank loaded into its host mirror: params, m and v go to the device. */
+static int upload_state(Trainer *t)
+{
+    const Device *dev = t->dev;
+    size_t bytes = t->gpt.param_count * sizeof(float);
+    if (dev->host_memory)
+        return 0;
+    dev->upload(t->gpt.params, t->host_state, bytes);
+    dev->upload(t->m, t->host_state + t->gpt.param_count, bytes);
+    dev->upload(t->v, t->host_state + 2 * t->gpt.param_count, bytes);
+    if (dev->sync() == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: --resume: copying the checkpoint to the %s "
+                    "device: %s\n", t->rank, dev->name, dev->error());
+    return -1;
+}
+
 static int resume(Trainer *t)
 {
     CkptModel expect = ckpt_model(&t->opt.model);
@@ -133,7 +163,7 @@ static int resume(Trainer *t)
             fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
         return -1;
     }
-    if (check_same_run(t, &state, path))
+    if (check_same_run(t, &state, path) || upload_state(t))
         return -1;
     t->steps_done = (long)state.step;
     t->cursor = (uint64_t)state.sample_cursor;
@@ -166,11 +196,20 @@ static int check_fresh_dir(Trainer *t)
     return -1;
 }
 
+/* The sidecar's wait for the device-to-host copy of a snapshot. */
+static int wait_for_device_copy(void *context, char *err, size_t err_len)
+{
+    const Trainer *t = context;
+    return t->dev->snapshot_wait(err, err_len);
+}
+
 static int open_checkpointer(Trainer *t)
 {
     char err[2048];
     t->ckpt = ckpt_open(&t->opt.ckpt, t->world, t->ckpt_tensors, t->ckpt_tensor_count, err,
                         sizeof(err));
+    if (t->ckpt && !t->dev->host_memory)
+        ckpt_set_source_wait(t->ckpt, wait_for_device_copy, t);
     if (t->ckpt)
         return 0;
     if (t->rank == 0)
@@ -193,9 +232,32 @@ int snapshot_setup(Trainer *t)
     return o->ckpt.dir ? open_checkpointer(t) : 0;
 }
 
+/* On a GPU the optimizer's kernels wait for the snapshot copy on the
+ * device; the host thread goes on at once. */
 double snapshot_before_update(Trainer *t)
 {
-    return t->ckpt ? ckpt_wait_copied(t->ckpt) : 0.0;
+    if (!t->ckpt)
+        return 0.0;
+    if (t->dev->host_memory)
+        return ckpt_wait_copied(t->ckpt);
+    t->dev->compute_after_snapshot();
+    return 0.0;
+}
+
+/* Queues the copy of this rank's share of params, m and v (the rows it
+ * writes) from the device into the host mirror, after the optimizer step. */
+static void copy_from_device(Trainer *t)
+{
+    size_t P = t->gpt.param_count;
+    const float *sources[3] = {t->gpt.params, t->m, t->v};
+    for (int i = 0; i < t->ckpt_tensor_count; i++) {
+        size_t offset = t->gpt.tensors[i].offset, first, count;
+        ckpt_tensor_share(&t->ckpt_tensors[i], &first, &count);
+        for (int kind = 0; kind < 3; kind++)
+            if (count > 0)
+                t->dev->snapshot_copy(t->host_state + kind * P + offset + first,
+                                      sources[kind] + offset + first, count * sizeof(float));
+    }
 }
 
 double snapshot_after_update(Trainer *t, bool last)
@@ -206,6 +268,10 @@ double snapshot_after_update(Trainer *t, bool last)
     fill_run_state(t, &state);
     char err[512];
     double start = now_seconds();
+    if (!t->dev->host_memory) {
+        ckpt_wait_copied(t->ckpt); /* the sidecar is done with the mirror's last version */
+        copy_from_device(t);
+    }
     if (ckpt_snapshot(t->ckpt, &state, err, sizeof(err)) != 0)
         fprintf(stderr, "phalanx train: rank %d: checkpoint of step %ld: %s\n", t->rank,
                 t->steps_done, err);
@@ -252,4 +318,7 @@ void snapshot_close(Trainer *t, bool success)
     }
     free(t->ckpt_tensors);
     t->ckpt_tensors = NULL;
+    if (t->host_state)
+        t->dev->host_free(t->host_state);
+    t->host_state = NULL;
 }

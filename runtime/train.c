@@ -89,8 +89,8 @@ static int open_data(TokenData *data, size_t *windows, const char *spec, const c
 static int setup_optimizer(Trainer *t)
 {
     GPT *gpt = &t->gpt;
-    t->m = calloc(gpt->param_count, sizeof(float));
-    t->v = calloc(gpt->param_count, sizeof(float));
+    t->m = t->dev->alloc(gpt->param_count * sizeof(float));
+    t->v = t->dev->alloc(gpt->param_count * sizeof(float));
     t->optim_tensors = calloc((size_t)gpt->tensor_count, sizeof(OptimTensor));
     if (!t->m || !t->v || !t->optim_tensors)
         return -1;
@@ -137,6 +137,41 @@ static int setup_groups(Trainer *t)
     return -1;
 }
 
+/* The communicator for device tensors over the ranks of `group`. Collective
+ * over the group. */
+static Comm *data_comm(Trainer *t, Comm *group, const char *name)
+{
+    if (t->dev->host_memory || comm_size(group) == 1)
+        return group;
+    char err[512];
+#ifdef HAVE_NCCL
+    Comm *nccl = comm_nccl_from_mpi(group, err, sizeof(err));
+    if (nccl)
+        return nccl;
+#else
+    snprintf(err, sizeof(err), "this phalanx was built without NCCL, which --device cuda needs "
+                               "between ranks; install NCCL and rebuild, or run one rank");
+#endif
+    fprintf(stderr, "phalanx train: rank %d: the NCCL communicator of the %s group: %s\n",
+            t->rank, name, err);
+    return NULL;
+}
+
+static int setup_data_groups(Trainer *t)
+{
+    t->pp_data = data_comm(t, t->pp, "pp");
+    t->sp_data = t->pp_data ? data_comm(t, t->sp, "sp") : NULL;
+    t->dpsp_data = t->sp_data ? data_comm(t, t->dpsp, "dp x sp") : NULL;
+    t->tied_data = t->dpsp_data ? data_comm(t, t->tied, "tied embedding") : NULL;
+    return t->tied_data ? 0 : -1;
+}
+
+static void free_data_group(Comm *data, Comm *group)
+{
+    if (data && data != group)
+        comm_free(data);
+}
+
 static int setup_model(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
@@ -146,19 +181,24 @@ static int setup_model(Trainer *t)
     layout_stage_layers(t->layout, &needs, stage, &begin, &end);
     t->window_tokens = calloc((size_t)o->model.seq_len, sizeof(int));
     t->window_targets = calloc((size_t)o->model.seq_len, sizeof(int));
+    size_t grad_bytes = (size_t)gpt_config_param_count(&o->model) * sizeof(float);
     if (!t->window_tokens || !t->window_targets ||
-        gpt_init(&t->gpt, &o->model, begin, end, stage == 0, stage == t->layout.pp - 1) ||
-        gpt_enable_sequence_parallel(&t->gpt, t->sp, o->micro_batch, local_T) ||
-        pipeline_init(&t->pipe, &t->gpt, t->pp, o->micro_batch, local_T, micro_batches) ||
+        gpt_init(&t->gpt, t->dev, &o->model, begin, end, stage == 0,
+                 stage == t->layout.pp - 1) ||
+        gpt_enable_sequence_parallel(&t->gpt, t->sp_data, o->micro_batch, local_T) ||
+        pipeline_init(&t->pipe, &t->gpt, t->pp_data, o->micro_batch, local_T, micro_batches) ||
         setup_optimizer(t) ||
-        (t->layout.sp > 1 && !(t->grad_snapshot = malloc(t->gpt.param_count * sizeof(float))))) {
-        fprintf(stderr, "phalanx train: out of memory for this model and micro-batch\n");
+        (t->layout.sp > 1 && !(t->grad_snapshot = t->dev->alloc(grad_bytes))) ||
+        gpt_init_params(&t->gpt, o->seed)) {
+        fprintf(stderr, "phalanx train: rank %d: out of %s memory for this model and "
+                        "micro-batch%s%s\n",
+                t->rank, t->dev->name, t->dev->error()[0] ? ": " : "", t->dev->error());
         return -1;
     }
-    gpt_init_params(&t->gpt, o->seed);
     batch_init(&t->batch, o->batch_adaptive, o->global_batch, o->max_global_batch,
                o->batch_quantum, o->batch_eta, o->batch_ema);
-    gradsync_init(&t->sync, t->dpsp, t->gpt.grads, t->gpt.param_count, GRAD_BUCKET_FLOATS);
+    gradsync_init(&t->sync, t->dpsp_data, t->dev, t->gpt.grads, t->gpt.param_count,
+                  GRAD_BUCKET_FLOATS);
     return 0;
 }
 
@@ -176,7 +216,12 @@ static int setup_rank(Trainer *t)
         return -1;
     }
     kernels_set_threads(o->threads);
-    if (setup_groups(t) || open_data(&t->train, &t->train_windows, o->data, "--data", &o->model))
+    if (!(t->dev = device_open(o->device, o->tf32, err, sizeof(err)))) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, err);
+        return -1;
+    }
+    if (setup_groups(t) || setup_data_groups(t) ||
+        open_data(&t->train, &t->train_windows, o->data, "--data", &o->model))
         return -1;
     if (o->val_data &&
         open_data(&t->val, &t->val_windows, o->val_data, "--val-data", &o->model))
@@ -235,16 +280,25 @@ static void trainer_teardown(Trainer *t)
     free(t->ckpt_tensors);
     if (t->metrics)
         fclose(t->metrics);
-    free(t->m);
-    free(t->v);
+    if (t->dev) {
+        t->dev->free(t->m);
+        t->dev->free(t->v);
+        t->dev->free(t->grad_snapshot);
+        if (t->host_state)
+            t->dev->host_free(t->host_state);
+    }
     free(t->optim_tensors);
     pipeline_free(&t->pipe);
     gpt_free(&t->gpt);
     free(t->window_tokens);
     free(t->window_targets);
-    free(t->grad_snapshot);
     tokendata_close(&t->train);
     tokendata_close(&t->val);
+    free_data_group(t->pp_data, t->pp);
+    free_data_group(t->sp_data, t->sp);
+    free_data_group(t->dpsp_data, t->dpsp);
+    free_data_group(t->tied_data, t->tied);
+    device_close(t->dev);
     comm_free(t->dp);
     comm_free(t->pp);
     comm_free(t->sp);
@@ -296,6 +350,16 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
         load_window(t, &t->val, (batch * (size_t)acts->B + (size_t)b) % t->val_windows, acts, b);
 }
 
+/* Drains the device queue; after a failed kernel, says where and returns -1. */
+static int device_failed(Trainer *t, const char *when)
+{
+    if (t->dev->sync() == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: %s: %s device: %s\n", t->rank, when, t->dev->name,
+            t->dev->error());
+    return -1;
+}
+
 static const ParamTensor *tied_embedding(const Trainer *t)
 {
     return t->layout.pp > 1 ? gpt_find_tensor(&t->gpt, "wte") : NULL;
@@ -308,10 +372,12 @@ static int sum_tied_gradients(Trainer *t)
     const ParamTensor *wte = tied_embedding(t);
     if (!wte || comm_size(t->tied) == 1)
         return 0;
-    if (comm_allreduce(t->tied, t->gpt.grads + wte->offset, wte->numel, COMM_F32) == 0)
+    if (device_failed(t, "tied embedding gradients"))
+        return -1;
+    if (comm_allreduce(t->tied_data, t->gpt.grads + wte->offset, wte->numel, COMM_F32) == 0)
         return 0;
     fprintf(stderr, "phalanx train: rank %d: tied embedding gradients: %s\n", t->rank,
-            comm_error(t->tied));
+            comm_error(t->tied_data));
     return -1;
 }
 
@@ -319,15 +385,19 @@ static int sum_tied_gradients(Trainer *t)
  * stage's copy of wte (the first stage counts it). */
 static double stage_sumsq(const Trainer *t, const float *grads)
 {
-    double sum = 0.0;
     const ParamTensor *wte = tied_embedding(t);
+    OptimTensor *views = calloc((size_t)t->gpt.tensor_count, sizeof(OptimTensor));
+    if (!views)
+        return NAN;
+    int count = 0;
     for (int i = 0; i < t->gpt.tensor_count; i++) {
         const ParamTensor *p = &t->gpt.tensors[i];
         if (p == wte && t->coord.pp != 0)
             continue;
-        OptimTensor view = {.grad = (float *)grads + p->offset, .numel = p->numel};
-        sum += optim_grad_sumsq(&view, 1);
+        views[count++] = (OptimTensor){.grad = (float *)grads + p->offset, .numel = p->numel};
     }
+    double sum = t->dev->grad_sumsq(views, count);
+    free(views);
     return sum;
 }
 
@@ -352,8 +422,9 @@ static void measure_first_micro_batch(void *context)
         return;
     const float *grads = t->gpt.grads;
     if (t->layout.sp > 1) {
-        memcpy(t->grad_snapshot, grads, t->gpt.param_count * sizeof(float));
-        if (comm_allreduce(t->sp, t->grad_snapshot, t->gpt.param_count, COMM_F32) != 0) {
+        t->dev->copy(t->grad_snapshot, grads, t->gpt.param_count * sizeof(float));
+        if (t->dev->sync() != 0 ||
+            comm_allreduce(t->sp_data, t->grad_snapshot, t->gpt.param_count, COMM_F32) != 0) {
             t->small_sumsq = NAN;
             return;
         }
@@ -365,8 +436,9 @@ static void measure_first_micro_batch(void *context)
 
 /* Forward and backward over this replica's micro-batches (1F1B over the
  * stages), gradients summed over dp x sp and between the copies of wte.
- * Returns this rank's share of the global mean loss, or NAN. */
-static double compute_gradients(Trainer *t, StepReport *r)
+ * Adds this rank's share of the global mean loss to *loss_share; returns 0,
+ * or -1 after printing what failed. */
+static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
 {
     const TrainOptions *o = &t->opt;
     int B = r->batch, per_replica = B / o->micro_batch / t->layout.dp;
@@ -374,7 +446,6 @@ static double compute_gradients(Trainer *t, StepReport *r)
     BatchSource src = {t, t->cursor + (uint64_t)t->coord.dp * (uint64_t)per_replica *
                                           (uint64_t)o->micro_batch,
                        0, 1};
-    double loss_share = 0.0;
     gpt_zero_grad(&t->gpt);
     gradsync_begin(&t->sync);
     t->small_sumsq = 0.0;
@@ -383,18 +454,18 @@ static double compute_gradients(Trainer *t, StepReport *r)
     // each rank's micro-batch loss is the mean over its B x T/sp tokens
     double weight = (double)o->micro_batch / B / t->layout.sp;
     if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss, weight,
-                            &t->sync, &loss_share)) {
+                            &t->sync, loss_share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
-        return NAN;
+        return -1;
     }
     if (gradsync_finish(&t->sync)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
-        return NAN;
+        return -1;
     }
-    if (sum_tied_gradients(t))
-        return NAN;
+    if (sum_tied_gradients(t) || device_failed(t, "forward and backward"))
+        return -1;
     r->comm_seconds = t->sync.comm_seconds;
-    return loss_share;
+    return 0;
 }
 
 /* Validation loss: replica r evaluates batches r, r + dp, ...; summed over the world. */
@@ -409,18 +480,27 @@ static double evaluate(Trainer *t)
                       1.0 / t->opt.eval_batches / t->layout.sp, &share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
         share = NAN;
+    } else if (device_failed(t, "validation")) {
+        share = NAN;
     }
     return world_sum(t, share);
 }
 
 
-/* The step's numbers every rank must agree on: loss and whether to stop. */
-static int agree_on_step(Trainer *t, double loss_share, StepReport *r)
+/* The step's numbers every rank must agree on: loss, whether to stop, and
+ * whether any rank failed (then all stop; the failed ones said why). */
+static int agree_on_step(Trainer *t, double loss_share, bool failed, StepReport *r)
 {
     bool stop = stop_signal != 0 || channel_stop_requested(&t->channel);
-    double values[3] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq};
-    if (comm_allreduce(t->world, values, 3, COMM_F64) != 0) {
+    double values[4] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq, failed ? 1.0 : 0.0};
+    if (comm_allreduce(t->world, values, 4, COMM_F64) != 0) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return -1;
+    }
+    if (values[3] > 0) {
+        if (t->rank == 0 && !failed)
+            fprintf(stderr, "phalanx train: step %ld failed on %.0f rank(s); see their "
+                            "messages\n", r->step, values[3]);
         return -1;
     }
     r->loss = values[0];
@@ -479,9 +559,10 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     r->batch = t->batch.batch;
     r->measured = o->batch_adaptive && step_index % o->batch_check == 0 && r->batch > o->micro_batch;
     fault_step_begin(&t->faults);
-    double loss_share = compute_gradients(t, r);
+    double loss_share = 0.0;
+    bool failed = compute_gradients(t, r, &loss_share) != 0;
     fault_mid_step(&t->faults, &t->channel, r->step);
-    if (agree_on_step(t, loss_share, r) || gather_live_activations(t, r))
+    if (agree_on_step(t, loss_share, failed, r) || gather_live_activations(t, r))
         return -1;
     // every rank of dp x sp now holds the same summed gradients of its stage
     r->grad_norm = sqrt(global_grad_sumsq(t));
@@ -493,8 +574,8 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
             lr_scale(o->lr_scaling, r->batch, o->global_batch);
     // the sidecar may still be copying the previous version of params, m, v
     r->ckpt_stall_seconds = snapshot_before_update(t);
-    optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
-               clip_scale);
+    t->dev->optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
+                       clip_scale);
     update_batch(t, r);
     t->steps_done = r->step;
     bool last = r->step == o->steps || t->cursor >= (uint64_t)o->train_samples;
@@ -572,20 +653,21 @@ static void print_progress(Trainer *t, const StepReport *r, double elapsed, doub
 static void print_header(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
-    char line[512];
+    char line[768];
     snprintf(line, sizeof(line),
              "phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
              "%s, global batch %d (micro-batch %d); layout dp=%d pp=%d sp=%d on %d rank(s); "
-             "%zu training windows; activation memory %.1f MiB per rank",
+             "%zu training windows; activation memory %.1f MiB per rank; device %s",
              t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
              o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
              o->micro_batch, t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world),
-             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0);
+             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0, t->dev->name);
     report_line(t, 0, line);
 }
 
-/* Final parameters as raw float32 plus a JSON manifest (tests, inspection). */
-static int write_params(const GPT *gpt, const char *path)
+/* Final parameters as raw float32 plus a JSON manifest (tests, inspection);
+ * `params` is host memory in gpt's layout. */
+static int write_params(const GPT *gpt, const float *params, const char *path)
 {
     char manifest[4096];
     snprintf(manifest, sizeof(manifest), "%s.json", path);
@@ -593,7 +675,7 @@ static int write_params(const GPT *gpt, const char *path)
     FILE *json = fopen(manifest, "w");
     int status = raw && json ? 0 : -1;
     if (status == 0) {
-        fwrite(gpt->params, sizeof(float), gpt->param_count, raw);
+        fwrite(params, sizeof(float), gpt->param_count, raw);
         gpt_write_manifest(gpt, json);
     }
     if (raw && fclose(raw) != 0)
@@ -603,6 +685,21 @@ static int write_params(const GPT *gpt, const char *path)
     if (status != 0)
         fprintf(stderr, "phalanx train: --dump-params: cannot write '%s'\n", path);
     return status;
+}
+
+/* This stage's parameters in host memory (a copy: malloc'd), or NULL. */
+static float *host_params(Trainer *t)
+{
+    size_t bytes = t->gpt.param_count * sizeof(float);
+    float *host = malloc(bytes);
+    if (host)
+        t->dev->download(host, t->gpt.params, bytes);
+    if (host && t->dev->sync() == 0)
+        return host;
+    fprintf(stderr, "phalanx train: rank %d: --dump-params: cannot copy the parameters%s%s\n",
+            t->rank, t->dev->error()[0] ? ": " : "", t->dev->error());
+    free(host);
+    return NULL;
 }
 
 enum { TAG_DUMP = 77 };
@@ -615,31 +712,37 @@ static int receive_stage(Trainer *t, GPT *full, int stage, float *tied_copy)
     int begin, end, source = layout_rank(t->layout, (GridCoord){0, stage, 0});
     layout_stage_layers(t->layout, &needs, stage, &begin, &end);
     GPT part;
-    if (gpt_init(&part, &t->opt.model, begin, end, false, stage == t->layout.pp - 1))
+    if (gpt_init(&part, device_cpu(), &t->opt.model, begin, end, false,
+                 stage == t->layout.pp - 1))
         return -1;
     int status = comm_recv(t->world, part.params, part.param_count, COMM_F32, source, TAG_DUMP);
     for (int i = 0; status == 0 && i < part.tensor_count; i++) {
         const ParamTensor *from = &part.tensors[i];
-        float *to = strcmp(from->name, "wte") == 0 ? tied_copy
-                                                   : full->params + gpt_find_tensor(full, from->name)->offset;
+        float *to = strcmp(from->name, "wte") == 0
+                        ? tied_copy
+                        : full->params + gpt_find_tensor(full, from->name)->offset;
         memcpy(to, part.params + from->offset, from->numel * sizeof(float));
     }
     gpt_free(&part);
     return status;
 }
 
-/* Gathers the whole model on rank 0 and writes it; with pp > 1 the last
- * stage's copy of the tied embedding goes to PATH.tied, for comparison. */
-static int dump_params(Trainer *t, const char *path)
+static int write_tied_copy(const float *tied, size_t count, const char *path)
 {
-    if (t->layout.pp == 1)
-        return t->rank == 0 ? write_params(&t->gpt, path) : 0;
-    if (t->coord.dp != 0 || t->coord.sp != 0)
-        return 0;
-    if (t->rank != 0)
-        return comm_send(t->world, t->gpt.params, t->gpt.param_count, COMM_F32, 0, TAG_DUMP);
+    char tied_path[4096];
+    snprintf(tied_path, sizeof(tied_path), "%s.tied", path);
+    FILE *f = fopen(tied_path, "wb");
+    if (!f)
+        return -1;
+    fwrite(tied, sizeof(float), count, f);
+    return fclose(f);
+}
+
+/* Rank 0 puts the stages together: its own, then each later stage's. */
+static int gather_stages(Trainer *t, const float *own_params, const char *path)
+{
     GPT full;
-    if (gpt_init_full(&full, &t->opt.model))
+    if (gpt_init_full(&full, device_cpu(), &t->opt.model))
         return -1;
     const ParamTensor *wte = gpt_find_tensor(&full, "wte");
     float *tied = malloc(wte->numel * sizeof(float));
@@ -647,21 +750,37 @@ static int dump_params(Trainer *t, const char *path)
     for (int i = 0; status == 0 && i < t->gpt.tensor_count; i++) {
         const ParamTensor *own = &t->gpt.tensors[i];
         memcpy(full.params + gpt_find_tensor(&full, own->name)->offset,
-               t->gpt.params + own->offset, own->numel * sizeof(float));
+               own_params + own->offset, own->numel * sizeof(float));
     }
     for (int stage = 1; status == 0 && stage < t->layout.pp; stage++)
         status = receive_stage(t, &full, stage, tied);
     if (status == 0)
-        status = write_params(&full, path);
-    char tied_path[4096];
-    snprintf(tied_path, sizeof(tied_path), "%s.tied", path);
-    FILE *f = status == 0 ? fopen(tied_path, "wb") : NULL;
-    if (f) {
-        fwrite(tied, sizeof(float), wte->numel, f);
-        fclose(f);
-    }
+        status = write_params(&full, full.params, path);
+    if (status == 0)
+        write_tied_copy(tied, wte->numel, path);
     free(tied);
     gpt_free(&full);
+    return status;
+}
+
+/* Gathers the whole model on rank 0 and writes it; with pp > 1 the last
+ * stage's copy of the tied embedding goes to PATH.tied, for comparison. */
+static int dump_params(Trainer *t, const char *path)
+{
+    bool writer = t->layout.pp == 1 ? t->rank == 0 : t->coord.dp == 0 && t->coord.sp == 0;
+    if (!writer)
+        return 0;
+    float *params = host_params(t);
+    if (!params)
+        return -1;
+    int status;
+    if (t->layout.pp == 1)
+        status = write_params(&t->gpt, params, path);
+    else if (t->rank != 0)
+        status = comm_send(t->world, params, t->gpt.param_count, COMM_F32, 0, TAG_DUMP);
+    else
+        status = gather_stages(t, params, path);
+    free(params);
     return status;
 }
 
@@ -701,6 +820,10 @@ static int run_training(Trainer *t)
         channel_beat(&t->channel, t->steps_done);
         if (report.stop)
             break;
+    }
+    if (device_failed(t, "the last optimizer step")) {
+        snapshot_close(t, false);
+        return 1;
     }
     snapshot_close(t, !report.stop);
     return finish(t, &report, now_seconds() - start);

@@ -10,6 +10,7 @@
 #include "checkpoint.h"
 #include "comm.h"
 #include "data.h"
+#include "device.h"
 #include "fault.h"
 #include "gpt.h"
 #include "gradsync.h"
@@ -28,8 +29,14 @@
 
 typedef struct {
     TrainOptions opt;
+    const Device *dev; /* --device: where the model, gradients and moments live */
     Comm *world, *dp, *pp, *sp, *dpsp;
     Comm *tied; /* first and last stage of one pipeline: the two copies of wte */
+    /* The groups that carry device tensors: pp, sp, dpsp and tied themselves
+     * where the device is host memory (or the group is one rank); NCCL
+     * communicators over the same ranks on GPUs. Host values (losses, norms)
+     * always go over the groups above. */
+    Comm *pp_data, *sp_data, *dpsp_data, *tied_data;
     Layout layout;
     GridCoord coord;
     int rank;
@@ -40,7 +47,7 @@ typedef struct {
     GPT gpt; /* this rank's pipeline stage of the model */
     Pipeline pipe;
     GradSync sync;
-    float *m, *v;
+    float *m, *v; /* on the device */
     OptimTensor *optim_tensors;
     Schedule schedule;
     BatchController batch;
@@ -51,6 +58,7 @@ typedef struct {
     long steps_done;         /* optimizer steps completed (resumed ones included) */
     Checkpointer *ckpt;      /* NULL: checkpoints off */
     CkptTensor *ckpt_tensors; /* what this rank holds, for writing and resuming */
+    float *host_state;        /* GPU: pinned mirror of params, m, v for checkpoints */
     int ckpt_tensor_count;
     Faults faults; /* injected failures of drills (fault.h) */
 } Trainer;

@@ -11,15 +11,20 @@
  * part, head group j is columns [j*C/P, (j+1)*C/P). Forward uses
  * seq_to_heads(qkv, 3) then heads_to_seq(out, 1); backward the transposes,
  * seq_to_heads(dout, 1) then heads_to_seq(dqkv, 3).
+ *
+ * Buffers are on `dev` (device.h); the re-packing is queued there, and the
+ * queue is drained before the all-to-all reads what it packed.
  */
 #ifndef PHALANX_ULYSSES_H
 #define PHALANX_ULYSSES_H
 
 #include "comm.h"
+#include "device.h"
 
 #include <stddef.h>
 
 typedef struct {
+    const Device *dev;
     Comm *comm; /* NULL: no sequence parallelism */
     int size, rank;
     float *send, *recv; /* all-to-all staging, B * T/P * 3C floats each */
@@ -27,7 +32,7 @@ typedef struct {
 } SeqParallel;
 
 /* size 1 and no buffers when comm is NULL or has one rank. */
-int ulysses_init(SeqParallel *sp, Comm *comm, int B, int local_T, int C);
+int ulysses_init(SeqParallel *sp, const Device *dev, Comm *comm, int B, int local_T, int C);
 void ulysses_free(SeqParallel *sp);
 
 int ulysses_seq_to_heads(SeqParallel *sp, float *out, const float *in, int B, int local_T,

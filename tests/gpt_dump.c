@@ -35,7 +35,7 @@ int main(int argc, char **argv)
     GPT gpt;
     Activations acts;
     Scratch scratch;
-    if (gpt_init_full(&gpt, &config) || acts_init(&acts, &gpt, B, T) ||
+    if (gpt_init_full(&gpt, device_cpu(), &config) || acts_init(&acts, &gpt, B, T) ||
         scratch_init(&scratch, &gpt, B, T))
         return fail("out of memory");
     gpt_init_params(&gpt, strtoull(argv[7], NULL, 10));

@@ -65,8 +65,12 @@ void cuda_free(void *device_ptr);
  * the copy is done. */
 int cuda_memcpy_h2d(void *device_dst, const void *host_src, size_t bytes);
 int cuda_memcpy_d2h(void *host_dst, const void *device_src, size_t bytes);
-/* Queued; returns at once. */
+/* Queued; they return at once. */
 int cuda_memset_zero(void *device_dst, size_t bytes);
+int cuda_memcpy_d2d(void *device_dst, const void *device_src, size_t bytes);
+/* rows x width floats, row pitches in floats (cudaMemcpy2DAsync). */
+int cuda_copy_rows(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
+                   size_t width, size_t rows);
 
 /* Page-locked host memory, so that snapshot copies run asynchronously. */
 void *cuda_host_alloc_pinned(size_t bytes);
@@ -78,6 +82,18 @@ int cuda_snapshot_copy_async(void *pinned_dst, const void *device_src, size_t by
 /* Waits until every snapshot copy queued so far has landed. The training loop
  * calls it before the optimizer overwrites what is being copied. */
 int cuda_snapshot_wait(void);
+/* Makes the compute work queued from now on wait (on the GPU) for every
+ * snapshot copy queued so far: the optimizer must not overwrite parameters
+ * still being copied, and the host thread need not block for that. */
+int cuda_compute_after_snapshot(void);
+
+/* ---------------------------------------------------------------------- */
+/* Profiling: PHALANX_CUDA_GEMM_TIMING=1 at init brackets every cuBLAS call
+ * with events on the compute stream; cuda_gemm_seconds() (it waits for the
+ * stream) gives the GPU time spent in cuBLAS since init, and the count of
+ * calls. Off, it costs nothing and reports 0. */
+bool cuda_gemm_timing(void);
+double cuda_gemm_seconds(long *calls);
 
 /* ---------------------------------------------------------------------- */
 /* Model kernels (shapes and semantics: kernels.h)                         */

@@ -219,6 +219,28 @@ int cuda_memset_zero(void *device_dst, size_t bytes)
     return cuda_check(cudaMemsetAsync(device_dst, 0, bytes, gpu.compute), "cuda_memset_zero");
 }
 
+int cuda_memcpy_d2d(void *device_dst, const void *device_src, size_t bytes)
+{
+    if (!gpu.ready)
+        return not_ready("cuda_memcpy_d2d");
+    return cuda_check(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice,
+                                      gpu.compute),
+                      "cuda_memcpy_d2d");
+}
+
+int cuda_copy_rows(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
+                   size_t width, size_t rows)
+{
+    if (!gpu.ready)
+        return not_ready("cuda_copy_rows");
+    if (rows == 0 || width == 0)
+        return 0;
+    return cuda_check(cudaMemcpy2DAsync(dst, dst_pitch * sizeof(float), src,
+                                        src_pitch * sizeof(float), width * sizeof(float), rows,
+                                        cudaMemcpyDeviceToDevice, gpu.compute),
+                      "cuda_copy_rows");
+}
+
 // ----------------------------------------------------------------------------
 // snapshot staging
 
@@ -261,4 +283,12 @@ int cuda_snapshot_wait(void)
     if (cuda_check(cudaSetDevice(gpu.device), what))
         return -1;
     return cuda_check(cudaEventSynchronize(gpu.copied), what);
+}
+
+int cuda_compute_after_snapshot(void)
+{
+    if (!gpu.ready)
+        return not_ready("cuda_compute_after_snapshot");
+    return cuda_check(cudaStreamWaitEvent(gpu.compute, gpu.copied, 0),
+                      "cuda_compute_after_snapshot");
 }

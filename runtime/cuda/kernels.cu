@@ -11,6 +11,8 @@
 
 #include <cub/device/device_radix_sort.cuh>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define LAYERNORM_EPS 1e-5f
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
@@ -93,8 +95,11 @@ static void *scratch_get(int slot, size_t bytes, bool *grown, const char *what)
     return scratch[slot].ptr;
 }
 
+static void timing_release(void);
+
 extern "C" void cuda_scratch_release(void)
 {
+    timing_release();
     for (int i = 0; i < SCRATCH_COUNT; i++) {
         cudaFree(scratch[i].ptr);
         scratch[i].ptr = NULL;
@@ -184,6 +189,93 @@ template <typename T, typename Op> __device__ T block_reduce(T value, Op op, T i
 }
 
 // ----------------------------------------------------------------------------
+// cuBLAS timing (PHALANX_CUDA_GEMM_TIMING=1): an event pair around every call,
+// summed in batches so that the pool stays small.
+
+enum { TIMING_PAIRS = 1024 };
+
+static struct {
+    int enabled; /* -1: not read from the environment yet */
+    cudaEvent_t begin[TIMING_PAIRS], end[TIMING_PAIRS];
+    int used;
+    double seconds;
+    long calls;
+} timing = {-1};
+
+extern "C" bool cuda_gemm_timing(void)
+{
+    if (timing.enabled < 0) {
+        const char *flag = getenv("PHALANX_CUDA_GEMM_TIMING");
+        timing.enabled = flag && *flag && strcmp(flag, "0") != 0;
+    }
+    return timing.enabled == 1;
+}
+
+/* Adds up the recorded pairs (waits for the stream) and empties the pool. */
+static int drain_timing(void)
+{
+    if (timing.used == 0)
+        return 0;
+    if (cuda_check(cudaStreamSynchronize(stream()), "cuBLAS timing"))
+        return -1;
+    for (int i = 0; i < timing.used; i++) {
+        float ms = 0.0f;
+        if (cuda_check(cudaEventElapsedTime(&ms, timing.begin[i], timing.end[i]),
+                       "cuBLAS timing"))
+            return -1;
+        timing.seconds += ms * 1e-3;
+    }
+    timing.used = 0;
+    return 0;
+}
+
+/* Returns the pair for the next call, or -1 (timing off, or no events). */
+static int timing_begin(void)
+{
+    if (!cuda_gemm_timing())
+        return -1;
+    if (timing.used == TIMING_PAIRS && drain_timing())
+        return -1;
+    int i = timing.used;
+    if (!timing.begin[i] && (cuda_check(cudaEventCreate(&timing.begin[i]), "cuBLAS timing") ||
+                             cuda_check(cudaEventCreate(&timing.end[i]), "cuBLAS timing")))
+        return -1;
+    if (cuda_check(cudaEventRecord(timing.begin[i], stream()), "cuBLAS timing"))
+        return -1;
+    return i;
+}
+
+static void timing_end(int pair)
+{
+    if (pair < 0 || cuda_check(cudaEventRecord(timing.end[pair], stream()), "cuBLAS timing"))
+        return;
+    timing.used = pair + 1;
+    timing.calls++;
+}
+
+extern "C" double cuda_gemm_seconds(long *calls)
+{
+    drain_timing();
+    if (calls)
+        *calls = timing.calls;
+    return timing.seconds;
+}
+
+static void timing_release(void)
+{
+    for (int i = 0; i < TIMING_PAIRS; i++) {
+        if (timing.begin[i]) {
+            cudaEventDestroy(timing.begin[i]);
+            cudaEventDestroy(timing.end[i]);
+        }
+        timing.begin[i] = timing.end[i] = NULL;
+    }
+    timing.used = 0;
+    timing.seconds = 0.0;
+    timing.calls = 0;
+}
+
+// ----------------------------------------------------------------------------
 // matrix products
 
 /* The row-major product of cblas_sgemm(CblasRowMajor, ...) on cuBLAS:
@@ -193,19 +285,24 @@ static int gemm_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
                    const char *what)
 {
-    return cuda_blas_check(cublasSgemm(cuda_blas(), tb, ta, N, M, K, &alpha, B, ldb, A, lda, &beta,
-                                       C, ldc),
-                           what);
+    int pair = timing_begin();
+    cublasStatus_t status = cublasSgemm(cuda_blas(), tb, ta, N, M, K, &alpha, B, ldb, A, lda,
+                                        &beta, C, ldc);
+    timing_end(pair);
+    return cuda_blas_check(status, what);
 }
 
 static int gemm_batched_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
                            float alpha, float *const *A, int lda, float *const *B, int ldb,
                            float beta, float *const *C, int ldc, int batch, const char *what)
 {
-    return cuda_blas_check(cublasSgemmBatched(cuda_blas(), tb, ta, N, M, K, &alpha,
-                                              (const float *const *)B, ldb,
-                                              (const float *const *)A, lda, &beta, C, ldc, batch),
-                           what);
+    int pair = timing_begin();
+    cublasStatus_t status = cublasSgemmBatched(cuda_blas(), tb, ta, N, M, K, &alpha,
+                                               (const float *const *)B, ldb,
+                                               (const float *const *)A, lda, &beta, C, ldc,
+                                               batch);
+    timing_end(pair);
+    return cuda_blas_check(status, what);
 }
 
 /* Column sums of a row-major [rows, cols] matrix: y[cols] += x^T ones. */
@@ -216,9 +313,11 @@ static int column_sums_accumulate(float *y, const float *x, size_t rows, int col
     if (!one || fits_int(rows, what))
         return -1;
     const float alpha = 1.0f, beta = 1.0f;
-    return cuda_blas_check(cublasSgemv(cuda_blas(), CUBLAS_OP_N, cols, (int)rows, &alpha, x, cols,
-                                       one, 1, &beta, y, 1),
-                           what);
+    int pair = timing_begin();
+    cublasStatus_t status = cublasSgemv(cuda_blas(), CUBLAS_OP_N, cols, (int)rows, &alpha, x,
+                                        cols, one, 1, &beta, y, 1);
+    timing_end(pair);
+    return cuda_blas_check(status, what);
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)

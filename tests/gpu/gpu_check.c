@@ -407,6 +407,47 @@ static void check_snapshot(size_t n)
     release_buffers();
 }
 
+/* The strided copies of the Ulysses re-sharding (cudaMemcpy2D) and the
+ * device-to-device copy, against the same copies on the host. */
+static void check_copies(size_t rows, size_t width, size_t src_pitch, size_t dst_pitch)
+{
+    float *src = random_floats(rows * src_pitch, 1.0f);
+    float *expected = random_floats(rows * dst_pitch, 1.0f); /* untouched gaps stay */
+    float *d_src = device_floats(src, rows * src_pitch);
+    float *d_dst = device_floats(expected, rows * dst_pitch);
+    for (size_t r = 0; r < rows; r++)
+        memcpy(expected + r * dst_pitch, src + r * src_pitch, width * sizeof(float));
+    CHECK(cuda_copy_rows(d_dst, dst_pitch, d_src, src_pitch, width, rows));
+    expect_close(label("copy_rows %zu x %zu (pitch %zu -> %zu)", rows, width, src_pitch,
+                       dst_pitch),
+                 d_dst, expected, rows * dst_pitch);
+    float *d_copy = device_poison(rows * src_pitch);
+    CHECK(cuda_memcpy_d2d(d_copy, d_src, rows * src_pitch * sizeof(float)));
+    expect_close("memcpy_d2d", d_copy, src, rows * src_pitch);
+    release_buffers();
+}
+
+/* The optimizer's wait: compute work queued after cuda_compute_after_snapshot
+ * must not overwrite what the snapshot copies, though the host never waits. */
+static void check_compute_waits_for_snapshot(size_t n)
+{
+    float *x = random_floats(n, 1.0f);
+    float *d_x = device_floats(x, n);
+    float *pinned = cuda_host_alloc_pinned(n * sizeof(float));
+    if (!pinned)
+        die("cuda_host_alloc_pinned");
+    CHECK(cuda_snapshot_copy_async(pinned, d_x, n * sizeof(float)));
+    CHECK(cuda_compute_after_snapshot());
+    for (int i = 0; i < 20; i++) /* long enough to overtake an unordered copy */
+        CHECK(cuda_accumulate(d_x, d_x, n));
+    CHECK(cuda_snapshot_wait());
+    CHECK(cuda_kernels_sync());
+    bool same = memcmp(pinned, x, n * sizeof(float)) == 0;
+    cuda_host_free_pinned(pinned);
+    report("compute after snapshot: the copy holds the values before", same, same ? 0.0 : 1.0);
+    release_buffers();
+}
+
 int main(void)
 {
     if (cuda_device_count() == 0) {
@@ -432,6 +473,9 @@ int main(void)
     check_optimizer(OPTIM_LAMB, 1e-2f);
     check_optimizer(OPTIM_ADAMW, 1e-2f);
     check_snapshot(100003);
+    check_copies(70, 16, 48, 16);
+    check_copies(13, 33, 33, 100);
+    check_compute_waits_for_snapshot(1 << 24);
     cuda_kernels_shutdown();
     printf("%d of %d checks passed (TF32 off, tolerance %.0e)\n", checks - failures, checks,
            TOLERANCE);

@@ -1,0 +1,122 @@
+/* The CPU device table and the choice of backend (contract in device.h). */
+#include "device.h"
+
+#include "kernels.h"
+
+#ifdef HAVE_CUDA
+#include "cuda_device.h"
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(size_t bytes)
+{
+    return calloc(bytes ? bytes : 1, 1);
+}
+
+/* Host memory: the model may hand the same buffer in both roles (tokens). */
+static void cpu_copy(void *dst, const void *src, size_t bytes)
+{
+    if (dst != src)
+        memcpy(dst, src, bytes);
+}
+
+static void cpu_copy_rows(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
+                          size_t width, size_t rows)
+{
+    for (size_t r = 0; r < rows; r++)
+        memcpy(dst + r * dst_pitch, src + r * src_pitch, width * sizeof(float));
+}
+
+static void cpu_zero(void *dst, size_t bytes)
+{
+    memset(dst, 0, bytes);
+}
+
+static int cpu_sync(void)
+{
+    return 0;
+}
+
+static const char *cpu_error(void)
+{
+    return "";
+}
+
+static const Device cpu_device = {
+    .name = "cpu",
+    .host_memory = true,
+    .alloc = cpu_alloc,
+    .free = free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .copy_rows = cpu_copy_rows,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .error = cpu_error,
+    .encoder_forward = encoder_forward,
+    .encoder_backward = encoder_backward,
+    .layernorm_forward = layernorm_forward,
+    .layernorm_backward = layernorm_backward,
+    .matmul_forward = matmul_forward,
+    .matmul_backward = matmul_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = attention_backward,
+    .gelu_forward = gelu_forward,
+    .gelu_backward = gelu_backward,
+    .accumulate = accumulate,
+    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_backward = crossentropy_backward,
+    .grad_sumsq = optim_grad_sumsq,
+    .optim_step = optim_step,
+};
+
+const Device *device_cpu(void)
+{
+    return &cpu_device;
+}
+
+bool device_built(const char *name, char *why, size_t why_len)
+{
+#ifdef HAVE_CUDA
+    if (strcmp(name, "cuda") == 0)
+        return true;
+#endif
+    if (strcmp(name, "cpu") == 0)
+        return true;
+    if (strcmp(name, "cuda") == 0)
+        snprintf(why, why_len,
+                 "--device cuda: this phalanx was built without the CUDA backend (nvcc was not "
+                 "found when it was configured); rebuild with `meson setup -Dcuda=enabled` on a "
+                 "machine with the CUDA toolkit, or use --device cpu");
+    else
+        snprintf(why, why_len, "--device %s: unknown device; use cpu or cuda", name);
+    return false;
+}
+
+const Device *device_open(const char *name, bool tf32, char *err, size_t err_len)
+{
+    if (!device_built(name, err, err_len))
+        return NULL;
+    if (strcmp(name, "cpu") == 0)
+        return &cpu_device;
+#ifdef HAVE_CUDA
+    return cuda_device_open(tf32, err, err_len);
+#else
+    (void)tf32;
+    return NULL; /* not reached: device_built said no */
+#endif
+}
+
+void device_close(const Device *device)
+{
+#ifdef HAVE_CUDA
+    if (device && device != &cpu_device)
+        cuda_device_close();
+#else
+    (void)device;
+#endif
+}

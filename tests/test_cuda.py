@@ -1,0 +1,186 @@
+"""`--device cuda` end to end.
+
+Where no GPU is present (nvidia-smi lists none; the CI machine) the tests
+check the refusals: `--device cuda` stops before training with a message that
+names the problem and the fix, exits non-zero and leaves the files of an
+earlier run alone; `--tf32` without cuda and unknown devices are refused.
+
+Where a GPU is present they compare the CUDA backend with the CPU backend on
+the same weights and batches, and checkpoints written from the GPU. The
+tolerance is 1e-4 relative (TF32 off): the GPU's kernels sum in other orders
+than the CPU's (tree reductions, cuBLAS's blocking), which moves float32
+results by a few ulps per operation; over 10 steps that stays below 1e-5 in
+the runs the kernel checks model, and 1e-4 leaves room while a wrong kernel
+(a missed gradient term, a bad index) moves the loss by 1e-2 or more. A GPU
+run repeats bit for bit on the same GPU (no atomics), so its save/resume
+must be bit-identical. Multi-rank NCCL runs need one GPU per rank."""
+import json
+import re
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import BUILD, run
+from runs import assert_same_run, launch, without_timings
+from shards import structured_text, text_tokens, write_shard
+
+MODEL = ["--layers", "2", "--heads", "4", "--dim", "64", "--seq-len", "64", "--seed", "3"]
+RUN = MODEL + ["--global-batch", "8", "--micro-batch", "4", "--steps", "10", "--quiet"]
+
+
+def gpu_count():
+    if not shutil.which("nvidia-smi"):
+        return 0
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+GPUS = gpu_count()
+CUDA_BUILT = (BUILD / "tests" / "gpu" / "gpu_check").exists()
+needs_gpu = pytest.mark.skipif(GPUS == 0 or not CUDA_BUILT,
+                               reason=f"needs a GPU and the CUDA build (GPUs: {GPUS}, "
+                                      f"CUDA built: {CUDA_BUILT})")
+needs_two_gpus = pytest.mark.skipif(GPUS < 2 or not CUDA_BUILT,
+                                    reason=f"NCCL runs need one GPU per rank (GPUs: {GPUS})")
+without_gpu = pytest.mark.skipif(GPUS > 0, reason="a GPU is present: the refusal cannot happen")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=9)))
+    return d
+
+
+def train_args(corpus, *extra):
+    return ["--data", corpus / "train.bin", *RUN, *extra]
+
+
+# ---------------------------------------------------------------------------
+# every machine
+
+@without_gpu
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_cuda_without_a_gpu_is_refused_clearly(phalanx, corpus, tmp_path, ranks):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 5.0}\n')  # an earlier run's
+    before = metrics.read_bytes()
+    args = train_args(corpus, "--device", "cuda", "--metrics", metrics)
+    cmd = [phalanx, "train", *args] if ranks == 1 else [phalanx, "run", "-n", ranks, "--", *args]
+    result = run(cmd, timeout=120)
+    assert result.returncode != 0
+    if CUDA_BUILT:
+        assert "--device cuda: no CUDA device is usable here" in result.stderr, result.stderr
+        assert "use --device cpu" in result.stderr
+        if ranks == 1:
+            assert result.returncode == 1
+    else:
+        assert "built without the CUDA backend" in result.stderr, result.stderr
+        assert "-Dcuda=enabled" in result.stderr
+    assert "| loss" not in result.stdout  # no step ran
+    assert metrics.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--tf32"], "--tf32 needs --device cuda"),
+    (["--device", "tpu"], "--device: 'tpu' is not a device (cpu or cuda)"),
+    (["--device"], "option '--device' needs a value"),
+])
+def test_bad_device_options(phalanx, corpus, args, expected):
+    result = run([phalanx, "train", *train_args(corpus), *args])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert expected in result.stderr, result.stderr
+
+
+def test_cpu_is_the_default_and_is_named(phalanx, corpus):
+    args = [a for a in train_args(corpus, "--steps", "1") if a != "--quiet"]
+    result = run([phalanx, "train", *args])
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"; device cpu$", result.stdout.splitlines()[0]), result.stdout
+
+
+def test_help_documents_the_device(phalanx):
+    text = run([phalanx, "train", "--help"]).stdout
+    assert "--device cpu|cuda" in text and "--tf32" in text
+
+
+# ---------------------------------------------------------------------------
+# with a GPU
+
+@pytest.fixture(scope="module")
+def cpu_reference(phalanx, corpus, tmp_path_factory):
+    return launch(phalanx, tmp_path_factory.mktemp("cpu"), 1, train_args(corpus))
+
+
+@needs_gpu
+@pytest.mark.parametrize("optim", ["lamb", "adamw"])
+def test_cuda_matches_cpu(phalanx, corpus, tmp_path, optim):
+    cpu = launch(phalanx, tmp_path / "cpu", 1, train_args(corpus, "--optim", optim))
+    gpu = launch(phalanx, tmp_path / "gpu", 1, train_args(corpus, "--optim", optim,
+                                                          "--device", "cuda"))
+    assert_same_run(cpu, gpu, rtol=1e-4)
+    np.testing.assert_allclose([r["grad_norm"] for r in gpu[0]],
+                               [r["grad_norm"] for r in cpu[0]], rtol=1e-4)
+
+
+@needs_gpu
+def test_cuda_repeats_bit_for_bit_across_a_resume(phalanx, corpus, tmp_path):
+    straight = launch(phalanx, tmp_path / "straight", 1, train_args(corpus, "--device", "cuda"))
+    ckpt = tmp_path / "ckpt"
+    first = train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt, "--ckpt-every", "5")
+    first[first.index("--steps") + 1] = "5"
+    launch(phalanx, tmp_path / "first", 1, first)
+    second = launch(phalanx, tmp_path / "second", 1,
+                    train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt, "--resume",
+                               "latest"))
+    assert without_timings(second[0]) == without_timings(straight[0])[5:]
+    assert np.array_equal(second[1], straight[1])
+
+
+@needs_gpu
+def test_gpu_checkpoint_holds_the_device_tensors(phalanx, corpus, tmp_path):
+    """The final checkpoint (copied from the GPU through pinned memory while
+    training went on) holds the dumped parameters bit for bit, and the CPU
+    resumes it on the same trajectory."""
+    ckpt = tmp_path / "ckpt"
+    rows, params, _ = launch(phalanx, tmp_path / "gpu", 1,
+                             train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt,
+                                        "--ckpt-every", "2"))
+    manifest = json.loads((tmp_path / "gpu" / "params.bin.json").read_text())
+    with h5py.File(ckpt / "step_00000010" / "index.h5", "r") as f:
+        for t in manifest["tensors"]:
+            stored = f["params"][t["name"]][()].ravel()
+            own = params[t["offset"]:t["offset"] + stored.size]
+            assert np.array_equal(stored, own), t["name"]
+    longer = train_args(corpus, "--ckpt-dir", ckpt, "--resume", "latest")
+    longer[longer.index("--steps") + 1] = "12"
+    resumed = launch(phalanx, tmp_path / "cpu", 1, longer)
+    assert [r["step"] for r in resumed[0]] == [11, 12]
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("layout", ["2x1x1", "1x2x1", "1x1x2"])
+def test_nccl_layouts_match_one_cpu_rank(phalanx, corpus, tmp_path, cpu_reference, layout):
+    gpu = launch(phalanx, tmp_path / layout, 2,
+                 train_args(corpus, "--device", "cuda", "--layout", layout))
+    assert_same_run(cpu_reference, gpu, rtol=1e-4)
+
+
+@needs_two_gpus
+def test_nccl_checkpoint_reshards_to_one_cpu_rank(phalanx, corpus, tmp_path, cpu_reference):
+    """dp=2 on two GPUs: each rank copies only its half of every tensor to the
+    host; the checkpoint must still be whole and resume on one CPU rank."""
+    ckpt = tmp_path / "ckpt"
+    first = train_args(corpus, "--device", "cuda", "--layout", "2x1x1", "--ckpt-dir", ckpt,
+                       "--ckpt-every", "5")
+    first[first.index("--steps") + 1] = "5"
+    launch(phalanx, tmp_path / "gpu", 2, first)
+    resumed = launch(phalanx, tmp_path / "cpu", 1,
+                     train_args(corpus, "--ckpt-dir", ckpt, "--resume", "latest"))
+    rows, params, _ = cpu_reference
+    np.testing.assert_allclose([r["loss"] for r in resumed[0]], [r["loss"] for r in rows[5:]],
+                               rtol=1e-4)
+    np.testing.assert_allclose(resumed[1], params, rtol=1e-4, atol=1e-4 * np.abs(params).max())
