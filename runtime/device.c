@@ -1,4 +1,5 @@
-/* The CPU device table and the choice of backend (contract in device.h). */
+/* The CPU device tables (cpu, cpu-staged) and the choice of backend
+ * (contract in device.h). */
 #include "device.h"
 
 #include "kernels.h"
@@ -48,6 +49,7 @@ static const char *cpu_error(void)
 static const Device cpu_device = {
     .name = "cpu",
     .host_memory = true,
+    .staged = false,
     .alloc = cpu_alloc,
     .free = free,
     .upload = cpu_copy,
@@ -79,13 +81,48 @@ const Device *device_cpu(void)
     return &cpu_device;
 }
 
+// ----------------------------------------------------------------------------
+// cpu-staged: the same kernels, with the snapshot path of a GPU. The copy is
+// synchronous, so there is nothing to wait for.
+
+static void staged_snapshot_copy(void *host_dst, const void *src, size_t bytes)
+{
+    memcpy(host_dst, src, bytes);
+}
+
+static int staged_snapshot_wait(char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    return 0;
+}
+
+static void staged_compute_after_snapshot(void)
+{
+}
+
+static const Device *cpu_staged_device(void)
+{
+    static Device staged;
+    if (!staged.name) {
+        staged = cpu_device;
+        staged.name = "cpu-staged";
+        staged.staged = true;
+        staged.host_alloc = cpu_alloc;
+        staged.host_free = free;
+        staged.snapshot_copy = staged_snapshot_copy;
+        staged.snapshot_wait = staged_snapshot_wait;
+        staged.compute_after_snapshot = staged_compute_after_snapshot;
+    }
+    return &staged;
+}
+
 bool device_built(const char *name, char *why, size_t why_len)
 {
 #ifdef HAVE_CUDA
     if (strcmp(name, "cuda") == 0)
         return true;
 #endif
-    if (strcmp(name, "cpu") == 0)
+    if (strcmp(name, "cpu") == 0 || strcmp(name, "cpu-staged") == 0)
         return true;
     if (strcmp(name, "cuda") == 0)
         snprintf(why, why_len,
@@ -103,6 +140,8 @@ const Device *device_open(const char *name, bool tf32, char *err, size_t err_len
         return NULL;
     if (strcmp(name, "cpu") == 0)
         return &cpu_device;
+    if (strcmp(name, "cpu-staged") == 0)
+        return cpu_staged_device();
 #ifdef HAVE_CUDA
     return cuda_device_open(tf32, err, err_len);
 #else
@@ -114,7 +153,7 @@ const Device *device_open(const char *name, bool tf32, char *err, size_t err_len
 void device_close(const Device *device)
 {
 #ifdef HAVE_CUDA
-    if (device && device != &cpu_device)
+    if (device && strcmp(device->name, "cuda") == 0)
         cuda_device_close();
 #else
     (void)device;

@@ -4,10 +4,19 @@
  * sequence-parallel exchange, the gradient sync, the optimizer and the
  * checkpoint glue reach their buffers and kernels only through it.
  *
+ * Backends: cpu (kernels.c, OpenBLAS); cuda (runtime/cuda/, one GPU per
+ * rank); cpu-staged, the cpu kernels behind cuda's memory discipline
+ * (separate buffers, explicit uploads and downloads, a host mirror and
+ * snapshot copies for checkpoints), so that the code paths a GPU takes run
+ * and are tested on machines without one.
+ *
  * Contract
- * - Buffers from alloc() are device memory (host memory for cpu, where
- *   `host_memory` is true), zero-filled. The kernels have the shapes and
- *   semantics of kernels.h and the optimizer those of optim.h, on such
+ * - Buffers from alloc() are device memory, zero-filled. `host_memory`: they
+ *   are host memory too, so MPI can send them. `staged`: they are not the
+ *   caller's host arrays, so host data goes in with upload() and out with
+ *   download(), and checkpoints read a mirror filled by snapshot_copy(); when
+ *   false (cpu) host arrays may be used in place. The kernels have the shapes
+ *   and semantics of kernels.h and the optimizer those of optim.h, on such
  *   buffers; OptimTensor arrays and OptimConfig themselves are host memory.
  * - Work is queued in order and may run after the call returns (cuda: one
  *   compute stream). upload(), download(), crossentropy_forward() and
@@ -17,7 +26,7 @@
  * - Errors are sticky: a kernel that fails records the first message and
  *   later calls go on harmlessly; sync() returns -1 from then on and error()
  *   says what failed first. The training loop checks at every step.
- * - Snapshots (checkpoints of device buffers; NULL when host_memory): the
+ * - Snapshots (checkpoints of staged buffers; NULL unless staged): the
  *   training thread queues snapshot_copy() into pinned host memory from
  *   host_alloc() on a copy stream of its own, after the compute work queued
  *   so far; snapshot_wait() (any thread: the checkpoint sidecar) waits for
@@ -34,8 +43,8 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *name; /* "cpu", "cuda" */
-    bool host_memory;
+    const char *name; /* "cpu", "cuda", "cpu-staged" */
+    bool host_memory, staged;
 
     void *(*alloc)(size_t bytes); /* NULL when out of memory */
     void (*free)(void *buffer);

@@ -236,7 +236,7 @@ static void init_tensor(const GPT *gpt, float *params, const ParamTensor *t, uin
 int gpt_init_params(GPT *gpt, uint64_t seed)
 {
     const Device *dev = gpt->dev;
-    float *host = dev->host_memory ? gpt->params : malloc(gpt->param_count * sizeof(float));
+    float *host = !dev->staged ? gpt->params : malloc(gpt->param_count * sizeof(float));
     if (!host)
         return -1;
     for (int i = 0; i < gpt->tensor_count; i++)
@@ -324,8 +324,8 @@ int acts_init(Activations *acts, const GPT *gpt, int B, int T)
     acts->layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerActs));
     acts->tokens = calloc(1, ids);
     acts->targets = calloc(1, ids);
-    acts->dev_tokens = dev->host_memory ? acts->tokens : dev->alloc(ids);
-    acts->dev_targets = dev->host_memory ? acts->targets : dev->alloc(ids);
+    acts->dev_tokens = !dev->staged ? acts->tokens : dev->alloc(ids);
+    acts->dev_targets = !dev->staged ? acts->targets : dev->alloc(ids);
     Carver sizing = {NULL, 0};
     carve_acts(&sizing, acts, gpt);
     acts->memory = dev->alloc(sizing.used * sizeof(float));

@@ -79,6 +79,8 @@ void options_usage(FILE *out)
         "                         SLURM_LOCALID); tensors between ranks go over NCCL\n"
         "  --tf32                 cuda: TF32 tensor cores for matrix products (faster; results\n"
         "                         differ from fp32 by TF32's 10-bit mantissa)\n"
+        "                         (--device cpu-staged, for tests: the cpu kernels with the\n"
+        "                         GPU's copies and checkpoint mirror, bit-identical to cpu)\n"
         "  --threads N            CPU threads for OpenMP and OpenBLAS (default: all cores)\n"
         "  -h, --help             this text\n",
         out);
@@ -297,7 +299,7 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_RESUME: o->resume = arg; return 0;
     case OPT_TF32: o->tf32 = true; return 0;
     case OPT_DEVICE:
-        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0)
+        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0 && strcmp(arg, "cpu-staged") != 0)
             return bad_value("device", arg, "a device (cpu or cuda)");
         o->device = arg;
         return 0;

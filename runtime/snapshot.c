@@ -14,7 +14,8 @@ static double now_seconds(void)
 
 /* Every rank of dp x sp holds the same tensors of its stage; the tied wte is
  * also held by the last stage, so its replicas are those of both stages.
- * On a GPU the checkpointer reads a pinned host mirror of params, m and v
+ * On a staged device (a GPU; cpu-staged in tests) the checkpointer reads a
+ * host mirror (pinned memory on a GPU) of params, m and v
  * (t->host_state, the same layout one after another), which
  * snapshot_after_update fills from the device. */
 static int build_tensor_table(Trainer *t)
@@ -25,7 +26,7 @@ static int build_tensor_table(Trainer *t)
     bool tied_on_last = t->layout.pp > 1 && t->coord.pp == t->layout.pp - 1;
     size_t P = gpt->param_count;
     float *params = gpt->params, *m = t->m, *v = t->v;
-    if (!t->dev->host_memory) {
+    if (t->dev->staged) {
         t->host_state = t->dev->host_alloc(3 * P * sizeof(float));
         if (!t->host_state)
             return -1;
@@ -133,12 +134,12 @@ static int check_same_run(const Trainer *t, const CkptRunState *s, const char *p
     return 0;
 }
 
-/* A GPU rank loaded into its host mirror: params, m and v go to the device. */
+/* A staged rank loaded into its host mirror: params, m and v go to the device. */
 static int upload_state(Trainer *t)
 {
     const Device *dev = t->dev;
     size_t bytes = t->gpt.param_count * sizeof(float);
-    if (dev->host_memory)
+    if (!dev->staged)
         return 0;
     dev->upload(t->gpt.params, t->host_state, bytes);
     dev->upload(t->m, t->host_state + t->gpt.param_count, bytes);
@@ -208,7 +209,7 @@ static int open_checkpointer(Trainer *t)
     char err[2048];
     t->ckpt = ckpt_open(&t->opt.ckpt, t->world, t->ckpt_tensors, t->ckpt_tensor_count, err,
                         sizeof(err));
-    if (t->ckpt && !t->dev->host_memory)
+    if (t->ckpt && t->dev->staged)
         ckpt_set_source_wait(t->ckpt, wait_for_device_copy, t);
     if (t->ckpt)
         return 0;
@@ -232,13 +233,14 @@ int snapshot_setup(Trainer *t)
     return o->ckpt.dir ? open_checkpointer(t) : 0;
 }
 
-/* On a GPU the optimizer's kernels wait for the snapshot copy on the
- * device; the host thread goes on at once. */
+/* On a staged device the optimizer's kernels wait for the snapshot copy on
+ * the device (a GPU: an event on the compute stream); the host thread goes
+ * on at once. */
 double snapshot_before_update(Trainer *t)
 {
     if (!t->ckpt)
         return 0.0;
-    if (t->dev->host_memory)
+    if (!t->dev->staged)
         return ckpt_wait_copied(t->ckpt);
     t->dev->compute_after_snapshot();
     return 0.0;
@@ -268,7 +270,7 @@ double snapshot_after_update(Trainer *t, bool last)
     fill_run_state(t, &state);
     char err[512];
     double start = now_seconds();
-    if (!t->dev->host_memory) {
+    if (t->dev->staged) {
         ckpt_wait_copied(t->ckpt); /* the sidecar is done with the mirror's last version */
         copy_from_device(t);
     }

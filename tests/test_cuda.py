@@ -56,6 +56,8 @@ def corpus(tmp_path_factory):
 
 
 def train_args(corpus, *extra):
+    """The standard 10-step run (a first half stopped at 5 steps must keep
+    --train-samples 80, the schedule of all 10)."""
     return ["--data", corpus / "train.bin", *RUN, *extra]
 
 
@@ -87,6 +89,7 @@ def test_cuda_without_a_gpu_is_refused_clearly(phalanx, corpus, tmp_path, ranks)
 @pytest.mark.parametrize("args,expected", [
     (["--tf32"], "--tf32 needs --device cuda"),
     (["--device", "tpu"], "--device: 'tpu' is not a device (cpu or cuda)"),
+    (["--device", "cpu-staged", "--tf32"], "--tf32 needs --device cuda"),
     (["--device"], "option '--device' needs a value"),
 ])
 def test_bad_device_options(phalanx, corpus, args, expected):
@@ -105,6 +108,60 @@ def test_cpu_is_the_default_and_is_named(phalanx, corpus):
 def test_help_documents_the_device(phalanx):
     text = run([phalanx, "train", "--help"]).stdout
     assert "--device cpu|cuda" in text and "--tf32" in text
+
+
+# ---------------------------------------------------------------------------
+# every machine: the GPU's code paths on the CPU kernels (--device cpu-staged:
+# separate buffers, uploads and downloads, the pinned-style host mirror that
+# checkpoints read, each rank copying only its share into it). The kernels
+# are the cpu ones, so everything must be bit-identical to --device cpu.
+
+STAGED = ["--layout", "2x2x1", "--ckpt-every", "5"]
+
+
+def checkpoint_params(index, manifest_path):
+    manifest = json.loads(manifest_path.read_text())
+    with h5py.File(index, "r") as f:
+        return {t["name"]: f["params"][t["name"]][()].ravel() for t in manifest["tensors"]}
+
+
+def test_staged_device_is_bit_identical_to_cpu(phalanx, corpus, tmp_path):
+    runs = {}
+    for device in ["cpu", "cpu-staged"]:
+        ckpt = tmp_path / f"ckpt-{device}"
+        runs[device] = launch(phalanx, tmp_path / device, 4,
+                              train_args(corpus, *STAGED, "--device", device, "--ckpt-dir", ckpt))
+    cpu, staged = runs["cpu"], runs["cpu-staged"]
+    assert without_timings(staged[0]) == without_timings(cpu[0])
+    assert np.array_equal(staged[1], cpu[1]) and np.array_equal(staged[2], cpu[2])
+    # the mirror each rank filled with only its share holds every tensor whole
+    manifest = tmp_path / "cpu-staged" / "params.bin.json"
+    for step in ["step_00000005", "step_00000010"]:
+        a = checkpoint_params(tmp_path / "ckpt-cpu" / step / "index.h5", manifest)
+        b = checkpoint_params(tmp_path / "ckpt-cpu-staged" / step / "index.h5", manifest)
+        assert all(np.array_equal(a[k], b[k]) for k in a), step
+    final = checkpoint_params(tmp_path / "ckpt-cpu-staged" / "step_00000010" / "index.h5",
+                              manifest)
+    for t in json.loads(manifest.read_text())["tensors"]:
+        assert np.array_equal(final[t["name"]],
+                              staged[1][t["offset"]:t["offset"] + final[t["name"]].size])
+
+
+def test_staged_device_resumes_bit_for_bit(phalanx, corpus, tmp_path):
+    """Resume uploads params, m and v from the mirror: 5 + 5 steps equal 10."""
+    straight = launch(phalanx, tmp_path / "straight", 4,
+                      train_args(corpus, *STAGED, "--device", "cpu-staged"))
+    ckpt = tmp_path / "ckpt"
+    first = train_args(corpus, *STAGED, "--device", "cpu-staged", "--ckpt-dir", ckpt,
+                       "--ckpt-mode", "sync")
+    first[first.index("--steps") + 1] = "5"
+    first += ["--train-samples", "80"]  # the schedule of the whole 10-step run
+    launch(phalanx, tmp_path / "first", 4, first)
+    resumed = launch(phalanx, tmp_path / "resumed", 4,
+                     train_args(corpus, *STAGED, "--device", "cpu-staged", "--ckpt-dir", ckpt,
+                                "--resume", "latest"))
+    assert without_timings(resumed[0]) == without_timings(straight[0])[5:]
+    assert np.array_equal(resumed[1], straight[1])
 
 
 # ---------------------------------------------------------------------------
@@ -132,6 +189,7 @@ def test_cuda_repeats_bit_for_bit_across_a_resume(phalanx, corpus, tmp_path):
     ckpt = tmp_path / "ckpt"
     first = train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt, "--ckpt-every", "5")
     first[first.index("--steps") + 1] = "5"
+    first += ["--train-samples", "80"]  # the schedule of the whole 10-step run
     launch(phalanx, tmp_path / "first", 1, first)
     second = launch(phalanx, tmp_path / "second", 1,
                     train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt, "--resume",
@@ -177,6 +235,7 @@ def test_nccl_checkpoint_reshards_to_one_cpu_rank(phalanx, corpus, tmp_path, cpu
     first = train_args(corpus, "--device", "cuda", "--layout", "2x1x1", "--ckpt-dir", ckpt,
                        "--ckpt-every", "5")
     first[first.index("--steps") + 1] = "5"
+    first += ["--train-samples", "80"]  # the schedule of the whole 10-step run
     launch(phalanx, tmp_path / "gpu", 2, first)
     resumed = launch(phalanx, tmp_path / "cpu", 1,
                      train_args(corpus, "--ckpt-dir", ckpt, "--resume", "latest"))

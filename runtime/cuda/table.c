@@ -187,6 +187,7 @@ static void table_compute_after_snapshot(void)
 static const Device cuda_device = {
     .name = "cuda",
     .host_memory = false,
+    .staged = true,
     .alloc = table_alloc,
     .free = cuda_free,
     .upload = table_upload,
