@@ -181,14 +181,14 @@ static int setup_model(Trainer *t)
     layout_stage_layers(t->layout, &needs, stage, &begin, &end);
     t->window_tokens = calloc((size_t)o->model.seq_len, sizeof(int));
     t->window_targets = calloc((size_t)o->model.seq_len, sizeof(int));
-    size_t grad_bytes = (size_t)gpt_config_param_count(&o->model) * sizeof(float);
     if (!t->window_tokens || !t->window_targets ||
         gpt_init(&t->gpt, t->dev, &o->model, begin, end, stage == 0,
                  stage == t->layout.pp - 1) ||
         gpt_enable_sequence_parallel(&t->gpt, t->sp_data, o->micro_batch, local_T) ||
         pipeline_init(&t->pipe, &t->gpt, t->pp_data, o->micro_batch, local_T, micro_batches) ||
         setup_optimizer(t) ||
-        (t->layout.sp > 1 && !(t->grad_snapshot = t->dev->alloc(grad_bytes))) ||
+        (t->layout.sp > 1 &&
+         !(t->grad_snapshot = t->dev->alloc(t->gpt.param_count * sizeof(float)))) ||
         gpt_init_params(&t->gpt, o->seed)) {
         fprintf(stderr, "phalanx train: rank %d: out of %s memory for this model and "
                         "micro-batch%s%s\n",
