@@ -195,18 +195,18 @@ template <typename T, typename Op> __device__ T block_reduce(T value, Op op, T i
 enum { TIMING_PAIRS = 1024 };
 
 static struct {
-    int enabled; /* -1: not read from the environment yet */
+    int enabled; /* 0: not read from the environment yet, 1: on, 2: off */
     cudaEvent_t begin[TIMING_PAIRS], end[TIMING_PAIRS];
     int used;
     double seconds;
     long calls;
-} timing = {-1};
+} timing;
 
 extern "C" bool cuda_gemm_timing(void)
 {
-    if (timing.enabled < 0) {
+    if (timing.enabled == 0) {
         const char *flag = getenv("PHALANX_CUDA_GEMM_TIMING");
-        timing.enabled = flag && *flag && strcmp(flag, "0") != 0;
+        timing.enabled = flag && *flag && strcmp(flag, "0") != 0 ? 1 : 2;
     }
     return timing.enabled == 1;
 }
