@@ -81,6 +81,14 @@ const Device *device_cpu(void)
     return &cpu_device;
 }
 
+int device_ready(const Device *dev, char *err, size_t err_len)
+{
+    if (dev->sync() == 0)
+        return 0;
+    snprintf(err, err_len, "%s device: %s", dev->name, dev->error());
+    return -1;
+}
+
 // ----------------------------------------------------------------------------
 // cpu-staged: the same kernels, with the snapshot path of a GPU. The copy is
 // synchronous, so there is nothing to wait for.

@@ -94,6 +94,11 @@ typedef struct {
     void (*compute_after_snapshot)(void);
 } Device;
 
+/* Drains `dev`'s queue (sync). Returns 0, or -1 after a failed kernel with
+ * "<name> device: <first error>" in err: what callers say before they hand
+ * buffers to a communicator, or at the end of a step. */
+int device_ready(const Device *dev, char *err, size_t err_len);
+
 /* The CPU backend (kernels.c, optim.c); always there, never fails. */
 const Device *device_cpu(void);
 

@@ -37,9 +37,9 @@ static int launch(GradSync *sync, size_t from)
                  GRADSYNC_MAX_BUCKETS);
         return -1;
     }
-    if (sync->dev->sync() != 0) {
-        snprintf(sync->error, sizeof(sync->error), "gradient allreduce: %s device: %s",
-                 sync->dev->name, sync->dev->error());
+    char why[512];
+    if (device_ready(sync->dev, why, sizeof(why))) {
+        snprintf(sync->error, sizeof(sync->error), "gradient allreduce: %s", why);
         return -1;
     }
     size_t length = sync->launched_from - from;

@@ -67,12 +67,12 @@ static int fail(Pipeline *p, const char *what)
 /* Communicators touch device buffers only once the kernels queued before
  * are done (comm.h): they read what those wrote, and they overwrite what
  * those may still read. A failed kernel is reported here too. */
-static int device_ready(Pipeline *p)
+static int stage_device_ready(Pipeline *p)
 {
-    if (p->gpt->dev->sync() == 0)
+    char why[512];
+    if (device_ready(p->gpt->dev, why, sizeof(why)) == 0)
         return 0;
-    snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s device: %s", p->stage,
-             p->gpt->dev->name, p->gpt->dev->error());
+    snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s", p->stage, why);
     return -1;
 }
 
@@ -109,7 +109,7 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
     load(context, index, acts);
     if (p->stage == 0)
         gpt_embed_forward(p->gpt, acts);
-    else if (device_ready(p)) /* this set's last backward may still read its input */
+    else if (stage_device_ready(p)) /* this set's last backward may still read its input */
         return -1;
     else if (comm_recv(p->pp, acts->input, activation_floats(p), COMM_F32, p->stage - 1,
                        TAG_ACTIVATION))
@@ -121,7 +121,7 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
         *loss += weight * gpt_head_forward(p->gpt, acts);
         return 0;
     }
-    if (device_ready(p))
+    if (stage_device_ready(p))
         return -1;
     p->pending_act[slot] = comm_isend(p->pp, acts_stage_output(p->gpt, acts),
                                       activation_floats(p), COMM_F32, p->stage + 1,
@@ -150,7 +150,7 @@ static int backward_input_gradient(Pipeline *p, Activations *acts, float dloss, 
         gpt_head_backward(p->gpt, acts, &p->scratch, dloss);
         return ready_from(p, sync, "lnf.weight");
     }
-    if (device_ready(p)) /* the last backward may still use dresid */
+    if (stage_device_ready(p)) /* the last backward may still use dresid */
         return -1;
     if (comm_recv(p->pp, p->scratch.dresid, activation_floats(p), COMM_F32, p->stage + 1,
                   TAG_GRADIENT))
@@ -167,7 +167,7 @@ static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sy
     if (wait_request(p, &p->pending_grad, "sending gradients"))
         return -1;
     p->gpt->dev->copy(p->send_grad, p->scratch.dresid, activation_floats(p) * sizeof(float));
-    if (device_ready(p))
+    if (stage_device_ready(p))
         return -1;
     p->pending_grad = comm_isend(p->pp, p->send_grad, activation_floats(p), COMM_F32,
                                  p->stage - 1, TAG_GRADIENT);

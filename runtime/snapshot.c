@@ -144,10 +144,11 @@ static int upload_state(Trainer *t)
     dev->upload(t->gpt.params, t->host_state, bytes);
     dev->upload(t->m, t->host_state + t->gpt.param_count, bytes);
     dev->upload(t->v, t->host_state + 2 * t->gpt.param_count, bytes);
-    if (dev->sync() == 0)
+    char why[512];
+    if (device_ready(dev, why, sizeof(why)) == 0)
         return 0;
-    fprintf(stderr, "phalanx train: rank %d: --resume: copying the checkpoint to the %s "
-                    "device: %s\n", t->rank, dev->name, dev->error());
+    fprintf(stderr, "phalanx train: rank %d: --resume: copying the checkpoint to the %s\n",
+            t->rank, why);
     return -1;
 }
 

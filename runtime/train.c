@@ -353,10 +353,10 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
 /* Drains the device queue; after a failed kernel, says where and returns -1. */
 static int device_failed(Trainer *t, const char *when)
 {
-    if (t->dev->sync() == 0)
+    char why[512];
+    if (device_ready(t->dev, why, sizeof(why)) == 0)
         return 0;
-    fprintf(stderr, "phalanx train: rank %d: %s: %s device: %s\n", t->rank, when, t->dev->name,
-            t->dev->error());
+    fprintf(stderr, "phalanx train: rank %d: %s: %s\n", t->rank, when, why);
     return -1;
 }
 
@@ -692,14 +692,16 @@ static float *host_params(Trainer *t)
 {
     size_t bytes = t->gpt.param_count * sizeof(float);
     float *host = malloc(bytes);
-    if (host)
-        t->dev->download(host, t->gpt.params, bytes);
-    if (host && t->dev->sync() == 0)
-        return host;
-    fprintf(stderr, "phalanx train: rank %d: --dump-params: cannot copy the parameters%s%s\n",
-            t->rank, t->dev->error()[0] ? ": " : "", t->dev->error());
-    free(host);
-    return NULL;
+    if (!host) {
+        fprintf(stderr, "phalanx train: rank %d: --dump-params: out of memory\n", t->rank);
+        return NULL;
+    }
+    t->dev->download(host, t->gpt.params, bytes);
+    if (device_failed(t, "--dump-params: copying the parameters")) {
+        free(host);
+        return NULL;
+    }
+    return host;
 }
 
 enum { TAG_DUMP = 77 };

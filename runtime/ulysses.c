@@ -32,9 +32,9 @@ void ulysses_free(SeqParallel *sp)
 
 static int exchange(SeqParallel *sp, size_t per_peer)
 {
-    if (sp->dev->sync() != 0) {
-        snprintf(sp->error, sizeof(sp->error), "sequence-parallel all-to-all: %s device: %s",
-                 sp->dev->name, sp->dev->error());
+    char why[256];
+    if (device_ready(sp->dev, why, sizeof(why))) {
+        snprintf(sp->error, sizeof(sp->error), "sequence-parallel all-to-all: %s", why);
         return -1;
     }
     if (comm_alltoall(sp->comm, sp->send, sp->recv, per_peer, COMM_F32) == 0)
