@@ -41,42 +41,7 @@ typedef struct {
 } Agent;
 
 // ----------------------------------------------------------------------------
-// events
-
-typedef struct {
-    char kind[16];
-    int who; /* rank or node */
-    long step;
-    double factor;
-    int attempt;
-} Event;
-
-static int parse_event(const char *text, Event *e)
-{
-    memset(e, 0, sizeof(*e));
-    char body[128];
-    snprintf(body, sizeof(body), "%s", text);
-    char *hash = strchr(body, '#');
-    if (hash) {
-        char *end;
-        e->attempt = (int)strtol(hash + 1, &end, 10);
-        if (end == hash + 1 || *end || e->attempt < 0)
-            return -1;
-        *hash = '\0';
-    }
-    int used = 0;
-    if (sscanf(body, "slow:%d*%lf%n", &e->who, &e->factor, &used) == 2 && !body[used] &&
-        e->factor >= 1 && e->who >= 0)
-        return snprintf(e->kind, sizeof(e->kind), "slow"), 0;
-    if (sscanf(body, "corrupt:%ld%n", &e->step, &used) == 1 && !body[used] && e->step >= 1)
-        return snprintf(e->kind, sizeof(e->kind), "corrupt"), 0;
-    if (sscanf(body, "%15[a-z]:%d@%ld%n", e->kind, &e->who, &e->step, &used) == 3 &&
-        !body[used] && e->who >= 0 && e->step >= 1)
-        for (const char *k = "crash\0hang\0node\0flushkill\0"; *k; k += strlen(k) + 1)
-            if (strcmp(e->kind, k) == 0)
-                return 0;
-    return -1;
-}
+// events (parsed by elastic_event_parse, inject.c)
 
 int elastic_check(const ElasticOptions *o, int ranks)
 {
@@ -93,8 +58,8 @@ int elastic_check(const ElasticOptions *o, int ranks)
         return -1;
     }
     for (int i = 0; i < o->event_count; i++) {
-        Event e;
-        if (parse_event(o->events[i], &e) != 0) {
+        ElasticEvent e;
+        if (elastic_event_parse(o->events[i], &e) != 0) {
             fprintf(stderr, "phalanx run: --inject '%s' is not an event: crash:RANK@STEP, "
                             "hang:RANK@STEP, slow:RANK*FACTOR, node:NODE@STEP, "
                             "flushkill:RANK@STEP or corrupt:STEP, each with an optional "
@@ -112,8 +77,8 @@ static void set_fault_env(const Agent *agent, int a)
     char faults[1024] = "", flush[64] = "";
     size_t used = 0;
     for (int i = 0; i < agent->options->event_count; i++) {
-        Event e;
-        parse_event(agent->options->events[i], &e);
+        ElasticEvent e;
+        elastic_event_parse(agent->options->events[i], &e);
         if (e.attempt != a)
             continue;
         int first = e.who, last = e.who;
@@ -142,8 +107,8 @@ static void set_fault_env(const Agent *agent, int a)
 static void corrupt_shards(const Agent *agent, int a)
 {
     for (int i = 0; i < agent->options->event_count; i++) {
-        Event e;
-        parse_event(agent->options->events[i], &e);
+        ElasticEvent e;
+        elastic_event_parse(agent->options->events[i], &e);
         if (e.attempt != a || strcmp(e.kind, "corrupt") != 0 || !agent->plan.ckpt_dir[0])
             continue;
         CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};

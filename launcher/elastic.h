@@ -46,6 +46,19 @@ typedef struct {
     const char *report_path; /* NULL: no report */
 } ElasticOptions;
 
+/* One --inject event (the grammar above). */
+typedef struct {
+    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt */
+    int who;       /* rank or node */
+    long step;
+    double factor;
+    int attempt;
+} ElasticEvent;
+
+/* Parses one --inject text into *event: 0, or -1 when it is not an event.
+ * Pure (no I/O, no global state), so tests/fuzz drives it with any bytes. */
+int elastic_event_parse(const char *text, ElasticEvent *event);
+
 /* Checks the options against the job's size; 0, or -1 after printing why. */
 int elastic_check(const ElasticOptions *options, int ranks);
 
