@@ -1,6 +1,14 @@
 /*
  * The file system side of checkpoints: names, durable writes (write, fsync,
  * rename, directory fsync), removal and listing of step directories.
+ *
+ * Never follow a link we did not make. A tier's root is opened once; every
+ * step directory and file below it is reached from that handle with openat,
+ * mkdirat, renameat and unlinkat, with O_NOFOLLOW, so a link planted under a
+ * tier (at a shard's name, or as a whole step directory) is never written
+ * through and what it points to is never deleted. Files are created under a
+ * temporary name with O_EXCL and renamed into place; removal takes only the
+ * regular files a checkpoint's layout names, and step directories.
  */
 #include "internal.h"
 
@@ -19,6 +27,13 @@
  * between two of them instead of after the whole shard. */
 #define WRITE_PIECE ((size_t)8 << 20)
 
+#define STEP_FORMAT "step_%08lld"
+#define SHARD_FORMAT "rank_%05d.h5"
+#define TEMP_SUFFIX ".tmp"
+
+/* Below a tier's root nothing is reached through a link. */
+#define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+
 int ckpt_fail(char *err, size_t err_len, const char *format, ...)
 {
     if (err && err_len) {
@@ -35,14 +50,24 @@ int64_t ckpt_row_length(int ndim, const int64_t shape[2])
     return ndim == 2 ? shape[1] : 1;
 }
 
+void files_step_name(char *out, size_t len, int64_t step)
+{
+    snprintf(out, len, STEP_FORMAT, (long long)step);
+}
+
+void files_shard_name(char *out, size_t len, int rank)
+{
+    snprintf(out, len, SHARD_FORMAT, rank);
+}
+
 void files_step_dir(char *out, size_t len, const char *tier, int64_t step)
 {
-    snprintf(out, len, "%s/step_%08lld", tier, (long long)step);
+    snprintf(out, len, "%s/" STEP_FORMAT, tier, (long long)step);
 }
 
 void files_shard_path(char *out, size_t len, const char *step_dir, int rank)
 {
-    snprintf(out, len, "%s/rank_%05d.h5", step_dir, rank);
+    snprintf(out, len, "%s/" SHARD_FORMAT, step_dir, rank);
 }
 
 void files_index_path(char *out, size_t len, const char *step_dir)
@@ -68,15 +93,16 @@ int64_t files_size(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
 }
 
-static int make_dir(const char *path, char *err, size_t err_len)
+static int make_dir(const char *path, mode_t mode, char *err, size_t err_len)
 {
-    if (mkdir(path, 0755) == 0 || (errno == EEXIST && files_is_dir(path)))
+    if (mkdir(path, mode) == 0 || (errno == EEXIST && files_is_dir(path)))
         return 0;
     return ckpt_fail(err, err_len, "cannot create directory '%s': %s", path,
                      errno == EEXIST ? "a file of that name exists" : strerror(errno));
 }
 
-int files_mkdirs(const char *path, char *err, size_t err_len)
+/* Creates the parents of `path` (0755) and `path` itself with `mode`. */
+static int make_dirs(const char *path, mode_t mode, char *err, size_t err_len)
 {
     char partial[PATH_MAX];
     if (snprintf(partial, sizeof(partial), "%s", path) >= (int)sizeof(partial))
@@ -85,23 +111,107 @@ int files_mkdirs(const char *path, char *err, size_t err_len)
         if (*p != '/')
             continue;
         *p = '\0';
-        int rc = make_dir(partial, err, err_len);
+        int rc = make_dir(partial, 0755, err, err_len);
         *p = '/';
         if (rc != 0)
             return -1;
     }
-    return make_dir(partial, err, err_len);
+    return make_dir(partial, mode, err, err_len);
 }
 
-int files_probe(const char *dir, char *err, size_t err_len)
+int files_mkdirs(const char *path, char *err, size_t err_len)
 {
-    char probe[PATH_MAX];
-    snprintf(probe, sizeof(probe), "%s/.phalanx-probe-%ld", dir, (long)getpid());
-    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    return make_dirs(path, 0755, err, err_len);
+}
+
+void files_close(FilesDir *dir)
+{
+    if (dir->fd >= 0)
+        close(dir->fd);
+    dir->fd = -1;
+}
+
+int files_open_tier(FilesDir *tier, char *err, size_t err_len)
+{
+    if (files_mkdirs(tier->path, err, err_len) != 0)
+        return -1;
+    // the user named this directory: a link to it is theirs to make
+    tier->fd = open(tier->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (tier->fd < 0)
+        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", tier->path,
+                         strerror(errno));
+    return 0;
+}
+
+/* True with the reason in `why` when an open directory is not private:
+ * another user's, or writable by group or others. */
+static bool unsafe_dir(int fd, char *why, size_t why_len)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        snprintf(why, why_len, "cannot be examined (%s)", strerror(errno));
+    else if (st.st_uid != geteuid())
+        snprintf(why, why_len, "belongs to uid %u, not to this user (uid %u)",
+                 (unsigned)st.st_uid, (unsigned)geteuid());
+    else if (st.st_mode & (S_IWGRP | S_IWOTH))
+        snprintf(why, why_len, "is writable by %s (mode %04o)",
+                 st.st_mode & S_IWOTH ? "others" : "its group", (unsigned)(st.st_mode & 07777));
+    else
+        return false;
+    return true;
+}
+
+int files_open_private(FilesDir *tier, char *err, size_t err_len)
+{
+    const char *path = tier->path;
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        ckpt_fail(err, err_len, "'%s' is %s", path,
+                  S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory");
+        return FILES_UNSAFE;
+    }
+    if (make_dirs(path, 0700, err, err_len) != 0)
+        return -1;
+    // checked on the handle, not the name: it cannot be swapped in between
+    tier->fd = open(path, DIR_FLAGS);
+    if (tier->fd < 0 && errno != ELOOP && errno != ENOTDIR)
+        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", path, strerror(errno));
+    char why[128] = "is a symbolic link or not a directory";
+    if (tier->fd >= 0 && !unsafe_dir(tier->fd, why, sizeof(why)))
+        return 0;
+    files_close(tier);
+    ckpt_fail(err, err_len, "'%s' %s", path, why);
+    return FILES_UNSAFE;
+}
+
+int files_open_step(const FilesDir *tier, int64_t step, bool create, FilesDir *out, char *err,
+                    size_t err_len)
+{
+    char name[64];
+    files_step_name(name, sizeof(name), step);
+    files_step_dir(out->path, sizeof(out->path), tier->path, step);
+    if (create && mkdirat(tier->fd, name, 0755) != 0 && errno != EEXIST)
+        return ckpt_fail(err, err_len, "cannot create directory '%s': %s", out->path,
+                         strerror(errno));
+    out->fd = openat(tier->fd, name, DIR_FLAGS);
+    if (out->fd < 0)
+        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", out->path,
+                         errno == ELOOP || errno == ENOTDIR
+                             ? "it is a symbolic link or not a directory"
+                             : strerror(errno));
+    return 0;
+}
+
+int files_probe(const FilesDir *dir, char *err, size_t err_len)
+{
+    char probe[64];
+    snprintf(probe, sizeof(probe), ".phalanx-probe-%ld", (long)getpid());
+    unlinkat(dir->fd, probe, 0); // a stale one of a pid that ran before
+    int fd = openat(dir->fd, probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return ckpt_fail(err, err_len, "cannot write in '%s': %s", dir, strerror(errno));
+        return ckpt_fail(err, err_len, "cannot write in '%s': %s", dir->path, strerror(errno));
     close(fd);
-    unlink(probe);
+    unlinkat(dir->fd, probe, 0);
     return 0;
 }
 
@@ -119,12 +229,9 @@ static int write_all(int fd, const char *data, size_t size)
     return 0;
 }
 
-int files_write(const char *path, const void *data, size_t size, const WriteHooks *hooks,
-                char *err, size_t err_len)
+/* Writes and fsyncs an open file in pieces; fault injection may kill here. */
+static int write_pieces(int fd, const void *data, size_t size, const WriteHooks *hooks)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return ckpt_fail(err, err_len, "cannot create '%s': %s", path, strerror(errno));
     const char *bytes = data;
     for (size_t done = 0; done < size;) {
         size_t piece = size - done < WRITE_PIECE ? size - done : WRITE_PIECE;
@@ -135,90 +242,130 @@ int files_write(const char *path, const void *data, size_t size, const WriteHook
             raise(SIGKILL);
         }
         if (write_all(fd, bytes + done, piece) != 0)
-            goto failed;
+            return -1;
         done += piece;
         if (hooks && hooks->between && done < size)
             hooks->between(hooks->ctx);
     }
-    if (fsync(fd) != 0)
-        goto failed;
-    if (close(fd) != 0)
-        return ckpt_fail(err, err_len, "cannot write '%s': %s", path, strerror(errno));
-    return 0;
-failed:
-    ckpt_fail(err, err_len, "cannot write '%s': %s", path, strerror(errno));
-    close(fd);
-    return -1;
+    return fsync(fd);
 }
 
-int files_fsync_dir(const char *dir)
+int files_write(const FilesDir *dir, const char *name, const void *data, size_t size,
+                const WriteHooks *hooks, char *err, size_t err_len)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char temp[NAME_MAX + 1];
+    if (snprintf(temp, sizeof(temp), "%s" TEMP_SUFFIX, name) >= (int)sizeof(temp))
+        return ckpt_fail(err, err_len, "name too long: '%s'", name);
+    // a temporary file of a writer that was killed: ours to replace, never to follow
+    unlinkat(dir->fd, temp, 0);
+    int fd = openat(dir->fd, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-int files_write_atomic(const char *path, const void *data, size_t size, char *err,
-                       size_t err_len)
-{
-    char tmp[PATH_MAX], dir[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    if (files_write(tmp, data, size, NULL, err, err_len) != 0) {
-        unlink(tmp);
-        return -1;
+        return ckpt_fail(err, err_len, "cannot create '%s/%s': %s", dir->path, temp,
+                         strerror(errno));
+    int written = write_pieces(fd, data, size, hooks);
+    int saved = errno;
+    if (close(fd) != 0 && written == 0) {
+        written = -1;
+        saved = errno;
     }
-    if (rename(tmp, path) != 0) {
-        ckpt_fail(err, err_len, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-        unlink(tmp);
-        return -1;
+    // rename replaces a link at `name` itself: what it pointed to is untouched
+    if (written == 0 && renameat(dir->fd, temp, dir->fd, name) != 0) {
+        unlinkat(dir->fd, temp, 0);
+        return ckpt_fail(err, err_len, "cannot rename '%s/%s' into place: %s", dir->path, temp,
+                         strerror(errno));
+    }
+    if (written != 0) {
+        unlinkat(dir->fd, temp, 0);
+        return ckpt_fail(err, err_len, "cannot write '%s/%s': %s", dir->path, name,
+                         strerror(saved));
     }
     // the rename is durable only once the directory entry is
-    if (files_fsync_dir(slash ? dir : ".") != 0)
-        return ckpt_fail(err, err_len, "cannot fsync directory of '%s': %s", path,
+    if (fsync(dir->fd) != 0)
+        return ckpt_fail(err, err_len, "cannot fsync directory '%s': %s", dir->path,
                          strerror(errno));
     return 0;
 }
 
-static void remove_tree(const char *path)
+int files_fsync(const FilesDir *dir)
 {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        char child[PATH_MAX];
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            if (e->d_type == DT_DIR || (e->d_type == DT_UNKNOWN && files_is_dir(child)))
-                remove_tree(child);
-            else
-                unlink(child);
-        }
-        closedir(d);
+    return fsync(dir->fd);
+}
+
+bool files_has_file(const FilesDir *dir, const char *name)
+{
+    struct stat st;
+    return fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+void files_remove_file(const FilesDir *dir, const char *name)
+{
+    // a link of that name stays: the writer's rename replaces it
+    if (files_has_file(dir, name))
+        unlinkat(dir->fd, name, 0);
+}
+
+/* rank_%05d.h5, index.h5, and their temporary names: what a step holds. */
+static bool layout_name(const char *name)
+{
+    char base[NAME_MAX + 1];
+    snprintf(base, sizeof(base), "%s", name);
+    size_t len = strlen(base), suffix = strlen(TEMP_SUFFIX);
+    if (len > suffix && strcmp(base + len - suffix, TEMP_SUFFIX) == 0)
+        base[len - suffix] = '\0';
+    if (strcmp(base, CKPT_INDEX_FILE) == 0)
+        return true;
+    if (strncmp(base, "rank_", 5) != 0)
+        return false;
+    size_t digits = strspn(base + 5, "0123456789");
+    return digits >= 5 && strcmp(base + 5 + digits, ".h5") == 0;
+}
+
+static void remove_layout_files(const FilesDir *step)
+{
+    int fd = dup(step->fd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
     }
-    rmdir(path);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (layout_name(e->d_name))
+            files_remove_file(step, e->d_name);
+    closedir(d);
 }
 
-void files_remove_step(const char *step_dir)
+void files_remove_step(const FilesDir *tier, int64_t step)
 {
-    char index[PATH_MAX];
-    files_index_path(index, sizeof(index), step_dir);
-    if (unlink(index) == 0)
-        files_fsync_dir(step_dir);
-    remove_tree(step_dir);
+    FilesDir dir;
+    if (files_open_step(tier, step, false, &dir, NULL, 0) != 0)
+        return; // gone, or a link: not ours to follow
+    // the index first: the step stops being complete at once
+    if (files_has_file(&dir, CKPT_INDEX_FILE) && unlinkat(dir.fd, CKPT_INDEX_FILE, 0) == 0)
+        fsync(dir.fd);
+    remove_layout_files(&dir);
+    files_close(&dir);
+    char name[64];
+    files_step_name(name, sizeof(name), step);
+    unlinkat(tier->fd, name, AT_REMOVEDIR); // fails when something else is left: it stays
 }
 
-void files_remove_own(const char *file, const char *dir)
+void files_remove_own(const FilesDir *tier, int64_t step, int rank)
 {
-    unlink(file);
-    rmdir(dir); // fails while other ranks' files are there: the last one removes it
+    FilesDir dir;
+    if (files_open_step(tier, step, false, &dir, NULL, 0) != 0)
+        return;
+    char shard[64], temp[80];
+    files_shard_name(shard, sizeof(shard), rank);
+    snprintf(temp, sizeof(temp), "%s" TEMP_SUFFIX, shard);
+    files_remove_file(&dir, shard);
+    files_remove_file(&dir, temp);
+    files_close(&dir);
+    char name[64];
+    files_step_name(name, sizeof(name), step);
+    // fails while other ranks' files are there: the last one removes it
+    unlinkat(tier->fd, name, AT_REMOVEDIR);
 }
 
 uint64_t files_dir_bytes(const char *dir, time_t *newest)
@@ -229,11 +376,9 @@ uint64_t files_dir_bytes(const char *dir, time_t *newest)
     if (!d)
         return 0;
     struct dirent *e;
-    char child[PATH_MAX];
     struct stat st;
     while ((e = readdir(d))) {
-        snprintf(child, sizeof(child), "%s/%s", dir, e->d_name);
-        if (stat(child, &st) != 0 || !S_ISREG(st.st_mode))
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
             continue;
         total += (uint64_t)st.st_size;
         if (st.st_mtime > *newest)
@@ -262,6 +407,36 @@ static int compare_steps(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Steps of the real step directories in an open directory (links are not steps). */
+static int list_steps(DIR *d, const char *path, int64_t **steps, int *count, char *err,
+                      size_t err_len)
+{
+    int capacity = 0, n = 0;
+    int64_t *list = NULL, step;
+    struct dirent *e;
+    struct stat st;
+    while ((e = readdir(d))) {
+        if (!parse_step_name(e->d_name, &step) ||
+            fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (n == capacity) {
+            capacity = capacity ? 2 * capacity : 16;
+            int64_t *grown = realloc(list, (size_t)capacity * sizeof(*list));
+            if (!grown) {
+                free(list);
+                return ckpt_fail(err, err_len, "out of memory listing '%s'", path);
+            }
+            list = grown;
+        }
+        list[n++] = step;
+    }
+    if (n > 1)
+        qsort(list, (size_t)n, sizeof(*list), compare_steps);
+    *steps = list;
+    *count = n;
+    return 0;
+}
+
 int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, size_t err_len)
 {
     *steps = NULL;
@@ -269,32 +444,25 @@ int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, si
     DIR *d = opendir(dir);
     if (!d)
         return ckpt_fail(err, err_len, "cannot read directory '%s': %s", dir, strerror(errno));
-    int capacity = 0, n = 0;
-    int64_t *list = NULL, step;
-    struct dirent *e;
-    char child[PATH_MAX];
-    while ((e = readdir(d))) {
-        snprintf(child, sizeof(child), "%s/%s", dir, e->d_name);
-        if (!parse_step_name(e->d_name, &step) || !files_is_dir(child))
-            continue;
-        if (n == capacity) {
-            capacity = capacity ? 2 * capacity : 16;
-            int64_t *grown = realloc(list, (size_t)capacity * sizeof(*list));
-            if (!grown) {
-                free(list);
-                closedir(d);
-                return ckpt_fail(err, err_len, "out of memory listing '%s'", dir);
-            }
-            list = grown;
-        }
-        list[n++] = step;
-    }
+    int rc = list_steps(d, dir, steps, count, err, err_len);
     closedir(d);
-    if (n > 1)
-        qsort(list, (size_t)n, sizeof(*list), compare_steps);
-    *steps = list;
-    *count = n;
-    return 0;
+    return rc;
+}
+
+int files_list_tier(const FilesDir *tier, int64_t **steps, int *count)
+{
+    *steps = NULL;
+    *count = 0;
+    int fd = openat(tier->fd, ".", DIR_FLAGS);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int rc = list_steps(d, tier->path, steps, count, NULL, 0);
+    closedir(d);
+    return rc;
 }
 
 /* FNV-1a: a stable name for the tier-1 directory of a tier-2 path. */

@@ -6,6 +6,7 @@
 #include "checkpoint.h"
 
 #include <hdf5.h>
+#include <limits.h>
 #include <stdarg.h>
 
 #define CKPT_INDEX_FILE "index.h5"
@@ -91,33 +92,71 @@ typedef struct {
     size_t kill_at; /* fault injection: SIGKILL after this many bytes; SIZE_MAX: never */
 } WriteHooks;
 
+/* A directory held open, with its path for messages. Everything below a
+ * tier's root is reached from such a handle without following a link
+ * (openat, mkdirat, renameat, unlinkat with O_NOFOLLOW): a link planted in
+ * a tier is never written through, and what it points to never deleted. */
+typedef struct {
+    int fd; /* -1: not open */
+    char path[PATH_MAX];
+} FilesDir;
+
+/* files_open_private's verdict on a directory someone else may control. */
+#define FILES_UNSAFE (-2)
+
+void files_step_name(char *out, size_t len, int64_t step);  /* step_%08lld */
+void files_shard_name(char *out, size_t len, int rank);     /* rank_%05d.h5 */
 void files_step_dir(char *out, size_t len, const char *tier, int64_t step);
 void files_shard_path(char *out, size_t len, const char *step_dir, int rank);
 void files_index_path(char *out, size_t len, const char *step_dir);
 
+/* Creates a directory and its parents (0755). */
 int files_mkdirs(const char *path, char *err, size_t err_len);
+/* Tier 2: creates tier->path when missing and opens it. The user named it,
+ * so the path may pass through links of theirs. */
+int files_open_tier(FilesDir *tier, char *err, size_t err_len);
+/* Tier 1, at a predictable name in a shared directory: tier->path is
+ * created 0700; an existing one is opened only when it is a real directory
+ * (not a link) of this user that group and others cannot write.
+ * FILES_UNSAFE when it is not (err names the path and why), -1 on other
+ * errors. */
+int files_open_private(FilesDir *tier, char *err, size_t err_len);
+/* Opens (creates when `create`) step_%08lld under `tier`; a link there is
+ * refused. */
+int files_open_step(const FilesDir *tier, int64_t step, bool create, FilesDir *out, char *err,
+                    size_t err_len);
+void files_close(FilesDir *dir);
 /* Creates a file, removes it: the directory accepts new files. */
-int files_probe(const char *dir, char *err, size_t err_len);
-/* Writes and fsyncs a whole file. */
-int files_write(const char *path, const void *data, size_t size, const WriteHooks *hooks,
-                char *err, size_t err_len);
-int files_fsync_dir(const char *dir);
-/* Writes `path` through a temporary file, fsync, rename and directory fsync. */
-int files_write_atomic(const char *path, const void *data, size_t size, char *err,
-                       size_t err_len);
-/* Removes a step directory: its index first (so it stops being complete at
- * once), then everything else. Entries that vanish meanwhile are fine. */
-void files_remove_step(const char *step_dir);
-/* Unlinks one file and removes its directory when that left it empty. */
-void files_remove_own(const char *file, const char *dir);
+int files_probe(const FilesDir *dir, char *err, size_t err_len);
+/* Writes `name` in `dir` durably: a new temporary file (O_EXCL|O_NOFOLLOW),
+ * written and fsynced, renamed over `name`, then the directory fsynced. A
+ * failed write leaves no temporary file behind. */
+int files_write(const FilesDir *dir, const char *name, const void *data, size_t size,
+                const WriteHooks *hooks, char *err, size_t err_len);
+int files_fsync(const FilesDir *dir);
+/* `name` is a regular file in `dir` (a link is not). */
+bool files_has_file(const FilesDir *dir, const char *name);
+/* Unlinks `name` when it is a regular file. */
+void files_remove_file(const FilesDir *dir, const char *name);
+/* Removes step_%08lld of `tier`: its index first (so it stops being complete
+ * at once), then the regular files a checkpoint's layout names (shards,
+ * index, their temporary names), then the directory when that emptied it.
+ * A step that is a link is left alone. */
+void files_remove_step(const FilesDir *tier, int64_t step);
+/* Removes this rank's shard (and its temporary) of a step, and the step
+ * directory when that left it empty. */
+void files_remove_own(const FilesDir *tier, int64_t step, int rank);
 
 bool files_exists(const char *path);
 bool files_is_dir(const char *path);
 int64_t files_size(const char *path); /* -1 when absent */
-/* Sum of the sizes of the files in a directory; *newest: latest mtime. */
+/* Sum of the sizes of the regular files in a directory; *newest: latest mtime. */
 uint64_t files_dir_bytes(const char *dir, time_t *newest);
 
-/* Steps of the step_%08ld directories in `dir`, ascending (malloc'd). */
+/* Steps of the step_%08ld directories in `dir`, ascending (malloc'd); a
+ * link of such a name is not a step. */
 int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, size_t err_len);
+/* The same for an open tier. */
+int files_list_tier(const FilesDir *tier, int64_t **steps, int *count);
 
 #endif

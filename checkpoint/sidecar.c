@@ -50,7 +50,7 @@ typedef struct {
 
 struct Checkpointer {
     CkptOptions options;
-    char tier[TIER_COUNT][PATH_MAX]; /* "" when the tier is off */
+    FilesDir tier[TIER_COUNT];       /* path "" when the tier is off */
     Comm *comm;                      /* the sidecar's own */
     int rank, world;
     uint64_t run_id;
@@ -211,15 +211,26 @@ static int plan_own(Checkpointer *ck, char *err, size_t err_len)
     return 0;
 }
 
-/* Tier 2 must work; tier 1 is dropped (by every rank, later) when it does not. */
+/* Tier 2 must work; tier 1 is dropped (by every rank, later) when it does
+ * not, but a tier-1 directory that someone else may control stops the run:
+ * it could hold links that turn our shards into writes elsewhere. */
 static int check_dirs(Checkpointer *ck, bool *memory_ok, char *err, size_t err_len)
 {
-    char why[512];
-    if (files_probe(ck->tier[TIER_DIR], why, sizeof(why)) != 0)
-        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", ck->tier[TIER_DIR], why);
-    *memory_ok = !ck->tier[TIER_MEMORY][0] ||
-                 (files_mkdirs(ck->tier[TIER_MEMORY], why, sizeof(why)) == 0 &&
-                  files_probe(ck->tier[TIER_MEMORY], why, sizeof(why)) == 0);
+    char why[PATH_MAX + 128];
+    FilesDir *dir = &ck->tier[TIER_DIR], *memory = &ck->tier[TIER_MEMORY];
+    if (files_open_tier(dir, why, sizeof(why)) != 0 ||
+        files_probe(dir, why, sizeof(why)) != 0)
+        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", dir->path, why);
+    if (!memory->path[0])
+        return 0;
+    int opened = files_open_private(memory, why, sizeof(why));
+    if (opened == FILES_UNSAFE)
+        return ckpt_fail(err, err_len,
+                         "%s: %s, so it may not be this run's to use: remove it, or pass "
+                         "--ckpt-memory-dir DIR (a directory of your own) or "
+                         "--ckpt-memory-dir none",
+                         TIER_NAME[TIER_MEMORY], why);
+    *memory_ok = opened == 0 && files_probe(memory, why, sizeof(why)) == 0;
     if (!*memory_ok)
         fprintf(stderr, "phalanx ckpt: rank %d: %s is not usable (%s)\n", ck->rank,
                 TIER_NAME[TIER_MEMORY], why);
@@ -245,8 +256,9 @@ static int setup_local(Checkpointer *ck, const CkptOptions *options, const CkptT
     // tier 2 exists before its real path names tier 1 (ckpt_tier_dirs)
     if (files_mkdirs(options->dir, why, sizeof(why)) != 0)
         return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", options->dir, why);
-    ckpt_tier_dirs(options, ck->tier[TIER_MEMORY], PATH_MAX, ck->tier[TIER_DIR], PATH_MAX);
-    ck->options.dir = ck->tier[TIER_DIR];
+    ckpt_tier_dirs(options, ck->tier[TIER_MEMORY].path, PATH_MAX, ck->tier[TIER_DIR].path,
+                   PATH_MAX);
+    ck->options.dir = ck->tier[TIER_DIR].path;
     ck->options.memory_dir = NULL;
     return plan_own(ck, err, err_len) || check_dirs(ck, memory_ok, err, err_len) ? -1 : 0;
 }
@@ -406,21 +418,17 @@ static int build_shard(Checkpointer *ck, const CkptRunState *state, void **image
     return rc;
 }
 
-static int write_shard(Checkpointer *ck, int tier, const char *dir, const char *shard,
-                       int64_t step, const void *image, size_t size, char *err, size_t err_len)
+static int write_shard(Checkpointer *ck, int tier, const FilesDir *dir, int64_t step,
+                       const void *image, size_t size, char *err, size_t err_len)
 {
-    if (files_mkdirs(dir, err, err_len) != 0)
-        return -1;
-    if (ck->rank == 0) {
-        // an index left by an earlier run at this step would describe other shards
-        char index[PATH_MAX];
-        files_index_path(index, sizeof(index), dir);
-        unlink(index);
-    }
+    if (ck->rank == 0) // an index left by an earlier run at this step would describe other shards
+        files_remove_file(dir, CKPT_INDEX_FILE);
     const Fault *f = &ck->fault;
     bool die = f->step == step && f->tier == tier && (f->rank < 0 || f->rank == ck->rank);
     WriteHooks hooks = {serve_copy, ck, die ? size / 2 : SIZE_MAX};
-    return files_write(shard, image, size, &hooks, err, err_len);
+    char shard[64];
+    files_shard_name(shard, sizeof(shard), ck->rank);
+    return files_write(dir, shard, image, size, &hooks, err, err_len);
 }
 
 /* Rank 0: the index image of this flush (the same bytes in every tier). */
@@ -450,18 +458,18 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
     return rc;
 }
 
-static int write_index(Checkpointer *ck, int tier, const char *dir, const CkptRunState *state,
-                       const int64_t *sizes, char *err, size_t err_len)
+static int write_index(Checkpointer *ck, int tier, const FilesDir *dir,
+                       const CkptRunState *state, const int64_t *sizes, char *err,
+                       size_t err_len)
 {
-    char path[PATH_MAX];
-    files_index_path(path, sizeof(path), dir);
     int rc = build_index(ck, state, sizes, err, err_len) ||
-                     files_write_atomic(path, ck->index_image, ck->index_size, err, err_len)
+                     files_write(dir, CKPT_INDEX_FILE, ck->index_image, ck->index_size, NULL,
+                                 err, err_len)
                  ? -1
                  : 0;
     // and the step directory's own entry, when it is new
-    if (rc == 0 && files_fsync_dir(ck->tier[tier]) != 0)
-        rc = ckpt_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier]);
+    if (rc == 0 && files_fsync(&ck->tier[tier]) != 0)
+        rc = ckpt_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier].path);
     return rc;
 }
 
@@ -472,16 +480,17 @@ static int64_t prune_below(Checkpointer *ck, int tier, int64_t committed)
     int keep = tier == TIER_MEMORY && ck->options.keep > 2 ? 2 : ck->options.keep;
     int64_t *steps = NULL, below = 0;
     int count = 0, complete = 0;
-    if (files_list_steps(ck->tier[tier], &steps, &count, NULL, 0) != 0)
+    if (files_list_tier(&ck->tier[tier], &steps, &count) != 0)
         return 0;
-    char dir[PATH_MAX], index[PATH_MAX];
     for (int i = count - 1; i >= 0 && complete < keep; i--) {
-        files_step_dir(dir, sizeof(dir), ck->tier[tier], steps[i]);
-        files_index_path(index, sizeof(index), dir);
-        if (files_exists(index)) {
+        FilesDir dir;
+        if (files_open_step(&ck->tier[tier], steps[i], false, &dir, NULL, 0) != 0)
+            continue;
+        if (files_has_file(&dir, CKPT_INDEX_FILE)) {
             below = steps[i];
             complete++;
         }
+        files_close(&dir);
     }
     free(steps);
     return below < committed ? below : committed;
@@ -494,16 +503,13 @@ static void prune(Checkpointer *ck, int tier, int64_t below)
     int64_t *steps = NULL;
     int count = 0;
     if (below <= 0 || (tier == TIER_DIR && ck->rank != 0) ||
-        files_list_steps(ck->tier[tier], &steps, &count, NULL, 0) != 0)
+        files_list_tier(&ck->tier[tier], &steps, &count) != 0)
         return;
-    char dir[PATH_MAX], shard[PATH_MAX];
     for (int i = 0; i < count && steps[i] < below; i++) {
-        files_step_dir(dir, sizeof(dir), ck->tier[tier], steps[i]);
-        files_shard_path(shard, sizeof(shard), dir, ck->rank);
         if (ck->rank == 0)
-            files_remove_step(dir);
+            files_remove_step(&ck->tier[tier], steps[i]);
         else
-            files_remove_own(shard, dir);
+            files_remove_own(&ck->tier[tier], steps[i], ck->rank);
     }
     free(steps);
 }
@@ -514,18 +520,19 @@ static void report_not_committed(Checkpointer *ck, int tier, int64_t step, int64
         fprintf(stderr,
                 "phalanx ckpt: the checkpoint of step %lld is not committed to %s (%s): %lld "
                 "of %d rank(s) could not write their shard; training goes on\n",
-                (long long)step, TIER_NAME[tier], ck->tier[tier], (long long)failed, ck->world);
+                (long long)step, TIER_NAME[tier], ck->tier[tier].path, (long long)failed,
+                ck->world);
 }
 
 static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
                         const void *image, size_t size, const char *build_error)
 {
-    char dir[PATH_MAX], shard[PATH_MAX], err[1024];
-    files_step_dir(dir, sizeof(dir), ck->tier[tier], state->step);
-    files_shard_path(shard, sizeof(shard), dir, ck->rank);
-    int wrote = image ? write_shard(ck, tier, dir, shard, state->step, image, size, err,
-                                    sizeof(err))
-                      : ckpt_fail(err, sizeof(err), "%s", build_error);
+    char err[PATH_MAX + 512];
+    FilesDir dir = {.fd = -1};
+    int wrote = !image ? ckpt_fail(err, sizeof(err), "%s", build_error)
+                : files_open_step(&ck->tier[tier], state->step, true, &dir, err, sizeof(err))
+                    ? -1
+                    : write_shard(ck, tier, &dir, state->step, image, size, err, sizeof(err));
     if (wrote != 0)
         fprintf(stderr, "phalanx ckpt: rank %d: step %lld, %s: %s\n", ck->rank,
                 (long long)state->step, TIER_NAME[tier], err);
@@ -541,7 +548,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
     int rc = agree(ck, votes, (size_t)ck->world + 1);
     bool all_wrote = rc == 0 && votes[0] == ck->world;
     if (all_wrote && ck->rank == 0) {
-        verdict[0] = write_index(ck, tier, dir, state, votes + 1, err, sizeof(err)) == 0;
+        verdict[0] = write_index(ck, tier, &dir, state, votes + 1, err, sizeof(err)) == 0;
         if (verdict[0])
             verdict[1] = prune_below(ck, tier, state->step);
         else
@@ -555,8 +562,9 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
         rc = agree(ck, verdict, 2);
     if (rc != 0)
         mark_broken(ck);
+    files_close(&dir);
     if (rc != 0 || !verdict[0]) {
-        files_remove_own(shard, dir);
+        files_remove_own(&ck->tier[tier], state->step, ck->rank);
         return false;
     }
     prune(ck, tier, verdict[1]);
@@ -575,12 +583,12 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
     release_staging(ck);
     bool ok[TIER_COUNT] = {false, false};
     for (int tier = 0; tier < TIER_COUNT && !ck->broken; tier++)
-        if (ck->tier[tier][0])
+        if (ck->tier[tier].path[0])
             ok[tier] = commit_tier(ck, tier, state, built == 0 ? image : NULL, size, err);
     free(image);
     pthread_mutex_lock(&ck->lock);
     for (int tier = 0; tier < TIER_COUNT; tier++) {
-        if (!ck->tier[tier][0])
+        if (!ck->tier[tier].path[0])
             continue;
         ck->stats.committed[tier] += ok[tier];
         ck->stats.failed[tier] += !ok[tier];
@@ -628,6 +636,8 @@ static void free_checkpointer(Checkpointer *ck)
     if (!ck)
         return;
     comm_free(ck->comm);
+    for (int t = 0; t < TIER_COUNT; t++)
+        files_close(&ck->tier[t]);
     free(ck->tensors);
     free(ck->own);
     free(ck->staging);
@@ -646,6 +656,8 @@ static Checkpointer *new_checkpointer(Comm *world)
         return NULL;
     ck->rank = comm_rank(world);
     ck->world = comm_size(world);
+    for (int t = 0; t < TIER_COUNT; t++)
+        ck->tier[t].fd = -1;
     pthread_mutex_init(&ck->lock, NULL);
     pthread_cond_init(&ck->wake, NULL);
     pthread_cond_init(&ck->copied, NULL);
@@ -708,7 +720,7 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
         if (ck->rank == 0)
             fprintf(stderr, "phalanx ckpt: %s is off for this run: %lld rank(s) cannot use it\n",
                     TIER_NAME[TIER_MEMORY], (long long)votes[1]);
-        ck->tier[TIER_MEMORY][0] = '\0';
+        ck->tier[TIER_MEMORY].path[0] = '\0';
     }
     ck->threaded = options->mode == CKPT_ASYNC;
     if (ck->threaded && pthread_create(&ck->thread, NULL, sidecar_main, ck) != 0) {
@@ -781,7 +793,7 @@ CkptStats ckpt_stats(Checkpointer *ck)
 /* A successful run no longer needs tier 1, unless tier 2 is behind it. */
 static void clean_memory_tier(Checkpointer *ck)
 {
-    const char *root = ck->tier[TIER_MEMORY];
+    const char *root = ck->tier[TIER_MEMORY].path;
     if (ck->stats.last_step[TIER_MEMORY] > ck->stats.last_step[TIER_DIR]) {
         if (ck->rank == 0)
             fprintf(stderr,
@@ -792,7 +804,7 @@ static void clean_memory_tier(Checkpointer *ck)
         return;
     }
     prune(ck, TIER_MEMORY, INT64_MAX);
-    rmdir(root);
+    rmdir(root); // a link is not removed by rmdir, nor what it points to
 }
 
 int ckpt_close(Checkpointer *ck, bool success, CkptStats *final)
@@ -806,7 +818,7 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final)
     }
     // every rank's flushes are over before tier 1 goes
     int synced = comm_barrier(ck->comm);
-    if (success && synced == 0 && ck->tier[TIER_MEMORY][0] && !ck->broken)
+    if (success && synced == 0 && ck->tier[TIER_MEMORY].path[0] && !ck->broken)
         clean_memory_tier(ck);
     int rc = ck->stats.snapshots == 0 || ck->last_dir_ok ? 0 : -1;
     if (final)

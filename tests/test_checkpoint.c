@@ -402,6 +402,122 @@ static void test_open_rejects_bad_inputs(void **state)
     assert_non_null(strstr(f->err, "--ckpt-every is 0"));
 }
 
+/* ---- issue 14: never follow a link the checkpoint writer did not make ---- */
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *file = fopen(path, "w");
+    assert_non_null(file);
+    fputs(text, file);
+    assert_int_equal(fclose(file), 0);
+}
+
+static void assert_text(const char *path, const char *text)
+{
+    char got[64] = "";
+    FILE *file = fopen(path, "r");
+    assert_non_null(file);
+    size_t n = fread(got, 1, sizeof(got) - 1, file);
+    fclose(file);
+    got[n] = '\0';
+    assert_string_equal(got, text);
+}
+
+/* Links planted at a shard's name in both tiers are replaced by the shard,
+ * never written through. */
+static void test_shard_link_is_not_written_through(void **state)
+{
+    Fixture *f = *state;
+    char victim[600], step[700], link[800];
+    snprintf(victim, sizeof(victim), "%s/victim", f->dir);
+    write_text(victim, "precious");
+    const char *tiers[] = {f->tier2, f->tier1};
+    for (int t = 0; t < 2; t++) {
+        snprintf(step, sizeof(step), "%s/step_00000002", tiers[t]);
+        snprintf(link, sizeof(link), "%s/rank_00000.h5", step);
+        assert_int_equal(mkdir(tiers[t], 0700), 0);
+        assert_int_equal(mkdir(step, 0700), 0);
+        assert_int_equal(symlink(victim, link), 0);
+    }
+    train(f, options(f, CKPT_SYNC, 2, 3), 2);
+    assert_text(victim, "precious");
+    snprintf(link, sizeof(link), "%s/rank_00000.h5", step_path(f, 2));
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_OK);
+}
+
+/* A step directory that is a link, in either tier, is not pruned: what it
+ * points to keeps every file, even those named like a checkpoint's. */
+static void test_pruning_leaves_linked_steps_alone(void **state)
+{
+    Fixture *f = *state;
+    char victim[600], file[700], link[700];
+    snprintf(victim, sizeof(victim), "%s/victim", f->dir);
+    assert_int_equal(mkdir(victim, 0700), 0);
+    const char *names[] = {"index.h5", "rank_00000.h5", "precious"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(file, sizeof(file), "%s/%s", victim, names[i]);
+        write_text(file, names[i]);
+    }
+    const char *tiers[] = {f->tier2, f->tier1};
+    for (int t = 0; t < 2; t++) {
+        snprintf(link, sizeof(link), "%s/step_00000001", tiers[t]);
+        assert_int_equal(mkdir(tiers[t], 0700), 0);
+        assert_int_equal(symlink(victim, link), 0);
+    }
+    train(f, options(f, CKPT_SYNC, 2, 1), 6); // keeps step 6 only; close clears tier 1
+    for (int i = 0; i < 3; i++) {
+        snprintf(file, sizeof(file), "%s/%s", victim, names[i]);
+        assert_text(file, names[i]);
+    }
+}
+
+static void assert_tier1_refused(Fixture *f, const char *why)
+{
+    CkptOptions o = options(f, CKPT_SYNC, 2, 1);
+    assert_null(ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err)));
+    assert_non_null(strstr(f->err, f->tier1));
+    assert_non_null(strstr(f->err, why));
+    assert_non_null(strstr(f->err, "--ckpt-memory-dir"));
+}
+
+/* Tier 1 sits at a predictable name in a world-writable directory: one that
+ * someone else made first (or may write in) is refused, not used. */
+static void test_tier1_of_someone_else_is_refused(void **state)
+{
+    Fixture *f = *state;
+    assert_int_equal(mkdir(f->tier1, 0700), 0);
+    assert_int_equal(chmod(f->tier1, 0777), 0);
+    assert_tier1_refused(f, "is writable by others (mode 0777)");
+    assert_int_equal(chmod(f->tier1, 0770), 0);
+    assert_tier1_refused(f, "is writable by its group");
+    assert_int_equal(chmod(f->tier1, 0700), 0);
+    if (geteuid() == 0) { // only root can give a directory away
+        assert_int_equal(chown(f->tier1, 65534, 65534), 0);
+        assert_tier1_refused(f, "belongs to uid 65534");
+    }
+    char elsewhere[600];
+    snprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere", f->dir);
+    assert_int_equal(mkdir(elsewhere, 0700), 0);
+    assert_int_equal(rmdir(f->tier1), 0);
+    assert_int_equal(symlink(elsewhere, f->tier1), 0);
+    assert_tier1_refused(f, "is a symbolic link");
+    // a private directory of our own is used, and one made by the run is 0700
+    assert_int_equal(unlink(f->tier1), 0);
+    train(f, options(f, CKPT_SYNC, 2, 1), 2);
+    CkptOptions o = options(f, CKPT_SYNC, 2, 1);
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    struct stat st;
+    assert_int_equal(lstat(f->tier1, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(ckpt_close(ck, true, NULL), 0);
+}
+
 static void test_state_key_values(void **state)
 {
     (void)state;
@@ -419,6 +535,95 @@ static void test_state_key_values(void **state)
     assert_true(ckpt_state_get(&s, "absent", 7) == 7);
 }
 
+/* ---- issue 14: resume and verify refuse a run state out of range ---- */
+
+typedef struct {
+    const char *field; /* the name the message must give */
+    void (*spoil)(CkptRunState *s);
+} Spoiler;
+
+static void cursor_negative(CkptRunState *s) { s->sample_cursor = -1; }
+static void cursor_huge(CkptRunState *s) { s->sample_cursor = (int64_t)1 << 62; }
+static void batch_zero(CkptRunState *s) { s->global_batch = 0; }
+static void micro_negative(CkptRunState *s) { s->micro_batch = -8; }
+static void lr_nan(CkptRunState *s) { s->lr = NAN; }
+static void beta_above_one(CkptRunState *s) { s->beta1 = 2.0; }
+static void extra_nan(CkptRunState *s) { ckpt_state_set(s, "batch.ema_noise", NAN); }
+
+static const Spoiler SPOILERS[] = {
+    {"'sample_cursor' is -1", cursor_negative}, {"'sample_cursor' is 4611686018427387904", cursor_huge},
+    {"'global_batch' is 0", batch_zero},        {"'micro_batch' is -8", micro_negative},
+    {"'lr' is nan", lr_nan},                    {"'beta1' is 2", beta_above_one},
+    {"'batch.ema_noise' is nan", extra_nan},
+};
+#define SPOILER_COUNT ((int)(sizeof(SPOILERS) / sizeof(SPOILERS[0])))
+
+/* Step i+1 is written with SPOILERS[i] applied (the writer does not judge). */
+static void write_spoiled(Fixture *f)
+{
+    CkptOptions o = options(f, CKPT_SYNC, 1, SPOILER_COUNT);
+    o.memory_dir = "none";
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    for (int i = 0; i < SPOILER_COUNT; i++) {
+        fill(f->t, TENSORS, i + 1);
+        CkptRunState s = run_state(i + 1);
+        SPOILERS[i].spoil(&s);
+        assert_int_equal(ckpt_snapshot(ck, &s, f->err, sizeof(f->err)), 0);
+    }
+    assert_int_equal(ckpt_close(ck, true, NULL), 0);
+}
+
+static void test_run_state_out_of_range_is_corrupt(void **state)
+{
+    Fixture *f = *state;
+    write_spoiled(f);
+    for (int i = 0; i < SPOILER_COUNT; i++) {
+        CkptRunState s;
+        assert_int_equal(ckpt_load(step_path(f, i + 1), f->t, TENSORS, &MODEL, &s, f->err,
+                                   sizeof(f->err)),
+                         CKPT_CORRUPT);
+        if (!strstr(f->err, SPOILERS[i].field))
+            fail_msg("'%s' not in: %s", SPOILERS[i].field, f->err);
+        FILE *report = tmpfile();
+        assert_int_equal(ckpt_verify(step_path(f, i + 1), report, f->err, sizeof(f->err)),
+                         CKPT_CORRUPT);
+        fclose(report);
+    }
+}
+
+static int refuse_step_2(const CkptRunState *s, char *err, size_t err_len)
+{
+    if (s->step != 2)
+        return 0;
+    snprintf(err, err_len, "'batch.batch' is 0, outside [1, 2147483647]");
+    return -1;
+}
+
+/* The caller's check refuses step 2: resume falls back to step 1, for
+ * "latest" and for the explicit step directory alike. */
+static void test_resume_falls_back_past_a_refused_state(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 3);
+    o.memory_dir = "none";
+    train(f, o, 2);
+    o.check_state = refuse_step_2;
+    char path[1024], explicit[700];
+    CkptRunState s;
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 1);
+    snprintf(explicit, sizeof(explicit), "%s", step_path(f, 2));
+    assert_int_equal(ckpt_resume(f->world, &o, explicit, f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 1);
+    assert_string_equal(path, step_path(f, 1));
+    assert_version(f->t, TENSORS, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,7 +638,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_with_nothing_there, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_rejects_bad_inputs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shard_link_is_not_written_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pruning_leaves_linked_steps_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tier1_of_someone_else_is_refused, setup, teardown),
         cmocka_unit_test(test_state_key_values),
+        cmocka_unit_test_setup_teardown(test_run_state_out_of_range_is_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_falls_back_past_a_refused_state, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
