@@ -5,6 +5,7 @@ h5py); scripts/test takes care of that. PHALANX_BUILD names the meson build
 directory (default: build/ at the repository root)."""
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
@@ -23,6 +24,18 @@ def build_dir():
 @pytest.fixture(scope="session")
 def phalanx(build_dir):
     return str(build_dir / "launcher" / "phalanx")
+
+
+@pytest.fixture(scope="module")
+def mpi_hello(tmp_path_factory):
+    """tests/mpi_hello.c built by hand with mpicc (no meson build needed)."""
+    mpicc = shutil.which("mpicc")
+    assert mpicc, "mpicc not found (Debian: libopenmpi-dev; scripts/install-deps installs it)"
+    exe = tmp_path_factory.mktemp("mpi") / "mpi_hello"
+    r = subprocess.run([mpicc, "-O2", "-o", str(exe), str(ROOT / "tests" / "mpi_hello.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return exe
 
 
 def run(cmd, **kwargs):

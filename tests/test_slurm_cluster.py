@@ -1,26 +1,12 @@
 """The private Slurm cluster of tests/slurm_cluster.py: MPI under srun --mpi=pmix,
 three emulated nodes, and the node-loss drill (kill_node)."""
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT
 from slurm_cluster import slurm, slurm3, slurm_factory  # noqa: F401 (fixtures)
-
-
-@pytest.fixture(scope="module")
-def mpi_hello(tmp_path_factory):
-    """tests/mpi_hello.c built by hand with mpicc (no meson build needed)."""
-    mpicc = shutil.which("mpicc")
-    assert mpicc, "mpicc not found (Debian: libopenmpi-dev; scripts/install-deps installs it)"
-    exe = tmp_path_factory.mktemp("mpi") / "mpi_hello"
-    r = subprocess.run([mpicc, "-O2", "-o", str(exe), str(ROOT / "tests" / "mpi_hello.c")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return exe
 
 
 def test_srun_pmix_runs_mpi_ranks(slurm, mpi_hello):
