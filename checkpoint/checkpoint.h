@@ -164,12 +164,17 @@ int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *er
 
 typedef enum { CKPT_ASYNC = 0, CKPT_SYNC = 1 } CkptMode;
 
+/* The caller's check of the run state it restores (the meaning and ranges of
+ * its extra pairs): 0, or -1 with a message naming the field. */
+typedef int (*CkptStateCheck)(const CkptRunState *state, char *err, size_t err_len);
+
 typedef struct {
     const char *dir;        /* tier 2 (--ckpt-dir); created when missing */
     const char *memory_dir; /* tier 1; NULL or "": /dev/shm/phalanx-<hash>; "none": off */
     long every;             /* checkpoint after steps every, 2*every, ... (>= 1) */
     int keep;               /* complete checkpoints kept per tier (>= 1) */
     CkptMode mode;
+    CkptStateCheck check_state; /* resume: NULL, or refuses (then falls back) */
 } CkptOptions;
 
 /* Parses "async" / "sync". */
@@ -223,6 +228,13 @@ typedef struct {
 /* A consistent copy of the counters (safe while the sidecar runs). */
 CkptStats ckpt_stats(Checkpointer *ck);
 
+/* Commits no checkpoint from now on: snapshots still pending (and later
+ * ones) are written as shards and removed, never indexed; a commit whose
+ * index is already written stands. For a run that must stop without
+ * leaving a newer checkpoint than it has (its launcher is gone: a relaunch
+ * may already be resuming). Call on every rank, then ckpt_close(ck, false). */
+void ckpt_abandon(Checkpointer *ck);
+
 /* Collective. Finishes pending work and stops the sidecar; `success` says
  * the run ended well, which lets tier 1 go. Fills *final (when not NULL)
  * with the counters after the last flush. Returns 0, or -1 when the last
@@ -231,6 +243,25 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
 
 /* ---------------------------------------------------------------------- */
 /* Reading                                                                */
+
+/* What a checkpoint must be before any of it is trusted, for load, resume
+ * and verify alike (one validation, in open_checkpoint):
+ * - index.h5 and every shard: regular HDF5 files (a FIFO is refused without
+ *   blocking; a directory, an empty or a non-HDF5 file is named as such);
+ * - the index: its `checksum` attribute (lookup3 over the root attributes,
+ *   the run state and both tables) matches; the shard table lists ranks
+ *   0..n-1 once each; the fragment table is not empty, every entry has a
+ *   sane name, ndim 1 or 2, a shape of at most 2^40 elements, rows inside
+ *   it, a listed rank, fits in its shard's bytes, and the fragments tile
+ *   every tensor exactly; every run-state value is finite and in range
+ *   (steps and samples in [0, 2^53], batches >= 1), with the field named;
+ * - every shard dataset read: reached through hard links only, float32,
+ *   chunked as the writer chunks it, Fletcher32 its only filter, no external
+ *   storage (so not virtual), attributes that agree with the index.
+ * Anything else is CKPT_CORRUPT, and resume falls back past it. */
+
+/* "[32]" or "[32, 1]": a shape as the messages print it. */
+void ckpt_shape_text(int ndim, const int64_t shape[2], char *out, size_t len);
 
 /* Fills the caller's tensors (whole logical tensors; m and v may be NULL)
  * and *state from the checkpoint at `path` (a step directory or its
@@ -241,8 +272,12 @@ CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
 /* Collective over `comm`. `spec` is "latest" (the tiers of `options`) or a
  * path: a step directory, or a directory of step directories (its newest
  * complete one). Falls back to older complete checkpoints when one fails on
- * any rank. On success *state is filled and path_out names the checkpoint.
- * The status and the message are the same on every rank. */
+ * any rank (corrupt, incomplete, or refused by options->check_state); for an
+ * explicit step directory DIR/step_N those are the complete step
+ * directories of DIR older than N. A model that differs (CKPT_MISMATCH)
+ * and a system error never fall back. On success *state is filled and
+ * path_out names the checkpoint. The status and the message are the same
+ * on every rank. */
 CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
                        const CkptTensor *tensors, int count, const CkptModel *expect,
                        CkptRunState *state, char *path_out, size_t path_len, char *err,
@@ -294,9 +329,9 @@ int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_
  * checks, as ckpt_list), or -1 when there is none or no directory yet. */
 int64_t ckpt_newest_complete(const CkptOptions *options);
 
-/* Reads every fragment of every shard (all checksums), checks that the
- * fragments tile every tensor and that the shards belong to the index.
- * Writes one line per problem to `report`. */
+/* The validation above, and every fragment of every shard read (all
+ * checksums). Writes one line per problem to `report`. The extra pairs are
+ * checked for finiteness only (their meaning is the trainer's). */
 CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len);
 
 #endif

@@ -14,10 +14,14 @@
  */
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 const char *const ckpt_kind_group[KIND_COUNT] = {"params", "optim/m", "optim/v"};
 
@@ -97,12 +101,25 @@ typedef struct {
     size_t len;
 } ErrorText;
 
+/* Some entries of HDF5's stack carry an empty description: the minor
+ * error's name ("wrong B-tree signature") is the text then. */
+static void error_name(const H5E_error2_t *e, char *buf, size_t len)
+{
+    H5E_type_t type;
+    if (H5Eget_msg(e->min_num, &type, buf, len) <= 0 || !buf[0])
+        snprintf(buf, len, "HDF5 failed in %s", e->func_name ? e->func_name : "a call");
+}
+
 static herr_t innermost_error(unsigned n, const H5E_error2_t *e, void *data)
 {
     ErrorText *t = data;
     if (n > 0)
         return 0;
-    const char *desc = e->desc ? e->desc : "unknown HDF5 error";
+    if (!e->desc || !e->desc[0]) {
+        error_name(e, t->buf, t->len);
+        return 0;
+    }
+    const char *desc = e->desc;
     // low-level I/O errors carry the system's text inside a long description
     const char *sys = strstr(desc, "error message = '");
     if (sys) {
@@ -234,15 +251,49 @@ static int core_image(hid_t file, void **image, size_t *size, char *err, size_t 
     return 0;
 }
 
-/* Checkpoint files never change once committed, so readers take no lock:
- * HDF5 1.10 flocks by default, which fails on some parallel file systems. */
-static hid_t open_read(const char *path)
+/* What HDF5 would say "unknown error" or block on, named first: a FIFO is
+ * opened without blocking and refused, like a directory, a device or a file
+ * that is empty or does not start with the HDF5 signature (our files never
+ * have a user block). */
+static int check_hdf5_file(const char *path, char *err, size_t err_len)
 {
+    static const uint8_t signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return ckpt_fail(err, err_len, "cannot open it: %s", strerror(errno));
+    struct stat st;
+    uint8_t head[8];
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = ckpt_fail(err, err_len, "cannot stat it: %s", strerror(errno));
+    else if (S_ISDIR(st.st_mode))
+        rc = ckpt_fail(err, err_len, "is a directory, not an HDF5 file");
+    else if (!S_ISREG(st.st_mode))
+        rc = ckpt_fail(err, err_len, "is not a regular file (a FIFO, socket or device)");
+    else if (st.st_size == 0)
+        rc = ckpt_fail(err, err_len, "is empty (0 bytes), not an HDF5 file");
+    else if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
+             memcmp(head, signature, sizeof(head)) != 0)
+        rc = ckpt_fail(err, err_len, "is not an HDF5 file (it does not start with the HDF5 "
+                                     "signature)");
+    close(fd);
+    return rc;
+}
+
+/* Checkpoint files never change once committed, so readers take no lock:
+ * HDF5 1.10 flocks by default, which fails on some parallel file systems.
+ * On failure err holds the reason (without the path). */
+static hid_t open_read(const char *path, char *err, size_t err_len)
+{
+    if (check_hdf5_file(path, err, err_len) != 0)
+        return H5I_INVALID_HID;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     hid_t file = H5I_INVALID_HID;
     if (fapl >= 0 && H5Pset_file_locking(fapl, 0, 1) >= 0)
         file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     close_id(fapl);
+    if (file < 0)
+        h5_error(err, err_len);
     return file;
 }
 
@@ -278,15 +329,26 @@ static int attr_string(hid_t obj, const char *name, const char *text)
     return rc;
 }
 
+/* A stored type that converts to `mem_type` without loss: the same class,
+ * no wider (HDF5 would clamp 1e12 into an int, or round a double). */
+static bool type_fits(hid_t stored, hid_t mem_type)
+{
+    return stored >= 0 && H5Tget_class(stored) == H5Tget_class(mem_type) &&
+           H5Tget_size(stored) <= H5Tget_size(mem_type);
+}
+
 static int attr_read(hid_t obj, const char *name, hid_t mem_type, hssize_t count, void *out)
 {
     if (H5Aexists(obj, name) <= 0)
         return -1;
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t space = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
     int rc = -1;
-    if (space >= 0 && H5Sget_simple_extent_npoints(space) == (count ? count : 1))
+    if (space >= 0 && H5Sget_simple_extent_npoints(space) == (count ? count : 1) &&
+        type_fits(type, mem_type))
         rc = H5Aread(attr, mem_type, out) >= 0 ? 0 : -1;
+    close_id(type);
     close_id(space);
     close_id(attr);
     return rc;
@@ -443,7 +505,7 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
         rc = f->type == F_STR ? attr_read_string(run, f->name, at, f->size)
                               : attr_read(run, f->name, field_mem_type(f->type), 0, at);
         if (rc != 0)
-            ckpt_fail(err, err_len, "run state: attribute '%s' is missing or unreadable",
+            ckpt_fail(err, err_len, "run state: attribute '%s' is missing, unreadable or of the wrong type",
                       f->name);
     }
     if (rc == 0 && H5Aiterate2(extra, H5_INDEX_NAME, H5_ITER_INC, NULL, read_extra, state) < 0)
@@ -451,6 +513,108 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
     close_id(extra);
     close_id(run);
     return rc;
+}
+
+// ----------------------------------------------------------------------------
+// the index checksum: lookup3 over what the index holds (root attributes, run
+// state, fragment and shard tables), serialised field by field (struct bytes
+// have undefined padding), extra pairs by key (HDF5 lists them by name)
+
+typedef struct {
+    uint8_t *data;
+    size_t size, capacity;
+    bool failed;
+} Bytes;
+
+static void bytes_put(Bytes *b, const void *p, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->size + n > b->capacity) {
+        size_t capacity = 2 * (b->size + n) + 256;
+        uint8_t *grown = realloc(b->data, capacity);
+        if (!grown) {
+            b->failed = true;
+            return;
+        }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, p, n);
+    b->size += n;
+}
+
+static void bytes_put_i64(Bytes *b, int64_t v)
+{
+    bytes_put(b, &v, sizeof(v)); // little-endian: see the assertion below
+}
+
+static void bytes_put_text(Bytes *b, const char *text, size_t max)
+{
+    size_t n = strnlen(text, max);
+    bytes_put_i64(b, (int64_t)n);
+    bytes_put(b, text, n);
+}
+
+static int compare_extra(const void *a, const void *b)
+{
+    return strcmp(((const CkptExtra *)a)->key, ((const CkptExtra *)b)->key);
+}
+
+static void put_run_state(Bytes *b, const CkptRunState *s)
+{
+    for (size_t i = 0; i < RUN_FIELD_COUNT; i++) {
+        const Field *f = &RUN_FIELDS[i];
+        const char *at = (const char *)s + f->offset;
+        if (f->type == F_STR)
+            bytes_put_text(b, at, f->size);
+        else
+            bytes_put(b, at, f->size);
+    }
+    CkptExtra extra[CKPT_EXTRA_MAX];
+    int count = s->extra_count < 0 || s->extra_count > CKPT_EXTRA_MAX ? 0 : s->extra_count;
+    memcpy(extra, s->extra, (size_t)count * sizeof(CkptExtra));
+    qsort(extra, (size_t)count, sizeof(CkptExtra), compare_extra);
+    bytes_put_i64(b, count);
+    for (int i = 0; i < count; i++) {
+        bytes_put_text(b, extra[i].key, sizeof(extra[i].key));
+        bytes_put(b, &extra[i].value, sizeof(extra[i].value));
+    }
+}
+
+static int index_checksum(const IndexContent *c, uint32_t *out)
+{
+    Bytes b = {0};
+    bytes_put_i64(&b, c->state->step);
+    bytes_put(&b, &c->run_id, sizeof(c->run_id));
+    put_run_state(&b, c->state);
+    bytes_put_i64(&b, c->fragment_count);
+    for (int i = 0; i < c->fragment_count; i++) {
+        const CkptFragment *f = &c->fragments[i];
+        bytes_put_text(&b, f->name, sizeof(f->name));
+        int64_t fields[6] = {f->ndim, f->shape[0], ckpt_row_length(f->ndim, f->shape), f->rank,
+                             f->row_begin, f->row_end};
+        for (int k = 0; k < 6; k++)
+            bytes_put_i64(&b, fields[k]);
+    }
+    bytes_put_i64(&b, c->shard_count);
+    for (int i = 0; i < c->shard_count; i++) {
+        bytes_put_i64(&b, c->shards[i].rank);
+        bytes_put_i64(&b, c->shards[i].bytes);
+    }
+    if (!b.failed)
+        *out = lookup3(b.data, b.size);
+    free(b.data);
+    return b.failed ? -1 : 0;
+}
+
+static int write_checksum(hid_t file, const IndexContent *c)
+{
+    uint32_t sum;
+    return index_checksum(c, &sum) == 0 &&
+                   attr_write(file, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &sum) == 0
+               ? 0
+               : -1;
 }
 
 // ----------------------------------------------------------------------------
@@ -747,7 +911,8 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
                      table_write(file, "fragments", ftype, (size_t)c->fragment_count,
                                  c->fragments) == 0 &&
                      table_write(file, "shards", stype, (size_t)c->shard_count, c->shards) == 0 &&
-                     write_virtuals(file, c->fragments, c->fragment_count) == 0
+                     write_virtuals(file, c->fragments, c->fragment_count) == 0 &&
+                     write_checksum(file, c) == 0
                  ? 0
                  : -1;
     if (rc != 0)
@@ -777,7 +942,8 @@ int format_index_update(const void *template, size_t template_size, const IndexC
                      H5Adelete(file, "run_id") >= 0 && H5Ldelete(file, "run", H5P_DEFAULT) >= 0 &&
                      write_root_attrs(file, c->state->step, c->run_id) == 0 &&
                      run_state_write(file, c->state) == 0 &&
-                     H5Dwrite(shards, stype, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->shards) >= 0
+                     H5Dwrite(shards, stype, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->shards) >= 0 &&
+                     H5Adelete(file, "checksum") >= 0 && write_checksum(file, c) == 0
                  ? 0
                  : -1;
     if (rc != 0)
@@ -791,16 +957,23 @@ int format_index_update(const void *template, size_t template_size, const IndexC
     return rc;
 }
 
-/* Reads a whole 1-D table into a malloc'd array of `record_size` records. */
+/* Bounds on what an index may declare, checked before any arithmetic or
+ * allocation uses the numbers: far above any real run, far below overflow. */
+#define TABLE_RECORDS_MAX (1 << 20)          /* fragments, shards */
+#define TENSOR_ELEMENTS_MAX ((int64_t)1 << 40) /* elements of one logical tensor */
+#define COUNT_MAX ((int64_t)1 << 53)         /* steps, samples: exact in a double */
+
+/* Reads a whole 1-D table of at most TABLE_RECORDS_MAX records into a
+ * malloc'd array of `record_size` records. */
 static int table_read(hid_t file, const char *name, hid_t mem_type, size_t record_size,
-                      void **out, int *count)
+                      void **out, int *count, char *err, size_t err_len)
 {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
-        return -1;
+        return ckpt_fail(err, err_len, "no table '%s'", name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
     hid_t space = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
     hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
-    void *records = n >= 0 ? calloc((size_t)n + 1, record_size) : NULL;
+    void *records = n >= 0 && n <= TABLE_RECORDS_MAX ? calloc((size_t)n + 1, record_size) : NULL;
     int rc = records && (n == 0 || H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                            records) >= 0)
                  ? 0
@@ -809,23 +982,237 @@ static int table_read(hid_t file, const char *name, hid_t mem_type, size_t recor
     close_id(ds);
     if (rc != 0) {
         free(records);
-        return -1;
+        if (n > TABLE_RECORDS_MAX)
+            return ckpt_fail(err, err_len, "table '%s' has %lld records, more than %d", name,
+                             (long long)n, TABLE_RECORDS_MAX);
+        return h5_fail(err, err_len, name);
     }
     *out = records;
     *count = (int)n;
     return 0;
 }
 
-/* The fragment table is data from disk: check it before anything trusts it. */
+/* Shard ranks are 0 .. count-1, each once (the reader indexes by rank). */
+static int shards_sane(const CkptIndex *x, char *err, size_t err_len)
+{
+    if (x->shard_count < 1)
+        return ckpt_fail(err, err_len, "corrupt: the shard table is empty");
+    bool *seen = calloc((size_t)x->shard_count, sizeof(bool));
+    if (!seen)
+        return ckpt_fail(err, err_len, "out of memory");
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < x->shard_count; i++) {
+        const CkptShard *s = &x->shards[i];
+        if (s->rank < 0 || s->rank >= x->shard_count || seen[s->rank])
+            rc = ckpt_fail(err, err_len,
+                           "corrupt shard table: entry %d has rank %d (ranks must be 0..%d, "
+                           "each once)",
+                           i, s->rank, x->shard_count - 1);
+        else if (s->bytes < 0)
+            rc = ckpt_fail(err, err_len, "corrupt shard table: entry %d has bytes %lld", i,
+                           (long long)s->bytes);
+        else
+            seen[s->rank] = true;
+    }
+    free(seen);
+    return rc;
+}
+
+static bool name_sane(const char *name)
+{
+    if (!name[0])
+        return false;
+    for (const char *c = name; *c; c++)
+        if (!(*c >= 'a' && *c <= 'z') && !(*c >= 'A' && *c <= 'Z') && !(*c >= '0' && *c <= '9') &&
+            !strchr("._-", *c))
+            return false;
+    return true;
+}
+
+/* What is wrong with fragment f (NULL: nothing), every number bounded
+ * before it is multiplied. */
+static const char *fragment_problem(const CkptFragment *f, int shard_count)
+{
+    if (!name_sane(f->name))
+        return "its 'name' is empty or has characters outside [A-Za-z0-9._-]";
+    if (f->ndim < 1 || f->ndim > 2)
+        return "its 'ndim' is not 1 or 2";
+    int64_t rows = f->shape[0], row = ckpt_row_length(f->ndim, f->shape);
+    if (rows < 1 || row < 1 || rows > TENSOR_ELEMENTS_MAX / row)
+        return "its 'shape' is not positive or has more than 2^40 elements";
+    if (f->row_begin < 0 || f->row_end <= f->row_begin || f->row_end > rows)
+        return "its rows 'row_begin'..'row_end' are empty or outside the shape";
+    if (f->rank < 0 || f->rank >= shard_count)
+        return "its 'rank' names no shard of the shard table";
+    return NULL;
+}
+
+/* The fragment table is data from disk: check it before anything trusts it.
+ * The shard table is already checked; a shard must be large enough for its
+ * fragments' params, m and v. */
 static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
 {
-    for (int i = 0; i < x->fragment_count; i++) {
+    if (x->fragment_count < 1)
+        return ckpt_fail(err, err_len, "corrupt: the fragment table is empty");
+    int64_t *need = calloc((size_t)x->shard_count, sizeof(int64_t));
+    if (!need)
+        return ckpt_fail(err, err_len, "out of memory");
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < x->fragment_count; i++) {
         CkptFragment *f = &x->fragments[i];
         f->name[CKPT_NAME_MAX - 1] = '\0';
-        if (f->ndim < 1 || f->ndim > 2 || f->shape[0] < 1 ||
-            ckpt_row_length(f->ndim, f->shape) < 1 || f->row_begin < 0 ||
-            f->row_end <= f->row_begin || f->row_end > f->shape[0] || f->rank < 0)
-            return ckpt_fail(err, err_len, "fragment %d ('%s') is malformed", i, f->name);
+        const char *problem = fragment_problem(f, x->shard_count);
+        if (problem) {
+            rc = ckpt_fail(err, err_len, "corrupt fragment table: entry %d ('%s'): %s", i,
+                           f->name, problem);
+            break;
+        }
+        int64_t bytes = (f->row_end - f->row_begin) * ckpt_row_length(f->ndim, f->shape) *
+                        (int64_t)(KIND_COUNT * sizeof(float));
+        need[f->rank] += bytes;
+        if (need[f->rank] > x->shards[f->rank].bytes)
+            rc = ckpt_fail(err, err_len,
+                           "corrupt fragment table: the fragments of rank %d need more than "
+                           "the %lld bytes of its shard",
+                           f->rank, (long long)x->shards[f->rank].bytes);
+    }
+    free(need);
+    return rc;
+}
+
+static int bad_count(char *err, size_t err_len, const char *field, int64_t value, int64_t low,
+                     int64_t high)
+{
+    return ckpt_fail(err, err_len, "corrupt run state: '%s' is %lld, outside [%lld, %lld]",
+                     field, (long long)value, (long long)low, (long long)high);
+}
+
+static int bad_real(char *err, size_t err_len, const char *field, double value, double low,
+                    double high)
+{
+    return ckpt_fail(err, err_len, "corrupt run state: '%s' is %g, %s [%g, %g]", field, value,
+                     isfinite(value) ? "outside" : "not a finite number in", low, high);
+}
+
+#define COUNT_IN(field, value, low, high) \
+    ((value) < (low) || (value) > (high) ? bad_count(err, err_len, field, value, low, high) : 0)
+#define REAL_IN(field, value, low, high)                                     \
+    (!((value) >= (low) && (value) <= (high))                                \
+         ? bad_real(err, err_len, field, value, low, high)                   \
+         : 0)
+
+/* Every value of the run state finite and in the range a run can have
+ * (steps and samples below 2^53, each step at most INT_MAX samples); the
+ * meaning of the extra pairs is the caller's (CkptOptions.check_state). */
+static int run_state_check(const CkptRunState *s, char *err, size_t err_len)
+{
+    const CkptModel *m = &s->model;
+    const CkptLayout *w = &s->writer;
+    int rc = COUNT_IN("format_version", s->format_version, 1, CKPT_FORMAT_VERSION) ||
+             COUNT_IN("step", s->step, 0, COUNT_MAX) ||
+             COUNT_IN("sample_cursor", s->sample_cursor, 0,
+                      s->step < COUNT_MAX / INT_MAX ? s->step * INT_MAX : COUNT_MAX) ||
+             COUNT_IN("vocab", m->vocab, 1, INT_MAX) || COUNT_IN("layers", m->layers, 1, INT_MAX) ||
+             COUNT_IN("heads", m->heads, 1, INT_MAX) || COUNT_IN("dim", m->dim, 1, INT_MAX) ||
+             COUNT_IN("seq_len", m->seq_len, 1, INT_MAX) ||
+             REAL_IN("lr", s->lr, 0, 1e6) || REAL_IN("beta1", s->beta1, 0, 1) ||
+             REAL_IN("beta2", s->beta2, 0, 1) || REAL_IN("eps", s->eps, 0, 1) ||
+             REAL_IN("weight_decay", s->weight_decay, 0, 1e6) || REAL_IN("clip", s->clip, 0, 1e30) ||
+             COUNT_IN("decay_all", s->decay_all, 0, 1) ||
+             COUNT_IN("warmup_steps", s->warmup_steps, 0, COUNT_MAX) ||
+             COUNT_IN("total_steps", s->total_steps, 0, COUNT_MAX) ||
+             COUNT_IN("train_samples", s->train_samples, 0, COUNT_MAX) ||
+             REAL_IN("min_lr_ratio", s->min_lr_ratio, 0, 1) ||
+             REAL_IN("decay_fraction", s->decay_fraction, 0, 1) ||
+             COUNT_IN("global_batch", s->global_batch, 1, INT_MAX) ||
+             COUNT_IN("micro_batch", s->micro_batch, 1, INT_MAX) ||
+             COUNT_IN("writer_dp", w->dp, 1, INT_MAX) || COUNT_IN("writer_pp", w->pp, 1, INT_MAX) ||
+             COUNT_IN("writer_sp", w->sp, 1, INT_MAX) ||
+             COUNT_IN("writer_world", w->world, 1, INT_MAX);
+    for (int i = 0; rc == 0 && i < s->extra_count; i++)
+        if (!isfinite(s->extra[i].value))
+            rc = ckpt_fail(err, err_len, "corrupt run state: run/extra '%s' is %g, not a finite "
+                                         "number", s->extra[i].key, s->extra[i].value);
+    return rc ? -1 : 0;
+}
+
+/* The stored checksum against the one of what was read. */
+static int checksum_check(hid_t file, const CkptIndex *x, char *err, size_t err_len)
+{
+    uint32_t stored, computed;
+    IndexContent content = {&x->state, x->run_id, x->fragments, x->fragment_count, x->shards,
+                            x->shard_count};
+    if (attr_read(file, "checksum", H5T_NATIVE_UINT32, 0, &stored) != 0)
+        return ckpt_fail(err, err_len, "corrupt: no attribute 'checksum' (an index of an older "
+                                       "Phalanx, or damaged)");
+    if (index_checksum(&content, &computed) != 0)
+        return ckpt_fail(err, err_len, "out of memory");
+    if (stored != computed)
+        return ckpt_fail(err, err_len,
+                         "corrupt: the index checksum is %08x, its contents sum to %08x (the "
+                         "fragment table or the run state changed after it was written)",
+                         stored, computed);
+    return 0;
+}
+
+/* Mapping i of a virtual dataset's dcpl shows fragment f whole: source
+ * rank_%05d.h5:/path, its rows of the tensor. */
+static bool mapping_agrees(hid_t dcpl, size_t i, const char *path, const CkptFragment *f)
+{
+    char want[32], file[64] = "", dataset[2 * CKPT_NAME_MAX] = "";
+    snprintf(want, sizeof(want), "rank_%05d.h5", f->rank);
+    hsize_t dims[2], first[2] = {0, 0}, last[2] = {0, 0};
+    fragment_dims(f, dims);
+    hid_t vspace = H5Pget_virtual_vspace(dcpl, i), src = H5Pget_virtual_srcspace(dcpl, i);
+    bool ok = H5Pget_virtual_filename(dcpl, i, file, sizeof(file)) > 0 &&
+              strcmp(file, want) == 0 &&
+              H5Pget_virtual_dsetname(dcpl, i, dataset, sizeof(dataset)) > 0 &&
+              strcmp(dataset, path) == 0 && vspace >= 0 && src >= 0 &&
+              H5Sget_select_bounds(vspace, first, last) >= 0 &&
+              first[0] == (hsize_t)f->row_begin && first[1] == 0 &&
+              last[0] == (hsize_t)f->row_end - 1 && (f->ndim == 1 || last[1] == dims[1] - 1) &&
+              H5Sget_select_npoints(vspace) == (hssize_t)(dims[0] * dims[1]) &&
+              H5Sget_select_npoints(src) == (hssize_t)(dims[0] * dims[1]);
+    close_id(src);
+    close_id(vspace);
+    return ok;
+}
+
+/* The index's virtual dataset <kind>/<name> over the `count` fragments of
+ * one tensor is as write_virtual made it (its mapping lives in HDF5's global
+ * heap, which has no checksum of its own). */
+static int virtual_check(hid_t file, int kind, const CkptFragment *fragments, int count,
+                         char *err, size_t err_len)
+{
+    char path[2 * CKPT_NAME_MAX];
+    dataset_path(path, sizeof(path), kind, fragments[0].name);
+    hid_t ds = H5Lexists(file, ckpt_kind_group[kind], H5P_DEFAULT) > 0 &&
+                       H5Lexists(file, path, H5P_DEFAULT) > 0
+                   ? H5Dopen2(file, path, H5P_DEFAULT)
+                   : H5I_INVALID_HID;
+    hid_t dcpl = ds >= 0 ? H5Dget_create_plist(ds) : H5I_INVALID_HID;
+    size_t n = 0;
+    bool ok = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL &&
+              H5Pget_virtual_count(dcpl, &n) >= 0 && n == (size_t)count;
+    for (int i = 0; ok && i < count; i++)
+        ok = mapping_agrees(dcpl, (size_t)i, path, &fragments[i]);
+    close_id(dcpl);
+    close_id(ds);
+    H5Eclear2(H5E_DEFAULT);
+    return ok ? 0 : ckpt_fail(err, err_len, "corrupt: the virtual dataset /%s does not show the "
+                                            "fragments the table lists", path);
+}
+
+/* Every tensor of the (sorted, checked) fragment table, every kind. */
+static int virtuals_check(hid_t file, const CkptIndex *x, char *err, size_t err_len)
+{
+    for (int first = 0, end; first < x->fragment_count; first = end) {
+        for (end = first + 1; end < x->fragment_count &&
+                              strcmp(x->fragments[end].name, x->fragments[first].name) == 0;)
+            end++;
+        for (int kind = 0; kind < KIND_COUNT; kind++)
+            if (virtual_check(file, kind, &x->fragments[first], end - first, err, err_len) != 0)
+                return -1;
     }
     return 0;
 }
@@ -833,9 +1220,12 @@ static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
 static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err_len)
 {
     int version = 0;
+    int64_t step = -1;
     if (attr_read(file, "format_version", H5T_NATIVE_INT, 0, &version) != 0 ||
-        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &x->run_id) != 0) {
-        ckpt_fail(err, err_len, "not a Phalanx checkpoint index (no format_version)");
+        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &x->run_id) != 0 ||
+        attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0) {
+        ckpt_fail(err, err_len,
+                  "not a Phalanx checkpoint index (no attributes format_version, run_id, step)");
         return CKPT_CORRUPT;
     }
     if (version > CKPT_FORMAT_VERSION) {
@@ -845,37 +1235,42 @@ static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err
                   version, CKPT_FORMAT_VERSION);
         return CKPT_MISMATCH;
     }
-    if (run_state_read(file, &x->state, err, err_len) != 0)
-        return CKPT_CORRUPT;
     hid_t ftype = fragment_type(), stype = shard_type();
-    int rc = table_read(file, "fragments", ftype, sizeof(CkptFragment), (void **)&x->fragments,
-                        &x->fragment_count) == 0 &&
+    int rc = run_state_read(file, &x->state, err, err_len) == 0 &&
+                     table_read(file, "fragments", ftype, sizeof(CkptFragment),
+                                (void **)&x->fragments, &x->fragment_count, err, err_len) == 0 &&
                      table_read(file, "shards", stype, sizeof(CkptShard), (void **)&x->shards,
-                                &x->shard_count) == 0
+                                &x->shard_count, err, err_len) == 0 &&
+                     checksum_check(file, x, err, err_len) == 0 &&
+                     run_state_check(&x->state, err, err_len) == 0 &&
+                     shards_sane(x, err, err_len) == 0 && fragments_sane(x, err, err_len) == 0 &&
+                     format_fragments_check(x->fragments, x->fragment_count, err, err_len) == 0 &&
+                     virtuals_check(file, x, err, err_len) == 0
                  ? 0
                  : -1;
     close_id(stype);
     close_id(ftype);
-    if (rc != 0)
-        rc = h5_fail(err, err_len, "cannot read the tables 'fragments' and 'shards'");
-    return rc == 0 && fragments_sane(x, err, err_len) == 0 ? CKPT_OK : CKPT_CORRUPT;
+    if (rc == 0 && step != x->state.step)
+        rc = ckpt_fail(err, err_len, "corrupt: the index is of step %lld, its run state of step "
+                                     "%lld", (long long)step, (long long)x->state.step);
+    return rc == 0 ? CKPT_OK : CKPT_CORRUPT;
 }
 
 CkptStatus format_index_read(const char *file_path, CkptIndex *index, char *err, size_t err_len)
 {
     format_quiet();
     memset(index, 0, sizeof(*index));
-    char why[512];
-    hid_t file = open_read(file_path);
+    char why[1024];
+    hid_t file = open_read(file_path, why, sizeof(why));
     if (file < 0) {
-        ckpt_fail(err, err_len, "%s: %s", file_path, h5_error(why, sizeof(why)));
+        ckpt_fail_at(err, err_len, file_path, "%s", why);
         return CKPT_CORRUPT;
     }
     CkptStatus status = index_read_all(file, index, why, sizeof(why));
     close_id(file);
     if (status != CKPT_OK) {
         ckpt_index_free(index);
-        ckpt_fail(err, err_len, "%s: %s", file_path, why);
+        ckpt_fail_at(err, err_len, file_path, "%s", why);
     }
     return status;
 }
@@ -884,34 +1279,95 @@ CkptStatus format_shard_open(const char *file_path, const CkptIndex *index, int 
                              char *err, size_t err_len)
 {
     format_quiet();
-    hid_t file = open_read(file_path);
+    char why[1024];
+    hid_t file = open_read(file_path, why, sizeof(why));
     if (file < 0) {
-        char why[256];
-        ckpt_fail(err, err_len, "%s: %s", file_path, h5_error(why, sizeof(why)));
+        ckpt_fail_at(err, err_len, file_path, "%s", why);
         return CKPT_CORRUPT;
     }
     int64_t step = -1, file_rank = -1;
     uint64_t run_id = 0;
-    char why[256];
     if (attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0 ||
         attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &run_id) != 0 ||
         attr_read(file, "rank", H5T_NATIVE_INT64, 0, &file_rank) != 0) {
         close_id(file);
-        ckpt_fail(err, err_len, "%s: unreadable attributes step, run_id, rank: %s", file_path,
-                  h5_error(why, sizeof(why)));
+        H5Eclear2(H5E_DEFAULT);
+        ckpt_fail_at(err, err_len, file_path,
+                     "the attributes step, run_id, rank are missing or unreadable");
         return CKPT_CORRUPT;
     }
     if (step != index->state.step || run_id != index->run_id || file_rank != rank) {
         close_id(file);
-        ckpt_fail(err, err_len,
-                  "%s does not belong to this checkpoint's index (it says step %lld, rank "
-                  "%lld, run %016llx; the index wants step %lld, rank %d, run %016llx)",
-                  file_path, (long long)step, (long long)file_rank, (unsigned long long)run_id,
-                  (long long)index->state.step, rank, (unsigned long long)index->run_id);
+        ckpt_fail_at(err, err_len, file_path,
+                     "does not belong to this checkpoint's index (it says step %lld, rank "
+                     "%lld, run %016llx; the index wants step %lld, rank %d, run %016llx)",
+                     (long long)step, (long long)file_rank, (unsigned long long)run_id,
+                     (long long)index->state.step, rank, (unsigned long long)index->run_id);
         return CKPT_CORRUPT;
     }
     *out = file;
     return CKPT_OK;
+}
+
+/* `path` (relative to `shard`) is a hard link at every step: no external or
+ * soft link may take the reader to another file or object. */
+static bool hard_links_only(hid_t shard, const char *path)
+{
+    char prefix[2 * CKPT_NAME_MAX];
+    for (const char *slash = path;; slash++) {
+        slash = strchr(slash, '/');
+        size_t n = slash ? (size_t)(slash - path) : strlen(path);
+        snprintf(prefix, sizeof(prefix), "%.*s", (int)n, path);
+        H5L_info_t info;
+        if (H5Lexists(shard, prefix, H5P_DEFAULT) <= 0 ||
+            H5Lget_info(shard, prefix, &info, H5P_DEFAULT) < 0 || info.type != H5L_TYPE_HARD)
+            return false;
+        if (!slash)
+            return true;
+    }
+}
+
+/* What the writer makes and nothing else: float32, chunked as fragment_dcpl
+ * chunks, Fletcher32 the only filter, no external storage (a virtual
+ * dataset has another layout). NULL when it is so, else what is wrong. */
+static const char *storage_problem(hid_t ds, const CkptFragment *f)
+{
+    hid_t type = H5Dget_type(ds), dcpl = H5Dget_create_plist(ds);
+    const char *problem = NULL;
+    hsize_t chunk[2] = {0, 0}, want[2];
+    fragment_dims(f, want);
+    want[0] = chunk_rows(f);
+    unsigned flags, config;
+    size_t cd_count = 0;
+    if (type < 0 || H5Tequal(type, H5T_IEEE_F32LE) <= 0)
+        problem = "is not float32 (H5T_IEEE_F32LE)";
+    else if (dcpl < 0 || H5Pget_layout(dcpl) != H5D_CHUNKED)
+        problem = "is not stored in chunks in this file (contiguous, compact or virtual)";
+    else if (H5Pget_external_count(dcpl) != 0)
+        problem = "keeps its data in external files";
+    else if (H5Pget_nfilters(dcpl) != 1 ||
+             H5Pget_filter2(dcpl, 0, &flags, &cd_count, NULL, 0, NULL, &config) !=
+                 H5Z_FILTER_FLETCHER32)
+        problem = "is not guarded by Fletcher32 alone";
+    else if (H5Pget_chunk(dcpl, f->ndim, chunk) != f->ndim || chunk[0] != want[0] ||
+             (f->ndim == 2 && chunk[1] != want[1]))
+        problem = "has chunks of another shape than the writer's";
+    close_id(dcpl);
+    close_id(type);
+    return problem;
+}
+
+/* The attributes logical_name, logical_shape and offset say what the index says. */
+static bool attributes_agree(hid_t ds, const CkptFragment *f)
+{
+    char name[CKPT_NAME_MAX] = "";
+    int64_t shape[2] = {0, 0}, offset[2] = {-1, -1};
+    return attr_read_string(ds, "logical_name", name, sizeof(name)) == 0 &&
+           strcmp(name, f->name) == 0 &&
+           attr_read(ds, "logical_shape", H5T_NATIVE_INT64, f->ndim, shape) == 0 &&
+           shape[0] == f->shape[0] && (f->ndim == 1 || shape[1] == f->shape[1]) &&
+           attr_read(ds, "offset", H5T_NATIVE_INT64, f->ndim, offset) == 0 &&
+           offset[0] == f->row_begin && (f->ndim == 1 || offset[1] == 0);
 }
 
 CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, float *dest,
@@ -919,10 +1375,9 @@ CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, fl
 {
     char path[2 * CKPT_NAME_MAX], why[256];
     dataset_path(path, sizeof(path), kind, f->name);
-    if (H5Lexists(shard, ckpt_kind_group[kind], H5P_DEFAULT) <= 0 ||
-        H5Lexists(shard, path, H5P_DEFAULT) <= 0) {
+    if (!hard_links_only(shard, path)) {
         H5Eclear2(H5E_DEFAULT);
-        ckpt_fail(err, err_len, "/%s: dataset missing", path);
+        ckpt_fail(err, err_len, "/%s: dataset missing (or reached through a link)", path);
         return CKPT_CORRUPT;
     }
     hid_t ds = H5Dopen2(shard, path, H5P_DEFAULT);
@@ -930,17 +1385,25 @@ CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, fl
     hsize_t want[2], have[2] = {0, 1};
     fragment_dims(f, want);
     CkptStatus status = CKPT_CORRUPT;
+    const char *problem = NULL;
     if (space < 0 || H5Sget_simple_extent_ndims(space) != f->ndim ||
         H5Sget_simple_extent_dims(space, have, NULL) < 0)
-        ckpt_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
+        ckpt_fail(err, err_len, "/%s: %s", path,
+                  space < 0 ? h5_error(why, sizeof(why)) : "has another number of dimensions");
     else if (have[0] != want[0] || (f->ndim == 2 && have[1] != want[1]))
         ckpt_fail(err, err_len, "/%s: has %llu x %llu elements, the index says %llu x %llu",
                   path, (unsigned long long)have[0], (unsigned long long)have[1],
                   (unsigned long long)want[0], (unsigned long long)want[1]);
+    else if ((problem = storage_problem(ds, f)) != NULL)
+        ckpt_fail(err, err_len, "/%s: %s", path, problem);
+    else if (!attributes_agree(ds, f))
+        ckpt_fail(err, err_len, "/%s: its attributes logical_name, logical_shape, offset do "
+                                "not match the index", path);
     else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dest) < 0)
         ckpt_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
     else
         status = CKPT_OK;
+    H5Eclear2(H5E_DEFAULT);
     close_id(space);
     close_id(ds);
     return status;

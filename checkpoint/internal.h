@@ -19,6 +19,11 @@ extern const char *const ckpt_kind_group[KIND_COUNT];
 int ckpt_fail(char *err, size_t err_len, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* printf of a reason into err as "PATH: reason": the reason always fits,
+ * the middle of a long path gives way ("/a/b...y/z"). Returns -1. */
+int ckpt_fail_at(char *err, size_t err_len, const char *path, const char *format, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Elements per row: shape[1] for 2-D tensors, 1 for 1-D. */
 int64_t ckpt_row_length(int ndim, const int64_t shape[2]);
 

@@ -10,6 +10,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,35 @@ const char *ckpt_status_name(CkptStatus status)
     case CKPT_ERROR: return "error";
     }
     return "unknown";
+}
+
+int ckpt_fail_at(char *err, size_t err_len, const char *path, const char *format, ...)
+{
+    char reason[1024];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(reason, sizeof(reason), format, args);
+    va_end(args);
+    if (!err || !err_len)
+        return -1;
+    size_t n = strlen(path), used = strlen(reason) + 3; // ": " and the NUL
+    size_t room = err_len > used ? err_len - used : 0;
+    if (n <= room)
+        snprintf(err, err_len, "%s: %s", path, reason);
+    else if (room >= 16) {
+        size_t head = (room - 3) / 2, tail = room - 3 - head;
+        snprintf(err, err_len, "%.*s...%s: %s", (int)head, path, path + n - tail, reason);
+    } else
+        snprintf(err, err_len, "%s", reason);
+    return -1;
+}
+
+void ckpt_shape_text(int ndim, const int64_t shape[2], char *out, size_t len)
+{
+    if (ndim == 2)
+        snprintf(out, len, "[%lld, %lld]", (long long)shape[0], (long long)shape[1]);
+    else
+        snprintf(out, len, "[%lld]", (long long)shape[0]);
 }
 
 // ----------------------------------------------------------------------------
@@ -107,17 +137,24 @@ static void locate(const char *path, char *dir, char *index)
 CkptStatus ckpt_index_read(const char *path, CkptIndex *index, char *err, size_t err_len)
 {
     char dir[PATH_MAX], file[PATH_MAX];
+    struct stat st;
     memset(index, 0, sizeof(*index));
-    if (!files_exists(path)) {
-        ckpt_fail(err, err_len, "%s: no such file or directory", path);
+    if (strlen(path) + sizeof("/" CKPT_INDEX_FILE) > PATH_MAX) {
+        ckpt_fail_at(err, err_len, path, "the path is longer than the system allows (%d "
+                     "bytes with /%s)", PATH_MAX, CKPT_INDEX_FILE);
+        return CKPT_NOT_FOUND;
+    }
+    if (stat(path, &st) != 0) {
+        ckpt_fail_at(err, err_len, path, "%s",
+                     errno == ENOENT ? "no such file or directory" : strerror(errno));
         return CKPT_NOT_FOUND;
     }
     locate(path, dir, file);
     if (!files_exists(file)) {
-        ckpt_fail(err, err_len,
-                  "%s: no %s: the checkpoint was never committed (its write was interrupted "
-                  "or failed), or this is not a checkpoint directory",
-                  dir, CKPT_INDEX_FILE);
+        ckpt_fail_at(err, err_len, dir,
+                     "no %s: the checkpoint was never committed (its write was interrupted "
+                     "or failed), or this is not a checkpoint directory",
+                     CKPT_INDEX_FILE);
         return CKPT_INCOMPLETE;
     }
     return format_index_read(file, index, err, err_len);
@@ -154,12 +191,12 @@ static CkptStatus shard_present(const char *dir, const CkptShard *s, char *err, 
     files_shard_path(path, sizeof(path), dir, s->rank);
     int64_t size = files_size(path);
     if (size < 0) {
-        ckpt_fail(err, err_len, "%s is missing", path);
+        ckpt_fail_at(err, err_len, path, "is missing");
         return CKPT_INCOMPLETE;
     }
     if (size != s->bytes) {
-        ckpt_fail(err, err_len, "%s has %lld bytes, the index says %lld (truncated or replaced)",
-                  path, (long long)size, (long long)s->bytes);
+        ckpt_fail_at(err, err_len, path, "has %lld bytes, the index says %lld (truncated or "
+                     "replaced)", (long long)size, (long long)s->bytes);
         return CKPT_CORRUPT;
     }
     return CKPT_OK;
@@ -167,8 +204,11 @@ static CkptStatus shard_present(const char *dir, const CkptShard *s, char *err, 
 
 static CkptStatus shard_get(ShardSet *set, int rank, hid_t *out, char *err, size_t err_len)
 {
-    const CkptShard *s = find_shard(set->index, rank);
-    if (!s || rank >= set->index->shard_count) {
+    // the index reader checked that shard ranks are 0..shard_count-1, each once
+    const CkptShard *s = rank >= 0 && rank < set->index->shard_count
+                             ? find_shard(set->index, rank)
+                             : NULL;
+    if (!s) {
         ckpt_fail(err, err_len, "the index lists no shard for rank %d", rank);
         return CKPT_CORRUPT;
     }
@@ -223,22 +263,29 @@ static int find_fragments(const CkptIndex *x, const char *name, int *count)
     return lo;
 }
 
-static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, char *err, size_t err_len)
+/* `differs`: what a tensor that is missing or of another shape means. When
+ * the model shape matched the run's, the index disagrees with its own run
+ * state: corrupt (resume falls back); without a model to compare, the
+ * caller asked for other tensors: a mismatch. */
+static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus differs, char *err,
+                              size_t err_len)
 {
     int n, first = find_fragments(set->index, t->name, &n);
     if (n == 0) {
-        ckpt_fail(err, err_len, "the checkpoint has no tensor '%s'", t->name);
-        return CKPT_MISMATCH;
+        ckpt_fail(err, err_len, "the checkpoint has no tensor '%s'%s", t->name,
+                  differs == CKPT_CORRUPT ? " although its model shape is this run's" : "");
+        return differs;
     }
     const CkptFragment *f = &set->index->fragments[first];
     int64_t row = ckpt_row_length(t->ndim, t->shape);
     if (f->ndim != t->ndim || f->shape[0] != t->shape[0] ||
         ckpt_row_length(f->ndim, f->shape) != row) {
-        ckpt_fail(err, err_len, "tensor '%s': the checkpoint has shape [%lld, %lld], this run "
-                  "[%lld, %lld]", t->name, (long long)f->shape[0],
-                  (long long)ckpt_row_length(f->ndim, f->shape), (long long)t->shape[0],
-                  (long long)row);
-        return CKPT_MISMATCH;
+        char had[64], has[64];
+        ckpt_shape_text(f->ndim, f->shape, had, sizeof(had));
+        ckpt_shape_text(t->ndim, t->shape, has, sizeof(has));
+        ckpt_fail(err, err_len, "tensor '%s': the checkpoint has shape %s, this run %s", t->name,
+                  had, has);
+        return differs;
     }
     float *dest[KIND_COUNT] = {t->param, t->m, t->v};
     for (int i = 0; i < n; i++, f++) {
@@ -250,8 +297,11 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, char *err, siz
                 continue;
             status = format_fragment_read(shard, kind, f, dest[kind] + f->row_begin * row, why,
                                           sizeof(why));
-            if (status != CKPT_OK)
-                ckpt_fail(err, err_len, "%s/rank_%05d.h5: %s", set->dir, f->rank, why);
+            if (status != CKPT_OK) {
+                char shard_path[PATH_MAX];
+                files_shard_path(shard_path, sizeof(shard_path), set->dir, f->rank);
+                ckpt_fail_at(err, err_len, shard_path, "%s", why);
+            }
         }
         if (status != CKPT_OK)
             return status;
@@ -259,12 +309,15 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, char *err, siz
     return CKPT_OK;
 }
 
-/* Reads the index of the checkpoint at `path`, checks it (the model against
- * `expect` when given, the tiling of the fragments) and opens its shard set
- * over `dir` (PATH_MAX bytes, which the set refers to). On CKPT_OK the caller
- * closes the set and frees the index; otherwise nothing is left open. */
-static CkptStatus open_checkpoint(const char *path, const CkptModel *expect, char *dir,
-                                  CkptIndex *index, ShardSet *set, char *err, size_t err_len)
+/* The one validation of load, resume and verify (checkpoint.h, "Reading"):
+ * reads and checks the index of the checkpoint at `path` (format_index_read
+ * checks all it holds), the model against `expect` and the caller's `check`
+ * of the run state when given, and opens its shard set over `dir` (PATH_MAX
+ * bytes, which the set refers to). On CKPT_OK the caller closes the set and
+ * frees the index; otherwise nothing is left open. */
+static CkptStatus open_checkpoint(const char *path, const CkptModel *expect,
+                                  CkptStateCheck check, char *dir, CkptIndex *index,
+                                  ShardSet *set, char *err, size_t err_len)
 {
     format_quiet();
     CkptStatus status = ckpt_index_read(path, index, err, err_len);
@@ -272,11 +325,13 @@ static CkptStatus open_checkpoint(const char *path, const CkptModel *expect, cha
         return status;
     char file[PATH_MAX];
     locate(path, dir, file);
+    char why[1024];
     if (expect && ckpt_model_check(&index->state.model, expect, err, err_len) != 0)
         status = CKPT_MISMATCH;
-    else if (format_fragments_check(index->fragments, index->fragment_count, err, err_len) != 0)
+    else if (check && check(&index->state, why, sizeof(why)) != 0) {
+        ckpt_fail_at(err, err_len, file, "corrupt run state: %s", why);
         status = CKPT_CORRUPT;
-    else if (shard_set_init(set, dir, index) != 0) {
+    } else if (shard_set_init(set, dir, index) != 0) {
         ckpt_fail(err, err_len, "out of memory");
         status = CKPT_ERROR;
     }
@@ -285,22 +340,30 @@ static CkptStatus open_checkpoint(const char *path, const CkptModel *expect, cha
     return status;
 }
 
-CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
-                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
+static CkptStatus load_checked(const char *path, const CkptTensor *tensors, int count,
+                               const CkptModel *expect, CkptStateCheck check,
+                               CkptRunState *state, char *err, size_t err_len)
 {
     CkptIndex index;
     ShardSet set;
     char dir[PATH_MAX];
-    CkptStatus status = open_checkpoint(path, expect, dir, &index, &set, err, err_len);
+    CkptStatus status = open_checkpoint(path, expect, check, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
+    CkptStatus differs = expect ? CKPT_CORRUPT : CKPT_MISMATCH;
     for (int i = 0; status == CKPT_OK && i < count; i++)
-        status = load_tensor(&set, &tensors[i], err, err_len);
+        status = load_tensor(&set, &tensors[i], differs, err, err_len);
     shard_set_close(&set);
     if (status == CKPT_OK)
         *state = index.state;
     ckpt_index_free(&index);
     return status;
+}
+
+CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
+                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
+{
+    return load_checked(path, tensors, count, expect, NULL, state, err, err_len);
 }
 
 // ----------------------------------------------------------------------------
@@ -428,7 +491,7 @@ CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len
     CkptIndex index;
     ShardSet set;
     char dir[PATH_MAX];
-    CkptStatus status = open_checkpoint(path, NULL, dir, &index, &set, err, err_len);
+    CkptStatus status = open_checkpoint(path, NULL, NULL, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
     CkptStatus shards = verify_shards(&set, report);
@@ -437,8 +500,9 @@ CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len
     // verify_shards ranks a missing piece above a damaged one
     status = shards != CKPT_OK ? shards : data;
     if (status != CKPT_OK)
-        ckpt_fail(err, err_len, "%s: %s", dir,
-                  status == CKPT_INCOMPLETE ? "shards are missing" : "some data failed its checks");
+        ckpt_fail_at(err, err_len, dir, "%s",
+                     status == CKPT_INCOMPLETE ? "shards are missing"
+                                               : "some data failed its checks");
     ckpt_index_free(&index);
     return status;
 }
@@ -488,6 +552,31 @@ static void add_complete(const char *dir, int tier, Candidate **list, int *count
     free(entries);
 }
 
+/* After an explicit DIR/step_N (or its index.h5), the complete checkpoints
+ * of DIR older than N: what resume falls back to when step N is refused. */
+static void add_older_siblings(const char *spec, Candidate **list, int *count)
+{
+    char dir[PATH_MAX], index[PATH_MAX];
+    locate(spec, dir, index);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : dir;
+    long long step;
+    int end = 0;
+    if (sscanf(base, "step_%lld%n", &step, &end) != 1 || base[end] != '\0')
+        return;
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof(dir), ".");
+    int first = *count;
+    add_complete(dir, 2, list, count);
+    int kept = first;
+    for (int i = first; i < *count; i++)
+        if ((*list)[i].step < step)
+            (*list)[kept++] = (*list)[i];
+    *count = kept;
+}
+
 /* Rank 0: what to try, newest first. Returns how many (0: nothing found). */
 static int resume_candidates(const CkptOptions *options, const char *spec, Candidate **out,
                              char *err, size_t err_len)
@@ -517,7 +606,9 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
         free(steps);
         if (count == 0 && (*out = calloc(1, sizeof(Candidate)))) {
             snprintf((*out)[0].path, sizeof((*out)[0].path), "%s", spec);
+            (*out)[0].step = INT64_MAX; // the one asked for comes first
             count = 1;
+            add_older_siblings(spec, out, &count);
         }
     }
     if (count > 1)
@@ -528,12 +619,13 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
 /* Loads `path` on every rank; returns the status of the first rank that
  * failed (its message in err on every rank), or CKPT_OK. */
 static CkptStatus resume_try(Comm *comm, const char *path, const CkptTensor *tensors, int count,
-                             const CkptModel *expect, CkptRunState *state, char *err,
-                             size_t err_len)
+                             const CkptModel *expect, CkptStateCheck check,
+                             CkptRunState *state, char *err, size_t err_len)
 {
     char mine[1024];
     int world = comm_size(comm), rank = comm_rank(comm);
-    CkptStatus status = ckpt_load(path, tensors, count, expect, state, mine, sizeof(mine));
+    CkptStatus status =
+        load_checked(path, tensors, count, expect, check, state, mine, sizeof(mine));
     // every rank learns every rank's status: the same verdict everywhere
     int64_t *statuses = calloc((size_t)world, sizeof(int64_t));
     if (!statuses) {
@@ -591,7 +683,8 @@ CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
             ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
             break;
         }
-        status = resume_try(comm, path, tensors, count, expect, state, err, err_len);
+        status = resume_try(comm, path, tensors, count, expect, options->check_state, state,
+                            err, err_len);
         // a model that does not fit fails every checkpoint the same way
         if (status == CKPT_OK || status == CKPT_MISMATCH || status == CKPT_ERROR)
             break;

@@ -20,9 +20,19 @@ static void usage(FILE *out)
           "                                 shard; PATH may also be a directory of them\n"
           "       phalanx ckpt inspect PATH  run state and tensor list of a checkpoint\n"
           "\n"
-          "PATH is a step directory (DIR/step_00000020) or its index.h5.\n"
-          "exit status: 0 ok, 1 corrupt (a checksum or size failed), 2 usage,\n"
-          "             3 incomplete (never committed, or a shard missing), 4 not found\n",
+          "PATH is a step directory (DIR/step_00000020) or its index.h5. verify checks\n"
+          "what resume trusts: the index checksum, the run state's ranges, the fragment\n"
+          "and shard tables, and that every dataset is float32 with Fletcher32 in its\n"
+          "own shard. A FIFO, device or directory where a file belongs is refused.\n"
+          "\n"
+          "exit status (the worst checkpoint's, for a directory of them):\n"
+          "  0  ok\n"
+          "  1  corrupt: a checksum, size, type, range or format check failed\n"
+          "  2  usage error\n"
+          "  3  incomplete: never committed (no index.h5), or a shard is missing\n"
+          "  4  not found: no such path, or no checkpoint there\n"
+          "  5  mismatch: written in a newer checkpoint format than this Phalanx reads\n"
+          "  6  error: a system error (permissions, memory)\n",
           out);
 }
 
@@ -181,11 +191,7 @@ static void print_tensors(const CkptIndex *x)
     for (int i = 0; i < x->fragment_count;) {
         const CkptFragment *f = &x->fragments[i];
         char shape[48];
-        if (f->ndim == 2)
-            snprintf(shape, sizeof(shape), "[%lld, %lld]", (long long)f->shape[0],
-                     (long long)f->shape[1]);
-        else
-            snprintf(shape, sizeof(shape), "[%lld]", (long long)f->shape[0]);
+        ckpt_shape_text(f->ndim, f->shape, shape, sizeof(shape));
         printf("  %-32s %-16s", f->name, shape);
         int j = i;
         for (; j < x->fragment_count && strcmp(x->fragments[j].name, f->name) == 0; j++)

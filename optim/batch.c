@@ -1,7 +1,10 @@
 /* Adaptive batch-size controller and LR scaling (contract in batch.h). */
 #include "batch.h"
 
+#include <float.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 void batch_init(BatchController *c, bool adaptive, int start_batch, int max_batch, int quantum,
@@ -54,6 +57,31 @@ bool batch_decide(BatchController *c)
         return false;
     c->batch = grown;
     return true;
+}
+
+static int out_of_range(const char *field, double value, double low, double high,
+                        bool integer, char *err, size_t err_len)
+{
+    if (value >= low && value <= high && (!integer || value == floor(value)))
+        return 0;
+    snprintf(err, err_len, "'%s' is %g, not %s in [%g, %g]", field, value,
+             integer ? "an integer" : "a number", low, high);
+    return -1;
+}
+
+int batch_state_check(double batch, double ema_noise, double ema_signal, double ema_weight,
+                      double updates, char *err, size_t err_len)
+{
+    return out_of_range("batch.batch", batch, 1, INT_MAX, true, err, err_len) ||
+                   out_of_range("batch.ema_noise", ema_noise, -DBL_MAX, DBL_MAX, false, err,
+                                err_len) ||
+                   out_of_range("batch.ema_signal", ema_signal, -DBL_MAX, DBL_MAX, false, err,
+                                err_len) ||
+                   out_of_range("batch.ema_weight", ema_weight, 0, 1, false, err, err_len) ||
+                   out_of_range("batch.updates", updates, 0, 9007199254740992.0, true, err,
+                                err_len)
+               ? -1
+               : 0;
 }
 
 static const char *const scaling_names[] = {"none", "sqrt", "linear"};

@@ -24,6 +24,7 @@
 #define PHALANX_BATCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum { LR_SCALING_NONE = 0, LR_SCALING_SQRT = 1, LR_SCALING_LINEAR = 2 } LrScaling;
 
@@ -54,6 +55,13 @@ double batch_noise_scale(const BatchController *c);
 
 /* Applies the norm test (adaptive only): may raise c->batch. Returns true when it grew. */
 bool batch_decide(BatchController *c);
+
+/* The state an earlier run saved, as read back (doubles, so that a value
+ * beyond an int is seen before any conversion): batch an integer in
+ * [1, INT_MAX], the EMAs finite, ema_weight in [0, 1], updates an integer in
+ * [0, 2^53]. Returns 0, or -1 with a message naming the field in err. */
+int batch_state_check(double batch, double ema_noise, double ema_signal, double ema_weight,
+                      double updates, char *err, size_t err_len);
 
 bool lr_scaling_parse(const char *text, LrScaling *out);
 const char *lr_scaling_name(LrScaling scaling);

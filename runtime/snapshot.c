@@ -71,6 +71,20 @@ static void save_batch_state(const BatchController *b, CkptRunState *s)
     ckpt_state_set(s, "batch.updates", (double)b->updates);
 }
 
+/* CkptOptions.check_state: a checkpoint whose controller state is out of
+ * range is refused, and resume falls back past it. */
+static int check_batch_state(const CkptRunState *s, char *err, size_t err_len)
+{
+    if (ckpt_state_get(s, "batch.adaptive", 0) == 0)
+        return 0;
+    return batch_state_check(ckpt_state_get(s, "batch.batch", s->global_batch),
+                             ckpt_state_get(s, "batch.ema_noise", 0),
+                             ckpt_state_get(s, "batch.ema_signal", 0),
+                             ckpt_state_get(s, "batch.ema_weight", 0),
+                             ckpt_state_get(s, "batch.updates", 0), err, err_len);
+}
+
+/* Values checked by check_batch_state when the checkpoint was read. */
 static void load_batch_state(BatchController *b, const CkptRunState *s)
 {
     if (!b->adaptive || ckpt_state_get(s, "batch.adaptive", 0) == 0)
@@ -155,9 +169,11 @@ static int upload_state(Trainer *t)
 static int resume(Trainer *t)
 {
     CkptModel expect = ckpt_model(&t->opt.model);
+    CkptOptions options = t->opt.ckpt;
+    options.check_state = check_batch_state;
     CkptRunState state;
     char path[4096], err[2048];
-    CkptStatus status = ckpt_resume(t->world, &t->opt.ckpt, t->opt.resume, t->ckpt_tensors,
+    CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, t->ckpt_tensors,
                                     t->ckpt_tensor_count, &expect, &state, path, sizeof(path),
                                     err, sizeof(err));
     if (status != CKPT_OK) {
@@ -309,14 +325,24 @@ void snapshot_committed(Trainer *t, long *tier2, long *tier1)
     *tier1 = (long)s.last_step[0];
 }
 
-void snapshot_close(Trainer *t, bool success)
+int snapshot_close(Trainer *t, bool success)
 {
+    int status = 0;
     if (t->ckpt) {
         CkptStats stats;
-        if (ckpt_close(t->ckpt, success, &stats) != 0 && t->rank == 0)
+        bool lost = ckpt_close(t->ckpt, success, &stats) != 0;
+        if (lost && stats.last_step[1] < 0) {
+            status = -1; // the same on every rank: commits are collective
+            if (t->rank == 0)
+                fprintf(stderr, "phalanx train: error: this run committed no checkpoint to "
+                                "--ckpt-dir %s (see the warnings above): its state is not "
+                                "saved\n",
+                        t->opt.ckpt.dir);
+        } else if (lost && t->rank == 0) {
             fprintf(stderr, "phalanx train: warning: the last checkpoint did not reach "
                             "--ckpt-dir %s; the newest there is step %lld\n",
                     t->opt.ckpt.dir, (long long)stats.last_step[1]);
+        }
         t->ckpt = NULL;
     }
     free(t->ckpt_tensors);
@@ -324,4 +350,5 @@ void snapshot_close(Trainer *t, bool success)
     if (t->host_state)
         t->dev->host_free(t->host_state);
     t->host_state = NULL;
+    return status;
 }

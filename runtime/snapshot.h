@@ -37,6 +37,9 @@ double snapshot_after_update(Trainer *t, bool last);
 void snapshot_describe(Trainer *t, char *out, size_t len);
 /* The newest step committed to tier 2 (and tier 1), -1 for none (or off). */
 void snapshot_committed(Trainer *t, long *tier2, long *tier1);
-void snapshot_close(Trainer *t, bool success);
+/* Returns -1 (on every rank, after rank 0 said so) when this run asked for
+ * checkpoints and committed none to --ckpt-dir (a full disk): the run must
+ * not end as a success. */
+int snapshot_close(Trainer *t, bool success);
 
 #endif

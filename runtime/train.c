@@ -827,8 +827,9 @@ static int run_training(Trainer *t)
         snapshot_close(t, false);
         return 1;
     }
-    snapshot_close(t, !report.stop);
-    return finish(t, &report, now_seconds() - start);
+    int saved = snapshot_close(t, !report.stop);
+    int status = finish(t, &report, now_seconds() - start);
+    return status == 0 && saved != 0 ? 1 : status;
 }
 
 int train_main(int argc, char **argv)

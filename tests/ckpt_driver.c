@@ -180,7 +180,8 @@ static int run_write(const Args *a, Comm *world, Table *t)
         fprintf(stderr, "ckpt_driver: --mode '%s': async or sync\n", a->mode);
         return 2;
     }
-    CkptOptions options = {a->dir, a->memory_dir, a->every, a->keep, mode};
+    CkptOptions options = {.dir = a->dir, .memory_dir = a->memory_dir, .every = a->every,
+                           .keep = a->keep, .mode = mode};
     char err[1024];
     Checkpointer *ck = ckpt_open(&options, world, t->tensors, t->count, err, sizeof(err));
     if (!ck) {
@@ -209,7 +210,8 @@ static int run_write(const Args *a, Comm *world, Table *t)
 static int run_read(const Args *a, Comm *world, Table *t)
 {
     int rank = comm_rank(world);
-    CkptOptions options = {a->dir, a->memory_dir, 1, 1, CKPT_SYNC};
+    CkptOptions options = {.dir = a->dir, .memory_dir = a->memory_dir, .every = 1, .keep = 1,
+                           .mode = CKPT_SYNC};
     CkptRunState s;
     char path[4096], err[1024];
     CkptStatus status = ckpt_resume(world, &options, a->resume, t->tensors, t->count, &a->model,

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,8 @@ static int teardown(void **state)
 
 static CkptOptions options(Fixture *f, CkptMode mode, long every, int keep)
 {
-    return (CkptOptions){f->tier2, f->tier1, every, keep, mode};
+    return (CkptOptions){.dir = f->tier2, .memory_dir = f->tier1, .every = every, .keep = keep,
+                         .mode = mode};
 }
 
 static CkptRunState run_state(int64_t step)
@@ -535,6 +537,95 @@ static void test_state_key_values(void **state)
     assert_true(ckpt_state_get(&s, "absent", 7) == 7);
 }
 
+/* ---- issue 14: resume and verify refuse a run state out of range ---- */
+
+typedef struct {
+    const char *field; /* the name the message must give */
+    void (*spoil)(CkptRunState *s);
+} Spoiler;
+
+static void cursor_negative(CkptRunState *s) { s->sample_cursor = -1; }
+static void cursor_huge(CkptRunState *s) { s->sample_cursor = (int64_t)1 << 62; }
+static void batch_zero(CkptRunState *s) { s->global_batch = 0; }
+static void micro_negative(CkptRunState *s) { s->micro_batch = -8; }
+static void lr_nan(CkptRunState *s) { s->lr = NAN; }
+static void beta_above_one(CkptRunState *s) { s->beta1 = 2.0; }
+static void extra_nan(CkptRunState *s) { ckpt_state_set(s, "batch.ema_noise", NAN); }
+
+static const Spoiler SPOILERS[] = {
+    {"'sample_cursor' is -1", cursor_negative}, {"'sample_cursor' is 4611686018427387904", cursor_huge},
+    {"'global_batch' is 0", batch_zero},        {"'micro_batch' is -8", micro_negative},
+    {"'lr' is nan", lr_nan},                    {"'beta1' is 2", beta_above_one},
+    {"'batch.ema_noise' is nan", extra_nan},
+};
+#define SPOILER_COUNT ((int)(sizeof(SPOILERS) / sizeof(SPOILERS[0])))
+
+/* Step i+1 is written with SPOILERS[i] applied (the writer does not judge). */
+static void write_spoiled(Fixture *f)
+{
+    CkptOptions o = options(f, CKPT_SYNC, 1, SPOILER_COUNT);
+    o.memory_dir = "none";
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    for (int i = 0; i < SPOILER_COUNT; i++) {
+        fill(f->t, TENSORS, i + 1);
+        CkptRunState s = run_state(i + 1);
+        SPOILERS[i].spoil(&s);
+        assert_int_equal(ckpt_snapshot(ck, &s, f->err, sizeof(f->err)), 0);
+    }
+    assert_int_equal(ckpt_close(ck, true, NULL), 0);
+}
+
+static void test_run_state_out_of_range_is_corrupt(void **state)
+{
+    Fixture *f = *state;
+    write_spoiled(f);
+    for (int i = 0; i < SPOILER_COUNT; i++) {
+        CkptRunState s;
+        assert_int_equal(ckpt_load(step_path(f, i + 1), f->t, TENSORS, &MODEL, &s, f->err,
+                                   sizeof(f->err)),
+                         CKPT_CORRUPT);
+        if (!strstr(f->err, SPOILERS[i].field))
+            fail_msg("'%s' not in: %s", SPOILERS[i].field, f->err);
+        FILE *report = tmpfile();
+        assert_int_equal(ckpt_verify(step_path(f, i + 1), report, f->err, sizeof(f->err)),
+                         CKPT_CORRUPT);
+        fclose(report);
+    }
+}
+
+static int refuse_step_2(const CkptRunState *s, char *err, size_t err_len)
+{
+    if (s->step != 2)
+        return 0;
+    snprintf(err, err_len, "'batch.batch' is 0, outside [1, 2147483647]");
+    return -1;
+}
+
+/* The caller's check refuses step 2: resume falls back to step 1, for
+ * "latest" and for the explicit step directory alike. */
+static void test_resume_falls_back_past_a_refused_state(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 3);
+    o.memory_dir = "none";
+    train(f, o, 2);
+    o.check_state = refuse_step_2;
+    char path[1024], explicit[700];
+    CkptRunState s;
+    assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 1);
+    snprintf(explicit, sizeof(explicit), "%s", step_path(f, 2));
+    assert_int_equal(ckpt_resume(f->world, &o, explicit, f->t, TENSORS, &MODEL, &s, path,
+                                 sizeof(path), f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(s.step, 1);
+    assert_string_equal(path, step_path(f, 1));
+    assert_version(f->t, TENSORS, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -553,6 +644,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pruning_leaves_linked_steps_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tier1_of_someone_else_is_refused, setup, teardown),
         cmocka_unit_test(test_state_key_values),
+        cmocka_unit_test_setup_teardown(test_run_state_out_of_range_is_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_falls_back_past_a_refused_state, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
