@@ -32,6 +32,7 @@ typedef struct {
     int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
     double ckpt_stall_seconds; /* the training thread blocked by checkpoints */
     bool has_val, stop;
+    bool abandoned; /* a stop came between its micro-batches: nothing of it applied */
 } StepReport;
 
 static volatile sig_atomic_t stop_signal;
@@ -434,10 +435,77 @@ static void measure_first_micro_batch(void *context)
         t->small_sumsq = stage_sumsq(t, grads);
 }
 
+/* A stop is honoured between groups of this many micro-batches, so a step of
+ * millions of them (or an evaluation as long) still stops within one group.
+ * Each group is a whole 1F1B pass with its own pipeline fill and drain: as
+ * many as the deepest pipeline keeps that bubble small, and a step that fits
+ * one group runs as before. Gradients and losses add up in the same order
+ * either way. */
+#define MICRO_BATCHES_PER_GROUP MAX_STAGES
+
+/* How a step's (or an evaluation's) groups of micro-batches ended; every rank
+ * sees the same outcome except GROUPS_FAILED_HERE, the rank that failed. */
+enum { GROUPS_FAILED_HERE = -1, GROUPS_DONE, GROUPS_STOPPED, GROUPS_FAILED_ELSEWHERE };
+
+static bool stop_wanted(Trainer *t)
+{
+    return stop_signal != 0 || channel_stop_requested(&t->channel);
+}
+
+/* Every rank, between two groups: a failure anywhere ends the step on every
+ * rank (the failed one printed why), else a stop asked of any rank stops all.
+ * GROUPS_DONE: go on. */
+static int agree_between_groups(Trainer *t, bool failed_here)
+{
+    double values[2] = {stop_wanted(t) ? 1.0 : 0.0, failed_here ? 1.0 : 0.0};
+    if (comm_allreduce(t->world, values, 2, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return GROUPS_FAILED_HERE;
+    }
+    if (failed_here)
+        return GROUPS_FAILED_HERE;
+    if (values[1] > 0)
+        return GROUPS_FAILED_ELSEWHERE;
+    return values[0] > 0 ? GROUPS_STOPPED : GROUPS_DONE;
+}
+
+static int min_int(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+/* The step's `count` micro-batches of this replica, in groups; the gradient
+ * sync overlaps the last group's backward pass. */
+static int micro_batch_groups(Trainer *t, int count, const BatchSource *src, float dloss,
+                              double weight, double *loss_share)
+{
+    int live_max = 0;
+    for (int done = 0;; done += MICRO_BATCHES_PER_GROUP) {
+        int n = min_int(MICRO_BATCHES_PER_GROUP, count - done);
+        bool last = done + n == count;
+        BatchSource group = *src;
+        group.first += (uint64_t)done * (uint64_t)t->opt.micro_batch;
+        bool failed = pipeline_train_step(&t->pipe, n, load_train_micro_batch, &group, dloss,
+                                          weight, last ? &t->sync : NULL, loss_share) != 0;
+        if (failed)
+            fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
+        if (t->pipe.live_max > live_max)
+            live_max = t->pipe.live_max;
+        t->pipe.live_max = live_max;
+        t->pipe.after_first_backward = NULL; /* it measures the step's first micro-batch */
+        if (last)
+            return failed ? GROUPS_FAILED_HERE : GROUPS_DONE;
+        int next = agree_between_groups(t, failed);
+        if (next != GROUPS_DONE)
+            return next;
+    }
+}
+
 /* Forward and backward over this replica's micro-batches (1F1B over the
  * stages), gradients summed over dp x sp and between the copies of wte.
- * Adds this rank's share of the global mean loss to *loss_share; returns 0,
- * or -1 after printing what failed. */
+ * Adds this rank's share of the global mean loss to *loss_share; returns
+ * GROUPS_DONE, GROUPS_STOPPED or GROUPS_FAILED_ELSEWHERE (on every rank), or
+ * -1 after printing what failed here. */
 static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
 {
     const TrainOptions *o = &t->opt;
@@ -453,11 +521,9 @@ static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
     t->pipe.hook_context = t;
     // each rank's micro-batch loss is the mean over its B x T/sp tokens
     double weight = (double)o->micro_batch / B / t->layout.sp;
-    if (pipeline_train_step(&t->pipe, per_replica, load_train_micro_batch, &src, dloss, weight,
-                            &t->sync, loss_share)) {
-        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
-        return -1;
-    }
+    int groups = micro_batch_groups(t, per_replica, &src, dloss, weight, loss_share);
+    if (groups != GROUPS_DONE)
+        return groups == GROUPS_FAILED_HERE ? -1 : groups;
     if (gradsync_finish(&t->sync)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
         return -1;
@@ -468,33 +534,70 @@ static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
     return 0;
 }
 
-/* Validation loss: replica r evaluates batches r, r + dp, ...; summed over the world. */
-static double evaluate(Trainer *t)
+/* This replica's validation batches in [first, end) (replica r takes
+ * batches r, r + dp, ...) added to *share; false after printing a failure. */
+static bool evaluate_group(Trainer *t, long first, long end, double *share)
 {
-    int count = 0;
-    for (int k = t->coord.dp; k < t->opt.eval_batches; k += t->layout.dp)
-        count++;
-    BatchSource src = {t, 0, t->coord.dp, t->layout.dp};
-    double share = 0.0;
+    long dp = t->layout.dp, k = first + ((t->coord.dp - first) % dp + dp) % dp;
+    int count = k < end ? (int)((end - 1 - k) / dp + 1) : 0;
+    BatchSource src = {t, 0, (int)k, (int)dp};
     if (pipeline_eval(&t->pipe, count, load_val_micro_batch, &src,
-                      1.0 / t->opt.eval_batches / t->layout.sp, &share)) {
+                      1.0 / t->opt.eval_batches / t->layout.sp, share)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
-        share = NAN;
-    } else if (device_failed(t, "validation")) {
-        share = NAN;
+        return false;
     }
-    return world_sum(t, share);
+    return device_failed(t, "validation") == 0;
+}
+
+/* Validation loss into *val_loss, summed over the world (NaN when a rank
+ * failed), in groups of batches with a stop check between them. Returns
+ * GROUPS_STOPPED on every rank when a stop was agreed, else GROUPS_DONE. */
+static int evaluate(Trainer *t, double *val_loss)
+{
+    long total = t->opt.eval_batches;
+    double share = 0.0;
+    for (long first = 0; first < total; first += MICRO_BATCHES_PER_GROUP) {
+        long end = first + MICRO_BATCHES_PER_GROUP < total ? first + MICRO_BATCHES_PER_GROUP
+                                                            : total;
+        bool failed = !evaluate_group(t, first, end, &share);
+        int next = end == total ? GROUPS_DONE : agree_between_groups(t, failed);
+        if (next == GROUPS_STOPPED)
+            return GROUPS_STOPPED;
+        if (failed || next != GROUPS_DONE) {
+            share = NAN;
+            break;
+        }
+    }
+    *val_loss = world_sum(t, share);
+    return GROUPS_DONE;
 }
 
 
 /* The step's numbers every rank must agree on: loss, whether to stop, and
  * whether any rank failed (then all stop; the failed ones said why). */
+/* The launcher is gone (killed, or silent): no one would act on this run
+ * any more, and a relaunch may already resume from its checkpoints, so
+ * every rank stops at this step without committing another one. */
+static void stop_orphaned(Trainer *t, bool lost_here)
+{
+    if (lost_here)
+        fprintf(stderr, "phalanx train: rank %d: %s; stopping without another checkpoint\n",
+                t->rank, t->channel.lost_why);
+    if (t->ckpt)
+        ckpt_abandon(t->ckpt);
+}
+
 static int agree_on_step(Trainer *t, double loss_share, bool failed, StepReport *r)
 {
-    bool stop = stop_signal != 0 || channel_stop_requested(&t->channel);
-    double values[4] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq, failed ? 1.0 : 0.0};
-    if (comm_allreduce(t->world, values, 4, COMM_F64) != 0) {
+    bool stop = stop_wanted(t), orphaned = channel_launcher_lost(&t->channel);
+    double values[5] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq, failed ? 1.0 : 0.0,
+                        orphaned ? 1.0 : 0.0};
+    if (comm_allreduce(t->world, values, 5, COMM_F64) != 0) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return -1;
+    }
+    if (values[4] > 0) {
+        stop_orphaned(t, orphaned);
         return -1;
     }
     if (values[3] > 0) {
@@ -560,7 +663,14 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     r->measured = o->batch_adaptive && step_index % o->batch_check == 0 && r->batch > o->micro_batch;
     fault_step_begin(&t->faults);
     double loss_share = 0.0;
-    bool failed = compute_gradients(t, r, &loss_share) != 0;
+    int computed = compute_gradients(t, r, &loss_share);
+    if (computed == GROUPS_STOPPED) {
+        r->step = t->steps_done;
+        r->stop = r->abandoned = true;
+        r->has_val = false;
+        return 0;
+    }
+    bool failed = computed == GROUPS_FAILED_HERE; /* elsewhere: agree_on_step hears of it */
     fault_mid_step(&t->faults, &t->channel, r->step);
     if (agree_on_step(t, loss_share, failed, r) || gather_live_activations(t, r))
         return -1;
@@ -579,10 +689,14 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     update_batch(t, r);
     t->steps_done = r->step;
     bool last = r->step == o->steps || t->cursor >= (uint64_t)o->train_samples;
-    r->ckpt_stall_seconds += snapshot_after_update(t, last || r->stop);
     r->has_val = o->val_data && (last || (o->eval_every && r->step % o->eval_every == 0));
-    if (r->has_val)
-        r->val_loss = evaluate(t);
+    // before the checkpoint: a stop during the evaluation ends the run at this
+    // step, with this step's checkpoint, as a stop during its training does
+    if (r->has_val && evaluate(t, &r->val_loss) == GROUPS_STOPPED) {
+        r->has_val = false;
+        r->stop = true;
+    }
+    r->ckpt_stall_seconds += snapshot_after_update(t, last || r->stop);
     fault_step_end(&t->faults);
     r->seconds = now_seconds() - start;
     return 0;
@@ -803,16 +917,31 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
     return 0;
 }
 
+/* A stop inside a step drops that step and ends the run at the one before,
+ * which gets the checkpoint a stop at its end would have given it, unless it
+ * has one already (--ckpt-every) or this process did not train it (step 0,
+ * or the step it resumed from). */
+static void checkpoint_before_dropped_step(Trainer *t, long first_step)
+{
+    if (t->ckpt && t->steps_done > first_step && !ckpt_due(t->ckpt, t->steps_done))
+        snapshot_after_update(t, true);
+}
+
 static int run_training(Trainer *t)
 {
     print_header(t);
     double start = now_seconds(), began = run_progress(t);
+    long first_step = t->steps_done;
     StepReport report = {.step = t->steps_done};
     for (long s = t->steps_done; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples;
          s++) {
         if (train_step(t, s, &report)) {
             snapshot_close(t, false);
             return 1;
+        }
+        if (report.abandoned) {
+            checkpoint_before_dropped_step(t, first_step);
+            break;
         }
         if (t->rank == 0)
             write_metrics(t, &report);
