@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_ATTEMPTS 64
+#define MAX_ATTEMPTS (ELASTIC_MAX_RESTARTS + 1)
 #define MAX_TRAIN_ARGS 512
 
 /* What one attempt saw, for the report. */

@@ -60,11 +60,13 @@ static void usage(FILE *out, bool drill)
           "                           recomputed, samples lost)%s\n"
           "  -h, --help               this text\n"
           "\n"
-          "Ctrl-C (or SIGTERM) stops every rank cleanly after its current step; a second\n"
-          "Ctrl-C kills the job. Exit status: the job's (0 when every rank finished),\n"
-          "130/143 after a stop, 2 for bad options, 3 when ranks did not start in time,\n"
-          "4 when --max-restarts were used up, 5 when too few ranks (or no valid layout)\n"
-          "remain.\n",
+          "Ctrl-C (or SIGTERM) stops every rank cleanly after its current step (or between\n"
+          "micro-batches of a long one); a second Ctrl-C kills the job.\n"
+          "\n"
+          "Exit status: 0 every rank finished; 1 the job could not be started, or a rank\n"
+          "failed (a rank's or mpirun's own non-zero status is passed on); 2 bad options;\n"
+          "3 the ranks did not start in time; 4 --max-restarts were used up; 5 too few\n"
+          "ranks (or no valid layout) remain; 130 after Ctrl-C, 143 after SIGTERM.\n",
           drill ? "drill" : "run",
           drill ? "`phalanx drill` is `phalanx run --elastic` with failures to inject\n"
                   "(--inject) and a report (--report, default drill-report.json).\n"
@@ -72,29 +74,18 @@ static void usage(FILE *out, bool drill)
           drill ? " (default drill-report.json)" : "");
 }
 
-static int parse_number(const char *flag, const char *text, double min, double *out)
+/* Limits of the launcher's numbers: a job's ranks each hold a channel to the
+ * launcher (at most JOB_MAX_CLIENTS); a timeout longer than a day is a typo. */
+#define MAX_TIMEOUT_S 86400.0
+
+static int parse_count(const char *flag, const char *text, int min, int max, int *out)
 {
-    char *end;
-    double value = strtod(text, &end);
-    if (end == text || *end || !(value >= min)) {
-        fprintf(stderr, "phalanx run: %s: '%s' is not a number >= %g\n", flag, text, min);
-        return -1;
-    }
-    *out = value;
-    return 0;
+    return parse_flag_int("phalanx run", flag, text, min, max, out);
 }
 
-static int parse_count(const char *flag, const char *text, int min, int *out)
+static int parse_seconds(const char *flag, const char *text, double *out)
 {
-    double value;
-    if (parse_number(flag, text, min, &value))
-        return -1;
-    if (value != (int)value) {
-        fprintf(stderr, "phalanx run: %s: '%s' is not a whole number\n", flag, text);
-        return -1;
-    }
-    *out = (int)value;
-    return 0;
+    return parse_flag_double("phalanx run", flag, text, 0.1, MAX_TIMEOUT_S, out);
 }
 
 static int parse_via(const char *text, Via *out)
@@ -122,23 +113,26 @@ static int add_event(ElasticOptions *e, const char *event)
     return 0;
 }
 
-static int apply_run_option(Run *run, int code, double *ranks)
+static int apply_run_option(Run *run, int code, int *ranks)
 {
     SpawnPlan *plan = &run->job.plan;
     ElasticOptions *e = &run->elastic_options;
     switch (code) {
-    case 'n': return parse_number("--ranks", optarg, 1, ranks);
+    case 'n': return parse_count("-n/--ranks", optarg, 1, JOB_MAX_CLIENTS, ranks);
     case 'v': return parse_via(optarg, &plan->via);
     case 'f': plan->hostfile = optarg; return 0;
     case 'H': plan->hosts = optarg; return 0;
-    case 't': return parse_number("--startup-timeout", optarg, 0.1, &run->job.startup_timeout);
+    case 't': return parse_seconds("--startup-timeout", optarg, &run->job.startup_timeout);
     case 'w': plan->worker = optarg; return 0;
     case OPT_ELASTIC: run->elastic = true; return 0;
-    case OPT_MIN_RANKS: return parse_count("--min-ranks", optarg, 1, &e->min_ranks);
-    case OPT_MAX_RESTARTS: return parse_count("--max-restarts", optarg, 0, &e->max_restarts);
+    case OPT_MIN_RANKS:
+        return parse_count("--min-ranks", optarg, 1, JOB_MAX_CLIENTS, &e->min_ranks);
+    case OPT_MAX_RESTARTS:
+        return parse_count("--max-restarts", optarg, 0, ELASTIC_MAX_RESTARTS, &e->max_restarts);
     case OPT_HEARTBEAT:
-        return parse_number("--heartbeat-timeout", optarg, 0.1, &e->heartbeat_timeout);
-    case OPT_PER_NODE: return parse_count("--ranks-per-node", optarg, 1, &e->ranks_per_node);
+        return parse_seconds("--heartbeat-timeout", optarg, &e->heartbeat_timeout);
+    case OPT_PER_NODE:
+        return parse_count("--ranks-per-node", optarg, 1, JOB_MAX_CLIENTS, &e->ranks_per_node);
     case OPT_INJECT: run->elastic = true; return add_event(e, optarg);
     case OPT_REPORT: e->report_path = optarg; return 0;
     }
@@ -166,7 +160,7 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    double ranks = 0;
+    int ranks = 0; /* not given */
     optind = 1;
     opterr = 0;
     int code;
@@ -183,11 +177,12 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         if (apply_run_option(run, code, &ranks))
             return -1;
     }
-    if (ranks < 1 || ranks != (int)ranks) {
-        fprintf(stderr, "phalanx run: -n N (a whole number of ranks) is required\n");
+    if (ranks == 0) {
+        fprintf(stderr, "phalanx run: -n N (the number of ranks, 1 to %d) is required\n",
+                JOB_MAX_CLIENTS);
         return -1;
     }
-    run->job.plan.ranks = (int)ranks;
+    run->job.plan.ranks = ranks;
     run->job.plan.train_argc = argc - optind;
     run->job.plan.train_argv = argv + optind;
     if (drill) {

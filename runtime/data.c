@@ -81,6 +81,19 @@ static int check_tokens(const TokenShard *shard, int vocab, char *err, size_t er
     return 0;
 }
 
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISFIFO(mode))
+        return "a FIFO";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device";
+    return "a special file";
+}
+
 static int shard_map(TokenShard *shard, const char *path, int vocab, char *err,
                      size_t err_len)
 {
@@ -88,15 +101,23 @@ static int shard_map(TokenShard *shard, const char *path, int vocab, char *err,
     shard->path = strdup(path);
     if (!shard->path)
         return fail(err, err_len, "%s: out of memory", path);
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer,
+     * deaf to SIGTERM; fstat then refuses anything but a regular file. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return fail(err, err_len, "%s: cannot open: %s; check the path or " PREPARE_HINT,
                     path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
+        int saved = errno;
         close(fd);
-        return fail(err, err_len, "%s: not a regular file; give a shard file, or a pattern "
-                    "such as DIR/train_*.bin for a directory of shards", path);
+        return fail(err, err_len, "%s: cannot stat: %s", path, strerror(saved));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, err_len, "%s: not a regular file (%s); give a shard file, or a "
+                    "pattern such as DIR/train_*.bin for a directory of shards", path,
+                    file_kind(st.st_mode));
     }
     size_t size = (size_t)st.st_size;
     if (size < HEADER_BYTES) {

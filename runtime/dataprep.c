@@ -6,6 +6,8 @@
  */
 #include "data.h"
 
+#include "runtime.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -36,7 +38,10 @@ static const char USAGE[] =
     "      --val-fraction F   share of documents for validation, 0 < F <= 0.5 (default 0.1)\n"
     "      --shard-tokens N   at most N tokens per shard (default 1000000); a longer\n"
     "                         split is cut into shards of equal size\n"
-    "  -h, --help             this text\n";
+    "  -h, --help             this text\n"
+    "\n"
+    "Exit status: 0 the shards were written; 1 an input could not be read, held too\n"
+    "little text, or a shard could not be written; 2 bad options.\n";
 
 typedef struct {
     const char *out_dir;
@@ -74,28 +79,12 @@ static int complain(const char *fmt, ...)
 
 static int parse_fraction(const char *text, double *out)
 {
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(value))
-        return complain("--val-fraction expects a number, got '%s'", text);
-    if (!(value > 0 && value <= 0.5))
+    double value;
+    if (parse_flag_double(PROG, "--val-fraction", text, 0.0, 0.5, &value) != 0)
+        return -1;
+    if (value == 0.0)
         return complain("--val-fraction is %s, outside (0, 0.5]: it is the share of documents "
                      "held out for validation, e.g. 0.1", text);
-    *out = value;
-    return 0;
-}
-
-static int parse_shard_tokens(const char *text, long *out)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (end == text || *end != '\0' || errno == ERANGE)
-        return complain("--shard-tokens expects a whole number of tokens, got '%s'", text);
-    if (value < 1 || value > INT32_MAX)
-        return complain("--shard-tokens is %s, outside [1, %d]: it is the most tokens one "
-                     "shard holds, e.g. 1000000", text, INT32_MAX);
     *out = value;
     return 0;
 }
@@ -120,7 +109,10 @@ static int parse_options(int argc, char **argv, PrepareOptions *opts)
         switch (c) {
         case 'o': opts->out_dir = optarg; break;
         case OPT_VAL_FRACTION: status = parse_fraction(optarg, &opts->val_fraction); break;
-        case OPT_SHARD_TOKENS: status = parse_shard_tokens(optarg, &opts->shard_tokens); break;
+        case OPT_SHARD_TOKENS:
+            status = parse_flag_long(PROG, "--shard-tokens", optarg, 1, INT32_MAX,
+                                     &opts->shard_tokens);
+            break;
         case 'h': fputs(USAGE, stdout); return 1;
         case ':': return complain("%s needs a value (see --help)", argv[optind - 1]);
         default: return complain("unknown option '%s' (see --help)", argv[optind - 1]);

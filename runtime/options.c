@@ -1,6 +1,8 @@
 /* Command line of `phalanx train` (contract in options.h). */
 #include "options.h"
 
+#include "runtime.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -67,11 +69,30 @@ void options_usage(FILE *out)
         "                         take the remainder)\n"
         "  --layout auto|DxPxS    auto: the most data-parallel layout that fits (the default\n"
         "                         when no axis is given); or all three axes, e.g. 2x1x1\n"
+        "Checkpoints (the same files in tier 1, node memory, and tier 2, --ckpt-dir):\n"
+        "  --ckpt-dir DIR         write checkpoints to DIR (created when missing); a fresh\n"
+        "                         run refuses a DIR that already holds checkpoints\n"
+        "  --ckpt-every N         checkpoint after every N-th step and after the last\n"
+        "                         (default 100); a stop (Ctrl-C, SIGTERM) also checkpoints\n"
+        "  --ckpt-keep N          complete checkpoints kept per tier (default 2)\n"
+        "  --ckpt-mode async|sync async: a sidecar thread copies and writes while training\n"
+        "                         goes on; sync: training waits for each (default async)\n"
+        "  --ckpt-memory-dir DIR  tier 1's directory (default /dev/shm/phalanx-<hash of\n"
+        "                         --ckpt-dir>); none: no tier 1\n"
+        "  --resume latest|PATH   continue a run in any layout: latest is the newest complete\n"
+        "                         checkpoint of --ckpt-dir (or its tier 1); PATH a step\n"
+        "                         directory\n"
         "Output:\n"
         "  --metrics FILE         one JSON object per step: step, loss, lr, global_batch,\n"
-        "                         tokens_per_s, grad_norm, val_loss (when computed)\n"
+        "                         tokens_per_s, grad_norm, val_loss (when computed; null\n"
+        "                         for a value that is not finite). A fresh run refuses an\n"
+        "                         existing FILE; a resumed run (--resume) appends to it\n"
+        "  --metrics-overwrite    a fresh run replaces an existing --metrics FILE\n"
+        "  --metrics-append       a fresh run appends to an existing --metrics FILE\n"
         "  --dump-params FILE     write the final parameters to FILE (float32) and\n"
-        "                         FILE.json (names, shapes, offsets)\n"
+        "                         FILE.json (names, shapes, offsets), replacing them\n"
+        "  Output files must be regular files (or new ones), not links, FIFOs or devices,\n"
+        "  and outside the checkpoint directories; a write error ends the run with 1.\n"
         "  --quiet                no per-step progress lines\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
@@ -81,8 +102,18 @@ void options_usage(FILE *out)
         "                         differ from fp32 by TF32's 10-bit mantissa)\n"
         "                         (--device cpu-staged, for tests: the cpu kernels with the\n"
         "                         GPU's copies and checkpoint mirror, bit-identical to cpu)\n"
-        "  --threads N            CPU threads for OpenMP and OpenBLAS (default: all cores)\n"
-        "  -h, --help             this text\n",
+        "  --threads N            CPU threads for OpenMP and OpenBLAS, at most 1024\n"
+        "                         (default: all cores)\n"
+        "  -h, --help             this text\n"
+        "\n"
+        "Numbers are checked: each flag says its range when a value is outside it.\n"
+        "A stop (Ctrl-C, SIGTERM, or `phalanx run` stopping the job) ends the run at the\n"
+        "next step boundary, or at once between micro-batches of a long step or\n"
+        "evaluation (the unfinished step is not applied).\n"
+        "\n"
+        "Exit status: 0 the run finished; 1 it failed while running (data, memory,\n"
+        "checkpoint, an output file, a non-finite loss, another rank); 2 bad options;\n"
+        "130 stopped by SIGINT, 143 by SIGTERM or a stop from `phalanx run`.\n",
         out);
 }
 
@@ -95,7 +126,7 @@ enum {
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
     OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_DEVICE,
-    OPT_TF32,
+    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND,
 };
 
 static const struct option long_options[] = {
@@ -125,6 +156,8 @@ static const struct option long_options[] = {
     {"min-lr-ratio", required_argument, NULL, OPT_MIN_LR_RATIO},
     {"decay-fraction", required_argument, NULL, OPT_DECAY_FRACTION},
     {"metrics", required_argument, NULL, OPT_METRICS},
+    {"metrics-overwrite", no_argument, NULL, OPT_METRICS_OVERWRITE},
+    {"metrics-append", no_argument, NULL, OPT_METRICS_APPEND},
     {"dump-params", required_argument, NULL, OPT_DUMP_PARAMS},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"quiet", no_argument, NULL, OPT_QUIET},
@@ -153,32 +186,101 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* Upper limits of the numeric flags. Each is far beyond a real run and keeps
+ * what the value feeds inside its type, or the process alive. */
+_Static_assert(sizeof(long) >= 8, "step and sample counts are longs of 64 bits");
+#define MAX_STEPS (1L << 32)   /* times MAX_BATCH: sample counts stay below 2^62 */
+#define MAX_SAMPLES (1L << 62) /* sample cursors are 64-bit; room for the last batch */
+enum {
+    MAX_BATCH = 1 << 30, /* sequences in a global batch (and its maximum and quantum) */
+    MAX_MICRO_BATCH = 1 << 20,
+    MAX_SEQ_LEN = 1 << 20,
+    MAX_DIM = 1 << 16,
+    MAX_HEADS = 1 << 12,
+    MAX_LAYERS = 1 << 12,
+    MAX_VOCAB = 65536, /* tokens are uint16 in the shards */
+    MAX_DP = 1 << 16,  /* with MAX_SP and MAX_STAGES: dp x pp x sp fits an int */
+    MAX_SP = 1 << 8,
+    MAX_KEEP = 1 << 20,
+    /* Every OpenMP thread gets its own stack: --threads 100000 overflowed
+     * libgomp and crashed; no node has anywhere near 1024 cores per rank. */
+    MAX_THREADS = 1024,
+};
+
 static int bad_value(const char *flag, const char *text, const char *expected)
 {
     fprintf(stderr, "phalanx train: --%s: '%s' is not %s\n", flag, text, expected);
     return -1;
 }
 
-static int parse_long(const char *flag, const char *text, long min, long max, long *out)
+/* Digits with an optional leading '-': strtol alone would also take leading
+ * blanks, a '+' and, in some locales, more. */
+static bool is_decimal_integer(const char *text)
 {
-    char *end;
+    const char *digits = text[0] == '-' ? text + 1 : text;
+    return *digits && strspn(digits, "0123456789") == strlen(digits);
+}
+
+int parse_flag_long(const char *prog, const char *flag, const char *text, long min, long max,
+                    long *out)
+{
+    if (!is_decimal_integer(text)) {
+        fprintf(stderr, "%s: %s: '%s' is not an integer\n", prog, flag, text);
+        return -1;
+    }
     errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno || end == text || *end != '\0')
-        return bad_value(flag, text, "an integer");
-    if (value < min || value > max) {
-        fprintf(stderr, "phalanx train: --%s is %ld: it must be between %ld and %ld\n", flag,
-                value, min, max);
+    long value = strtol(text, NULL, 10);
+    if (errno == ERANGE || value < min || value > max) {
+        fprintf(stderr, "%s: %s is %s: it must be between %ld and %ld\n", prog, flag, text,
+                min, max);
         return -1;
     }
     *out = value;
     return 0;
 }
 
-static int parse_int(const char *flag, const char *text, int min, int *out)
+int parse_flag_int(const char *prog, const char *flag, const char *text, int min, int max,
+                   int *out)
 {
     long value;
-    if (parse_long(flag, text, min, INT_MAX, &value))
+    if (parse_flag_long(prog, flag, text, min, max, &value))
+        return -1;
+    *out = (int)value;
+    return 0;
+}
+
+int parse_flag_double(const char *prog, const char *flag, const char *text, double min,
+                      double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (errno == ERANGE || end == text || *end != '\0' || !isfinite(value)) {
+        fprintf(stderr, "%s: %s: '%s' is not a finite number\n", prog, flag, text);
+        return -1;
+    }
+    if (value < min || value > max) {
+        fprintf(stderr, "%s: %s is %s: it must be between %g and %g\n", prog, flag, text, min,
+                max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* The train command's flags go through the shared parsers; `flag` is the
+ * long name without its dashes, as in the option table. */
+static int parse_long(const char *flag, const char *text, long min, long max, long *out)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "--%s", flag);
+    return parse_flag_long("phalanx train", name, text, min, max, out);
+}
+
+static int parse_int(const char *flag, const char *text, int min, int max, int *out)
+{
+    long value;
+    if (parse_long(flag, text, min, max, &value))
         return -1;
     *out = (int)value;
     return 0;
@@ -187,18 +289,9 @@ static int parse_int(const char *flag, const char *text, int min, int *out)
 static int parse_double(const char *flag, const char *text, double min, double max,
                         double *out)
 {
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (errno || end == text || *end != '\0' || !isfinite(value))
-        return bad_value(flag, text, "a finite number");
-    if (value < min || value > max) {
-        fprintf(stderr, "phalanx train: --%s is %g: it must be between %g and %g\n", flag,
-                value, min, max);
-        return -1;
-    }
-    *out = value;
-    return 0;
+    char name[64];
+    snprintf(name, sizeof(name), "--%s", flag);
+    return parse_flag_double("phalanx train", name, text, min, max, out);
 }
 
 static int parse_float(const char *flag, const char *text, double min, double max, float *out)
@@ -222,13 +315,23 @@ static int parse_split(const char *text, TrainOptions *o)
             return -1;
         }
         long value;
-        if (parse_long("pp-split", item, 0, INT_MAX, &value))
+        if (parse_long("pp-split", item, 0, MAX_LAYERS, &value))
             return -1;
         o->pp_split[o->pp_split_count++] = (int)value;
     }
     if (o->pp_split_count == 0)
         return bad_value("pp-split", text, "a list of layer counts such as 3,3,2");
     return 0;
+}
+
+/* The axes of --layout DPxPPxSP within the limits of --dp, --pp and --sp. */
+static int check_layout_axes(const char *text, Layout l)
+{
+    if (l.dp <= MAX_DP && l.pp <= MAX_STAGES && l.sp <= MAX_SP)
+        return 0;
+    fprintf(stderr, "phalanx train: --layout is %s: dp must be between 1 and %d, pp between 1 "
+                    "and %d, sp between 1 and %d\n", text, MAX_DP, MAX_STAGES, MAX_SP);
+    return -1;
 }
 
 static void set_defaults(TrainOptions *o)
@@ -264,36 +367,45 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_DATA: o->data = arg; return 0;
     case OPT_VAL_DATA: o->val_data = arg; return 0;
     case OPT_METRICS: o->metrics_path = arg; return 0;
+    case OPT_METRICS_OVERWRITE: o->metrics_overwrite = true; return 0;
+    case OPT_METRICS_APPEND: o->metrics_append = true; return 0;
     case OPT_DUMP_PARAMS: o->dump_params_path = arg; return 0;
     case OPT_DECAY_ALL: o->optim.decay_all = true; return 0;
     case OPT_QUIET: o->quiet = true; return 0;
-    case OPT_EVAL_EVERY: return parse_long("eval-every", arg, 0, LONG_MAX, &o->eval_every);
-    case OPT_EVAL_BATCHES: return parse_int("eval-batches", arg, 1, &o->eval_batches);
-    case OPT_VOCAB: return parse_int("vocab", arg, 2, &o->model.vocab);
-    case OPT_LAYERS: return parse_int("layers", arg, 1, &o->model.layers);
-    case OPT_HEADS: return parse_int("heads", arg, 1, &o->model.heads);
-    case OPT_DIM: return parse_int("dim", arg, 1, &o->model.dim);
-    case OPT_SEQ_LEN: return parse_int("seq-len", arg, 1, &o->model.seq_len);
-    case OPT_MICRO_BATCH: return parse_int("micro-batch", arg, 1, &o->micro_batch);
-    case OPT_GLOBAL_BATCH: return parse_int("global-batch", arg, 1, &o->global_batch);
-    case OPT_STEPS: return parse_long("steps", arg, 1, LONG_MAX, &o->steps);
-    case OPT_WARMUP: return parse_long("warmup", arg, 0, LONG_MAX, &o->warmup);
-    case OPT_THREADS: return parse_int("threads", arg, 1, &o->threads);
-    case OPT_DP: o->layout_auto = false; return parse_int("dp", arg, 1, &o->layout.dp);
-    case OPT_PP: o->layout_auto = false; return parse_int("pp", arg, 1, &o->layout.pp);
-    case OPT_SP: o->layout_auto = false; return parse_int("sp", arg, 1, &o->layout.sp);
+    case OPT_EVAL_EVERY: return parse_long("eval-every", arg, 0, MAX_STEPS, &o->eval_every);
+    case OPT_EVAL_BATCHES: return parse_int("eval-batches", arg, 1, INT_MAX, &o->eval_batches);
+    case OPT_VOCAB: return parse_int("vocab", arg, 2, MAX_VOCAB, &o->model.vocab);
+    case OPT_LAYERS: return parse_int("layers", arg, 1, MAX_LAYERS, &o->model.layers);
+    case OPT_HEADS: return parse_int("heads", arg, 1, MAX_HEADS, &o->model.heads);
+    case OPT_DIM: return parse_int("dim", arg, 1, MAX_DIM, &o->model.dim);
+    case OPT_SEQ_LEN: return parse_int("seq-len", arg, 1, MAX_SEQ_LEN, &o->model.seq_len);
+    case OPT_MICRO_BATCH:
+        return parse_int("micro-batch", arg, 1, MAX_MICRO_BATCH, &o->micro_batch);
+    case OPT_GLOBAL_BATCH:
+        return parse_int("global-batch", arg, 1, MAX_BATCH, &o->global_batch);
+    case OPT_STEPS: return parse_long("steps", arg, 1, MAX_STEPS, &o->steps);
+    case OPT_WARMUP: return parse_long("warmup", arg, 0, MAX_STEPS, &o->warmup);
+    case OPT_THREADS: return parse_int("threads", arg, 1, MAX_THREADS, &o->threads);
+    case OPT_DP: o->layout_auto = false; return parse_int("dp", arg, 1, MAX_DP, &o->layout.dp);
+    case OPT_PP:
+        o->layout_auto = false;
+        return parse_int("pp", arg, 1, MAX_STAGES, &o->layout.pp);
+    case OPT_SP: o->layout_auto = false; return parse_int("sp", arg, 1, MAX_SP, &o->layout.sp);
     case OPT_PP_SPLIT: return parse_split(arg, o);
     case OPT_BATCH_POLICY:
         if (strcmp(arg, "fixed") != 0 && strcmp(arg, "adaptive") != 0)
             return bad_value("batch-policy", arg, "a policy (fixed or adaptive)");
         o->batch_adaptive = strcmp(arg, "adaptive") == 0;
         return 0;
-    case OPT_MAX_GLOBAL_BATCH: return parse_int("max-global-batch", arg, 1, &o->max_global_batch);
-    case OPT_BATCH_QUANTUM: return parse_int("batch-quantum", arg, 1, &o->batch_quantum);
-    case OPT_BATCH_CHECK: return parse_long("batch-check", arg, 1, LONG_MAX, &o->batch_check);
+    case OPT_MAX_GLOBAL_BATCH:
+        return parse_int("max-global-batch", arg, 1, MAX_BATCH, &o->max_global_batch);
+    case OPT_BATCH_QUANTUM:
+        return parse_int("batch-quantum", arg, 1, MAX_BATCH, &o->batch_quantum);
+    case OPT_BATCH_CHECK: return parse_long("batch-check", arg, 1, MAX_STEPS, &o->batch_check);
     case OPT_BATCH_ETA: return parse_double("batch-eta", arg, -1e30, 1e30, &o->batch_eta);
     case OPT_BATCH_EMA: return parse_double("batch-ema", arg, 0.0, 0.999999, &o->batch_ema);
-    case OPT_TRAIN_SAMPLES: return parse_long("train-samples", arg, 1, LONG_MAX, &o->train_samples);
+    case OPT_TRAIN_SAMPLES:
+        return parse_long("train-samples", arg, 1, MAX_SAMPLES, &o->train_samples);
     case OPT_CKPT_DIR: o->ckpt.dir = arg; return 0;
     case OPT_CKPT_MEMORY_DIR: o->ckpt.memory_dir = arg; return 0;
     case OPT_RESUME: o->resume = arg; return 0;
@@ -303,8 +415,8 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
             return bad_value("device", arg, "a device (cpu or cuda)");
         o->device = arg;
         return 0;
-    case OPT_CKPT_EVERY: return parse_long("ckpt-every", arg, 1, LONG_MAX, &o->ckpt.every);
-    case OPT_CKPT_KEEP: return parse_int("ckpt-keep", arg, 1, &o->ckpt.keep);
+    case OPT_CKPT_EVERY: return parse_long("ckpt-every", arg, 1, MAX_STEPS, &o->ckpt.every);
+    case OPT_CKPT_KEEP: return parse_int("ckpt-keep", arg, 1, MAX_KEEP, &o->ckpt.keep);
     case OPT_CKPT_MODE:
         if (!ckpt_mode_parse(arg, &o->ckpt.mode))
             return bad_value("ckpt-mode", arg, "a mode (async or sync)");
@@ -316,7 +428,7 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_LAYOUT:
         if (!layout_parse(arg, &o->layout, &o->layout_auto))
             return bad_value("layout", arg, "a layout (auto, or DPxPPxSP such as 2x2x1)");
-        return 0;
+        return check_layout_axes(arg, o->layout);
     case OPT_SEED:
         if (parse_long("seed", arg, 0, LONG_MAX, &value))
             return -1;
@@ -397,6 +509,11 @@ static int check_combination(TrainOptions *o)
     }
     if (!device_built(o->device, err, sizeof(err))) {
         fprintf(stderr, "phalanx train: %s\n", err);
+        return -1;
+    }
+    if (o->metrics_overwrite && o->metrics_append) {
+        fprintf(stderr, "phalanx train: --metrics-overwrite and --metrics-append contradict "
+                        "each other: give one\n");
         return -1;
     }
     if (o->resume && strcmp(o->resume, "latest") == 0 && !o->ckpt.dir) {

@@ -15,6 +15,22 @@
 
 int train_main(int argc, char **argv);
 
+/*
+ * Numbers on a command line, the one parser every command uses (train, run,
+ * drill, data prepare). The whole text must be a base-10 integer
+ * (parse_flag_long, parse_flag_int: digits with an optional leading '-',
+ * nothing before or after, no overflow) or a finite number
+ * (parse_flag_double), within [min, max]. Returns 0 and sets *out, or -1
+ * after printing "PROG: FLAG: ..." naming the value and the limits; *out is
+ * then left alone.
+ */
+int parse_flag_long(const char *prog, const char *flag, const char *text, long min, long max,
+                    long *out);
+int parse_flag_int(const char *prog, const char *flag, const char *text, int min, int max,
+                   int *out);
+int parse_flag_double(const char *prog, const char *flag, const char *text, double min,
+                      double max, double *out);
+
 /* For the launcher, before any rank starts: parses the training options and
  * checks that a layout fits `world` ranks. Returns 0 when the run can start,
  * else the exit status, after printing what is wrong. */

@@ -235,7 +235,7 @@ def test_no_layout_for_the_survivors_says_why(phalanx, corpus, tmp_path):
     (["--ranks-per-node", 3], "--ranks-per-node 3 does not divide -n 4"),
     (["--inject", "explode:1@3"], "--inject 'explode:1@3' is not an event"),
     (["--inject", "crash:1"], "--inject 'crash:1' is not an event"),
-    (["--max-restarts", "-1"], "--max-restarts: '-1' is not a number >= 0"),
+    (["--max-restarts", "-1"], "--max-restarts is -1: it must be between 0 and 63"),
 ])
 def test_bad_elastic_options(phalanx, corpus, tmp_path, launcher, message):
     result = run([phalanx, "run", "-n", 4, "--elastic", *launcher, "--",
