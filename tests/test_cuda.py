@@ -13,7 +13,13 @@ results by a few ulps per operation; over 10 steps that stays below 1e-5 in
 the runs the kernel checks model, and 1e-4 leaves room while a wrong kernel
 (a missed gradient term, a bad index) moves the loss by 1e-2 or more. A GPU
 run repeats bit for bit on the same GPU (no atomics), so its save/resume
-must be bit-identical. Multi-rank NCCL runs need one GPU per rank."""
+must be bit-identical. TF32 rounds matrix-product inputs to 10 mantissa bits
+(about 5e-4 relative), so --tf32 is held to 1e-2. Multi-rank NCCL runs need
+one GPU per rank and mpirun.
+
+scripts/gpu-bundle packs this file; run-gpu-check runs the GPU tests and
+test_cpu_checkpoint_is_read_by_h5py, and its table shows the errors each
+test records (record_property)."""
 import json
 import re
 import shutil
@@ -43,8 +49,11 @@ CUDA_BUILT = (BUILD / "tests" / "gpu" / "gpu_check").exists()
 needs_gpu = pytest.mark.skipif(GPUS == 0 or not CUDA_BUILT,
                                reason=f"needs a GPU and the CUDA build (GPUs: {GPUS}, "
                                       f"CUDA built: {CUDA_BUILT})")
-needs_two_gpus = pytest.mark.skipif(GPUS < 2 or not CUDA_BUILT,
-                                    reason=f"NCCL runs need one GPU per rank (GPUs: {GPUS})")
+HAVE_MPIRUN = shutil.which("mpirun") is not None
+needs_two_gpus = pytest.mark.skipif(GPUS < 2 or not CUDA_BUILT or not HAVE_MPIRUN,
+                                    reason=f"NCCL runs need one GPU per rank and mpirun "
+                                           f"(GPUs: {GPUS}, mpirun: {HAVE_MPIRUN})")
+TF32_RTOL = 1e-2
 without_gpu = pytest.mark.skipif(GPUS > 0, reason="a GPU is present: the refusal cannot happen")
 
 
@@ -53,6 +62,20 @@ def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=9)))
     return d
+
+
+def measured(reference, result):
+    """The largest relative loss error and parameter error over the largest
+    parameter, as assert_same_run judges them, formatted for the table."""
+    loss = np.array([r["loss"] for r in result[0]])
+    expected = np.array([r["loss"] for r in reference[0]])
+    params_error = np.abs(result[1] - reference[1]).max() / np.abs(reference[1]).max()
+    return {"loss": f"{np.abs(loss / expected - 1).max():.1e}", "params": f"{params_error:.1e}"}
+
+
+def record(record_property, reference, result):
+    for name, value in measured(reference, result).items():
+        record_property(name, value)
 
 
 def train_args(corpus, *extra):
@@ -103,6 +126,20 @@ def test_cpu_is_the_default_and_is_named(phalanx, corpus):
     result = run([phalanx, "train", *args])
     assert result.returncode == 0, result.stderr
     assert re.search(r"; device cpu$", result.stdout.splitlines()[0]), result.stdout
+
+
+def test_cpu_checkpoint_is_read_by_h5py(phalanx, corpus, tmp_path):
+    """The bundle's CPU-side check (run-gpu-check --cpu-only): 10 steps on the
+    CPU, whose last checkpoint h5py reads bit for bit."""
+    ckpt = tmp_path / "ckpt"
+    rows, params, _ = launch(phalanx, tmp_path / "cpu", 1,
+                             train_args(corpus, "--ckpt-dir", ckpt, "--ckpt-every", "5"))
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    stored = checkpoint_params(ckpt / "step_00000010" / "index.h5",
+                               tmp_path / "cpu" / "params.bin.json")
+    for t in json.loads((tmp_path / "cpu" / "params.bin.json").read_text())["tensors"]:
+        assert np.array_equal(stored[t["name"]],
+                              params[t["offset"]:t["offset"] + stored[t["name"]].size]), t["name"]
 
 
 def test_help_documents_the_device(phalanx):
@@ -174,13 +211,21 @@ def cpu_reference(phalanx, corpus, tmp_path_factory):
 
 @needs_gpu
 @pytest.mark.parametrize("optim", ["lamb", "adamw"])
-def test_cuda_matches_cpu(phalanx, corpus, tmp_path, optim):
+def test_cuda_matches_cpu(phalanx, corpus, tmp_path, optim, record_property):
     cpu = launch(phalanx, tmp_path / "cpu", 1, train_args(corpus, "--optim", optim))
     gpu = launch(phalanx, tmp_path / "gpu", 1, train_args(corpus, "--optim", optim,
                                                           "--device", "cuda"))
+    record(record_property, cpu, gpu)
     assert_same_run(cpu, gpu, rtol=1e-4)
     np.testing.assert_allclose([r["grad_norm"] for r in gpu[0]],
                                [r["grad_norm"] for r in cpu[0]], rtol=1e-4)
+
+
+@needs_gpu
+def test_cuda_tf32_matches_cpu(phalanx, corpus, tmp_path, cpu_reference, record_property):
+    gpu = launch(phalanx, tmp_path / "tf32", 1, train_args(corpus, "--device", "cuda", "--tf32"))
+    record(record_property, cpu_reference, gpu)
+    assert_same_run(cpu_reference, gpu, rtol=TF32_RTOL)
 
 
 @needs_gpu
@@ -199,24 +244,26 @@ def test_cuda_repeats_bit_for_bit_across_a_resume(phalanx, corpus, tmp_path):
 
 
 @needs_gpu
-def test_gpu_checkpoint_holds_the_device_tensors(phalanx, corpus, tmp_path):
-    """The final checkpoint (copied from the GPU through pinned memory while
-    training went on) holds the dumped parameters bit for bit, and the CPU
-    resumes it on the same trajectory."""
+def test_gpu_checkpoint_resumes_on_cpu(phalanx, corpus, tmp_path, cpu_reference,
+                                       record_property):
+    """The checkpoint of step 5 (copied from the GPU through pinned memory)
+    holds the dumped parameters bit for bit in h5py, and the CPU resumes it
+    on the CPU's own trajectory (1e-4)."""
     ckpt = tmp_path / "ckpt"
-    rows, params, _ = launch(phalanx, tmp_path / "gpu", 1,
-                             train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt,
-                                        "--ckpt-every", "2"))
-    manifest = json.loads((tmp_path / "gpu" / "params.bin.json").read_text())
-    with h5py.File(ckpt / "step_00000010" / "index.h5", "r") as f:
-        for t in manifest["tensors"]:
-            stored = f["params"][t["name"]][()].ravel()
-            own = params[t["offset"]:t["offset"] + stored.size]
-            assert np.array_equal(stored, own), t["name"]
-    longer = train_args(corpus, "--ckpt-dir", ckpt, "--resume", "latest")
-    longer[longer.index("--steps") + 1] = "12"
-    resumed = launch(phalanx, tmp_path / "cpu", 1, longer)
-    assert [r["step"] for r in resumed[0]] == [11, 12]
+    first = train_args(corpus, "--device", "cuda", "--ckpt-dir", ckpt, "--ckpt-every", "5")
+    first[first.index("--steps") + 1] = "5"
+    first += ["--train-samples", "80"]  # the schedule of the whole 10-step run
+    _, params, _ = launch(phalanx, tmp_path / "gpu", 1, first)
+    stored = checkpoint_params(ckpt / "step_00000005" / "index.h5",
+                               tmp_path / "gpu" / "params.bin.json")
+    for t in json.loads((tmp_path / "gpu" / "params.bin.json").read_text())["tensors"]:
+        assert np.array_equal(stored[t["name"]],
+                              params[t["offset"]:t["offset"] + stored[t["name"]].size]), t["name"]
+    resumed = launch(phalanx, tmp_path / "cpu", 1,
+                     train_args(corpus, "--ckpt-dir", ckpt, "--resume", "latest"))
+    reference = (cpu_reference[0][5:], cpu_reference[1], None)
+    record(record_property, reference, resumed)
+    assert_same_run(reference, resumed, rtol=1e-4)
 
 
 @needs_two_gpus
