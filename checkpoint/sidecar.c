@@ -70,6 +70,7 @@ struct Checkpointer {
     pthread_cond_t wake;   /* to the sidecar: work or quit */
     pthread_cond_t copied; /* to the training thread */
     bool copy_requested, staged, quit, broken;
+    bool abandoned; /* ckpt_abandon(): rank 0 writes no index any more */
     CkptRunState requested, staged_state;
     bool last_dir_ok; /* the newest flush reached tier 2 */
     CkptSourceWait source_wait; /* NULL: the tensors are ready when handed over */
@@ -388,6 +389,24 @@ static int agree(Checkpointer *ck, int64_t *values, size_t count)
     return comm_wait(request);
 }
 
+/* Rank 0's index is what commits a checkpoint, so rank 0 alone deciding to
+ * write none keeps the ranks in step: every rank still takes part in every
+ * agreement (none waits forever), and each removes its shard afterwards. */
+static bool is_abandoned(Checkpointer *ck)
+{
+    pthread_mutex_lock(&ck->lock);
+    bool abandoned = ck->abandoned;
+    pthread_mutex_unlock(&ck->lock);
+    return abandoned;
+}
+
+void ckpt_abandon(Checkpointer *ck)
+{
+    pthread_mutex_lock(&ck->lock);
+    ck->abandoned = true;
+    pthread_mutex_unlock(&ck->lock);
+}
+
 static void mark_broken(Checkpointer *ck)
 {
     fprintf(stderr,
@@ -547,7 +566,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
     int64_t verdict[2] = {0, 0}; // [index committed, prune below this step]
     int rc = agree(ck, votes, (size_t)ck->world + 1);
     bool all_wrote = rc == 0 && votes[0] == ck->world;
-    if (all_wrote && ck->rank == 0) {
+    if (all_wrote && ck->rank == 0 && !is_abandoned(ck)) {
         verdict[0] = write_index(ck, tier, &dir, state, votes + 1, err, sizeof(err)) == 0;
         if (verdict[0])
             verdict[1] = prune_below(ck, tier, state->step);

@@ -1,6 +1,7 @@
 /* One launch of the ranks and the watch over it (contract in job.h). */
 #include "job.h"
 
+#include "protocol.h"
 #include "runtime.h"
 
 #include <arpa/inet.h>
@@ -75,16 +76,48 @@ static int open_listener(Job *job)
     return 0;
 }
 
+static void drop_client(Job *job, int index);
+
+/* The oldest connection that has not said hello, or -1. */
+static int oldest_pending(const Job *job, int *pending)
+{
+    int oldest = -1;
+    *pending = 0;
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].rank < 0) {
+            (*pending)++;
+            if (oldest < 0 || job->clients[i].accepted_at < job->clients[oldest].accepted_at)
+                oldest = i;
+        }
+    return oldest;
+}
+
+/* Every connection is challenged at once; a stranger holding a slot only
+ * delays the next stranger, never a rank (ranks answer within a poll). */
 static void accept_client(Job *job)
 {
     int fd = accept4(job->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0)
         return;
-    if (job->client_count == JOB_MAX_CLIENTS) {
+    int pending, oldest = oldest_pending(job, &pending);
+    if (pending >= JOB_MAX_PENDING || job->client_count == JOB_MAX_CLIENTS + JOB_MAX_PENDING) {
+        if (oldest < 0) {
+            close(fd);
+            return;
+        }
+        drop_client(job, oldest);
+    }
+    JobClient client = {.fd = fd, .rank = -1, .accepted_at = job_now()};
+    char challenge[CHANNEL_TOKEN_HEX + 16];
+    if (channel_token(client.nonce) != 0) {
         close(fd);
         return;
     }
-    job->clients[job->client_count++] = (JobClient){.fd = fd, .rank = -1, .last_seen = job_now()};
+    int length = snprintf(challenge, sizeof(challenge), "challenge %s\n", client.nonce);
+    ssize_t ignored = send(fd, challenge, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)ignored;
+    client.last_seen = client.accepted_at;
+    job->clients[job->client_count++] = client;
 }
 
 static void kill_job(Job *job, int signo)
@@ -128,19 +161,35 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
     kill_job(job, SIGKILL);
 }
 
-static void on_hello(Job *job, JobClient *client, const char *args)
+/* The rank must be one this job launched that no connection has claimed;
+ * false closes the connection. */
+static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
 {
-    char host[64] = "", step[64] = "-";
-    client->rank = -1;
-    if (sscanf(args, "%d %*d %ld %63s %63s", &client->rank, &client->pid, host, step) >= 1)
-        snprintf(client->node, sizeof(client->node), "%s", host);
-    if (strcmp(step, "-") != 0)
-        snprintf(job->slurm_step, sizeof(job->slurm_step), "%s", step);
+    if (m->world != job->plan.ranks || m->rank >= job->plan.ranks || m->rank >= JOB_MAX_CLIENTS ||
+        job->claimed[m->rank]) {
+        fprintf(stderr, "phalanx run: refused a hello for rank %d of %d: this job has %d "
+                        "rank(s)%s\n", m->rank, m->world, job->plan.ranks,
+                m->rank < JOB_MAX_CLIENTS && job->claimed[m->rank] ? ", and that one said hello"
+                                                                  : "");
+        return false;
+    }
+    job->claimed[m->rank] = true;
+    client->rank = m->rank;
+    client->pid = m->pid;
+    snprintf(client->node, sizeof(client->node), "%s", m->node);
+    // scancel takes options too: only a step of our own allocation reaches it
+    if (protocol_step_of_job(m->slurm_step, getenv("SLURM_JOB_ID")))
+        snprintf(job->slurm_step, sizeof(job->slurm_step), "%s", m->slurm_step);
+    else if (m->slurm_step[0])
+        fprintf(stderr, "phalanx run: rank %d named Slurm step '%.63s', not one of job %s; it "
+                        "will not be cancelled\n", m->rank, m->slurm_step,
+                getenv("SLURM_JOB_ID") ? getenv("SLURM_JOB_ID") : "(none: no SLURM_JOB_ID)");
     if (++job->hello_count == job->plan.ranks) {
         job->ready = true;
         if (job->on_event)
             job->on_event(job->event_context, "ranks_up", 0, client->last_seen);
     }
+    return true;
 }
 
 static void on_step(Job *job, long step, double at)
@@ -153,73 +202,142 @@ static void on_step(Job *job, long step, double at)
     }
 }
 
-static void on_progress(Job *job, const char *args)
+/* A rank's text on the launcher's terminal, without its control characters. */
+static void print_text(const ProtocolMessage *m)
 {
-    char *text = strchr(args, ' ');
-    job->last_step = atol(args);
-    printf("%s\n", text ? text + 1 : "");
+    char text[sizeof(((JobClient *)0)->buffer)];
+    protocol_sanitize_text(m->text, m->text_length, text, sizeof(text));
+    printf("%s\n", text);
     fflush(stdout);
 }
 
-static void handle_line(Job *job, JobClient *client, char *line)
+/* The lines of a rank that said hello. */
+static void handle_message(Job *job, JobClient *client, const ProtocolMessage *m)
 {
-    client->last_seen = job_now();
-    if (strncmp(line, "hello ", 6) == 0) {
-        on_hello(job, client, line + 6);
-    } else if (strncmp(line, "progress ", 9) == 0) {
-        on_progress(job, line + 9);
-    } else if (strncmp(line, "log ", 4) == 0) {
-        printf("%s\n", line + 4);
-        fflush(stdout);
-    } else if (strncmp(line, "step ", 5) == 0) {
-        on_step(job, atol(line + 5), client->last_seen);
-    } else if (strncmp(line, "done ", 5) == 0) {
+    switch (m->kind) {
+    case PROTOCOL_PROGRESS:
+        job->last_step = m->step;
+        print_text(m);
+        break;
+    case PROTOCOL_LOG:
+        print_text(m);
+        break;
+    case PROTOCOL_STEP:
+        on_step(job, m->step, client->last_seen);
+        break;
+    case PROTOCOL_DONE:
         client->done = true;
-    } else if (strncmp(line, "fault ", 6) == 0) {
+        break;
+    case PROTOCOL_FAULT:
         job->failure.fault_at = client->last_seen;
         client->faulted = true;
-    } else if (strncmp(line, "resumed ", 8) == 0 && job->on_event) {
-        job->on_event(job->event_context, "resumed", atol(line + 8), client->last_seen);
+        break;
+    case PROTOCOL_RESUMED:
+        if (job->on_event)
+            job->on_event(job->event_context, "resumed", m->step, client->last_seen);
+        break;
+    default: /* beat: last_seen is all; auth and hello once only */
+        break;
     }
 }
 
+/* Before its hello a connection may say only "auth" (right), then "hello"
+ * (a free rank of this job). False: close it. */
+static bool admit(Job *job, JobClient *client, const ProtocolMessage *m, int parsed)
+{
+    if (!client->authenticated) {
+        client->authenticated = parsed == 0 && m->kind == PROTOCOL_AUTH &&
+                                channel_answer_valid(job->secret, client->nonce, m->answer);
+        return client->authenticated;
+    }
+    return parsed == 0 && m->kind == PROTOCOL_HELLO && on_hello(job, client, m);
+}
+
+/* False when the connection is to be closed. */
+static bool handle_line(Job *job, JobClient *client, const char *line, size_t length)
+{
+    ProtocolMessage m;
+    char err[160];
+    int parsed = protocol_parse(line, length, &m, err, sizeof(err));
+    if (client->rank < 0)
+        return admit(job, client, &m, parsed);
+    client->last_seen = job_now();
+    if (parsed != 0) {
+        fprintf(stderr, "phalanx run: rank %d sent a line that is not of the protocol (%s); "
+                        "ignored\n", client->rank, err);
+        return true;
+    }
+    handle_message(job, client, &m);
+    return true;
+}
+
+/* Only a rank's loss is a crash: a connection that never said hello is no rank. */
 static void drop_client(Job *job, int index)
 {
     JobClient *c = &job->clients[index];
     close(c->fd);
     if (c->rank >= 0 && !c->done)
         fail(job, FAILURE_CRASH, c, "lost channel");
+    if (c->rank < 0 && job->refused++ == 0)
+        fprintf(stderr, "phalanx run: closed a channel connection that did not authenticate "
+                        "as a rank of this job (further ones are not reported)\n");
     job->clients[index] = job->clients[--job->client_count];
 }
 
 static void read_client(Job *job, int index)
 {
     JobClient *c = &job->clients[index];
-    ssize_t got = read(c->fd, c->buffer + c->length, sizeof(c->buffer) - 1 - c->length);
+    ssize_t got = read(c->fd, c->buffer + c->length, sizeof(c->buffer) - c->length);
     if (got <= 0) {
         drop_client(job, index);
         return;
     }
     c->length += (size_t)got;
-    c->buffer[c->length] = '\0';
     char *start = c->buffer, *newline;
-    while ((newline = strchr(start, '\n'))) {
-        *newline = '\0';
-        handle_line(job, c, start);
+    while ((newline = memchr(start, '\n', c->length - (size_t)(start - c->buffer)))) {
+        if (!handle_line(job, c, start, (size_t)(newline - start))) {
+            drop_client(job, index);
+            return;
+        }
         start = newline + 1;
     }
-    c->length = strlen(start);
-    memmove(c->buffer, start, c->length + 1);
-    if (c->length == sizeof(c->buffer) - 1)
-        c->length = 0; /* an over-long line: drop it */
+    c->length -= (size_t)(start - c->buffer);
+    memmove(c->buffer, start, c->length);
+    if (c->length == sizeof(c->buffer)) /* no line of the protocol is this long */
+        drop_client(job, index);
+}
+
+/* To the ranks that said hello (strangers get nothing but a challenge). */
+static void send_to_ranks(Job *job, const char *line)
+{
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].rank >= 0) {
+            ssize_t ignored = send(job->clients[i].fd, line, strlen(line),
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)ignored;
+        }
 }
 
 static void broadcast_stop(Job *job)
 {
-    for (int i = 0; i < job->client_count; i++) {
-        ssize_t ignored = send(job->clients[i].fd, "stop\n", 5, MSG_NOSIGNAL);
-        (void)ignored;
-    }
+    send_to_ranks(job, "stop\n");
+}
+
+/* Ranks stop when they hear nothing for a while: a ping every second. */
+static void ping_ranks(Job *job, double now)
+{
+    if (now - job->pinged_at < 1.0)
+        return;
+    job->pinged_at = now;
+    send_to_ranks(job, "ping\n");
+}
+
+/* Connections that have not said hello in time go; never a rank's. */
+static void close_stale_pending(Job *job, double now)
+{
+    for (int i = job->client_count - 1; i >= 0; i--)
+        if (job->clients[i].rank < 0 && now - job->clients[i].accepted_at > JOB_PENDING_SECONDS)
+            drop_client(job, i);
 }
 
 // ----------------------------------------------------------------------------
@@ -301,11 +419,13 @@ static void check_timeouts(Job *job)
     if (job->term_at > 0 && now - job->term_at > KILL_GRACE_SECONDS)
         kill_job(job, SIGKILL);
     check_heartbeats(job, now);
+    close_stale_pending(job, now);
+    ping_ranks(job, now);
 }
 
 static void poll_once(Job *job, int timeout_ms)
 {
-    struct pollfd fds[JOB_MAX_CLIENTS + 2];
+    struct pollfd fds[JOB_MAX_CLIENTS + JOB_MAX_PENDING + 2];
     fds[0] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
     fds[1] = (struct pollfd){.fd = job->listen_fd, .events = POLLIN};
     for (int i = 0; i < job->client_count; i++)
@@ -318,11 +438,11 @@ static void poll_once(Job *job, int timeout_ms)
         if (read(signal_pipe[0], &signo, 1) == 1)
             on_user_signal(job, signo);
     }
-    if (fds[1].revents & POLLIN)
-        accept_client(job);
     for (int i = count - 1; i >= 0; i--) /* from the end: read_client may swap in the last */
         if (fds[i + 2].revents & (POLLIN | POLLHUP | POLLERR))
             read_client(job, i);
+    if (fds[1].revents & POLLIN) /* last: it may close a client, which reorders them */
+        accept_client(job);
 }
 
 int job_start(Job *job)
@@ -330,7 +450,14 @@ int job_start(Job *job)
     char err[512];
     if (job_install_signals() || open_listener(job))
         return -1;
+    if (channel_token(job->secret) != 0) {
+        fprintf(stderr, "phalanx run: cannot draw the channel's secret: getrandom: %s\n",
+                strerror(errno));
+        return -1;
+    }
     setenv(CHANNEL_ENV, job->address, 1);
+    // the environment, not argv: a command line is visible to every user
+    setenv(CHANNEL_SECRET_ENV, job->secret, 1);
     job->failure.rank = -1;
     job->started_at = job_now();
     job->pid = spawn_job(&job->plan, err, sizeof(err));

@@ -17,23 +17,40 @@
  * waited on a peer, and none can be blamed).
  * Either way the job is killed at once (SIGKILL to its process group: the
  * state that matters is in checkpoints) and JobFailure says who and when.
+ *
+ * The channel is inert to strangers. Every job draws a secret, given to the
+ * ranks in their environment; a connection counts only once it has answered
+ * the challenge (runtime.h) and then said hello for a rank that the job
+ * launched and no connection has claimed yet. Until then its lines change
+ * nothing, and its loss is no crash. Connections that have not said hello
+ * within JOB_PENDING_SECONDS are closed, as is the oldest of them when more
+ * than JOB_MAX_PENDING wait, and any connection whose line overflows its
+ * buffer. A Slurm step from a hello is cancelled after a failure only when
+ * it is JOB.STEP of the launcher's own $SLURM_JOB_ID. Text for the terminal
+ * (progress, log) is stripped of control characters first. Every second the
+ * launcher pings the ranks, which stop when it is gone (channel.h).
  */
 #ifndef PHALANX_JOB_H
 #define PHALANX_JOB_H
 
+#include "runtime.h"
 #include "spawn.h"
 
 #include <stdbool.h>
 #include <sys/types.h>
 
 #define JOB_MAX_CLIENTS 1024
+#define JOB_MAX_PENDING 64        /* connections not yet past their hello */
+#define JOB_PENDING_SECONDS 10.0  /* for the challenge and the hello */
 
 typedef struct {
     int fd;
-    int rank; /* -1 until its hello */
+    int rank; /* -1 until an authenticated hello */
     long pid;
+    bool authenticated;
     bool done, faulted; /* said "done"; said "fault" (an injected failure) */
-    double last_seen;
+    double accepted_at, last_seen;
+    char nonce[CHANNEL_TOKEN_HEX + 1];
     char node[64]; /* its host, or its Slurm node name */
     char buffer[2048];
     size_t length;
@@ -64,8 +81,12 @@ typedef struct {
     /* state */
     int listen_fd;
     char address[300];
-    JobClient clients[JOB_MAX_CLIENTS];
+    char secret[CHANNEL_TOKEN_HEX + 1]; /* never printed */
+    JobClient clients[JOB_MAX_CLIENTS + JOB_MAX_PENDING];
+    bool claimed[JOB_MAX_CLIENTS]; /* ranks that said hello */
     int client_count, hello_count;
+    long refused;     /* connections closed before their hello */
+    double pinged_at;
     long first_step, last_step; /* progress steps seen (rank 0), 0: none */
     pid_t pid;
     char slurm_step[64]; /* JOB.STEP of the ranks under srun, "" otherwise */

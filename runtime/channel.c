@@ -4,16 +4,77 @@
 #include "runtime.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BEAT_INTERVAL_SECONDS 0.5
+/* The launcher answers a connection in its next poll (20 ms); a loaded host may take longer. */
+#define CHALLENGE_WAIT_MS 60000
+#define TIMEOUT_MAX_SECONDS 86400.0
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// authentication (runtime.h)
+
+static void to_hex(const unsigned char *bytes, size_t count, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < count; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * count] = '\0';
+}
+
+int channel_token(char out[CHANNEL_TOKEN_HEX + 1])
+{
+    unsigned char bytes[CHANNEL_TOKEN_HEX / 2];
+    size_t got = 0;
+    while (got < sizeof(bytes)) {
+        ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        got += n > 0 ? (size_t)n : 0;
+    }
+    to_hex(bytes, sizeof(bytes), out);
+    return 0;
+}
+
+void channel_answer(const char *secret, const char *nonce, char out[CHANNEL_TOKEN_HEX + 1])
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)nonce, strlen(nonce),
+         mac, &length);
+    to_hex(mac, CHANNEL_TOKEN_HEX / 2, out);
+}
+
+bool channel_answer_valid(const char *secret, const char *nonce, const char *answer)
+{
+    char expected[CHANNEL_TOKEN_HEX + 1];
+    channel_answer(secret, nonce, expected);
+    // the length is no secret; the digits are compared in constant time
+    return strlen(answer) == CHANNEL_TOKEN_HEX &&
+           CRYPTO_memcmp(expected, answer, CHANNEL_TOKEN_HEX) == 0;
+}
 
 static int connect_to(const char *address, char *err, size_t err_len)
 {
@@ -45,6 +106,72 @@ static int connect_to(const char *address, char *err, size_t err_len)
     return fd;
 }
 
+// ----------------------------------------------------------------------------
+// the worker's end
+
+/* The launcher is gone: the channel closes, and nothing more is sent. */
+static void lose(Channel *channel, const char *why)
+{
+    if (channel->fd >= 0)
+        close(channel->fd);
+    channel->fd = -1;
+    channel->lost = true;
+    snprintf(channel->lost_why, sizeof(channel->lost_why), "%s", why);
+}
+
+static int read_timeout(Channel *channel, char *err, size_t err_len)
+{
+    channel->timeout = CHANNEL_DEFAULT_TIMEOUT_SECONDS;
+    const char *text = getenv(CHANNEL_TIMEOUT_ENV);
+    if (!text || !*text)
+        return 0;
+    char *end;
+    double value = strtod(text, &end);
+    if (*end || end == text || !isfinite(value) || value < 1 || value > TIMEOUT_MAX_SECONDS) {
+        snprintf(err, err_len, "%s='%.40s' is not a number of seconds in [1, %.0f]; unset it "
+                               "for the default (%.0f)", CHANNEL_TIMEOUT_ENV, text,
+                 TIMEOUT_MAX_SECONDS, CHANNEL_DEFAULT_TIMEOUT_SECONDS);
+        return -1;
+    }
+    channel->timeout = value;
+    return 0;
+}
+
+/* Waits for "challenge NONCE" and answers it; bytes after the challenge
+ * line stay pending. */
+static int authenticate(Channel *channel, const char *secret, char *err, size_t err_len)
+{
+    char *newline = NULL;
+    while (!newline) {
+        struct pollfd p = {.fd = channel->fd, .events = POLLIN};
+        size_t room = sizeof(channel->pending) - 1 - channel->pending_len;
+        ssize_t got = 0;
+        if (room == 0 || poll(&p, 1, CHALLENGE_WAIT_MS) <= 0 ||
+            (got = recv(channel->fd, channel->pending + channel->pending_len, room, 0)) <= 0) {
+            snprintf(err, err_len, "the launcher sent no challenge (is %s the address of "
+                                   "this job's `phalanx run`?)", getenv(CHANNEL_ENV));
+            return -1;
+        }
+        channel->pending_len += (size_t)got;
+        channel->pending[channel->pending_len] = '\0';
+        newline = strchr(channel->pending, '\n');
+    }
+    *newline = '\0';
+    const char *nonce = channel->pending + strlen("challenge ");
+    if (strncmp(channel->pending, "challenge ", strlen("challenge ")) != 0 ||
+        strlen(nonce) != CHANNEL_TOKEN_HEX) {
+        snprintf(err, err_len, "the launcher at %s did not send a challenge", getenv(CHANNEL_ENV));
+        return -1;
+    }
+    char answer[CHANNEL_TOKEN_HEX + 1];
+    channel_answer(secret, nonce, answer);
+    size_t rest = channel->pending_len - (size_t)(newline + 1 - channel->pending);
+    memmove(channel->pending, newline + 1, rest + 1);
+    channel->pending_len = rest;
+    channel_send(channel, "auth %s", answer);
+    return 0;
+}
+
 int channel_open(Channel *channel, int rank, int world, char *err, size_t err_len)
 {
     memset(channel, 0, sizeof(*channel));
@@ -53,9 +180,19 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     const char *address = getenv(CHANNEL_ENV);
     if (!address || !*address)
         return 0;
-    channel->fd = connect_to(address, err, err_len);
-    if (channel->fd < 0)
+    const char *secret = getenv(CHANNEL_SECRET_ENV);
+    if (!secret || strlen(secret) != CHANNEL_TOKEN_HEX) {
+        snprintf(err, err_len, "%s is set but %s is %s: only `phalanx run` starts ranks that "
+                               "talk to a launcher (unset %s to train without one)",
+                 CHANNEL_ENV, CHANNEL_SECRET_ENV, secret ? "malformed" : "not", CHANNEL_ENV);
         return -1;
+    }
+    if (read_timeout(channel, err, err_len))
+        return -1;
+    channel->fd = connect_to(address, err, err_len);
+    if (channel->fd < 0 || authenticate(channel, secret, err, err_len))
+        return -1;
+    channel->last_heard = now_seconds();
     // the node a failure takes down: Slurm's name for it (emulated nodes share a host)
     char host[128] = "?";
     const char *slurm_node = getenv("SLURMD_NODENAME");
@@ -69,7 +206,7 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     if (job && step)
         snprintf(step_id, sizeof(step_id), "%s.%s", job, step);
     channel_send(channel, "hello %d %d %ld %s %s", rank, world, (long)getpid(), host, step_id);
-    return 0;
+    return channel->fd >= 0 ? 0 : (snprintf(err, err_len, "%s", channel->lost_why), -1);
 }
 
 bool channel_connected(const Channel *channel)
@@ -93,8 +230,9 @@ void channel_send(Channel *channel, const char *format, ...)
     line[length++] = '\n';
     // a launcher that went away must not kill the worker with SIGPIPE
     if (send(channel->fd, line, (size_t)length, MSG_NOSIGNAL) < 0) {
-        close(channel->fd);
-        channel->fd = -1;
+        char why[128];
+        snprintf(why, sizeof(why), "cannot write to the launcher: %s", strerror(errno));
+        lose(channel, why);
     }
 }
 
@@ -102,30 +240,71 @@ void channel_beat(Channel *channel, long step)
 {
     if (channel->fd < 0)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    double now = now_seconds();
     if (now - channel->last_beat < BEAT_INTERVAL_SECONDS)
         return;
     channel->last_beat = now;
     channel_send(channel, "beat %d %ld", channel->rank, step);
 }
 
+/* Takes the whole lines pending: "stop" and "ping" (which only shows the
+ * launcher is there); anything else is not ours to act on. */
+static void take_lines(Channel *channel)
+{
+    char *start = channel->pending, *newline;
+    while ((newline = memchr(start, '\n', channel->pending_len - (size_t)(start - channel->pending)))) {
+        *newline = '\0';
+        if (strcmp(start, "stop") == 0)
+            channel->stop = true;
+        start = newline + 1;
+    }
+    channel->pending_len -= (size_t)(start - channel->pending);
+    memmove(channel->pending, start, channel->pending_len);
+    if (channel->pending_len == sizeof(channel->pending) - 1)
+        channel->pending_len = 0; /* a line too long to be ours: drop it */
+}
+
+/* Reads whatever the launcher sent, without waiting. */
+static void poll_launcher(Channel *channel)
+{
+    while (channel->fd >= 0) {
+        size_t room = sizeof(channel->pending) - 1 - channel->pending_len;
+        ssize_t got = recv(channel->fd, channel->pending + channel->pending_len, room,
+                           MSG_DONTWAIT);
+        if (got > 0) {
+            channel->pending_len += (size_t)got;
+            channel->last_heard = now_seconds();
+            take_lines(channel);
+        } else if (got == 0) {
+            lose(channel, "the launcher closed the channel");
+        } else if (errno != EINTR) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                char why[128];
+                snprintf(why, sizeof(why), "the channel failed: %s", strerror(errno));
+                lose(channel, why);
+            }
+            break;
+        }
+    }
+    double silent = now_seconds() - channel->last_heard;
+    if (channel->fd >= 0 && silent > channel->timeout) {
+        char why[128];
+        snprintf(why, sizeof(why), "nothing from the launcher for %.0f s (%s)", silent,
+                 CHANNEL_TIMEOUT_ENV);
+        lose(channel, why);
+    }
+}
+
 bool channel_stop_requested(Channel *channel)
 {
-    if (channel->fd < 0)
-        return false;
-    size_t room = sizeof(channel->pending) - 1 - channel->pending_len;
-    ssize_t got = recv(channel->fd, channel->pending + channel->pending_len, room, MSG_DONTWAIT);
-    if (got > 0) {
-        channel->pending_len += (size_t)got;
-        channel->pending[channel->pending_len] = '\0';
-    }
-    if (strstr(channel->pending, "stop\n"))
-        return true;
-    if (channel->pending_len == sizeof(channel->pending) - 1)
-        channel->pending_len = 0; /* nothing we understand: drop it */
-    return false;
+    poll_launcher(channel);
+    return channel->stop;
+}
+
+bool channel_launcher_lost(Channel *channel)
+{
+    poll_launcher(channel);
+    return channel->lost;
 }
 
 void channel_close(Channel *channel)

@@ -11,6 +11,7 @@
 #ifndef PHALANX_RUNTIME_H
 #define PHALANX_RUNTIME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 int train_main(int argc, char **argv);
@@ -55,9 +56,16 @@ int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **
 
 /*
  * The worker <-> launcher channel. `phalanx run` listens on a TCP port and
- * passes PHALANX_CHANNEL=host:port to every rank. Text lines:
- *   rank -> launcher   hello RANK WORLD PID NODE STEP  (NODE: $SLURMD_NODENAME or the
- *                                                   host; STEP: JOB.STEP under srun, else -)
+ * passes PHALANX_CHANNEL=host:port to every rank, and a secret drawn for the
+ * job (channel_token: 256 random bits) in PHALANX_CHANNEL_SECRET, in the
+ * environment only, never on a command line. Text lines:
+ *   launcher -> rank   challenge NONCE           (at once on every connection)
+ *   rank -> launcher   auth ANSWER               (first: channel_answer of the nonce;
+ *                                                   the launcher closes a connection
+ *                                                   that does not answer right in time)
+ *                      hello RANK WORLD PID NODE STEP  (NODE: $SLURMD_NODENAME or the
+ *                                                   host; STEP: JOB.STEP under srun, else -;
+ *                                                   fields after STEP are for later versions)
  *                      progress STEP TEXT        (rank 0: the job's progress line)
  *                      step STEP                 (rank 0: step STEP completed, always)
  *                      log TEXT                  (rank 0: a line for the user)
@@ -66,9 +74,20 @@ int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **
  *                      fault KIND RANK STEP      (an injected crash or hang fires now)
  *                      resumed STEP PATH         (rank 0: the checkpoint it resumed)
  *   launcher -> rank   stop                      (finish the current step, exit)
+ *                      ping                      (every second: a rank whose channel
+ *                                                   closes or stays silent stops)
  * A rank that runs without PHALANX_CHANNEL prints its own progress (rank 0).
  */
 #define CHANNEL_ENV "PHALANX_CHANNEL"
+#define CHANNEL_SECRET_ENV "PHALANX_CHANNEL_SECRET"
+#define CHANNEL_TOKEN_HEX 64 /* hex digits of a secret, a nonce or an answer */
+/* 256 bits from getrandom(2) in hex; 0, or -1 (errno says why). */
+int channel_token(char out[CHANNEL_TOKEN_HEX + 1]);
+/* The hex HMAC-SHA256 of `nonce` under `secret`: the secret itself never
+ * crosses the wire. */
+void channel_answer(const char *secret, const char *nonce, char out[CHANNEL_TOKEN_HEX + 1]);
+/* True when `answer` is channel_answer(secret, nonce); compared in constant time. */
+bool channel_answer_valid(const char *secret, const char *nonce, const char *answer);
 /* Injected failures for a drill, set by the launcher (runtime/fault.h). */
 #define FAULT_ENV "PHALANX_FAULTS"
 int data_main(int argc, char **argv);
