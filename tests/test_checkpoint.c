@@ -310,6 +310,13 @@ static void test_tensor_shape_mismatch(void **state)
     assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "no tensor 'h.9.attn.qkv.weight'"));
+    // a 1-D bias asked for as [8, 1]: said "[8, 1], this run [8, 1]"
+    snprintf(wider.name, sizeof(wider.name), "lnf.bias");
+    wider.shape[0] = 8;
+    wider.shape[1] = 1;
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+                     CKPT_MISMATCH);
+    assert_non_null(strstr(f->err, "the checkpoint has shape [8], this run [8, 1]"));
     free(wider.param);
     free(wider.m);
     free(wider.v);
