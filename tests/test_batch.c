@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "batch.h"
 #include "rng.h"
@@ -132,6 +133,26 @@ static void lr_scaling_rules(void **state)
     assert_false(lr_scaling_parse("cubic", &s));
 }
 
+/* Issue 14: batch 0, -8, NaN or 1e12, or a cursor-like count of 2^62,
+ * restored from a checkpoint, are refused with the field named. */
+static void restored_state_is_range_checked(void **state)
+{
+    (void)state;
+    char err[256];
+    assert_int_equal(batch_state_check(16, 1.5, 0.5, 0.9, 3, err, sizeof(err)), 0);
+    const double batches[] = {0, -8, NAN, 1e12, 2.5};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(batch_state_check(batches[i], 1.5, 0.5, 0.9, 3, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "'batch.batch'"));
+    }
+    assert_int_equal(batch_state_check(16, INFINITY, 0.5, 0.9, 3, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "'batch.ema_noise'"));
+    assert_int_equal(batch_state_check(16, 1.5, 0.5, 1.5, 3, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "'batch.ema_weight'"));
+    assert_int_equal(batch_state_check(16, 1.5, 0.5, 0.9, 0x1p62, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "'batch.updates'"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -139,6 +160,7 @@ int main(void)
         cmocka_unit_test(grows_by_quanta_up_to_the_cap_and_never_shrinks),
         cmocka_unit_test(fixed_policy_never_grows),
         cmocka_unit_test(lr_scaling_rules),
+        cmocka_unit_test(restored_state_is_range_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

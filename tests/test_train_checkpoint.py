@@ -284,3 +284,27 @@ def test_no_space_left_during_a_flush_keeps_training(phalanx, corpus, tmp_path):
         assert run([phalanx, "ckpt", "verify", full]).returncode == 0
     finally:
         subprocess.run(["umount", str(full)])
+
+
+def test_a_run_that_never_committed_fails(phalanx, corpus, tmp_path):
+    """Issue 14: a disk too small for any checkpoint said "the newest there is
+    step -1" and exited 0."""
+    probe = tmp_path / "probe"
+    train(phalanx, probe, 1, "1x1x1", "--data", corpus, "--steps", 2, "--ckpt-dir",
+          probe / "ckpt", "--ckpt-every", 2, "--ckpt-memory-dir", "none")
+    size = sum(p.stat().st_size for p in (probe / "ckpt/step_00000002").iterdir())
+    full = tmp_path / "full"
+    full.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={max(4096, size // 2)}",
+                            "tmpfs", str(full)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()}): needs root")
+    try:
+        result = train(phalanx, tmp_path / "run", 1, "1x1x1", "--data", corpus, "--steps", 4,
+                       "--ckpt-dir", full, "--ckpt-every", 2, "--ckpt-memory-dir", "none",
+                       check=False)
+        assert result.returncode == 1, result.stderr
+        assert "this run committed no checkpoint to --ckpt-dir" in result.stderr
+        assert "step -1" not in result.stderr
+    finally:
+        subprocess.run(["umount", str(full)])
