@@ -27,6 +27,7 @@ from conftest import ROOT
 NETCLUSTER = ROOT / "scripts" / "netcluster"
 STATE_ROOT = "/run/phalanx-netcluster"
 TEST_NAME = re.compile(r"^t([0-9]+)-[0-9]+$")
+TEST_NETNS = re.compile(r"^pnc-(t[0-9]+-[0-9]+)-h[0-9]+$")
 _counter = itertools.count(1)
 
 
@@ -120,10 +121,11 @@ def _pid_alive(pid):
 
 
 def remove_orphaned_test_clusters():
-    """Downs clusters named t<pid>-<n> whose pytest process is gone."""
-    if not os.path.isdir(STATE_ROOT):
-        return
-    for name in os.listdir(STATE_ROOT):
+    """Downs clusters named t<pid>-<n> whose pytest process is gone (found by state or netns)."""
+    names = set(os.listdir(STATE_ROOT)) if os.path.isdir(STATE_ROOT) else set()
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    names |= {m.group(1) for m in map(TEST_NETNS.match, netns.split()) if m}
+    for name in names:
         match = TEST_NAME.match(name)
         if match and not _pid_alive(int(match.group(1))):
             netcluster("down", name)

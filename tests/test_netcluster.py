@@ -129,7 +129,10 @@ def test_hosts_reach_each_other_over_the_bridge(netcluster_factory):
 def test_mpirun_runs_ranks_on_two_hosts_through_the_env(netcluster_factory, mpi_hello):
     cluster = netcluster_factory(hosts=2, slots=2)
     env = cluster.env()
-    assert env["NETCLUSTER_HOSTFILE"] == cluster.hostfile
+    subnet = str(ipaddress.ip_network(f"{cluster.hosts[0].address}/24", strict=False))
+    assert (env["NETCLUSTER_HOSTFILE"], env["OMPI_MCA_btl"], env["OMPI_MCA_routed"]) == (
+        cluster.hostfile, "self,tcp", "direct")
+    assert env["OMPI_MCA_btl_tcp_if_include"] == env["OMPI_MCA_oob_tcp_if_include"] == subnet
     r = subprocess.run(["mpirun", "--allow-run-as-root", "-n", "4", "--hostfile", cluster.hostfile,
                         str(mpi_hello)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"rc {r.returncode}\n{r.stdout}\n{r.stderr}"
@@ -232,6 +235,19 @@ def test_down_cleans_up_after_a_partial_up(netcluster_factory):
                     f"{prefix}p2"], check=True)
     assert netcluster("down", cluster.name).returncode == 0
     assert leftovers(cluster.name, prefix) == []
+
+
+def test_down_finds_hosts_by_their_holders_when_state_and_names_are_lost(netcluster_factory):
+    cluster = netcluster_factory(hosts=1)
+    h1 = cluster.host("h1")
+    sleeper = start_on(cluster, "h1", "exec sleep 600")
+    on_host1 = subprocess.run(["ip", "netns", "pids", h1.netns], capture_output=True, text=True)
+    subprocess.run(["rm", "-rf", os.path.join(STATE_ROOT, cluster.name)], check=True)
+    subprocess.run(["umount", "-l", f"/run/netns/{h1.netns}"], check=True)
+    os.unlink(f"/run/netns/{h1.netns}")
+    assert netcluster("down", cluster.name).returncode == 0
+    sleeper.communicate(timeout=HANG_GUARD_S)
+    assert [pid for pid in map(int, on_host1.stdout.split()) if running(pid)] == []
 
 
 def test_up_replaces_a_stale_cluster_of_the_same_name(netcluster_factory):
