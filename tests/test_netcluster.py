@@ -9,7 +9,7 @@ import time
 import pytest
 
 from netcluster import (NETCLUSTER, STATE_ROOT, netcluster, netcluster_factory,  # noqa: F401
-                        unique_name)
+                        parse_up, unique_name)
 
 # Connects to ADDRESS:PORT with a short timeout. "open": a listener answered;
 # "refused": the host answered (nothing listens); "unreachable": no answer.
@@ -60,7 +60,7 @@ def start_on(cluster, host, script):
 
 
 def probe_until(cluster, source, address, wanted):
-    """Probes until the verdict is `wanted` (a link coming up may take a retry); returns the last."""
+    """Probes until the verdict is `wanted` (a link coming up may need a retry); returns it."""
     deadline = time.monotonic() + HANG_GUARD_S
     verdict = probe(cluster, source, address)
     while verdict != wanted and time.monotonic() < deadline:
@@ -107,6 +107,8 @@ def test_hosts_have_their_own_name_address_and_shm(netcluster_factory):
     assert len({ipaddress.ip_network(f"{a}/24", strict=False) for a in addresses}) == 1
     with open(cluster.hostfile) as f:
         assert f.read().split("\n") == [f"{a} slots=2" for a in addresses] + [""]
+    shown = netcluster("show", cluster.name)
+    assert shown.returncode == 0 and parse_up(shown.stdout) == (cluster.hosts, cluster.hostfile)
     marker = f"netcluster-{unique_name()}"
     for host in cluster.hosts:
         assert on_host(cluster, host.name, "hostname") == host.name
@@ -290,10 +292,13 @@ def test_unknown_host_and_bad_rate_leave_the_cluster_as_it_was(netcluster_factor
 
 def test_without_root_it_says_root_is_needed(netcluster_factory):
     cluster = netcluster_factory(hosts=1)
-    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    # the script comes on stdin: user nobody may not be allowed into the checkout's directory
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                 "/usr/bin/python3", "-"]
     for args in (["up", unique_name(), "2"], ["partition", cluster.name, "h1"],
                  ["down", cluster.name]):
-        r = subprocess.run(as_nobody + [str(NETCLUSTER), *args], capture_output=True, text=True,
-                           timeout=60)
+        with open(NETCLUSTER) as script:
+            r = subprocess.run(as_nobody + args, stdin=script, capture_output=True, text=True,
+                               cwd="/", timeout=60)
         assert r.returncode == 1 and "needs root" in r.stderr, r
     assert cluster.exec("h1", ["true"]).returncode == 0  # untouched
