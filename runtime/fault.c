@@ -41,6 +41,7 @@ static int parse_event(Faults *f, const char *event, int rank, char *err, size_t
 int fault_init(Faults *f, int rank, char *err, size_t err_len)
 {
     memset(f, 0, sizeof(*f));
+    f->rank = rank;
     f->slow_factor = 1.0;
     const char *spec = getenv(FAULT_ENV);
     if (!spec || !*spec)
@@ -76,4 +77,13 @@ void fault_step_end(Faults *f)
     double delay = (now_seconds() - f->step_started) * (f->slow_factor - 1.0);
     struct timespec ts = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
     nanosleep(&ts, NULL);
+    f->slowed_steps++;
+    f->slept_seconds += delay;
+}
+
+void fault_report(const Faults *f)
+{
+    if (f->slowed_steps > 0)
+        fprintf(stderr, "phalanx train: rank %d: injected slowdown x%g: slept %.3f s after %ld "
+                        "steps\n", f->rank, f->slow_factor, f->slept_seconds, f->slowed_steps);
 }

@@ -23,9 +23,12 @@
 #include <stdbool.h>
 
 typedef struct {
+    int rank;
     long crash_step, hang_step; /* 0: none */
     double slow_factor;         /* 1: none */
     double step_started;
+    long slowed_steps;    /* steps this rank slept after */
+    double slept_seconds; /* in all */
 } Faults;
 
 /* Reads this rank's events; -1 with a message when the variable is malformed. */
@@ -35,5 +38,9 @@ void fault_step_begin(Faults *faults);
 void fault_mid_step(Faults *faults, Channel *channel, long step);
 /* At the end of a step: the delay of a slowed rank. */
 void fault_step_end(Faults *faults);
+/* A slowed rank says on stderr what it injected: "phalanx train: rank R:
+ * injected slowdown xFACTOR: slept S s after N steps" (tests check that the
+ * slowed rank slept and the others did not, without timing anything). */
+void fault_report(const Faults *faults);
 
 #endif

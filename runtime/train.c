@@ -977,6 +977,7 @@ int train_main(int argc, char **argv)
     signal(SIGINT, on_stop_signal);
     signal(SIGTERM, on_stop_signal);
     int status = trainer_setup(&trainer) ? 1 : run_training(&trainer);
+    fault_report(&trainer.faults);
     channel_send(&trainer.channel, "done %d %d", trainer.rank, status);
     trainer_teardown(&trainer);
     comm_world_finalize(trainer.world);

