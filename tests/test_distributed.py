@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -100,25 +99,23 @@ def test_missing_data_on_one_rank(phalanx, corpus, tmp_path):
     """Rank 1 sees no data (as on a node without the file system): every rank stops."""
     worker = wrapper(tmp_path, phalanx,
                      'if [ "$RANK" = 1 ]; then set -- "${@/train.bin/missing.bin}"; fi')
-    start = time.monotonic()
     result = run([phalanx, "run", "-n", "2", "--worker", worker, "--",
-                  "--data", corpus / "train.bin", *RUN], timeout=120)
+                  "--data", corpus / "train.bin", *RUN], timeout=120)  # a hang fails here
     assert result.returncode != 0
     assert "missing.bin" in result.stderr
     assert "1 rank(s) failed to start" in result.stderr
-    assert time.monotonic() - start < 60
 
 
 def test_rank_that_never_starts_is_bounded_by_the_timeout(phalanx, corpus, tmp_path):
+    """Rank 1 would take 600 s to start: the run must end with status 3 by the
+    start-up timeout (3 s), which says so; without it, the 120 s hang guard
+    fails the test. How long it took is not asserted."""
     worker = wrapper(tmp_path, phalanx, 'if [ "$RANK" = 1 ]; then sleep 600; fi')
-    start = time.monotonic()
     result = run([phalanx, "run", "-n", "2", "--startup-timeout", "3", "--worker", worker,
                   "--", "--data", corpus / "train.bin", *RUN], timeout=120)
-    elapsed = time.monotonic() - start
     assert result.returncode == 3
     # MPI_Init waits for every rank, so the others may not have said hello either
     assert re.search(r"only [01] of 2 ranks started within 3 s", result.stderr), result.stderr
-    assert elapsed < 30, elapsed
 
 
 def test_ctrl_c_stops_every_rank_cleanly(phalanx, corpus, tmp_path):
