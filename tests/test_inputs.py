@@ -10,9 +10,11 @@ import signal
 import stat
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run
+from runs import assert_same_run, launch
 from shards import structured_text, text_tokens, write_shard
 
 TINY = ["--layers", "1", "--heads", "1", "--dim", "8", "--seq-len", "8", "--micro-batch", "1",
@@ -254,3 +256,28 @@ def test_help_lists_every_flag_and_exit_status(phalanx, command):
     exit_text = result.stdout[result.stdout.index("Exit status"):]
     listed = {int(n) for n in re.findall(r"\b(\d+)\b", exit_text)}
     assert statuses <= listed, (statuses - listed, exit_text)
+
+
+# ---------------------------------------------------------------------------
+# the groups that make a stop possible change nothing else
+
+def test_steps_and_evaluations_longer_than_a_group_train_the_same(phalanx, corpus, tmp_path):
+    """80 micro-batches of 1 per step and 100 validation batches of 1 run in
+    groups of 64 (with a stop check between them); 20 micro-batches of 4 and
+    25 validation batches of 4 cover the same samples in one group. Same
+    losses and validation losses (float32 summation noise), also on two
+    pipeline stages, whose groups each fill and drain the pipeline."""
+    common = ["--data", corpus / "train.bin", "--val-data", corpus / "val.bin",
+              "--layers", "2", "--heads", "1", "--dim", "8", "--seq-len", "8", "--threads", "1",
+              "--steps", "3", "--global-batch", "80", "--eval-every", "1", "--quiet"]
+    grouped = launch(phalanx, tmp_path / "grouped", 1,
+                     [*common, "--micro-batch", "1", "--eval-batches", "100"])
+    whole = launch(phalanx, tmp_path / "whole", 1,
+                   [*common, "--micro-batch", "4", "--eval-batches", "25"])
+    piped = launch(phalanx, tmp_path / "piped", 2,
+                   [*common, "--micro-batch", "1", "--eval-batches", "100", "--pp", "2"])
+    for run_rows in (whole, piped):
+        assert_same_run(grouped, run_rows, rtol=1e-5)
+        np.testing.assert_allclose([r["val_loss"] for r in run_rows[0]],
+                                   [r["val_loss"] for r in grouped[0]], rtol=1e-5, atol=0)
+    assert [r["live_activations"] for r in piped[0]] == [[2, 1]] * 3
