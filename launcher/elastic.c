@@ -180,6 +180,10 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
         argv[n++] = "--resume";
         argv[n++] = "latest";
     }
+    // a relaunch continues the metrics of this job's earlier attempts (the
+    // report drops rows a later attempt recomputed); a fresh run would refuse them
+    if (agent->attempt_count > 1)
+        argv[n++] = "--metrics-append";
     argv[n] = NULL;
     agent->job->plan.train_argv = argv;
     agent->job->plan.train_argc = n;

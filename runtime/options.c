@@ -88,12 +88,13 @@ void options_usage(FILE *out)
         "                         for a value that is not finite). A fresh run refuses an\n"
         "                         existing FILE; a resumed run (--resume) appends to it\n"
         "  --metrics-overwrite    a fresh run replaces an existing --metrics FILE\n"
-        "  --metrics-append       a fresh run appends to an existing --metrics FILE\n"
+        "  --metrics-append       a fresh run appends to an existing --metrics FILE (wins\n"
+        "                         over --metrics-overwrite; `phalanx run` relaunches use it)\n"
         "  --dump-params FILE     write the final parameters to FILE (float32) and\n"
         "                         FILE.json (names, shapes, offsets), replacing them\n"
+        "  --quiet                no per-step progress lines\n"
         "  Output files must be regular files (or new ones), not links, FIFOs or devices,\n"
         "  and outside the checkpoint directories; a write error ends the run with 1.\n"
-        "  --quiet                no per-step progress lines\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
         "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
@@ -509,11 +510,6 @@ static int check_combination(TrainOptions *o)
     }
     if (!device_built(o->device, err, sizeof(err))) {
         fprintf(stderr, "phalanx train: %s\n", err);
-        return -1;
-    }
-    if (o->metrics_overwrite && o->metrics_append) {
-        fprintf(stderr, "phalanx train: --metrics-overwrite and --metrics-append contradict "
-                        "each other: give one\n");
         return -1;
     }
     if (o->resume && strcmp(o->resume, "latest") == 0 && !o->ckpt.dir) {

@@ -23,6 +23,8 @@
 typedef struct {
     const char *data, *val_data;
     const char *metrics_path, *dump_params_path;
+    bool metrics_overwrite; /* a fresh run may replace an existing --metrics file */
+    bool metrics_append;    /* a fresh run continues it (an elastic relaunch) */
     GPTConfig model;
     int micro_batch, global_batch;
     long steps;

@@ -14,9 +14,11 @@
 #include "runtime.h"
 
 #include "kernels.h"
+#include "outfile.h"
 #include "snapshot.h"
 #include "trainer.h"
 
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -240,18 +242,45 @@ static double world_sum(Trainer *t, double value)
     return value;
 }
 
+/* Where an output file may go: never into a checkpoint tier, whose files
+ * pruning removes. `tiers` holds the directories the policy points to. */
+static OutfilePolicy output_policy(const Trainer *t, const char *flag, OutfileMode mode,
+                                   char tiers[2][PATH_MAX])
+{
+    ckpt_tier_dirs(&t->opt.ckpt, tiers[0], PATH_MAX, tiers[1], PATH_MAX);
+    return (OutfilePolicy){flag, mode,
+                           "pass --metrics-overwrite to replace it, --metrics-append (or "
+                           "--resume) to continue it, or name another file",
+                           {tiers[0], tiers[1]}};
+}
+
+/* A resumed run continues the metrics of the run it resumes; a fresh one
+ * replaces an existing file only when told to. */
+static OutfileMode metrics_mode(const TrainOptions *o)
+{
+    if (o->resume || o->metrics_append)
+        return OUTFILE_APPEND;
+    return o->metrics_overwrite ? OUTFILE_OVERWRITE : OUTFILE_NEW;
+}
+
 /* Opened last, once the run is sure to start: a run refused for its
  * checkpoints must not truncate the metrics of the run it would overwrite.
- * A resumed run continues the metrics of the run it resumes. */
-static int open_metrics(Trainer *t)
+ * --dump-params is only checked: it is written at the end. */
+static int open_outputs(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
+    char tiers[2][PATH_MAX], err[2 * PATH_MAX + 256];
     bool failed = false;
-    const char *mode = o->resume ? "a" : "w";
-    if (t->rank == 0 && o->metrics_path && !(t->metrics = fopen(o->metrics_path, mode))) {
-        fprintf(stderr, "phalanx train: --metrics: cannot write '%s'\n", o->metrics_path);
-        failed = true;
+    if (t->rank == 0 && o->dump_params_path) {
+        OutfilePolicy dump = output_policy(t, "--dump-params", OUTFILE_OVERWRITE, tiers);
+        failed = outfile_check(&dump, o->dump_params_path, err, sizeof(err)) != 0;
     }
+    if (t->rank == 0 && !failed && o->metrics_path) {
+        OutfilePolicy metrics = output_policy(t, "--metrics", metrics_mode(o), tiers);
+        failed = !(t->metrics = outfile_open(&metrics, o->metrics_path, err, sizeof(err)));
+    }
+    if (failed)
+        fprintf(stderr, "phalanx train: %s\n", err);
     if (world_sum(t, failed) == 0)
         return 0;
     snapshot_close(t, false);
@@ -269,7 +298,7 @@ static int trainer_setup(Trainer *t)
     // every rank learns whether any rank failed, so none waits in a collective for it
     double failures = world_sum(t, failed);
     if (failures == 0)
-        return snapshot_setup(t) || open_metrics(t) ? -1 : 0;
+        return snapshot_setup(t) || open_outputs(t) ? -1 : 0;
     if (t->rank == 0 && !failed)
         fprintf(stderr, "phalanx train: %.0f rank(s) failed to start; see their messages\n",
                 failures);
@@ -705,37 +734,64 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
 // ----------------------------------------------------------------------------
 // reporting
 
+/* Closes the metrics file; -1 when it is, or was earlier, lost to a write
+ * error (the message is printed once, when that happens). */
+static int close_metrics(Trainer *t)
+{
+    char err[PATH_MAX + 256];
+    if (t->metrics && outfile_close(t->metrics, t->opt.metrics_path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx train: --metrics: %s; no further rows are written and the "
+                        "run ends with status 1\n", err);
+        t->metrics_lost = true;
+    }
+    t->metrics = NULL;
+    return t->metrics_lost ? -1 : 0;
+}
+
 static void write_metrics(Trainer *t, const StepReport *r)
 {
-    if (!t->metrics)
+    FILE *f = t->metrics;
+    if (!f)
         return;
     double tokens = (double)r->batch * t->opt.model.seq_len;
-    fprintf(t->metrics,
-            "{\"step\": %ld, \"samples\": %llu, \"loss\": %.17g, \"lr\": %.17g, \"global_batch\": %d, "
-            "\"tokens_per_s\": %.1f, \"grad_norm\": %.17g, \"step_ms\": %.3f, "
-            "\"grad_comm_ms\": %.3f, \"ckpt_stall_ms\": %.3f, \"activation_mib\": %.3f",
-            r->step, (unsigned long long)t->cursor, r->loss, r->lr, r->batch, tokens / r->seconds,
-            r->grad_norm, r->seconds * 1e3, r->comm_seconds * 1e3, r->ckpt_stall_seconds * 1e3,
-            pipeline_activation_bytes(&t->pipe) / 1048576.0);
-    fprintf(t->metrics, ", \"live_activations\": [");
+    // JSON has no NaN or infinity: a value that is not finite is null
+    fprintf(f, "{\"step\": %ld, \"samples\": %llu", r->step, (unsigned long long)t->cursor);
+    outfile_json_number(f, "loss", r->loss, -1);
+    outfile_json_number(f, "lr", r->lr, -1);
+    fprintf(f, ", \"global_batch\": %d", r->batch);
+    outfile_json_number(f, "tokens_per_s", tokens / r->seconds, 1);
+    outfile_json_number(f, "grad_norm", r->grad_norm, -1);
+    outfile_json_number(f, "step_ms", r->seconds * 1e3, 3);
+    outfile_json_number(f, "grad_comm_ms", r->comm_seconds * 1e3, 3);
+    outfile_json_number(f, "ckpt_stall_ms", r->ckpt_stall_seconds * 1e3, 3);
+    outfile_json_number(f, "activation_mib", pipeline_activation_bytes(&t->pipe) / 1048576.0, 3);
+    fprintf(f, ", \"live_activations\": [");
     for (int i = 0; i < t->layout.pp; i++)
-        fprintf(t->metrics, "%s%d", i ? ", " : "", r->live_activations[i]);
-    fprintf(t->metrics, "]");
+        fprintf(f, "%s%d", i ? ", " : "", r->live_activations[i]);
+    fprintf(f, "]");
     // the controller's current estimate at every step; "noise_measured" marks
     // the steps that fed it a new measurement
     double noise = t->opt.batch_adaptive ? batch_noise_scale(&t->batch) : NAN;
     if (isfinite(noise))
-        fprintf(t->metrics, ", \"noise_scale\": %.17g", noise);
+        outfile_json_number(f, "noise_scale", noise, -1);
     if (r->measured)
-        fprintf(t->metrics, ", \"noise_measured\": true");
+        fprintf(f, ", \"noise_measured\": true");
     long tier2, tier1;
     snapshot_committed(t, &tier2, &tier1);
     if (t->ckpt) /* how far the background flushes are behind: timing, not the run */
-        fprintf(t->metrics, ", \"ckpt_committed\": [%ld, %ld]", tier1, tier2);
+        fprintf(f, ", \"ckpt_committed\": [%ld, %ld]", tier1, tier2);
     if (r->has_val)
-        fprintf(t->metrics, ", \"val_loss\": %.17g", r->val_loss);
-    fprintf(t->metrics, "}\n");
-    fflush(t->metrics);
+        outfile_json_number(f, "val_loss", r->val_loss, -1);
+    fprintf(f, "}\n");
+    char err[PATH_MAX + 256];
+    if (outfile_flush(f, t->opt.metrics_path, err, sizeof(err)) != 0) {
+        // training goes on (its checkpoints are what count); the exit status tells
+        fprintf(stderr, "phalanx train: --metrics: %s; no further rows are written and the "
+                        "run ends with status 1\n", err);
+        fclose(f);
+        t->metrics = NULL;
+        t->metrics_lost = true;
+    }
 }
 
 /* The share of the run done, by whichever limit comes first. */
@@ -779,26 +835,49 @@ static void print_header(Trainer *t)
     report_line(t, 0, line);
 }
 
+/* One file of --dump-params (checked as outfile.h says); NULL after a message. */
+static FILE *open_dump(const Trainer *t, const char *path)
+{
+    char tiers[2][PATH_MAX], err[2 * PATH_MAX + 256];
+    OutfilePolicy policy = output_policy(t, "--dump-params", OUTFILE_OVERWRITE, tiers);
+    FILE *file = outfile_open(&policy, path, err, sizeof(err));
+    if (!file)
+        fprintf(stderr, "phalanx train: %s\n", err);
+    return file;
+}
+
+/* Closes a dump file; -1 after a message when any write to it failed. */
+static int close_dump(FILE *file, const char *path)
+{
+    char err[PATH_MAX + 256];
+    if (outfile_close(file, path, err, sizeof(err)) == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: --dump-params: %s\n", err);
+    return -1;
+}
+
+static int dump_floats(const Trainer *t, const char *path, const float *data, size_t count)
+{
+    FILE *file = open_dump(t, path);
+    if (!file)
+        return -1;
+    fwrite(data, sizeof(float), count, file); // a short write shows in close_dump
+    return close_dump(file, path);
+}
+
 /* Final parameters as raw float32 plus a JSON manifest (tests, inspection);
  * `params` is host memory in gpt's layout. */
-static int write_params(const GPT *gpt, const float *params, const char *path)
+static int write_params(const Trainer *t, const GPT *gpt, const float *params, const char *path)
 {
-    char manifest[4096];
+    char manifest[PATH_MAX + 8];
     snprintf(manifest, sizeof(manifest), "%s.json", path);
-    FILE *raw = fopen(path, "wb");
-    FILE *json = fopen(manifest, "w");
-    int status = raw && json ? 0 : -1;
-    if (status == 0) {
-        fwrite(params, sizeof(float), gpt->param_count, raw);
-        gpt_write_manifest(gpt, json);
-    }
-    if (raw && fclose(raw) != 0)
-        status = -1;
-    if (json && fclose(json) != 0)
-        status = -1;
-    if (status != 0)
-        fprintf(stderr, "phalanx train: --dump-params: cannot write '%s'\n", path);
-    return status;
+    if (dump_floats(t, path, params, gpt->param_count) != 0)
+        return -1;
+    FILE *json = open_dump(t, manifest);
+    if (!json)
+        return -1;
+    gpt_write_manifest(gpt, json);
+    return close_dump(json, manifest);
 }
 
 /* This stage's parameters in host memory (a copy: malloc'd), or NULL. */
@@ -843,15 +922,11 @@ static int receive_stage(Trainer *t, GPT *full, int stage, float *tied_copy)
     return status;
 }
 
-static int write_tied_copy(const float *tied, size_t count, const char *path)
+static int write_tied_copy(const Trainer *t, const float *tied, size_t count, const char *path)
 {
-    char tied_path[4096];
+    char tied_path[PATH_MAX + 8];
     snprintf(tied_path, sizeof(tied_path), "%s.tied", path);
-    FILE *f = fopen(tied_path, "wb");
-    if (!f)
-        return -1;
-    fwrite(tied, sizeof(float), count, f);
-    return fclose(f);
+    return dump_floats(t, tied_path, tied, count);
 }
 
 /* Rank 0 puts the stages together: its own, then each later stage's. */
@@ -871,9 +946,9 @@ static int gather_stages(Trainer *t, const float *own_params, const char *path)
     for (int stage = 1; status == 0 && stage < t->layout.pp; stage++)
         status = receive_stage(t, &full, stage, tied);
     if (status == 0)
-        status = write_params(&full, full.params, path);
+        status = write_params(t, &full, full.params, path);
     if (status == 0)
-        write_tied_copy(tied, wte->numel, path);
+        status = write_tied_copy(t, tied, wte->numel, path);
     free(tied);
     gpt_free(&full);
     return status;
@@ -891,7 +966,7 @@ static int dump_params(Trainer *t, const char *path)
         return -1;
     int status;
     if (t->layout.pp == 1)
-        status = write_params(&t->gpt, params, path);
+        status = write_params(t, &t->gpt, params, path);
     else if (t->rank != 0)
         status = comm_send(t->world, params, t->gpt.param_count, COMM_F32, 0, TAG_DUMP);
     else
@@ -910,7 +985,8 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
     if (r->has_val)
         snprintf(line + used, sizeof(line) - (size_t)used, ", validation loss %.4f", r->val_loss);
     report_line(t, 0, line);
-    if (t->opt.dump_params_path && dump_params(t, t->opt.dump_params_path))
+    bool dumped = !t->opt.dump_params_path || dump_params(t, t->opt.dump_params_path) == 0;
+    if (close_metrics(t) != 0 || !dumped)
         return 1;
     if (r->stop)
         return 128 + (stop_signal ? stop_signal : SIGTERM);
@@ -976,6 +1052,8 @@ int train_main(int argc, char **argv)
     }
     signal(SIGINT, on_stop_signal);
     signal(SIGTERM, on_stop_signal);
+    // past a file-size limit a write fails with EFBIG, which the run reports
+    signal(SIGXFSZ, SIG_IGN);
     int status = trainer_setup(&trainer) ? 1 : run_training(&trainer);
     fault_report(&trainer.faults);
     channel_send(&trainer.channel, "done %d %d", trainer.rank, status);

@@ -55,6 +55,7 @@ typedef struct {
     float *grad_snapshot; /* sp > 1: the first micro-batch's gradient, summed over sp */
     double small_sumsq;   /* this rank's share of |first micro-batch gradient|^2 */
     FILE *metrics;
+    bool metrics_lost; /* a write to --metrics failed: the run ends with status 1 */
     long steps_done;         /* optimizer steps completed (resumed ones included) */
     Checkpointer *ckpt;      /* NULL: checkpoints off */
     CkptTensor *ckpt_tensors; /* what this rank holds, for writing and resuming */
