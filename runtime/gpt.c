@@ -176,6 +176,7 @@ void gpt_free(GPT *gpt)
     if (!gpt->dev)
         return; /* never initialised */
     ulysses_free(&gpt->sp);
+    gpt->dev->free(gpt->work_memory);
     free(gpt->tensors);
     free(gpt->w.layers);
     free(gpt->g.layers);
@@ -252,6 +253,20 @@ void gpt_zero_grad(GPT *gpt)
     gpt->dev->zero(gpt->grads, gpt->param_count * sizeof(float));
 }
 
+bool recompute_parse(const char *text, Recompute *out)
+{
+    static const Recompute all[] = {RECOMPUTE_NONE, RECOMPUTE_ATTN, RECOMPUTE_FULL};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (strcmp(text, recompute_name(all[i])) == 0)
+            return *out = all[i], true;
+    return false;
+}
+
+const char *recompute_name(Recompute recompute)
+{
+    return recompute == RECOMPUTE_FULL ? "full" : recompute == RECOMPUTE_ATTN ? "attn" : "none";
+}
+
 // ----------------------------------------------------------------------------
 // activations and scratch: one allocation each, carved into named views
 
@@ -294,6 +309,51 @@ static size_t attention_floats(const GPT *gpt, int B, int T)
     return (size_t)B * (gpt->config.heads / P) * (T * P) * (T * P);
 }
 
+/* What one layer keeps per micro-batch (gpt.h, Recompute); the rest points
+ * into the shared workspace. */
+static void carve_kept_layer(Carver *c, LayerActs *a, const GPT *gpt, size_t N, size_t att)
+{
+    int C = gpt->config.dim;
+    if (gpt->recompute == RECOMPUTE_FULL) {
+        *a = gpt->work;
+        a->out = carve(c, N * C);
+        return;
+    }
+    carve_layer(c, a, N, C, gpt->recompute == RECOMPUTE_ATTN ? 0 : att, gpt->sp.size > 1);
+    if (gpt->recompute == RECOMPUTE_ATTN)
+        a->att = gpt->work.att;
+}
+
+/* full: one whole layer; attn: the probabilities and a spare attention output
+ * for the recomputation to write (the kept one is still read). */
+static void carve_workspace(Carver *c, LayerActs *w, const GPT *gpt, size_t N, size_t att)
+{
+    memset(w, 0, sizeof(*w));
+    if (gpt->recompute == RECOMPUTE_FULL) {
+        carve_layer(c, w, N, gpt->config.dim, att, gpt->sp.size > 1);
+    } else if (gpt->recompute == RECOMPUTE_ATTN) {
+        w->att = carve(c, att);
+        w->atty = carve(c, N * gpt->config.dim);
+    }
+}
+
+int gpt_enable_recompute(GPT *gpt, Recompute recompute, int B, int T)
+{
+    size_t N = (size_t)B * T, att = attention_floats(gpt, B, T);
+    gpt->recompute = recompute;
+    Carver sizing = {NULL, 0};
+    carve_workspace(&sizing, &gpt->work, gpt, N, att);
+    if (sizing.used == 0)
+        return 0;
+    gpt->work_memory = gpt->dev->alloc(sizing.used * sizeof(float));
+    if (!gpt->work_memory)
+        return -1;
+    gpt->work_bytes = sizing.used * sizeof(float);
+    Carver carver = {gpt->work_memory, 0};
+    carve_workspace(&carver, &gpt->work, gpt, N, att);
+    return 0;
+}
+
 static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
 {
     size_t N = (size_t)a->B * a->T;
@@ -301,7 +361,7 @@ static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
     size_t att = attention_floats(gpt, a->B, a->T);
     a->input = carve(c, N * C);
     for (int l = 0; l < gpt->layer_end - gpt->layer_begin; l++)
-        carve_layer(c, &a->layers[l], N, C, att, gpt->sp.size > 1);
+        carve_kept_layer(c, &a->layers[l], gpt, N, att);
     if (gpt->has_head) {
         a->lnf = carve(c, N * C);
         a->lnf_mean = carve(c, N);
@@ -407,17 +467,28 @@ void gpt_embed_forward(const GPT *gpt, Activations *acts)
                          acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
+/* Attention over the q, k, v this rank attends with: its own under P = 1,
+ * the head-sharded whole sequences under Ulysses; probabilities into a->att. */
+static void attend(GPT *gpt, LayerActs *a, float *out, int B, int T)
+{
+    int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
+    if (P == 1)
+        gpt->dev->attention_forward(out, a->att, a->qkv, B, T, C, NH);
+    else
+        gpt->dev->attention_forward(out, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
+}
+
 /* Ulysses: re-shard q, k, v by heads, attend over whole sequences, re-shard back. */
 static int attention_forward_sharded(GPT *gpt, LayerActs *a, int B, int T)
 {
-    int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
-    if (P == 1) {
-        gpt->dev->attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
+    int C = gpt->config.dim;
+    if (gpt->sp.size == 1) {
+        attend(gpt, a, a->atty, B, T);
         return 0;
     }
     if (ulysses_seq_to_heads(&gpt->sp, a->qkv_heads, a->qkv, B, T, C, 3))
         return -1;
-    gpt->dev->attention_forward(a->atty_heads, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
+    attend(gpt, a, a->atty_heads, B, T);
     return ulysses_heads_to_seq(&gpt->sp, a->atty, a->atty_heads, B, T, C, 1);
 }
 
@@ -435,18 +506,17 @@ static int attention_backward_sharded(GPT *gpt, LayerActs *a, Scratch *s, int B,
     return ulysses_heads_to_seq(&gpt->sp, s->dqkv, s->dqkv_heads, B, T, C, 3);
 }
 
-int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
+/* One layer from its input x into a's buffers. */
+static int layer_compute(GPT *gpt, LayerActs *a, const float *x, int layer, int B, int T)
 {
     const Device *dev = gpt->dev;
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
-    LayerActs *a = &acts->layers[layer - gpt->layer_begin];
-    const float *x = layer_input(gpt, acts, layer);
-    size_t N = (size_t)acts->B * acts->T;
+    size_t N = (size_t)B * T;
     int C = gpt->config.dim;
 
     dev->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
     dev->matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
-    if (attention_forward_sharded(gpt, a, acts->B, acts->T))
+    if (attention_forward_sharded(gpt, a, B, T))
         return -1;
     dev->matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
     dev->accumulate(a->res_attn, x, N * C);
@@ -456,6 +526,27 @@ int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
     dev->gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
     dev->matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
     dev->accumulate(a->out, a->res_attn, N * C);
+    return 0;
+}
+
+int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
+{
+    return layer_compute(gpt, &acts->layers[layer - gpt->layer_begin],
+                         layer_input(gpt, acts, layer), layer, acts->B, acts->T);
+}
+
+/* What the backward pass of `layer` reads, recomputed as gpt->recompute asks:
+ * the whole layer into the workspace (its output too: the kept one may still
+ * be in flight to the next stage), or the attention probabilities alone. */
+static int layer_for_backward(GPT *gpt, Activations *acts, int layer, LayerActs **a)
+{
+    *a = &acts->layers[layer - gpt->layer_begin];
+    if (gpt->recompute == RECOMPUTE_FULL) {
+        *a = &gpt->work;
+        return layer_compute(gpt, *a, layer_input(gpt, acts, layer), layer, acts->B, acts->T);
+    }
+    if (gpt->recompute == RECOMPUTE_ATTN)
+        attend(gpt, *a, gpt->work.atty, acts->B, acts->T);
     return 0;
 }
 
@@ -505,8 +596,10 @@ int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
     const Device *dev = gpt->dev;
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
     LayerWeights *g = &gpt->g.layers[layer - gpt->layer_begin];
-    LayerActs *a = &acts->layers[layer - gpt->layer_begin];
     const float *x = layer_input(gpt, acts, layer);
+    LayerActs *a;
+    if (layer_for_backward(gpt, acts, layer, &a))
+        return -1;
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim;
 

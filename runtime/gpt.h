@@ -71,34 +71,6 @@ typedef struct {
 } Weights;
 
 typedef struct {
-    const Device *dev;
-    GPTConfig config;
-    int layer_begin, layer_end;
-    bool has_embedding, has_head;
-    ParamTensor *tensors;
-    int tensor_count;
-    size_t param_count;
-    float *params, *grads;
-    Weights w, g; /* named views into params and grads */
-    SeqParallel sp; /* size 1 unless gpt_enable_sequence_parallel */
-} GPT;
-
-int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
-             int layer_end, bool has_embedding, bool has_head);
-int gpt_init_full(GPT *gpt, const Device *dev, const GPTConfig *config);
-void gpt_free(GPT *gpt);
-/* Splits every sequence over the ranks of `sp` (Ulysses attention). Call
- * before acts_init and scratch_init: buffer sizes depend on it. */
-int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T);
-/* Returns 0, or -1 (out of memory, or a device error). */
-int gpt_init_params(GPT *gpt, uint64_t seed);
-void gpt_zero_grad(GPT *gpt);
-const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
-/* Writes the tensor table as JSON: {"param_count": P, "tensors": [{"name",
- * "shape", "offset"}, ...]}, which names the floats of `params` or `grads`. */
-void gpt_write_manifest(const GPT *gpt, FILE *out);
-
-typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; /* [B,T,C], [B,T], [B,T] */
     float *qkv;                       /* [B,T,3C] */
     float *att;                       /* [B,NH/sp,T*sp,T*sp] softmax probabilities */
@@ -109,6 +81,59 @@ typedef struct {
     float *fch, *fch_gelu;            /* [B,T,4C] */
     float *out;                       /* [B,T,C] layer output (residual stream) */
 } LayerActs;
+
+/*
+ * Activation recomputation (Megatron-LM's): what each layer keeps per
+ * micro-batch between its forward and its backward pass.
+ * - none: every intermediate.
+ * - attn: all but the attention probabilities ([B, NH, T, T], the largest
+ *   when T is long); the backward pass recomputes them from the kept q, k, v.
+ * - full: only the layer's output (so every layer's input is kept); the
+ *   backward pass reruns the layer's forward (its all-to-alls included under
+ *   sequence parallelism) into one shared workspace.
+ * The kernels are deterministic, so recomputed values are the same bits:
+ * losses and gradients do not change.
+ */
+typedef enum { RECOMPUTE_NONE, RECOMPUTE_ATTN, RECOMPUTE_FULL } Recompute;
+
+bool recompute_parse(const char *text, Recompute *out);
+const char *recompute_name(Recompute recompute);
+
+typedef struct {
+    const Device *dev;
+    GPTConfig config;
+    int layer_begin, layer_end;
+    bool has_embedding, has_head;
+    ParamTensor *tensors;
+    int tensor_count;
+    size_t param_count;
+    float *params, *grads;
+    Weights w, g; /* named views into params and grads */
+    SeqParallel sp; /* size 1 unless gpt_enable_sequence_parallel */
+    Recompute recompute; /* RECOMPUTE_NONE unless gpt_enable_recompute */
+    LayerActs work;      /* recomputation workspace, shared by every layer and set */
+    float *work_memory;
+    size_t work_bytes;
+} GPT;
+
+int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
+             int layer_end, bool has_embedding, bool has_head);
+int gpt_init_full(GPT *gpt, const Device *dev, const GPTConfig *config);
+void gpt_free(GPT *gpt);
+/* Splits every sequence over the ranks of `sp` (Ulysses attention). Call
+ * before acts_init and scratch_init: buffer sizes depend on it. */
+int gpt_enable_sequence_parallel(GPT *gpt, Comm *sp, int B, int local_T);
+/* Chooses what the layers keep for backward and allocates the shared
+ * workspace for micro-batches of B x T. Call after sequence parallelism and
+ * before acts_init: the activation sets point into the workspace. */
+int gpt_enable_recompute(GPT *gpt, Recompute recompute, int B, int T);
+/* Returns 0, or -1 (out of memory, or a device error). */
+int gpt_init_params(GPT *gpt, uint64_t seed);
+void gpt_zero_grad(GPT *gpt);
+const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
+/* Writes the tensor table as JSON: {"param_count": P, "tensors": [{"name",
+ * "shape", "offset"}, ...]}, which names the floats of `params` or `grads`. */
+void gpt_write_manifest(const GPT *gpt, FILE *out);
 
 typedef struct {
     const Device *dev;

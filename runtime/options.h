@@ -37,6 +37,7 @@ typedef struct {
     int threads;
     const char *device; /* "cpu" or "cuda" (device.h) */
     bool tf32;          /* cuda: TF32 tensor cores for matrix products */
+    Recompute recompute; /* what layers keep for backward (gpt.h) */
     long eval_every;
     int eval_batches;
     bool quiet; /* no per-step progress lines */

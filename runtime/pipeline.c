@@ -51,7 +51,7 @@ void pipeline_free(Pipeline *p)
 
 size_t pipeline_activation_bytes(const Pipeline *p)
 {
-    size_t bytes = p->scratch.bytes + activation_floats(p) * sizeof(float);
+    size_t bytes = p->scratch.bytes + p->gpt->work_bytes + activation_floats(p) * sizeof(float);
     for (int i = 0; i < p->set_count; i++)
         bytes += p->sets[i].bytes;
     return bytes;

@@ -46,7 +46,8 @@ typedef struct {
 int pipeline_init(Pipeline *p, GPT *gpt, Comm *pp, int micro_batch, int seq_len,
                   int max_micro_batches);
 void pipeline_free(Pipeline *p);
-/* Bytes of activations, their gradients and transfer buffers this stage holds. */
+/* Bytes of activations, their gradients, the recomputation workspace and
+ * transfer buffers this stage holds. */
 size_t pipeline_activation_bytes(const Pipeline *p);
 
 /* One step over `count` micro-batches; the loss of each micro-batch (mean over

@@ -188,6 +188,7 @@ static int setup_model(Trainer *t)
         gpt_init(&t->gpt, t->dev, &o->model, begin, end, stage == 0,
                  stage == t->layout.pp - 1) ||
         gpt_enable_sequence_parallel(&t->gpt, t->sp_data, o->micro_batch, local_T) ||
+        gpt_enable_recompute(&t->gpt, o->recompute, o->micro_batch, local_T) ||
         pipeline_init(&t->pipe, &t->gpt, t->pp_data, o->micro_batch, local_T, micro_batches) ||
         setup_optimizer(t) ||
         (t->layout.sp > 1 &&
