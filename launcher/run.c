@@ -34,7 +34,7 @@ static void usage(FILE *out, bool drill)
           "The layout (--dp/--pp/--sp or --layout) is checked before any rank starts.\n"
           "%s"
           "\n"
-          "  -n, --ranks N            number of ranks (required)\n"
+          "  -n, --ranks N            number of ranks, 1 to %d (required)\n"
           "      --via auto|mpirun|srun  how to start them (default auto)\n"
           "      --hostfile FILE      mpirun across the hosts in FILE\n"
           "      --hosts H1,H2,...    mpirun across these hosts\n"
@@ -45,7 +45,7 @@ static void usage(FILE *out, bool drill)
           "      --elastic            detect crashes (a rank's channel lost) and hangs (no\n"
           "                           heartbeat), remove the failed node, relaunch\n"
           "      --min-ranks M        stop when fewer ranks survive (default 1)\n"
-          "      --max-restarts K     relaunches allowed (default 3)\n"
+          "      --max-restarts K     relaunches allowed, at most %d (default 3)\n"
           "      --heartbeat-timeout S  a rank silent this long has hung (default 30)\n"
           "      --ranks-per-node R   R consecutive ranks form a node, lost together: virtual\n"
           "                           nodes on one host; under srun, --ntasks-per-node R on\n"
@@ -76,7 +76,7 @@ static void usage(FILE *out, bool drill)
           drill ? "`phalanx drill` is `phalanx run --elastic` with failures to inject\n"
                   "(--inject) and a report (--report, default drill-report.json).\n"
                 : "",
-          drill ? " (default drill-report.json)" : "");
+          JOB_MAX_CLIENTS, ELASTIC_MAX_RESTARTS, drill ? " (default drill-report.json)" : "");
 }
 
 /* Limits of the launcher's numbers: a job's ranks each hold a channel to the
