@@ -95,6 +95,12 @@ void options_usage(FILE *out)
         "  --quiet                no per-step progress lines\n"
         "  Output files must be regular files (or new ones), not links, FIFOs or devices,\n"
         "  and outside the checkpoint directories; a write error ends the run with 1.\n"
+        "Memory:\n"
+        "  --recompute none|attn|full  activation recomputation (default none): attn drops\n"
+        "                         the attention probabilities and recomputes them in the\n"
+        "                         backward pass; full keeps only each layer's input and\n"
+        "                         reruns the layer's forward in its backward. Results are\n"
+        "                         bit-identical; memory falls, time per step rises\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
         "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
@@ -127,7 +133,7 @@ enum {
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
     OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_DEVICE,
-    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND,
+    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE,
 };
 
 static const struct option long_options[] = {
@@ -183,6 +189,7 @@ static const struct option long_options[] = {
     {"resume", required_argument, NULL, OPT_RESUME},
     {"device", required_argument, NULL, OPT_DEVICE},
     {"tf32", no_argument, NULL, OPT_TF32},
+    {"recompute", required_argument, NULL, OPT_RECOMPUTE},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -409,6 +416,10 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_CKPT_MEMORY_DIR: o->ckpt.memory_dir = arg; return 0;
     case OPT_RESUME: o->resume = arg; return 0;
     case OPT_TF32: o->tf32 = true; return 0;
+    case OPT_RECOMPUTE:
+        if (!recompute_parse(arg, &o->recompute))
+            return bad_value("recompute", arg, "a mode (none, attn or full)");
+        return 0;
     case OPT_DEVICE:
         if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0 && strcmp(arg, "cpu-staged") != 0)
             return bad_value("device", arg, "a device (cpu or cuda)");
