@@ -5,6 +5,7 @@
  *   run            start N ranks with mpirun or srun and watch them (launcher/)
  *   ckpt           list, verify and inspect checkpoints (launcher/ckpt.c)
  *   drill          an elastic run with injected failures and a report
+ *   export, eval, sample   models as files for other programs, their loss, their text
  */
 #include "ckpt.h"
 #include "launcher.h"
@@ -23,6 +24,9 @@ static void usage(FILE *out)
           "  train          train a model on this process (see phalanx train --help)\n"
           "  data prepare   turn text files into token shards (see phalanx data prepare --help)\n"
           "  ckpt           ls, verify or inspect checkpoints (see phalanx ckpt --help)\n"
+          "  export         a checkpoint as Hugging Face safetensors or an llm.c model file\n"
+          "  eval           a model's loss on token shards, as llm.c measures it\n"
+          "  sample         text written by a model\n"
           "  help           this text\n",
           out);
 }
@@ -44,6 +48,12 @@ int main(int argc, char **argv)
         return data_main(argc - 1, argv + 1);
     if (strcmp(command, "ckpt") == 0)
         return ckpt_main(argc - 1, argv + 1);
+    if (strcmp(command, "export") == 0)
+        return export_main(argc - 1, argv + 1);
+    if (strcmp(command, "eval") == 0)
+        return eval_main(argc - 1, argv + 1);
+    if (strcmp(command, "sample") == 0)
+        return sample_main(argc - 1, argv + 1);
     if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
         strcmp(command, "-h") == 0) {
         usage(stdout);

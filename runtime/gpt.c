@@ -37,6 +37,11 @@ int gpt_config_check(const GPTConfig *c, char *err, size_t err_len)
     return -1;
 }
 
+int gpt_padded_vocab(const GPTConfig *c)
+{
+    return c->vocab > 256 ? (c->vocab + 127) / 128 * 128 : c->vocab;
+}
+
 /* Calls `add` for every tensor a stage holds, in storage order. */
 typedef void (*TensorVisitor)(void *ctx, const char *name, int rows, int cols, bool excluded);
 
@@ -65,7 +70,7 @@ static void visit_tensors(const GPTConfig *c, int begin, int end, bool embedding
                           TensorVisitor add, void *ctx)
 {
     if (embedding || head)
-        add(ctx, "wte", c->vocab, c->dim, false);
+        add(ctx, "wte", gpt_padded_vocab(c), c->dim, false);
     if (embedding)
         add(ctx, "wpe", c->seq_len, c->dim, false);
     for (int l = begin; l < end; l++)
@@ -133,6 +138,27 @@ static void point_weights(const GPT *gpt, Weights *w, float *base)
     }
 }
 
+/* The head's logit bias: -inf on the padded rows, so they never win the
+ * softmax and get no gradient. None when the vocabulary is not padded. */
+static int init_vocab_mask(GPT *gpt)
+{
+    int V = gpt->config.vocab, Vp = gpt_padded_vocab(&gpt->config);
+    if (Vp == V)
+        return 0;
+    float *host = malloc((size_t)Vp * sizeof(float));
+    gpt->vocab_mask = gpt->dev->alloc((size_t)Vp * sizeof(float));
+    if (!host || !gpt->vocab_mask) {
+        free(host);
+        return gpt_free(gpt), -1;
+    }
+    for (int i = 0; i < Vp; i++)
+        host[i] = i < V ? 0.0f : -INFINITY;
+    gpt->dev->upload(gpt->vocab_mask, host, (size_t)Vp * sizeof(float));
+    int status = gpt->dev->sync();
+    free(host);
+    return status;
+}
+
 int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
              int layer_end, bool has_embedding, bool has_head)
 {
@@ -158,7 +184,7 @@ int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_beg
         return gpt_free(gpt), -1;
     point_weights(gpt, &gpt->w, gpt->params);
     point_weights(gpt, &gpt->g, gpt->grads);
-    return 0;
+    return has_head ? init_vocab_mask(gpt) : 0;
 }
 
 int gpt_init_full(GPT *gpt, const Device *dev, const GPTConfig *config)
@@ -182,6 +208,7 @@ void gpt_free(GPT *gpt)
     free(gpt->g.layers);
     gpt->dev->free(gpt->params);
     gpt->dev->free(gpt->grads);
+    gpt->dev->free(gpt->vocab_mask);
     memset(gpt, 0, sizeof(*gpt));
 }
 
@@ -228,9 +255,14 @@ static void init_tensor(const GPT *gpt, float *params, const ParamTensor *t, uin
     if (ends_with(t->name, "attn.proj.weight") || ends_with(t->name, "mlp.proj.weight"))
         std /= sqrt(2.0 * gpt->config.layers);
     uint32_t stream = rng_name_stream(t->name);
+    // the padded rows of wte start (and stay) zero
+    size_t drawn = strcmp(t->name, "wte") == 0 ? (size_t)gpt->config.vocab * t->shape[1]
+                                               : t->numel;
 #pragma omp parallel for
-    for (size_t i = 0; i < t->numel; i++)
+    for (size_t i = 0; i < drawn; i++)
         p[i] = (float)(std * rng_normal(seed, RNG_INIT, stream, i));
+    for (size_t i = drawn; i < t->numel; i++)
+        p[i] = 0.0f;
 }
 
 /* Drawn on the host (rng.h is host code), then uploaded. */
@@ -357,7 +389,7 @@ int gpt_enable_recompute(GPT *gpt, Recompute recompute, int B, int T)
 static void carve_acts(Carver *c, Activations *a, const GPT *gpt)
 {
     size_t N = (size_t)a->B * a->T;
-    int C = gpt->config.dim, V = gpt->config.vocab;
+    int C = gpt->config.dim, V = gpt_padded_vocab(&gpt->config);
     size_t att = attention_floats(gpt, a->B, a->T);
     a->input = carve(c, N * C);
     for (int l = 0; l < gpt->layer_end - gpt->layer_begin; l++)
@@ -554,12 +586,12 @@ double gpt_head_forward(const GPT *gpt, Activations *acts)
 {
     const Device *dev = gpt->dev;
     size_t N = (size_t)acts->B * acts->T;
-    int C = gpt->config.dim, V = gpt->config.vocab;
+    int C = gpt->config.dim, V = gpt_padded_vocab(&gpt->config);
     const float *x = acts_stage_output(gpt, acts);
     dev->upload(acts->dev_targets, acts->targets, N * sizeof(int));
     dev->layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw,
                            gpt->w.lnfb, N, C);
-    dev->matmul_forward(acts->logits, acts->lnf, gpt->w.wte, NULL, N, C, V);
+    dev->matmul_forward(acts->logits, acts->lnf, gpt->w.wte, gpt->vocab_mask, N, C, V);
     double total = dev->crossentropy_forward(acts->probs, acts->losses, acts->logits,
                                              acts->dev_targets, N, V);
     return total / (double)N;
@@ -582,7 +614,7 @@ void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
 {
     const Device *dev = gpt->dev;
     size_t N = (size_t)acts->B * acts->T;
-    int C = gpt->config.dim, V = gpt->config.vocab;
+    int C = gpt->config.dim, V = gpt_padded_vocab(&gpt->config);
     // dlogits overwrite the probabilities: they are not needed afterwards
     dev->crossentropy_backward(acts->probs, acts->probs, acts->dev_targets, dloss, N, V);
     dev->matmul_backward(s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C, V);

@@ -44,6 +44,13 @@ typedef struct {
  * most 65536 for uint16 tokens). Returns 0, or -1 with a message. */
 int gpt_config_check(const GPTConfig *config, char *err, size_t err_len);
 
+/* Rows of the token embedding: GPT-2's vocabulary and others beyond byte
+ * tokens (vocab > 256) are padded to a multiple of 128, as llm.c pads them;
+ * byte vocabularies are not. Padded rows start at zero, get a logit of -inf
+ * (so they never win the softmax and their gradient is exactly zero) and
+ * stay zero. */
+int gpt_padded_vocab(const GPTConfig *config);
+
 /* Parameter count of the whole model (all stages). */
 size_t gpt_config_param_count(const GPTConfig *config);
 
@@ -65,7 +72,7 @@ typedef struct {
 } LayerWeights;
 
 typedef struct {
-    float *wte, *wpe;   /* [V, C], [maxT, C] */
+    float *wte, *wpe;   /* [Vp, C] (gpt_padded_vocab), [maxT, C] */
     float *lnfw, *lnfb; /* [C], [C] */
     LayerWeights *layers; /* index: layer - layer_begin */
 } Weights;
@@ -114,6 +121,7 @@ typedef struct {
     LayerActs work;      /* recomputation workspace, shared by every layer and set */
     float *work_memory;
     size_t work_bytes;
+    float *vocab_mask; /* head with a padded vocabulary: [Vp] logit bias, 0 or -inf */
 } GPT;
 
 int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_begin,
@@ -145,7 +153,7 @@ typedef struct {
     float *input;                     /* [B,T,C] stage input: embeddings or received */
     LayerActs *layers;                /* index: layer - layer_begin */
     float *lnf, *lnf_mean, *lnf_rstd; /* head only */
-    float *logits, *probs, *losses;   /* [B,T,V], [B,T,V], [B,T]; head only */
+    float *logits, *probs, *losses;   /* [B,T,Vp], [B,T,Vp], [B,T]; head only */
 } Activations;
 
 /* Backward scratch, shared by every layer and micro-batch of a model. */

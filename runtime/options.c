@@ -1,6 +1,7 @@
 /* Command line of `phalanx train` (contract in options.h). */
 #include "options.h"
 
+#include "modelfile.h"
 #include "runtime.h"
 
 #include <errno.h>
@@ -82,6 +83,9 @@ void options_usage(FILE *out)
         "  --resume latest|PATH   continue a run in any layout: latest is the newest complete\n"
         "                         checkpoint of --ckpt-dir (or its tier 1); PATH a step\n"
         "                         directory\n"
+        "  --init-from FILE       start from these weights (a Hugging Face GPT-2 .safetensors,\n"
+        "                         an llm.c model file or a checkpoint) with fresh optimizer\n"
+        "                         state; the model's shape comes from FILE\n"
         "Output:\n"
         "  --metrics FILE         one JSON object per step: step, loss, lr, global_batch,\n"
         "                         tokens_per_s, grad_norm, val_loss (when computed; null\n"
@@ -132,7 +136,7 @@ enum {
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
-    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_DEVICE,
+    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
     OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE,
 };
 
@@ -187,6 +191,7 @@ static const struct option long_options[] = {
     {"ckpt-mode", required_argument, NULL, OPT_CKPT_MODE},
     {"ckpt-memory-dir", required_argument, NULL, OPT_CKPT_MEMORY_DIR},
     {"resume", required_argument, NULL, OPT_RESUME},
+    {"init-from", required_argument, NULL, OPT_INIT_FROM},
     {"device", required_argument, NULL, OPT_DEVICE},
     {"tf32", no_argument, NULL, OPT_TF32},
     {"recompute", required_argument, NULL, OPT_RECOMPUTE},
@@ -380,11 +385,11 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_QUIET: o->quiet = true; return 0;
     case OPT_EVAL_EVERY: return parse_long("eval-every", arg, 0, MAX_STEPS, &o->eval_every);
     case OPT_EVAL_BATCHES: return parse_int("eval-batches", arg, 1, INT_MAX, &o->eval_batches);
-    case OPT_VOCAB: return parse_int("vocab", arg, 2, MAX_VOCAB, &o->model.vocab);
-    case OPT_LAYERS: return parse_int("layers", arg, 1, MAX_LAYERS, &o->model.layers);
-    case OPT_HEADS: return parse_int("heads", arg, 1, MAX_HEADS, &o->model.heads);
-    case OPT_DIM: return parse_int("dim", arg, 1, MAX_DIM, &o->model.dim);
-    case OPT_SEQ_LEN: return parse_int("seq-len", arg, 1, MAX_SEQ_LEN, &o->model.seq_len);
+    case OPT_VOCAB: o->shape_given |= 1u << 0; return parse_int("vocab", arg, 2, MAX_VOCAB, &o->model.vocab);
+    case OPT_LAYERS: o->shape_given |= 1u << 1; return parse_int("layers", arg, 1, MAX_LAYERS, &o->model.layers);
+    case OPT_HEADS: o->shape_given |= 1u << 2; return parse_int("heads", arg, 1, MAX_HEADS, &o->model.heads);
+    case OPT_DIM: o->shape_given |= 1u << 3; return parse_int("dim", arg, 1, MAX_DIM, &o->model.dim);
+    case OPT_SEQ_LEN: o->shape_given |= 1u << 4; return parse_int("seq-len", arg, 1, MAX_SEQ_LEN, &o->model.seq_len);
     case OPT_MICRO_BATCH:
         return parse_int("micro-batch", arg, 1, MAX_MICRO_BATCH, &o->micro_batch);
     case OPT_GLOBAL_BATCH:
@@ -415,6 +420,7 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_CKPT_DIR: o->ckpt.dir = arg; return 0;
     case OPT_CKPT_MEMORY_DIR: o->ckpt.memory_dir = arg; return 0;
     case OPT_RESUME: o->resume = arg; return 0;
+    case OPT_INIT_FROM: o->init_from = arg; return 0;
     case OPT_TF32: o->tf32 = true; return 0;
     case OPT_RECOMPUTE:
         if (!recompute_parse(arg, &o->recompute))
@@ -529,6 +535,33 @@ static int check_combination(TrainOptions *o)
     return check_batch_options(o);
 }
 
+/* --init-from: the model's shape is the file's; a shape flag that says
+ * otherwise is refused with both values. */
+static int adopt_file_shape(TrainOptions *o)
+{
+    GPTConfig file;
+    ModelFormat format;
+    char err[2048];
+    if (modelfile_probe(o->init_from, &format, &file, err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx train: --init-from: %s\n", err);
+        return -1;
+    }
+    const struct { const char *flag; int file, run; } dims[] = {
+        {"--vocab", file.vocab, o->model.vocab}, {"--layers", file.layers, o->model.layers},
+        {"--heads", file.heads, o->model.heads}, {"--dim", file.dim, o->model.dim},
+        {"--seq-len", file.seq_len, o->model.seq_len}};
+    for (unsigned i = 0; i < sizeof(dims) / sizeof(dims[0]); i++)
+        if ((o->shape_given & (1u << i)) && dims[i].file != dims[i].run) {
+            fprintf(stderr, "phalanx train: --init-from %s has %s %d, this run has %s %d: the "
+                            "shape comes from the file; drop %s or give %s %d\n",
+                    o->init_from, dims[i].flag, dims[i].file, dims[i].flag, dims[i].run,
+                    dims[i].flag, dims[i].flag, dims[i].file);
+            return -1;
+        }
+    o->model = file;
+    return 0;
+}
+
 int options_parse(TrainOptions *o, int argc, char **argv)
 {
     set_defaults(o);
@@ -570,6 +603,8 @@ int options_parse(TrainOptions *o, int argc, char **argv)
     o->optim.beta2 = (float)(isnan(hyper[1]) ? defaults.beta2 : hyper[1]);
     o->optim.eps = (float)(isnan(hyper[2]) ? defaults.eps : hyper[2]);
     o->optim.weight_decay = (float)(isnan(hyper[3]) ? defaults.weight_decay : hyper[3]);
+    if (o->init_from && adopt_file_shape(o) != 0)
+        return -1;
     return check_combination(o);
 }
 

@@ -55,6 +55,8 @@ typedef struct {
     /* checkpoints (checkpoint/checkpoint.h); ckpt.dir NULL: off */
     CkptOptions ckpt;
     const char *resume; /* NULL, "latest" or a path */
+    const char *init_from; /* NULL, or the weights to start from (modelfile.h) */
+    unsigned shape_given;  /* bits: --vocab, --layers, --heads, --dim, --seq-len given */
 } TrainOptions;
 
 /* The constraints a layout must meet for these options. */

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-enum { RNG_INIT = 1, RNG_SHUFFLE = 2, RNG_DROPOUT = 3 };
+enum { RNG_INIT = 1, RNG_SHUFFLE = 2, RNG_DROPOUT = 3, RNG_SAMPLE = 4 };
 
 /* Four 32-bit words from Philox4x32-10 with the given key and counter. */
 void rng_philox(uint64_t key, const uint32_t counter[4], uint32_t out[4]);

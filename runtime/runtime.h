@@ -16,6 +16,16 @@
 
 int train_main(int argc, char **argv);
 
+/* Models given by path (a checkpoint, a Hugging Face safetensors or an llm.c
+ * model file), held whole on one process (runtime/interop.c):
+ *   export_main     `phalanx export CKPT --format safetensors|llmc -o OUT`
+ *   eval_main       `phalanx eval CKPT|FILE --data GLOB ...`: llm.c's validation loss
+ *   sample_main     `phalanx sample CKPT|FILE --prompt TEXT ...`: text the model writes
+ * Same exit statuses as train_main. */
+int export_main(int argc, char **argv);
+int eval_main(int argc, char **argv);
+int sample_main(int argc, char **argv);
+
 /*
  * Numbers on a command line, the one parser every command uses (train, run,
  * drill, data prepare). The whole text must be a base-10 integer

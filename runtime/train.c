@@ -14,6 +14,7 @@
 #include "runtime.h"
 
 #include "kernels.h"
+#include "modelfile.h"
 #include "outfile.h"
 #include "snapshot.h"
 #include "trainer.h"
@@ -175,6 +176,17 @@ static void free_data_group(Comm *data, Comm *group)
         comm_free(data);
 }
 
+/* --init-from: this stage's tensors from the file; the moments stay zero.
+ * A resumed run (an elastic relaunch) takes its weights from the checkpoint. */
+static int load_initial_weights(Trainer *t)
+{
+    char err[2048];
+    if (modelfile_load(t->opt.init_from, &t->gpt, err, sizeof(err)) == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: --init-from: %s\n", t->rank, err);
+    return -1;
+}
+
 static int setup_model(Trainer *t)
 {
     const TrainOptions *o = &t->opt;
@@ -199,6 +211,8 @@ static int setup_model(Trainer *t)
                 t->rank, t->dev->name, t->dev->error()[0] ? ": " : "", t->dev->error());
         return -1;
     }
+    if (o->init_from && !o->resume && load_initial_weights(t))
+        return -1;
     batch_init(&t->batch, o->batch_adaptive, o->global_batch, o->max_global_batch,
                o->batch_quantum, o->batch_eta, o->batch_ema);
     gradsync_init(&t->sync, t->dpsp_data, t->dev, t->gpt.grads, t->gpt.param_count,
