@@ -245,11 +245,11 @@ static double trust_ratio(double w_sumsq, double u_sumsq)
     return w_sumsq > 0.0 && u_sumsq > 0.0 ? sqrt(w_sumsq) / sqrt(u_sumsq) : 1.0;
 }
 
-static void lamb_tensor(const StepConstants *k, const OptimTensor *t, float lr, float wd)
+/* LAMB's second pass: the update at the trust ratio of the whole tensor. */
+static void lamb_apply(const StepConstants *k, const OptimTensor *t, float lr, float wd,
+                       const double *sums)
 {
-    LambPass pass = {k, t, wd};
-    SumPair sums = blocked_sum(lamb_moments_block, &pass, t->numel);
-    float step_lr = (float)(lr * trust_ratio(sums.a, sums.b));
+    float step_lr = (float)(lr * trust_ratio(sums[0], sums[1]));
     float *w = t->param;
     const float *m = t->m, *v = t->v;
     OMP(omp parallel for if (t->numel >= PARALLEL_MIN_NUMEL) schedule(static))
@@ -257,17 +257,50 @@ static void lamb_tensor(const StepConstants *k, const OptimTensor *t, float lr, 
         w[i] -= step_lr * update_direction(k, m[i], v[i], w[i], wd);
 }
 
-void optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count,
-                float lr, long step, float grad_scale)
+static bool layer_adapted(const OptimConfig *cfg, const OptimTensor *t)
+{
+    return cfg->kind == OPTIM_LAMB && !(t->exclude && !cfg->decay_all);
+}
+
+static float decay_of(const OptimConfig *cfg, const OptimTensor *t)
+{
+    return t->exclude && !cfg->decay_all ? 0.0f : cfg->weight_decay;
+}
+
+void optim_step_begin(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
+                      long step, float grad_scale, double *sums)
 {
     StepConstants k = step_constants(cfg, step, grad_scale);
     for (int i = 0; i < count; i++) {
         const OptimTensor *t = &tensors[i];
-        bool plain = t->exclude && !cfg->decay_all;
-        float wd = plain ? 0.0f : cfg->weight_decay;
-        if (cfg->kind == OPTIM_LAMB && !plain)
-            lamb_tensor(&k, t, lr, wd);
-        else
-            adam_tensor(&k, t, lr, wd);
+        sums[2 * i] = sums[2 * i + 1] = 0.0;
+        if (!layer_adapted(cfg, t)) {
+            adam_tensor(&k, t, lr, decay_of(cfg, t));
+            continue;
+        }
+        LambPass pass = {&k, t, decay_of(cfg, t)};
+        SumPair part = blocked_sum(lamb_moments_block, &pass, t->numel);
+        sums[2 * i] = part.a;
+        sums[2 * i + 1] = part.b;
+    }
+}
+
+void optim_step_end(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
+                    long step, float grad_scale, const double *sums)
+{
+    StepConstants k = step_constants(cfg, step, grad_scale);
+    for (int i = 0; i < count; i++)
+        if (layer_adapted(cfg, &tensors[i]))
+            lamb_apply(&k, &tensors[i], lr, decay_of(cfg, &tensors[i]), sums + 2 * i);
+}
+
+/* One tensor at a time, both halves: its sums stay on the stack. */
+void optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count,
+                float lr, long step, float grad_scale)
+{
+    for (int i = 0; i < count; i++) {
+        double sums[2];
+        optim_step_begin(cfg, &tensors[i], 1, lr, step, grad_scale, sums);
+        optim_step_end(cfg, &tensors[i], 1, lr, step, grad_scale, sums);
     }
 }

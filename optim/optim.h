@@ -20,8 +20,7 @@
  *     ratio = ||w|| / ||u||, or 1 when either norm is 0 or the tensor is excluded
  *     w -= lr * ratio * u
  *   Per-tensor norms are over the whole tensor; a caller that splits one
- *   logical tensor across ranks must not use this function on the fragment
- *   (no such split exists yet: pipeline stages hold whole tensors).
+ *   logical tensor across ranks (ZeRO-1) uses optim_step_begin/end below.
  * - AdamW (Loshchilov & Hutter): w -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * w),
  *   the same as torch.optim.AdamW, with wd = 0 for excluded tensors.
  * - `exclude` marks biases and LayerNorm parameters: no weight decay and no
@@ -74,6 +73,19 @@ float optim_clip_scale(double global_norm, float clip);
  * gradients are multiplied by `grad_scale` first (they are left scaled). */
 void optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count,
                 float lr, long step, float grad_scale);
+
+/* optim_step in two halves, for tensors split over ranks (ZeRO-1): each
+ * tensor is then this rank's fragment of a logical tensor. begin updates the
+ * moments (and applies AdamW and the unadapted tensors whole) and writes the
+ * fragment's partial squares ||w||^2, ||u||^2 of LAMB to sums[2i], sums[2i+1]
+ * (0 for tensors without layer adaptation); the caller adds them up over the
+ * ranks that hold the other fragments; end applies LAMB's update with the
+ * trust ratio of those whole-tensor sums. Over whole tensors, begin then end
+ * is optim_step, bit for bit. */
+void optim_step_begin(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
+                      long step, float grad_scale, double *sums);
+void optim_step_end(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
+                    long step, float grad_scale, const double *sums);
 
 /* ---------------------------------------------------------------------- */
 /* Learning-rate schedules                                                */

@@ -22,6 +22,12 @@ void gradsync_init(GradSync *sync, Comm *comm, const Device *dev, float *grads, 
     gradsync_begin(sync);
 }
 
+/* No group (ZeRO-1 reduces by itself) or a group of one: nothing to sum. */
+static bool idle(const GradSync *sync)
+{
+    return !sync->comm || comm_size(sync->comm) == 1;
+}
+
 void gradsync_begin(GradSync *sync)
 {
     sync->launched_from = sync->count;
@@ -64,7 +70,7 @@ static void drive_progress(GradSync *sync)
 
 int gradsync_ready_from(GradSync *sync, size_t offset)
 {
-    if (comm_size(sync->comm) == 1)
+    if (idle(sync))
         return 0;
     if (offset < sync->launched_from && sync->launched_from - offset >= sync->bucket_floats &&
         launch(sync, offset))
@@ -75,7 +81,7 @@ int gradsync_ready_from(GradSync *sync, size_t offset)
 
 int gradsync_finish(GradSync *sync)
 {
-    if (comm_size(sync->comm) == 1)
+    if (idle(sync))
         return 0;
     double start = seconds_now();
     int status = 0;

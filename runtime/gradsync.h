@@ -9,7 +9,7 @@
  * micro-batch's backward pass; a bucket (a contiguous range of at least
  * bucket_floats, or the rest) is launched as a non-blocking allreduce as soon
  * as it is final, and gradsync_finish() launches what is left and waits.
- * With a group of one rank every call does nothing. The gradients are on
+ * With a group of one rank, or none (comm NULL), every call does nothing. The gradients are on
  * `dev`: its queue is drained before a bucket is handed to the communicator.
  */
 #ifndef PHALANX_GRADSYNC_H

@@ -105,6 +105,11 @@ void options_usage(FILE *out)
         "                         backward pass; full keeps only each layer's input and\n"
         "                         reruns the layer's forward in its backward. Results are\n"
         "                         bit-identical; memory falls, time per step rises\n"
+        "  --zero 0|1             1: ZeRO-1, the optimizer state (m, v) and its update are\n"
+        "                         sharded over the dp x sp replicas: gradients are\n"
+        "                         reduce-scattered, each rank updates its shard, parameters\n"
+        "                         are all-gathered (default 0). With dp x sp = 1 it has no\n"
+        "                         effect (a warning). cpu devices; no --ckpt-dir yet\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
         "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
@@ -137,7 +142,7 @@ enum {
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
     OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
-    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE,
+    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE, OPT_ZERO,
 };
 
 static const struct option long_options[] = {
@@ -195,6 +200,7 @@ static const struct option long_options[] = {
     {"device", required_argument, NULL, OPT_DEVICE},
     {"tf32", no_argument, NULL, OPT_TF32},
     {"recompute", required_argument, NULL, OPT_RECOMPUTE},
+    {"zero", required_argument, NULL, OPT_ZERO},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -426,6 +432,15 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
         if (!recompute_parse(arg, &o->recompute))
             return bad_value("recompute", arg, "a mode (none, attn or full)");
         return 0;
+    case OPT_ZERO:
+        if (parse_int("zero", arg, 0, 3, &o->zero))
+            return -1;
+        if (o->zero < 2)
+            return 0;
+        fprintf(stderr, "phalanx train: --zero %d is not implemented: Phalanx shards the "
+                        "optimizer state (stage 1) but not gradients (2) or parameters (3); "
+                        "use --zero 1\n", o->zero);
+        return -1;
     case OPT_DEVICE:
         if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0 && strcmp(arg, "cpu-staged") != 0)
             return bad_value("device", arg, "a device (cpu or cuda)");
@@ -521,6 +536,17 @@ static int check_combination(TrainOptions *o)
     if (o->tf32 && strcmp(o->device, "cuda") != 0) {
         fprintf(stderr, "phalanx train: --tf32 needs --device cuda: TF32 is a GPU tensor-core "
                         "mode; drop --tf32 or add --device cuda\n");
+        return -1;
+    }
+    if (o->zero && strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "phalanx train: --zero 1 is not implemented for --device cuda yet "
+                        "(its optimizer kernels update whole tensors); use --zero 0\n");
+        return -1;
+    }
+    if (o->zero && o->ckpt.dir) {
+        fprintf(stderr, "phalanx train: --zero 1 with --ckpt-dir is not implemented yet: the "
+                        "checkpoint writer does not take sharded moments; use --zero 0 to "
+                        "checkpoint\n");
         return -1;
     }
     if (!device_built(o->device, err, sizeof(err))) {

@@ -38,6 +38,7 @@ typedef struct {
     const char *device; /* "cpu" or "cuda" (device.h) */
     bool tf32;          /* cuda: TF32 tensor cores for matrix products */
     Recompute recompute; /* what layers keep for backward (gpt.h) */
+    int zero;            /* ZeRO stage: 0 (replicated optimizer) or 1 (sharded, zero.h) */
     long eval_every;
     int eval_batches;
     bool quiet; /* no per-step progress lines */

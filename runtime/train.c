@@ -90,7 +90,24 @@ static int open_data(TokenData *data, size_t *windows, const char *spec, const c
     return 0;
 }
 
-static int setup_optimizer(Trainer *t)
+/* --zero 1: the shards replace m, v and the optimizer's tensor list. */
+static int setup_zero(Trainer *t)
+{
+    t->sharded = t->opt.zero == 1 && comm_size(t->dpsp) > 1;
+    if (t->opt.zero == 1 && !t->sharded && t->rank == 0)
+        fprintf(stderr, "phalanx train: warning: --zero 1 has no effect with dp x sp = 1: one "
+                        "replica holds the whole optimizer state (training goes on unsharded, "
+                        "so an elastic restart on fewer ranks still runs)\n");
+    if (!t->sharded)
+        return 0;
+    if (zero_init(&t->zero, &t->gpt, t->dpsp_data, t->dpsp, GRAD_BUCKET_FLOATS) == 0)
+        return 0;
+    fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
+    return -1;
+}
+
+/* Unsharded: m and v as large as the parameters, one OptimTensor per tensor. */
+static int allocate_moments(Trainer *t)
 {
     GPT *gpt = &t->gpt;
     t->m = t->dev->alloc(gpt->param_count * sizeof(float));
@@ -110,6 +127,13 @@ static int setup_optimizer(Trainer *t)
             .exclude = p->excluded,
         };
     }
+    return 0;
+}
+
+static int setup_optimizer(Trainer *t)
+{
+    if (!t->sharded && allocate_moments(t))
+        return -1;
     const TrainOptions *o = &t->opt;
     t->schedule = (Schedule){
         .kind = o->schedule,
@@ -202,7 +226,7 @@ static int setup_model(Trainer *t)
         gpt_enable_sequence_parallel(&t->gpt, t->sp_data, o->micro_batch, local_T) ||
         gpt_enable_recompute(&t->gpt, o->recompute, o->micro_batch, local_T) ||
         pipeline_init(&t->pipe, &t->gpt, t->pp_data, o->micro_batch, local_T, micro_batches) ||
-        setup_optimizer(t) ||
+        setup_zero(t) || setup_optimizer(t) ||
         (t->layout.sp > 1 &&
          !(t->grad_snapshot = t->dev->alloc(t->gpt.param_count * sizeof(float)))) ||
         gpt_init_params(&t->gpt, o->seed)) {
@@ -215,8 +239,9 @@ static int setup_model(Trainer *t)
         return -1;
     batch_init(&t->batch, o->batch_adaptive, o->global_batch, o->max_global_batch,
                o->batch_quantum, o->batch_eta, o->batch_ema);
-    gradsync_init(&t->sync, t->dpsp_data, t->dev, t->gpt.grads, t->gpt.param_count,
-                  GRAD_BUCKET_FLOATS);
+    // sharded: the reduce-scatter after the backward pass replaces the allreduce
+    gradsync_init(&t->sync, t->sharded ? NULL : t->dpsp_data, t->dev, t->gpt.grads,
+                  t->gpt.param_count, GRAD_BUCKET_FLOATS);
     return 0;
 }
 
@@ -333,6 +358,7 @@ static void trainer_teardown(Trainer *t)
             t->dev->host_free(t->host_state);
     }
     free(t->optim_tensors);
+    zero_free(&t->zero);
     pipeline_free(&t->pipe);
     gpt_free(&t->gpt);
     free(t->window_tokens);
@@ -446,15 +472,50 @@ static double stage_sumsq(const Trainer *t, const float *grads)
     return sum;
 }
 
+/* Sharded: the squares of this rank's summed pieces, added over dp x sp
+ * (without the last stage's wte, as stage_sumsq). */
+static double shard_sumsq(Trainer *t)
+{
+    const ParamTensor *wte = tied_embedding(t);
+    double sum = 0.0;
+    for (int i = 0; i < t->gpt.tensor_count; i++)
+        if (!(&t->gpt.tensors[i] == wte && t->coord.pp != 0))
+            sum += t->dev->grad_sumsq(&t->zero.tensors[i], 1);
+    if (zero_sum(&t->zero, &sum, 1) == 0)
+        return sum;
+    fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
+    return NAN;
+}
+
 /* Sum of squared gradients over the whole model: each stage's own, wte once. */
 static double global_grad_sumsq(Trainer *t)
 {
-    double local = stage_sumsq(t, t->gpt.grads);
+    double local = t->sharded ? shard_sumsq(t) : stage_sumsq(t, t->gpt.grads);
     if (comm_size(t->pp) > 1 && comm_allreduce(t->pp, &local, 1, COMM_F64) != 0) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->pp));
         return NAN;
     }
     return local;
+}
+
+/* The update: whole tensors, or (sharded) this rank's pieces with LAMB's
+ * partial squares summed over dp x sp, then every rank's pieces gathered. */
+static int optimizer_step(Trainer *t, float lr, long step, float clip_scale)
+{
+    const OptimConfig *cfg = &t->opt.optim;
+    Zero *z = &t->zero;
+    if (!t->sharded) {
+        t->dev->optim_step(cfg, t->optim_tensors, t->gpt.tensor_count, lr, step, clip_scale);
+        return 0;
+    }
+    optim_step_begin(cfg, z->tensors, t->gpt.tensor_count, lr, step, clip_scale, z->sums);
+    if (zero_sum(z, z->sums, 2 * t->gpt.tensor_count) == 0) {
+        optim_step_end(cfg, z->tensors, t->gpt.tensor_count, lr, step, clip_scale, z->sums);
+        if (zero_allgather(z) == 0)
+            return 0;
+    }
+    fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, z->error);
+    return -1;
 }
 
 /* The squared norm of the step's first micro-batch gradient (the same
@@ -574,6 +635,10 @@ static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
     }
     if (sum_tied_gradients(t) || device_failed(t, "forward and backward"))
         return -1;
+    if (t->sharded && zero_reduce_scatter(&t->zero)) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
+        return -1;
+    }
     r->comm_seconds = t->sync.comm_seconds;
     return 0;
 }
@@ -728,8 +793,8 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
             lr_scale(o->lr_scaling, r->batch, o->global_batch);
     // the sidecar may still be copying the previous version of params, m, v
     r->ckpt_stall_seconds = snapshot_before_update(t);
-    t->dev->optim_step(&o->optim, t->optim_tensors, t->gpt.tensor_count, (float)r->lr, r->step,
-                       clip_scale);
+    if (optimizer_step(t, (float)r->lr, r->step, clip_scale))
+        return -1;
     update_batch(t, r);
     t->steps_done = r->step;
     bool last = r->step == o->steps || t->cursor >= (uint64_t)o->train_samples;
@@ -763,6 +828,12 @@ static int close_metrics(Trainer *t)
     return t->metrics_lost ? -1 : 0;
 }
 
+/* The moments m and v this rank holds: its shard under --zero 1. */
+static size_t optimizer_bytes(const Trainer *t)
+{
+    return t->sharded ? zero_state_bytes(&t->zero) : 2 * t->gpt.param_count * sizeof(float);
+}
+
 static void write_metrics(Trainer *t, const StepReport *r)
 {
     FILE *f = t->metrics;
@@ -780,6 +851,7 @@ static void write_metrics(Trainer *t, const StepReport *r)
     outfile_json_number(f, "grad_comm_ms", r->comm_seconds * 1e3, 3);
     outfile_json_number(f, "ckpt_stall_ms", r->ckpt_stall_seconds * 1e3, 3);
     outfile_json_number(f, "activation_mib", pipeline_activation_bytes(&t->pipe) / 1048576.0, 3);
+    outfile_json_number(f, "optimizer_mib", optimizer_bytes(t) / 1048576.0, 3);
     fprintf(f, ", \"live_activations\": [");
     for (int i = 0; i < t->layout.pp; i++)
         fprintf(f, "%s%d", i ? ", " : "", r->live_activations[i]);
@@ -842,11 +914,13 @@ static void print_header(Trainer *t)
     snprintf(line, sizeof(line),
              "phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
              "%s, global batch %d (micro-batch %d); layout dp=%d pp=%d sp=%d on %d rank(s); "
-             "%zu training windows; activation memory %.1f MiB per rank; device %s",
+             "%zu training windows; activation memory %.1f MiB, optimizer state %.1f MiB%s "
+             "per rank; device %s",
              t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
              o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
              o->micro_batch, t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world),
-             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0, t->dev->name);
+             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0,
+             optimizer_bytes(t) / 1048576.0, t->sharded ? " (ZeRO-1)" : "", t->dev->name);
     report_line(t, 0, line);
 }
 

@@ -18,6 +18,7 @@
 #include "options.h"
 #include "pipeline.h"
 #include "topology.h"
+#include "zero.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -47,7 +48,9 @@ typedef struct {
     GPT gpt; /* this rank's pipeline stage of the model */
     Pipeline pipe;
     GradSync sync;
-    float *m, *v; /* on the device */
+    float *m, *v; /* on the device; NULL when sharded */
+    bool sharded; /* --zero 1 over more than one dp x sp rank: m, v in `zero` */
+    Zero zero;
     OptimTensor *optim_tensors;
     Schedule schedule;
     BatchController batch;
