@@ -58,8 +58,10 @@ static int text_integers(const char *text, long *values, int max)
             continue;
         }
         long value = 0;
-        for (; isdigit((unsigned char)*p); p++)
-            value = value < 0 || value > (__LONG_MAX__ - 9) / 10 ? -1 : value * 10 + (*p - '0');
+        for (; isdigit((unsigned char)*p); p++) {
+            int digit = *p - '0';
+            value = value < 0 || value > (__LONG_MAX__ - digit) / 10 ? -1 : value * 10 + digit;
+        }
         if (count < max)
             values[count] = value;
         count++;
