@@ -439,11 +439,13 @@ static void reset_job(Job *job)
 {
     job_close(job);
     SpawnPlan plan = job->plan;
+    const char *channel_address = job->channel_address;
     double startup = job->startup_timeout, heartbeat = job->heartbeat_timeout;
     JobEventHook hook = job->on_event;
     void *context = job->event_context;
     memset(job, 0, sizeof(*job));
     job->plan = plan;
+    job->channel_address = channel_address;
     job->startup_timeout = startup;
     job->heartbeat_timeout = heartbeat;
     job->detect = true;

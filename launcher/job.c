@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -54,23 +55,85 @@ int job_install_signals(void)
 // ----------------------------------------------------------------------------
 // the channel
 
+/* The address of this host's interface that routes to `host`: connect()
+ * on a UDP socket only picks the route (no packet is sent). */
+static int route_source(const char *host, struct in_addr *out, char *err, size_t err_len)
+{
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *found;
+    int code = getaddrinfo(host, "9", &hints, &found);
+    if (code != 0) {
+        snprintf(err, err_len, "cannot resolve the job's first host '%s': %s", host,
+                 gai_strerror(code));
+        return -1;
+    }
+    struct sockaddr_in local;
+    socklen_t len = sizeof(local);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int ok = fd >= 0 && connect(fd, found->ai_addr, found->ai_addrlen) == 0 &&
+             getsockname(fd, (struct sockaddr *)&local, &len) == 0;
+    if (!ok)
+        snprintf(err, err_len, "no route from this host to the job's first host '%s': %s",
+                 host, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(found);
+    if (ok)
+        *out = local.sin_addr;
+    return ok ? 0 : -1;
+}
+
+/* Where the channel listens, and what the ranks are told: loopback on one
+ * host; across hosts --channel-address, else the address that routes to the
+ * first host (not gethostname(): Debian resolves a host's own name to
+ * 127.0.1.1, which no other host reaches); under srun without either, every
+ * address and the host name, as Slurm's nodes resolve it. */
+static int listen_address(const Job *job, struct in_addr *out, char *err, size_t err_len)
+{
+    char first[256];
+    out->s_addr = htonl(INADDR_LOOPBACK);
+    if (job->channel_address) {
+        if (inet_pton(AF_INET, job->channel_address, out) == 1)
+            return 0;
+        snprintf(err, err_len, "--channel-address '%s' is not an IPv4 address (give one of "
+                               "this host's addresses, e.g. from `ip -4 addr`)",
+                 job->channel_address);
+        return -1;
+    }
+    if (!spawn_is_multi_host(&job->plan))
+        return 0;
+    if (spawn_first_host(&job->plan, first, sizeof(first)) == 0)
+        return route_source(first, out, err, err_len);
+    out->s_addr = htonl(INADDR_ANY);
+    return 0;
+}
+
 static int open_listener(Job *job)
 {
-    bool wide = spawn_is_multi_host(&job->plan);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char err[512];
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
-    addr.sin_addr.s_addr = htonl(wide ? INADDR_ANY : INADDR_LOOPBACK);
+    if (listen_address(job, &addr.sin_addr, err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx run: %s; --channel-address ADDR chooses the address the "
+                        "ranks reach the launcher at\n", err);
+        return -1;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     socklen_t len = sizeof(addr);
     if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
         listen(fd, 128) != 0 || getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        fprintf(stderr, "phalanx run: cannot open the launcher channel: %s\n", strerror(errno));
+        char shown[INET_ADDRSTRLEN] = "?";
+        inet_ntop(AF_INET, &addr.sin_addr, shown, sizeof(shown));
+        fprintf(stderr, "phalanx run: cannot open the launcher channel on %s: %s%s\n", shown,
+                strerror(errno), job->channel_address ? " (is --channel-address an address "
+                                                        "of this host?)" : "");
         if (fd >= 0)
             close(fd);
         return -1;
     }
-    char host[256] = "127.0.0.1";
-    if (wide)
+    char host[256] = "";
+    if (addr.sin_addr.s_addr == htonl(INADDR_ANY))
         gethostname(host, sizeof(host) - 1);
+    else
+        inet_ntop(AF_INET, &addr.sin_addr, host, sizeof(host));
     snprintf(job->address, sizeof(job->address), "%s:%d", host, ntohs(addr.sin_port));
     job->listen_fd = fd;
     return 0;
@@ -161,6 +224,33 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
     kill_job(job, SIGKILL);
 }
 
+/* "ranks on hosts: h1 0-1, h2 2-3": where mpirun or srun put them. */
+static void print_placement(const Job *job)
+{
+    const char *node_of[JOB_MAX_CLIENTS];
+    for (int r = 0; r < job->plan.ranks; r++)
+        node_of[r] = "?"; /* a rank may have finished and closed already */
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].rank >= 0)
+            node_of[job->clients[i].rank] = job->clients[i].node;
+    char line[4096];
+    size_t used = 0;
+    for (int r = 0; r < job->plan.ranks && used < sizeof(line) - 80; r++) {
+        if (r > 0 && strcmp(node_of[r], node_of[r - 1]) == 0)
+            continue;
+        int last = r;
+        while (last + 1 < job->plan.ranks && strcmp(node_of[last + 1], node_of[r]) == 0)
+            last++;
+        used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%.63s %d", used ? ", " : "",
+                                 node_of[r], r);
+        if (last > r)
+            used += (size_t)snprintf(line + used, sizeof(line) - used, "-%d", last);
+    }
+    char shown[sizeof(line)];
+    protocol_sanitize_text(line, strlen(line), shown, sizeof(shown));
+    fprintf(stderr, "phalanx run: ranks on hosts: %s\n", shown);
+}
+
 /* The rank must be one this job launched that no connection has claimed;
  * false closes the connection. */
 static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
@@ -186,6 +276,8 @@ static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
                 getenv("SLURM_JOB_ID") ? getenv("SLURM_JOB_ID") : "(none: no SLURM_JOB_ID)");
     if (++job->hello_count == job->plan.ranks) {
         job->ready = true;
+        if (spawn_is_multi_host(&job->plan))
+            print_placement(job);
         if (job->on_event)
             job->on_event(job->event_context, "ranks_up", 0, client->last_seen);
     }

@@ -3,7 +3,9 @@
  * (private to launcher/). `phalanx run` makes one; the elastic agent makes
  * one per attempt.
  *
- * The launcher listens on a TCP port (the channel, protocol in runtime.h),
+ * The launcher listens on a TCP port (the channel, protocol in runtime.h) of
+ * an address the ranks reach: loopback on one host; across hosts
+ * channel_address, else the address that routes to the job's first host;
  * starts mpirun or srun in a process group of its own (spawn.h), and waits on
  * the channel, its signals and the job. It prints rank 0's progress lines,
  * bounds start-up with a timeout (a rank that never says hello cannot hang
@@ -73,6 +75,7 @@ typedef void (*JobEventHook)(void *context, const char *event, long step, double
 
 typedef struct {
     SpawnPlan plan;
+    const char *channel_address; /* --channel-address: listen and advertise; NULL: chosen */
     double startup_timeout;
     bool detect;              /* crash and hang detection (elastic) */
     double heartbeat_timeout; /* seconds; used when detect is set */

@@ -38,6 +38,10 @@ static void usage(FILE *out, bool drill)
           "      --via auto|mpirun|srun  how to start them (default auto)\n"
           "      --hostfile FILE      mpirun across the hosts in FILE\n"
           "      --hosts H1,H2,...    mpirun across these hosts\n"
+          "      --channel-address ADDR  the IPv4 address of this host the ranks reach the\n"
+          "                           launcher at (default: across hosts, the address of\n"
+          "                           the interface that routes to the first host; on one\n"
+          "                           host, 127.0.0.1)\n"
           "      --startup-timeout S  seconds for every rank to start (default 60)\n"
           "      --worker PATH        the phalanx binary the ranks run (default: this one)\n"
           "Elastic recovery (restart the world on the survivors, resume from the newest\n"
@@ -106,7 +110,7 @@ static int parse_via(const char *text, Via *out)
 }
 
 enum { OPT_ELASTIC = 256, OPT_MIN_RANKS, OPT_MAX_RESTARTS, OPT_HEARTBEAT, OPT_PER_NODE,
-       OPT_INJECT, OPT_REPORT };
+       OPT_INJECT, OPT_REPORT, OPT_CHANNEL_ADDRESS };
 
 static int add_event(ElasticOptions *e, const char *event)
 {
@@ -127,6 +131,7 @@ static int apply_run_option(Run *run, int code, int *ranks)
     case 'v': return parse_via(optarg, &plan->via);
     case 'f': plan->hostfile = optarg; return 0;
     case 'H': plan->hosts = optarg; return 0;
+    case OPT_CHANNEL_ADDRESS: run->job.channel_address = optarg; return 0;
     case 't': return parse_seconds("--startup-timeout", optarg, &run->job.startup_timeout);
     case 'w': plan->worker = optarg; return 0;
     case OPT_ELASTIC: run->elastic = true; return 0;
@@ -153,6 +158,7 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         {"via", required_argument, NULL, 'v'},
         {"hostfile", required_argument, NULL, 'f'},
         {"hosts", required_argument, NULL, 'H'},
+        {"channel-address", required_argument, NULL, OPT_CHANNEL_ADDRESS},
         {"startup-timeout", required_argument, NULL, 't'},
         {"worker", required_argument, NULL, 'w'},
         {"elastic", no_argument, NULL, OPT_ELASTIC},

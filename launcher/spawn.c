@@ -115,6 +115,21 @@ int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len)
     return kept;
 }
 
+int spawn_first_host(const SpawnPlan *plan, char *out, size_t len)
+{
+    char hosts[4096];
+    SpawnPlan all = *plan;
+    all.exclude = NULL;
+    if (len == 0 || spawn_filtered_hosts(&all, hosts, sizeof(hosts)) <= 0)
+        return -1;
+    size_t name = strcspn(hosts, ":,");
+    if (name >= len)
+        return -1;
+    memcpy(out, hosts, name);
+    out[name] = '\0';
+    return 0;
+}
+
 static void build_mpirun(const SpawnPlan *plan, Argv *a)
 {
     add(a, "mpirun");

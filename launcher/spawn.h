@@ -8,6 +8,7 @@
 #define PHALANX_SPAWN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 typedef enum { VIA_AUTO, VIA_MPIRUN, VIA_SRUN } Via;
@@ -34,6 +35,10 @@ bool spawn_is_multi_host(const SpawnPlan *plan);
  * compared up to the first '.'). Returns the hosts kept, or -1 when the
  * hostfile cannot be read. */
 int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len);
+/* The first host of `hosts` or of the hostfile (its name, without ":slots"
+ * or "slots=N"): the channel's address is the one that routes to it.
+ * 0, or -1 when there is none or the hostfile cannot be read. */
+int spawn_first_host(const SpawnPlan *plan, char *out, size_t len);
 /* Forks and execs the job; returns the child's pid, or -1 with a message in err. */
 pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len);
 

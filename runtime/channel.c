@@ -102,7 +102,11 @@ static int connect_to(const char *address, char *err, size_t err_len)
     }
     freeaddrinfo(found);
     if (fd < 0)
-        snprintf(err, err_len, "cannot reach the launcher at %s: %s", address, strerror(errno));
+        snprintf(err, err_len, "cannot reach the launcher at %s (%s, set by `phalanx run`): %s; "
+                 "if this host has no route to that address, give `phalanx run "
+                 "--channel-address ADDR` an address of the launcher's host that the ranks' "
+                 "hosts reach (and let TCP to it through any firewall)",
+                 address, CHANNEL_ENV, strerror(errno));
     return fd;
 }
 

@@ -549,23 +549,36 @@ static void measure_first_micro_batch(void *context)
 #define MICRO_BATCHES_PER_GROUP MAX_STAGES
 
 /* How a step's (or an evaluation's) groups of micro-batches ended; every rank
- * sees the same outcome except GROUPS_FAILED_HERE, the rank that failed. */
-enum { GROUPS_FAILED_HERE = -1, GROUPS_DONE, GROUPS_STOPPED, GROUPS_FAILED_ELSEWHERE };
+ * sees the same outcome except GROUPS_FAILED_HERE, the rank that failed.
+ * GROUPS_ORPHANED: some rank's launcher is gone; every rank stops without
+ * another checkpoint (stop_orphaned). */
+enum { GROUPS_FAILED_HERE = -1, GROUPS_DONE, GROUPS_STOPPED, GROUPS_FAILED_ELSEWHERE,
+       GROUPS_ORPHANED };
+
+static void stop_orphaned(Trainer *t, bool lost_here);
 
 static bool stop_wanted(Trainer *t)
 {
     return stop_signal != 0 || channel_stop_requested(&t->channel);
 }
 
-/* Every rank, between two groups: a failure anywhere ends the step on every
+/* Every rank, between two groups: a launcher lost anywhere stops every rank
+ * within this group, not at the end of a step that may be long (a relaunch
+ * may already be resuming); else a failure anywhere ends the step on every
  * rank (the failed one printed why), else a stop asked of any rank stops all.
  * GROUPS_DONE: go on. */
 static int agree_between_groups(Trainer *t, bool failed_here)
 {
-    double values[2] = {stop_wanted(t) ? 1.0 : 0.0, failed_here ? 1.0 : 0.0};
-    if (comm_allreduce(t->world, values, 2, COMM_F64) != 0) {
+    bool orphaned = channel_launcher_lost(&t->channel);
+    double values[3] = {stop_wanted(t) ? 1.0 : 0.0, failed_here ? 1.0 : 0.0,
+                        orphaned ? 1.0 : 0.0};
+    if (comm_allreduce(t->world, values, 3, COMM_F64) != 0) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
         return GROUPS_FAILED_HERE;
+    }
+    if (values[2] > 0) {
+        stop_orphaned(t, orphaned);
+        return GROUPS_ORPHANED;
     }
     if (failed_here)
         return GROUPS_FAILED_HERE;
@@ -660,7 +673,8 @@ static bool evaluate_group(Trainer *t, long first, long end, double *share)
 
 /* Validation loss into *val_loss, summed over the world (NaN when a rank
  * failed), in groups of batches with a stop check between them. Returns
- * GROUPS_STOPPED on every rank when a stop was agreed, else GROUPS_DONE. */
+ * GROUPS_STOPPED or GROUPS_ORPHANED on every rank when that was agreed, else
+ * GROUPS_DONE. */
 static int evaluate(Trainer *t, double *val_loss)
 {
     long total = t->opt.eval_batches;
@@ -670,8 +684,8 @@ static int evaluate(Trainer *t, double *val_loss)
                                                             : total;
         bool failed = !evaluate_group(t, first, end, &share);
         int next = end == total ? GROUPS_DONE : agree_between_groups(t, failed);
-        if (next == GROUPS_STOPPED)
-            return GROUPS_STOPPED;
+        if (next == GROUPS_STOPPED || next == GROUPS_ORPHANED)
+            return next;
         if (failed || next != GROUPS_DONE) {
             share = NAN;
             break;
@@ -779,6 +793,8 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
         r->has_val = false;
         return 0;
     }
+    if (computed == GROUPS_ORPHANED)
+        return -1;
     bool failed = computed == GROUPS_FAILED_HERE; /* elsewhere: agree_on_step hears of it */
     fault_mid_step(&t->faults, &t->channel, r->step);
     if (agree_on_step(t, loss_share, failed, r) || gather_live_activations(t, r))
@@ -801,7 +817,10 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     r->has_val = o->val_data && (last || (o->eval_every && r->step % o->eval_every == 0));
     // before the checkpoint: a stop during the evaluation ends the run at this
     // step, with this step's checkpoint, as a stop during its training does
-    if (r->has_val && evaluate(t, &r->val_loss) == GROUPS_STOPPED) {
+    int evaluated = r->has_val ? evaluate(t, &r->val_loss) : GROUPS_DONE;
+    if (evaluated == GROUPS_ORPHANED)
+        return -1;
+    if (evaluated == GROUPS_STOPPED) {
         r->has_val = false;
         r->stop = true;
     }

@@ -1,0 +1,135 @@
+"""Phalanx across emulated hosts (scripts/netcluster): each host has its own network stack,
+address, hostname and /dev/shm; the file system is shared and plays the durable tier.
+
+Multi-host launch: the launcher's channel must listen on and advertise an address the other
+hosts reach (a host's own name resolves to loopback on Debian). Layouts across hosts train the
+same run as one rank, within float32 reduction noise (1e-5, as tests/test_distributed.py), and a
+checkpoint written on one host count resumes on another."""
+import json
+import os
+import re
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import run
+from netcluster import netcluster_factory  # noqa: F401 (fixture)
+from runs import assert_same_run
+from shards import structured_text, text_tokens, write_shard
+from test_inputs import processes_naming
+
+MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
+         "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
+STEPS, HALF = 6, 3
+HANG_GUARD_S = 240  # only catches a hang
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=9)))
+    return d / "train.bin"
+
+
+def train_args(corpus, out, *extra):
+    out.mkdir(parents=True, exist_ok=True)
+    return ["--data", corpus, *MODEL, "--metrics", out / "metrics.jsonl",
+            "--dump-params", out / "params.bin", *extra]
+
+
+def on_hosts(phalanx, cluster, ranks, hosts, train, *launcher, env=None):
+    """`phalanx run` from the root namespace onto `hosts` (addresses with slots)."""
+    return run([phalanx, "run", "-n", ranks, "--hosts", ",".join(hosts), *launcher, "--",
+                *train], env=env or cluster.env(), timeout=HANG_GUARD_S)
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def params(out):
+    return np.fromfile(out / "params.bin", dtype=np.float32)
+
+
+def test_layouts_across_hosts_train_like_one_rank_and_resume_on_another_host_count(
+        phalanx, corpus, netcluster_factory, tmp_path):
+    cluster = netcluster_factory(hosts=3, slots=2)
+    a = [h.address for h in cluster.hosts]
+    reference = tmp_path / "one"
+    r = run([phalanx, "train", *train_args(corpus, reference, "--steps", STEPS)])
+    assert r.returncode == 0, r.stderr
+
+    out, ckpt = tmp_path / "hosts", tmp_path / "hosts" / "ckpt"
+    first_half = ["--steps", HALF, "--train-samples", STEPS * 12, "--ckpt-dir", ckpt,
+                  "--ckpt-every", 1]
+    r = on_hosts(phalanx, cluster, 4, [f"{a[0]}:2", f"{a[1]}:2"],
+                 train_args(corpus, out, "--dp", 2, "--pp", 2, *first_half))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ranks on hosts: h1 0-1, h2 2-3" in r.stderr  # two ranks on each host
+    for step in (HALF - 1, HALF):  # every host wrote its ranks' shards (2 are kept)
+        shards = sorted(p.name for p in (ckpt / f"step_{step:08d}").iterdir())
+        assert shards == ["index.h5"] + [f"rank_{i:05d}.h5" for i in range(4)], shards
+    verify = run([phalanx, "ckpt", "verify", ckpt / f"step_{HALF:08d}"])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    r = on_hosts(phalanx, cluster, 3, a,
+                 train_args(corpus, out, "--dp", 3, "--steps", STEPS, "--ckpt-dir", ckpt,
+                            "--resume", "latest"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ranks on hosts: h1 0, h2 1, h3 2" in r.stderr
+    assert "written by dp=2 pp=2 sp=1" in r.stderr
+    got, want = rows(out), rows(reference)
+    assert [x["step"] for x in got] == list(range(1, STEPS + 1))
+    assert [x["samples"] for x in got] == [x["samples"] for x in want]
+    assert_same_run((want, params(reference), None), (got, params(out), None), rtol=1e-5)
+
+
+def test_a_rank_that_cannot_reach_the_channel_says_which_address_and_how_to_fix_it(
+        phalanx, corpus, netcluster_factory, tmp_path):
+    cluster = netcluster_factory(hosts=2)
+    hosts = [h.address for h in cluster.hosts]
+    r = on_hosts(phalanx, cluster, 2, hosts, train_args(corpus, tmp_path, "--steps", 1),
+                 "--channel-address", "127.0.0.1", "--startup-timeout", 60)
+    assert r.returncode != 0
+    refused = re.search(r"cannot reach the launcher at 127\.0\.0\.1:[0-9]+ .*Connection refused"
+                        r".*--channel-address", r.stderr)
+    assert refused, r.stderr
+
+
+def test_channel_address_must_be_an_address_of_this_host(phalanx, corpus, tmp_path):
+    train = train_args(corpus, tmp_path, "--steps", 1)
+    for address, problem in [("not-an-address", "is not an IPv4 address"),
+                             ("198.51.100.7", "is --channel-address an address of this host")]:
+        r = run([phalanx, "run", "-n", 1, "--channel-address", address, "--", *train])
+        assert r.returncode == 1 and problem in r.stderr, r.stderr
+        assert not (tmp_path / "metrics.jsonl").exists()
+
+
+
+def test_ranks_stop_inside_a_long_step_when_their_launcher_is_lost(phalanx, corpus, tmp_path):
+    """Step 1 would take 2^30 micro-batches. The launcher is killed during it: the ranks agree
+    on the loss between two groups of micro-batches and stop there, not at the step's end."""
+    metrics = tmp_path / "metrics.jsonl"  # on the command lines: finds what is left running
+    cmd = [phalanx, "run", "-n", 2, "--", "--data", corpus, "--layers", 2, "--heads", 1,
+           "--dim", 8, "--seq-len", 8, "--micro-batch", 1, "--threads", 1, "--pp", 2,
+           "--steps", 2, "--global-batch", 2 ** 30, "--metrics", metrics]
+    launcher = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in launcher.stdout:
+            if "parameters" in line:
+                break
+        launcher.kill()  # the launcher only: mpirun and the ranks live on
+        _, stderr = launcher.communicate(timeout=HANG_GUARD_S)  # EOF: every rank has exited
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        left = processes_naming(str(metrics))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], f"processes left running: {left}"
+    assert stderr.count("the launcher closed the channel; stopping without another "
+                        "checkpoint") >= 1, stderr
+    assert metrics.read_text() == ""
