@@ -9,11 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_ATTEMPTS (ELASTIC_MAX_RESTARTS + 1)
 #define MAX_TRAIN_ARGS 512
+#define FAULT_COMMAND_SECONDS 30.0 /* a fault command still running then is killed */
 
 /* What one attempt saw, for the report. */
 typedef struct {
@@ -24,6 +27,9 @@ typedef struct {
     JobFailure failure;
     int node_lost; /* -1: none removed */
     char excluded[256];
+    char resumed_path[512];
+    const char *cause; /* the injected host fault behind the failure, or NULL */
+    char cause_host[64];
 } Attempt;
 
 typedef struct {
@@ -38,6 +44,10 @@ typedef struct {
     char excluded[1024]; /* Slurm: nodes left out, comma-separated */
     TrainPlan plan;
     const char *outcome;
+    /* host faults (partition, poweroff): fired once, their commands reaped */
+    bool fired[ELASTIC_MAX_EVENTS];
+    double fired_at[ELASTIC_MAX_EVENTS];
+    pid_t fault_pid[ELASTIC_MAX_EVENTS];
 } Agent;
 
 // ----------------------------------------------------------------------------
@@ -62,8 +72,16 @@ int elastic_check(const ElasticOptions *o, int ranks)
         if (elastic_event_parse(o->events[i], &e) != 0) {
             fprintf(stderr, "phalanx run: --inject '%s' is not an event: crash:RANK@STEP, "
                             "hang:RANK@STEP, slow:RANK*FACTOR, node:NODE@STEP, "
-                            "flushkill:RANK@STEP or corrupt:STEP, each with an optional "
-                            "#ATTEMPT (default #0)\n", o->events[i]);
+                            "flushkill:RANK@STEP, corrupt:STEP, partition:HOST@STEP or "
+                            "poweroff:HOST@STEP (HOST: letters, digits, '.', '-', '_'), each "
+                            "with an optional #ATTEMPT (default #0)\n", o->events[i]);
+            return -1;
+        }
+        if (e.host[0] && !o->fault_command) {
+            fprintf(stderr, "phalanx run: --inject '%s' needs a command that makes the fault: "
+                            "--fault-command CMD (or PHALANX_FAULT_COMMAND), with {kind} and "
+                            "{host} in it, e.g. 'scripts/netcluster {kind} NAME {host}'\n",
+                    o->events[i]);
             return -1;
         }
     }
@@ -135,6 +153,97 @@ static void corrupt_shards(const Agent *agent, int a)
     }
 }
 
+/* The fault command with {kind} and {host} filled in; -1 when too long. */
+static int fault_command_text(const char *format, const ElasticEvent *e, char *out, size_t len)
+{
+    size_t used = 0;
+    for (const char *p = format; *p;) {
+        const char *value = strncmp(p, "{kind}", 6) == 0 ? e->kind
+                            : strncmp(p, "{host}", 6) == 0 ? e->host : NULL;
+        size_t n = value ? strlen(value) : 1;
+        if (used + n >= len)
+            return -1;
+        memcpy(out + used, value ? value : p, n);
+        used += n;
+        p += value ? 6 : 1;
+    }
+    out[used] = '\0';
+    return 0;
+}
+
+/* Asks for host fault i (the agent cannot make a network fault itself): its
+ * command runs in the background, in a process group of its own. */
+static void fire_host_fault(Agent *agent, int i, const ElasticEvent *e, long step)
+{
+    char command[4096];
+    agent->fired[i] = true;
+    agent->fired_at[i] = job_now();
+    if (fault_command_text(agent->options->fault_command, e, command, sizeof(command)) != 0) {
+        fprintf(stderr, "phalanx drill: --fault-command is too long; %s of %s not made\n",
+                e->kind, e->host);
+        return;
+    }
+    fprintf(stderr, "phalanx drill: %s of host %s after step %ld: %s\n", e->kind, e->host,
+            step, command);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        _exit(127);
+    }
+    agent->fault_pid[i] = pid > 0 ? pid : 0;
+}
+
+/* Rank 0 completed `step`: host faults of this attempt that are due. */
+static void fire_due_host_faults(Agent *agent, long step)
+{
+    for (int i = 0; i < agent->options->event_count; i++) {
+        ElasticEvent e;
+        elastic_event_parse(agent->options->events[i], &e);
+        if (e.host[0] && !agent->fired[i] && e.attempt == agent->attempt_count - 1 &&
+            step >= e.step)
+            fire_host_fault(agent, i, &e, step);
+    }
+}
+
+/* Waits for the fault commands (bounded: a stuck one is killed). */
+static void reap_fault_commands(Agent *agent)
+{
+    for (int i = 0; i < agent->options->event_count; i++) {
+        pid_t pid = agent->fault_pid[i];
+        int status = 0;
+        double deadline = job_now() + FAULT_COMMAND_SECONDS;
+        while (pid > 0 && waitpid(pid, &status, WNOHANG) == 0) {
+            if (job_now() > deadline) {
+                kill(-pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                break;
+            }
+            usleep(20000);
+        }
+        if (pid > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+            fprintf(stderr, "phalanx drill: the fault command of '%s' failed (status %d)\n",
+                    agent->options->events[i], WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        agent->fault_pid[i] = 0;
+    }
+}
+
+/* A host fault of this attempt on the failed rank's host (by name or address). */
+static void attribute_failure(Agent *agent, Attempt *a)
+{
+    for (int i = 0; i < agent->options->event_count && a->failure.kind != FAILURE_NONE; i++) {
+        ElasticEvent e;
+        elastic_event_parse(agent->options->events[i], &e);
+        if (!agent->fired[i] || e.attempt != agent->attempt_count - 1 ||
+            (strcmp(e.host, a->failure.node) != 0 && strcmp(e.host, a->failure.address) != 0))
+            continue;
+        a->cause = strcmp(e.kind, "partition") == 0 ? "partition" : "poweroff";
+        snprintf(a->cause_host, sizeof(a->cause_host), "%s", e.host);
+        if (a->failure.fault_at == 0)
+            a->failure.fault_at = agent->fired_at[i];
+    }
+}
+
 // ----------------------------------------------------------------------------
 // planning an attempt
 
@@ -192,6 +301,8 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
 // ----------------------------------------------------------------------------
 // the timeline
 
+static const char *resumed_tier(const Agent *agent, const char *path);
+
 static void on_job_event(void *context, const char *event, long step, double at)
 {
     Agent *agent = context;
@@ -201,15 +312,20 @@ static void on_job_event(void *context, const char *event, long step, double at)
     } else if (strcmp(event, "first_step") == 0) {
         a->first_step_at = at;
         a->first_step = step;
+    } else if (strcmp(event, "step") == 0) {
+        fire_due_host_faults(agent, step);
     } else if (strcmp(event, "resumed") == 0) {
         a->resumed_at = at;
         a->resumed_step = step;
+        fprintf(stderr, "phalanx run: attempt %d resumed step %ld from the %s tier (%s)\n",
+                agent->attempt_count - 1, step, resumed_tier(agent, agent->job->resumed_path),
+                agent->job->resumed_path);
     }
 }
 
 static const char *failure_name(FailureKind kind)
 {
-    static const char *const names[] = {"none", "crash", "hang", "exit"};
+    static const char *const names[] = {"none", "crash", "hang", "exit", "unreachable"};
     return names[kind];
 }
 
@@ -219,9 +335,9 @@ static void print_failure(const Agent *agent, const Attempt *a)
     char who[128] = "an unknown rank";
     if (f->rank >= 0)
         snprintf(who, sizeof(who), "rank %d (node %s)", f->rank, f->node[0] ? f->node : "?");
-    fprintf(stderr, "phalanx run: %s of %s detected (%s) %.2f s after launch, after step %ld\n",
+    fprintf(stderr, "phalanx run: %s of %s detected (%s) %.2f s after launch, after step %ld%s%s\n",
             failure_name(f->kind), who, f->how ? f->how : "", f->detected_at - a->launched_at,
-            a->last_step);
+            a->last_step, a->cause ? "; injected: " : "", a->cause ? a->cause : "");
     (void)agent;
 }
 
@@ -234,11 +350,15 @@ static int remove_failed_node(Agent *agent, Attempt *a)
         return agent->nodes_alive * per_node; /* nobody to blame: same size again */
     a->node_lost = a->failure.rank / per_node;
     agent->nodes_alive--;
-    // real hosts (srun, or mpirun across hosts) are left out of the relaunch
-    if (spawn_is_multi_host(&agent->job->plan) && a->failure.node[0]) {
+    // real hosts (srun, or mpirun across hosts) are left out of the relaunch;
+    // mpirun's hosts may be named by address (what the channel saw)
+    const SpawnPlan *plan = &agent->job->plan;
+    if (spawn_is_multi_host(plan) && a->failure.node[0]) {
         size_t used = strlen(agent->excluded);
-        snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s",
-                 used ? "," : "", a->failure.node);
+        bool by_address = (plan->hosts || plan->hostfile) && a->failure.address[0];
+        snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s%s%s",
+                 used ? "," : "", a->failure.node, by_address ? "," : "",
+                 by_address ? a->failure.address : "");
     }
     return agent->nodes_alive * per_node;
 }
@@ -309,6 +429,32 @@ static int account_samples(const char *metrics, SampleAccount *acc)
     return 0;
 }
 
+/* A JSON string: names and paths come from ranks and users. */
+static void write_json_text(FILE *out, const char *text)
+{
+    fputc('"', out);
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            fprintf(out, "\\%c", *c);
+        else if (*c < 0x20)
+            fprintf(out, "\\u%04x", *c);
+        else
+            fputc(*c, out);
+    }
+    fputc('"', out);
+}
+
+/* Which tier a resumed checkpoint came from: "memory" (tier 1), "durable". */
+static const char *resumed_tier(const Agent *agent, const char *path)
+{
+    CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
+    char tiers[2][4096];
+    ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
+    size_t memory = strlen(tiers[0]);
+    return memory && strncmp(path, tiers[0], memory) == 0 && path[memory] == '/' ? "memory"
+                                                                                 : "durable";
+}
+
 static void write_attempt(FILE *out, const Agent *agent, int i)
 {
     const Attempt *a = &agent->attempts[i];
@@ -319,19 +465,29 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
             a->launched_at - t0);
     if (a->ranks_up_at > 0)
         fprintf(out, ", \"ranks_up_s\": %.3f", a->ranks_up_at - t0);
-    if (a->resumed_at > 0)
-        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld", a->resumed_at - t0,
-                a->resumed_step);
+    if (a->resumed_at > 0) {
+        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld, \"resumed_tier\": \"%s\", "
+                     "\"resumed_from\": ", a->resumed_at - t0, a->resumed_step,
+                resumed_tier(agent, a->resumed_path));
+        write_json_text(out, a->resumed_path);
+    }
     if (a->first_step_at > 0)
         fprintf(out, ", \"first_step_s\": %.3f, \"first_step\": %ld", a->first_step_at - t0,
                 a->first_step);
     fprintf(out, ", \"last_step\": %ld, \"ended_s\": %.3f", a->last_step, a->ended_at - t0);
     const JobFailure *f = &a->failure;
     if (f->kind != FAILURE_NONE) {
-        fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": \"%s\", "
-                     "\"how\": \"%s\", \"detected_s\": %.3f",
-                failure_name(f->kind), f->rank, f->node, f->how ? f->how : "",
+        fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": ",
+                failure_name(f->kind), f->rank);
+        write_json_text(out, f->node);
+        fprintf(out, ", \"address\": ");
+        write_json_text(out, f->address);
+        fprintf(out, ", \"how\": \"%s\", \"detected_s\": %.3f", f->how ? f->how : "",
                 f->detected_at - t0);
+        if (a->cause) {
+            fprintf(out, ", \"cause\": \"%s\", \"host\": ", a->cause);
+            write_json_text(out, a->cause_host);
+        }
         if (f->fault_at > 0)
             fprintf(out, ", \"fault_s\": %.3f", f->fault_at - t0);
         fprintf(out, ", \"node_removed\": %d}", a->node_lost);
@@ -429,7 +585,10 @@ static int run_attempt(Agent *agent, int world)
         return -1;
     job_watch(job);
     a->ended_at = job_now();
+    reap_fault_commands(agent);
     a->failure = job->failure;
+    snprintf(a->resumed_path, sizeof(a->resumed_path), "%s", job->resumed_path);
+    attribute_failure(agent, a);
     a->first_step = job->first_step;
     a->last_step = job->last_step;
     return 0;
@@ -481,7 +640,8 @@ static int next_world(Agent *agent, int *status)
     bool mpirun_hosts = agent->job->plan.hosts || agent->job->plan.hostfile;
     SpawnPlan next = agent->job->plan;
     next.exclude = agent->excluded;
-    if (mpirun_hosts && spawn_filtered_hosts(&next, hosts, sizeof(hosts)) == 0) {
+    int kept = mpirun_hosts ? spawn_filtered_hosts(&next, hosts, sizeof(hosts)) : -1;
+    if (kept == 0) {
         fprintf(stderr, "phalanx run: giving up: every host of %s is lost (%s); the newest "
                         "complete checkpoint is intact\n",
                 agent->job->plan.hostfile ? "--hostfile" : "--hosts", agent->excluded);
@@ -489,6 +649,9 @@ static int next_world(Agent *agent, int *status)
         *status = EXIT_TOO_FEW_RANKS;
         return -1;
     }
+    int slots = kept > 0 ? spawn_host_slots(hosts) : alive;
+    if (slots < alive)
+        alive = slots; /* a lost host took all its ranks */
     char why[2048];
     int world = plan_world(agent, alive, a->pp, a->sp, why, sizeof(why));
     if (world < 0) {
@@ -529,7 +692,8 @@ int elastic_run(Job *job, const ElasticOptions *options)
             break;
         }
         const JobFailure *f = &agent.attempts[agent.attempt_count - 1].failure;
-        bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG;
+        bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG ||
+                     f->kind == FAILURE_UNREACHABLE;
         if (!retry) {
             status = job_exit_status(job);
             if (status != 0)

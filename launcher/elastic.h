@@ -21,6 +21,10 @@
  *   flushkill:R@S                   SIGKILL rank R in its step-S checkpoint flush
  *   corrupt:S                       before the attempt starts, flip a byte in the
  *                                   step-S checkpoint's first shard in both tiers
+ *   partition:HOST@S                after step S, run the fault command with
+ *   poweroff:HOST@S                 {kind} and {host} filled in (a network fault
+ *                                   is outside the worker: the agent only asks for
+ *                                   it, e.g. `scripts/netcluster {kind} NAME {host}`)
  *
  * The report (JSON) has the timeline of every attempt (launch, first step,
  * fault, detection, teardown, checkpoint loaded, first step after recovery),
@@ -46,12 +50,16 @@ typedef struct {
     const char *events[ELASTIC_MAX_EVENTS];
     int event_count;
     const char *report_path; /* NULL: no report */
+    /* partition and poweroff events: a shell command with {kind} and {host}
+     * replaced (the host as the event names it); NULL: none given */
+    const char *fault_command;
 } ElasticOptions;
 
 /* One --inject event (the grammar above). */
 typedef struct {
-    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt */
+    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt, partition, poweroff */
     int who;       /* rank or node */
+    char host[64]; /* partition, poweroff: [A-Za-z0-9._-], not starting with '-' */
     long step;
     double factor;
     int attempt;

@@ -71,6 +71,24 @@ static bool is_rank_kind(const char *kind)
     return false;
 }
 
+/* A host as the fault command gets it in place of {host}: a name or an
+ * address, of characters no shell gives a meaning to. */
+static bool read_host(const char **p, char *out, size_t len)
+{
+    size_t n = strspn(*p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+    if (n == 0 || n >= len || **p == '-')
+        return false;
+    memcpy(out, *p, n);
+    out[n] = '\0';
+    *p += n;
+    return true;
+}
+
+static bool is_host_kind(const char *kind)
+{
+    return strcmp(kind, "partition") == 0 || strcmp(kind, "poweroff") == 0;
+}
+
 int elastic_event_parse(const char *text, ElasticEvent *e)
 {
     memset(e, 0, sizeof(*e));
@@ -85,6 +103,9 @@ int elastic_event_parse(const char *text, ElasticEvent *e)
         ok = read_int(&p, &e->who) && expect(&p, '*') && read_factor(&p, &e->factor);
     else if (strcmp(e->kind, "corrupt") == 0)
         ok = read_integer(&p, 1, LONG_MAX, &e->step);
+    else if (is_host_kind(e->kind))
+        ok = read_host(&p, e->host, sizeof(e->host)) && expect(&p, '@') &&
+             read_integer(&p, 1, LONG_MAX, &e->step);
     else
         ok = is_rank_kind(e->kind) && read_int(&p, &e->who) && expect(&p, '@') &&
              read_integer(&p, 1, LONG_MAX, &e->step);

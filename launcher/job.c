@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,11 @@
 
 #define STOP_GRACE_SECONDS 30.0 /* after a stop request, then the job is killed */
 #define KILL_GRACE_SECONDS 5.0  /* between SIGTERM and SIGKILL */
+/* A ping unacknowledged by a host's kernel this long (and retransmitted):
+ * the host is partitioned or off. A healthy host acknowledges within
+ * milliseconds, even when its rank is blocked and silent; a slow link (tbf
+ * drops what waits over 100 ms) delays it by far less. */
+#define UNREACHABLE_SECONDS 2.0
 
 static int signal_pipe[2] = {-1, -1};
 
@@ -159,7 +165,9 @@ static int oldest_pending(const Job *job, int *pending)
  * delays the next stranger, never a rank (ranks answer within a poll). */
 static void accept_client(Job *job)
 {
-    int fd = accept4(job->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    struct sockaddr_in peer;
+    socklen_t peer_len = sizeof(peer);
+    int fd = accept4(job->listen_fd, (struct sockaddr *)&peer, &peer_len, SOCK_CLOEXEC);
     if (fd < 0)
         return;
     int pending, oldest = oldest_pending(job, &pending);
@@ -171,6 +179,9 @@ static void accept_client(Job *job)
         drop_client(job, oldest);
     }
     JobClient client = {.fd = fd, .rank = -1, .accepted_at = job_now()};
+    if (peer.sin_family != AF_INET ||
+        !inet_ntop(AF_INET, &peer.sin_addr, client.address, sizeof(client.address)))
+        snprintf(client.address, sizeof(client.address), "?");
     char challenge[CHANNEL_TOKEN_HEX + 16];
     if (channel_token(client.nonce) != 0) {
         close(fd);
@@ -212,8 +223,10 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
         return;
     job->failure.kind = kind;
     job->failure.rank = client ? client->rank : -1;
-    if (client)
+    if (client) {
         snprintf(job->failure.node, sizeof(job->failure.node), "%s", client->node);
+        snprintf(job->failure.address, sizeof(job->failure.address), "%s", client->address);
+    }
     job->failure.detected_at = job_now();
     job->failure.how = how;
     job->killed_at = job->failure.detected_at;
@@ -287,6 +300,8 @@ static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
 static void on_step(Job *job, long step, double at)
 {
     job->last_step = step;
+    if (job->on_event)
+        job->on_event(job->event_context, "step", step, at);
     if (job->first_step == 0) {
         job->first_step = step;
         if (job->on_event)
@@ -325,6 +340,8 @@ static void handle_message(Job *job, JobClient *client, const ProtocolMessage *m
         client->faulted = true;
         break;
     case PROTOCOL_RESUMED:
+        protocol_sanitize_text(m->text, m->text_length, job->resumed_path,
+                               sizeof(job->resumed_path));
         if (job->on_event)
             job->on_event(job->event_context, "resumed", m->step, client->last_seen);
         break;
@@ -477,6 +494,28 @@ static const JobClient *hung_rank(const Job *job)
     return NULL;
 }
 
+/* The kernel's view of a rank's connection: data (pings) sent, none of it
+ * acknowledged for UNREACHABLE_SECONDS, and retransmitted. */
+static bool unacknowledged(const JobClient *c)
+{
+    struct tcp_info info;
+    socklen_t len = sizeof(info);
+    if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0)
+        return false;
+    return info.tcpi_unacked > 0 && info.tcpi_last_ack_recv > UNREACHABLE_SECONDS * 1000 &&
+           (info.tcpi_retransmits > 0 || info.tcpi_backoff > 0);
+}
+
+/* A rank on a host that no longer acknowledges (partitioned or off). */
+static const JobClient *unreachable_rank(const Job *job)
+{
+    for (int i = 0; i < job->client_count; i++)
+        if (job->clients[i].rank >= 0 && !job->clients[i].done &&
+            unacknowledged(&job->clients[i]))
+            return &job->clients[i];
+    return NULL;
+}
+
 static void check_heartbeats(Job *job, double now)
 {
     if (!job->detect || !job->ready || job->failure.kind != FAILURE_NONE)
@@ -484,7 +523,11 @@ static void check_heartbeats(Job *job, double now)
     for (int i = 0; i < job->client_count; i++) {
         const JobClient *c = &job->clients[i];
         if (c->rank >= 0 && !c->done && now - c->last_seen > job->heartbeat_timeout) {
-            fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
+            const JobClient *lost = unreachable_rank(job);
+            if (lost)
+                fail(job, FAILURE_UNREACHABLE, lost, "host unreachable");
+            else
+                fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
             return;
         }
     }

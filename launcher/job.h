@@ -16,7 +16,12 @@
  * seconds has hung (ranks beat while the training thread makes progress);
  * the hung rank is the one that announced an injected fault, else one whose
  * process is stopped (on this host), else unknown (rank -1: every rank
- * waited on a peer, and none can be blamed).
+ * waited on a peer, and none can be blamed). Before a silence is called a
+ * hang, the kernel is asked which hosts still acknowledge the pings: a rank
+ * whose connection has had a ping unacknowledged for UNREACHABLE_SECONDS is
+ * on a host that is partitioned or off (FAILURE_UNREACHABLE). A rank blocked
+ * in a collective is silent but its kernel still acknowledges, so this tells
+ * the lost host from its waiting peers.
  * Either way the job is killed at once (SIGKILL to its process group: the
  * state that matters is in checkpoints) and JobFailure says who and when.
  *
@@ -54,23 +59,28 @@ typedef struct {
     double accepted_at, last_seen;
     char nonce[CHANNEL_TOKEN_HEX + 1];
     char node[64]; /* its host, or its Slurm node name */
+    char address[64]; /* its IP address, as accepted */
     char buffer[2048];
     size_t length;
 } JobClient;
 
-typedef enum { FAILURE_NONE, FAILURE_CRASH, FAILURE_HANG, FAILURE_EXIT } FailureKind;
+typedef enum { FAILURE_NONE, FAILURE_CRASH, FAILURE_HANG, FAILURE_EXIT,
+               FAILURE_UNREACHABLE } FailureKind;
 
 typedef struct {
     FailureKind kind;
     int rank;          /* -1: unknown (the job exited non-zero with every channel closed) */
     char node[64];
+    char address[64];  /* the rank's address as the launcher saw it (its host's) */
     double fault_at;   /* when the rank said "fault" (injected failures), else 0 */
     double detected_at;
-    const char *how;   /* "lost channel", "no heartbeat for S s", "exit status N" */
+    const char *how;   /* "lost channel", "no heartbeat", "exit status",
+                          "host unreachable" */
 } JobFailure;
 
 /* Called for timeline events: "ranks_up" (every rank said hello), "resumed"
- * (with the step of the checkpoint), "first_step" (with the step). */
+ * (with the step of the checkpoint; its path in Job.resumed_path),
+ * "first_step" and "step" (every step rank 0 completed, with the step). */
 typedef void (*JobEventHook)(void *context, const char *event, long step, double at);
 
 typedef struct {
@@ -91,6 +101,7 @@ typedef struct {
     long refused;     /* connections closed before their hello */
     double pinged_at;
     long first_step, last_step; /* progress steps seen (rank 0), 0: none */
+    char resumed_path[512];     /* the checkpoint the ranks resumed from, "" if none */
     pid_t pid;
     char slurm_step[64]; /* JOB.STEP of the ranks under srun, "" otherwise */
     int status; /* raw waitpid status, valid once done */

@@ -50,7 +50,8 @@ static void usage(FILE *out, bool drill)
           "                           heartbeat), remove the failed node, relaunch\n"
           "      --min-ranks M        stop when fewer ranks survive (default 1)\n"
           "      --max-restarts K     relaunches allowed, at most %d (default 3)\n"
-          "      --heartbeat-timeout S  a rank silent this long has hung (default 30)\n"
+          "      --heartbeat-timeout S  a rank silent this long has hung, or its host is\n"
+          "                           lost when it leaves the pings unacknowledged (default 30)\n"
           "      --ranks-per-node R   R consecutive ranks form a node, lost together: virtual\n"
           "                           nodes on one host; under srun, --ntasks-per-node R on\n"
           "                           Slurm's nodes (default 1)\n"
@@ -58,15 +59,21 @@ static void usage(FILE *out, bool drill)
           "                           crash:RANK@STEP, hang:RANK@STEP, slow:RANK*FACTOR,\n"
           "                           node:NODE@STEP, flushkill:RANK@STEP (SIGKILL in that\n"
           "                           step's checkpoint flush), corrupt:STEP (flip a byte in\n"
-          "                           that checkpoint before the attempt); #A after an event\n"
-          "                           puts it in attempt A (0: the first launch)\n"
+          "                           that checkpoint before the attempt), partition:HOST@STEP\n"
+          "                           and poweroff:HOST@STEP (after STEP, run --fault-command);\n"
+          "                           #A after an event puts it in attempt A (0: the first one)\n"
+          "      --fault-command CMD  how partition and poweroff are made: a shell command with\n"
+          "                           {kind} and {host} replaced (default $PHALANX_FAULT_COMMAND),\n"
+          "                           e.g. 'scripts/netcluster {kind} NAME {host}'; the agent\n"
+          "                           detects the lost host by itself (unacknowledged pings)\n"
           "      --report FILE        write the drill report (JSON: timeline, MTTR, steps\n"
           "                           recomputed, samples lost)%s\n"
           "  -h, --help               this text\n"
           "\n"
           "Ctrl-C (or SIGTERM) stops every rank cleanly after its current step (or between\n"
           "micro-batches of a long one); a second Ctrl-C kills the job.\n"
-          "Ranks stop by themselves, at a step boundary and without another checkpoint,\n"
+          "Ranks stop by themselves, at a step boundary (or between groups of micro-\n"
+          "batches of a long step) and without another checkpoint,\n"
           "when this launcher is gone: its channel closed, or silent for\n"
           "PHALANX_LAUNCHER_TIMEOUT seconds (environment; default 10, 1 to 86400).\n"
           "The channel is opened by a secret drawn for each job and given to the ranks in\n"
@@ -110,7 +117,7 @@ static int parse_via(const char *text, Via *out)
 }
 
 enum { OPT_ELASTIC = 256, OPT_MIN_RANKS, OPT_MAX_RESTARTS, OPT_HEARTBEAT, OPT_PER_NODE,
-       OPT_INJECT, OPT_REPORT, OPT_CHANNEL_ADDRESS };
+       OPT_INJECT, OPT_REPORT, OPT_CHANNEL_ADDRESS, OPT_FAULT_COMMAND };
 
 static int add_event(ElasticOptions *e, const char *event)
 {
@@ -145,6 +152,7 @@ static int apply_run_option(Run *run, int code, int *ranks)
         return parse_count("--ranks-per-node", optarg, 1, JOB_MAX_CLIENTS, &e->ranks_per_node);
     case OPT_INJECT: run->elastic = true; return add_event(e, optarg);
     case OPT_REPORT: e->report_path = optarg; return 0;
+    case OPT_FAULT_COMMAND: e->fault_command = optarg; return 0;
     }
     fprintf(stderr, "phalanx run: unknown option or missing value: '%s'; see "
                     "`phalanx run --help`\n", optarg && optind > 1 ? optarg : "?");
@@ -168,6 +176,7 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         {"ranks-per-node", required_argument, NULL, OPT_PER_NODE},
         {"inject", required_argument, NULL, OPT_INJECT},
         {"report", required_argument, NULL, OPT_REPORT},
+        {"fault-command", required_argument, NULL, OPT_FAULT_COMMAND},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -225,8 +234,10 @@ static void set_defaults(Run *run)
 {
     memset(run, 0, sizeof(*run));
     run->job.startup_timeout = 60;
-    run->elastic_options = (ElasticOptions){.min_ranks = 1, .max_restarts = 3,
-                                            .ranks_per_node = 1, .heartbeat_timeout = 30};
+    const char *fault_command = getenv("PHALANX_FAULT_COMMAND");
+    run->elastic_options = (ElasticOptions){
+        .min_ranks = 1, .max_restarts = 3, .ranks_per_node = 1, .heartbeat_timeout = 30,
+        .fault_command = fault_command && *fault_command ? fault_command : NULL};
     static char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     self[n > 0 ? n : 0] = '\0';

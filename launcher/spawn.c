@@ -1,6 +1,7 @@
 /* Starting the ranks with mpirun or srun (contract in spawn.h). */
 #include "spawn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,15 +50,29 @@ static void default_threads(const SpawnPlan *plan)
     setenv("OMP_NUM_THREADS", value, 1);
 }
 
-/* `name` (its first `len` bytes) is one of the comma-separated `names`, up
- * to the first '.' of each (short and full host names both match). */
+/* The length of a host name's first label (short and full host names both
+ * match), or all of it for an IPv4 address, whose labels are no names. */
+static size_t short_name_length(const char *name, size_t len)
+{
+    char copy[INET_ADDRSTRLEN];
+    struct in_addr ignored;
+    if (len < sizeof(copy)) {
+        memcpy(copy, name, len);
+        copy[len] = '\0';
+        if (inet_pton(AF_INET, copy, &ignored) == 1)
+            return len;
+    }
+    size_t first = strcspn(name, ".");
+    return first < len ? first : len;
+}
+
+/* `name` (its first `len` bytes) is one of the comma-separated `names`,
+ * compared by short_name_length. */
 static bool host_listed(const char *name, size_t len, const char *names)
 {
-    size_t short_len = strcspn(name, ".");
-    if (short_len < len)
-        len = short_len;
+    len = short_name_length(name, len);
     for (const char *n = names; n && *n;) {
-        size_t item = strcspn(n, ","), item_short = strcspn(n, ".,");
+        size_t item = strcspn(n, ","), item_short = short_name_length(n, item);
         if (item_short == len && strncmp(n, name, len) == 0)
             return true;
         n += item + (n[item] == ',');
@@ -113,6 +128,18 @@ int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len)
         h += item + (h[item] == ',');
     }
     return kept;
+}
+
+int spawn_host_slots(const char *hosts)
+{
+    int slots = 0;
+    for (const char *h = hosts; *h;) {
+        size_t item = strcspn(h, ",");
+        const char *colon = memchr(h, ':', item);
+        slots += colon ? atoi(colon + 1) : 1;
+        h += item + (h[item] == ',');
+    }
+    return slots;
 }
 
 int spawn_first_host(const SpawnPlan *plan, char *out, size_t len)

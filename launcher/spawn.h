@@ -32,9 +32,12 @@ Via spawn_resolve_via(Via via);
 bool spawn_is_multi_host(const SpawnPlan *plan);
 /* mpirun across hosts: the --host list of `hosts` or of the hostfile's lines
  * ("name slots=N" -> "name:N") without the hosts named in `exclude` (names
- * compared up to the first '.'). Returns the hosts kept, or -1 when the
+ * compared up to the first '.', IPv4 addresses whole). Returns the hosts kept, or -1 when the
  * hostfile cannot be read. */
 int spawn_filtered_hosts(const SpawnPlan *plan, char *out, size_t len);
+/* The slots of a host list as spawn_filtered_hosts writes it ("a:2,b"
+ * holds 3: a host without ":N" has one). */
+int spawn_host_slots(const char *hosts);
 /* The first host of `hosts` or of the hostfile (its name, without ":slots"
  * or "slots=N"): the channel's address is the one that routes to it.
  * 0, or -1 when there is none or the hostfile cannot be read. */

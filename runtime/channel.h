@@ -5,7 +5,8 @@
  *
  * Opening answers the launcher's challenge with the job's secret (runtime.h)
  * before the hello. Afterwards the launcher sends "ping" every second; a
- * rank learns at its step boundaries (channel_launcher_lost) that the
+ * rank learns at its step boundaries and between groups of micro-batches
+ * (channel_launcher_lost) that the
  * launcher is gone: its channel closed, or nothing came from it for
  * $PHALANX_LAUNCHER_TIMEOUT seconds (default 10). Lines that were waiting in
  * the socket count as heard when they are read, so a step longer than the

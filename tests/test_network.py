@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run
-from netcluster import netcluster_factory  # noqa: F401 (fixture)
+from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
 from runs import assert_same_run
 from shards import structured_text, text_tokens, write_shard
 from test_inputs import processes_naming
@@ -133,3 +133,101 @@ def test_ranks_stop_inside_a_long_step_when_their_launcher_is_lost(phalanx, corp
     assert stderr.count("the launcher closed the channel; stopping without another "
                         "checkpoint") >= 1, stderr
     assert metrics.read_text() == ""
+
+
+# ----------------------------------------------------------------------------
+# faults only a network brings: partition, power-off, slow link (drills)
+
+DRILL_STEPS = 12
+
+
+def drill_args(corpus, out, *extra):
+    return train_args(corpus, out, "--dp", 3, "--steps", DRILL_STEPS, "--ckpt-dir", out / "ckpt",
+                      "--ckpt-every", 1, *extra)
+
+
+@pytest.fixture(scope="module")
+def drill_reference(phalanx, corpus, tmp_path_factory):
+    """The fault-free run on one rank (any layout trains the same run)."""
+    out = tmp_path_factory.mktemp("drill_reference")
+    r = run([phalanx, "train", *train_args(corpus, out, "--steps", DRILL_STEPS)])
+    assert r.returncode == 0, r.stderr
+    return rows(out)
+
+
+def network_drill(phalanx, cluster, out, events, *launcher, train):
+    fault = f"{NETCLUSTER} {{kind}} {cluster.name} {{host}}"
+    inject = [a for e in events for a in ("--inject", e)]
+    r = run([phalanx, "drill", "-n", 3, "--hostfile", cluster.hostfile, "--heartbeat-timeout", 3,
+             "--fault-command", fault, *inject, "--report", out / "report.json", *launcher,
+             "--", *train],
+            env=cluster.env(), timeout=HANG_GUARD_S)
+    report = json.loads((out / "report.json").read_text()) \
+        if (out / "report.json").exists() else None
+    return r, report
+
+
+def committed(out):
+    """The committed trajectory: the last row written for each step."""
+    kept = {}
+    for r in rows(out):
+        kept = {s: v for s, v in kept.items() if s < r["step"]}
+        kept[r["step"]] = r
+    return [kept[s] for s in sorted(kept)]
+
+
+def assert_recovered_like_the_reference(out, report, reference):
+    assert report["outcome"] == "completed" and report["samples"]["lost"] == 0, report
+    assert report["samples"]["duplicated"] == 0 and report["samples"]["consumed"] == \
+        DRILL_STEPS * 12
+    got = committed(out)
+    assert [x["step"] for x in got] == list(range(1, DRILL_STEPS + 1))
+    assert [x["samples"] for x in got] == [x["samples"] for x in reference]
+    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in reference],
+                               rtol=1e-4, atol=0)
+
+
+def print_recovery(name, report):
+    recovery = report["recoveries"][0]
+    parts = ("detect_s", "teardown_s", "relaunch_s", "startup_s", "ckpt_load_s")
+    print(f"{name}: MTTR {recovery['mttr_s']:.2f} s ("
+          + ", ".join(f"{k[:-2]} {recovery.get(k, float('nan')):.3f}" for k in parts)
+          + f"), steps recomputed {recovery['steps_recomputed']}")
+
+
+@pytest.mark.parametrize("kind", ["partition", "poweroff"])
+def test_a_lost_host_is_removed_and_the_run_finishes_on_the_survivors(
+        phalanx, corpus, drill_reference, netcluster_factory, tmp_path, kind):
+    """A partitioned host's processes live on, unreachable; a powered-off host's are gone with
+    its memory tier. Either way its TCP connections stay open (no FIN, no RST): the agent
+    tells it from its waiting peers by the pings it no longer acknowledges."""
+    cluster = netcluster_factory(hosts=3)
+    r, report = network_drill(phalanx, cluster, tmp_path, [f"{kind}:h2@4"],
+                              train=drill_args(corpus, tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    first, second = report["attempts"]
+    failure = first["failure"]
+    assert (failure["kind"], failure["node"], failure["address"]) == (
+        "unreachable", "h2", cluster.host("h2").address), failure
+    assert (failure["cause"], failure["host"]) == (kind, "h2"), failure
+    assert second["world"] == 2 and second["layout"] == "2x1x1" and second["resume"]
+    assert "ranks on hosts: h1 0, h3 1" in r.stderr  # h2 left out of the relaunch
+    # h2's shards of tier 1 are on h2 (gone with it, or unreachable): the durable tier
+    assert second["resumed_tier"] == "durable", second
+    assert f"resumed step {second['resumed_step']} from the durable tier" in r.stderr
+    assert_recovered_like_the_reference(tmp_path, report, drill_reference)
+    print_recovery(f"{kind} drill", report)
+
+
+def test_a_slow_link_is_no_failure(phalanx, corpus, drill_reference, netcluster_factory,
+                                   tmp_path):
+    """h2's link shaped to 2 Mbit/s both ways (a step's gradient exchange then takes about
+    as long as its computation here): slower steps, no false failure, the same run."""
+    cluster = netcluster_factory(hosts=3)
+    r = cluster.command("slowlink", "h2", "2mbit")
+    assert r.returncode == 0, r.stderr
+    r, report = network_drill(phalanx, cluster, tmp_path, [],
+                              train=drill_args(corpus, tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert report["restarts"] == 0 and "detected" not in r.stderr, r.stderr
+    assert_recovered_like_the_reference(tmp_path, report, drill_reference)

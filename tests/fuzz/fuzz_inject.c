@@ -19,7 +19,8 @@
 
 static bool is_kind(const char *kind)
 {
-    static const char *const kinds[] = {"crash", "hang", "slow", "node", "flushkill", "corrupt"};
+    static const char *const kinds[] = {"crash",     "hang",    "slow",      "node",
+                                        "flushkill", "corrupt", "partition", "poweroff"};
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
         if (strcmp(kind, kinds[i]) == 0)
             return true;
@@ -33,6 +34,12 @@ static void check_ranges(const char *text, const ElasticEvent *e)
     if (e->attempt < 0)
         fuzz_fail("'%s' parsed with attempt %d", text, e->attempt);
     bool slow = strcmp(e->kind, "slow") == 0, corrupt = strcmp(e->kind, "corrupt") == 0;
+    bool host = e->host[0] != '\0';
+    if (host != (strcmp(e->kind, "partition") == 0 || strcmp(e->kind, "poweroff") == 0))
+        fuzz_fail("'%s' parsed as %s with host '%s'", text, e->kind, e->host);
+    if (host && (strspn(e->host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                 "0123456789.-_") != strlen(e->host) || e->host[0] == '-'))
+        fuzz_fail("'%s' parsed with host '%s', which a shell could misread", text, e->host);
     if (!corrupt && e->who < 0)
         fuzz_fail("'%s' parsed with rank/node %d", text, e->who);
     if (!slow && e->step < 1)
@@ -42,13 +49,14 @@ static void check_ranges(const char *text, const ElasticEvent *e)
 }
 
 /* The integers of `text` in order (maximal digit runs), leaving out the
- * slow factor (from '*' to '#' or the end). A run too long for a long is
- * -1, which no field may hold. */
-static int text_integers(const char *text, long *values, int max)
+ * slow factor (from '*' to '#' or the end) and a host (up to the '@'). A
+ * run too long for a long is -1, which no field may hold. */
+static int text_integers(const char *text, bool host, long *values, int max)
 {
     int count = 0;
     bool in_factor = false;
-    for (const char *p = text; *p;) {
+    const char *start = host && strchr(text, '@') ? strchr(text, '@') : text;
+    for (const char *p = start; *p;) {
         if (*p == '*')
             in_factor = true;
         if (*p == '#')
@@ -73,14 +81,15 @@ static void check_fidelity(const char *text, const ElasticEvent *e)
 {
     long fields[3];
     int n = 0;
-    if (strcmp(e->kind, "corrupt") != 0)
+    bool host = e->host[0] != '\0';
+    if (strcmp(e->kind, "corrupt") != 0 && !host)
         fields[n++] = e->who;
     if (strcmp(e->kind, "slow") != 0)
         fields[n++] = e->step;
     if (strchr(text, '#'))
         fields[n++] = e->attempt;
     long values[3];
-    int count = text_integers(text, values, 3);
+    int count = text_integers(text, host, values, 3);
     if (count != n)
         fuzz_fail("'%s' has %d integer(s) but its %s event uses %d", text, count, e->kind, n);
     for (int i = 0; i < n; i++)
@@ -95,18 +104,21 @@ static void canonical(const ElasticEvent *e, char *out, size_t len)
         snprintf(out, len, "slow:%d*%.17g#%d", e->who, e->factor, e->attempt);
     else if (strcmp(e->kind, "corrupt") == 0)
         snprintf(out, len, "corrupt:%ld#%d", e->step, e->attempt);
+    else if (e->host[0])
+        snprintf(out, len, "%s:%s@%ld#%d", e->kind, e->host, e->step, e->attempt);
     else
         snprintf(out, len, "%s:%d@%ld#%d", e->kind, e->who, e->step, e->attempt);
 }
 
 static void check_round_trip(const char *text, const ElasticEvent *e)
 {
-    char again[128];
+    char again[160];
     canonical(e, again, sizeof(again));
     ElasticEvent back;
     if (elastic_event_parse(again, &back) != 0)
         fuzz_fail("'%s' parsed, but its canonical form '%s' does not", text, again);
-    if (strcmp(back.kind, e->kind) != 0 || back.who != e->who || back.step != e->step ||
+    if (strcmp(back.kind, e->kind) != 0 || strcmp(back.host, e->host) != 0 ||
+        back.who != e->who || back.step != e->step ||
         back.factor != e->factor || back.attempt != e->attempt)
         fuzz_fail("'%s' and its canonical form '%s' parse differently", text, again);
 }

@@ -33,6 +33,13 @@ static void accepts_every_kind(void **state)
     assert_string_equal(e.kind, "corrupt");
     assert_int_equal(e.step, 9);
     assert_int_equal(e.attempt, 1);
+    assert_int_equal(elastic_event_parse("partition:h2@5", &e), 0);
+    assert_string_equal(e.kind, "partition");
+    assert_string_equal(e.host, "h2");
+    assert_int_equal(e.step, 5);
+    assert_int_equal(elastic_event_parse("poweroff:10.240.1.3@7#1", &e), 0);
+    assert_string_equal(e.host, "10.240.1.3");
+    assert_int_equal(e.attempt, 1);
 }
 
 static void refuses_what_it_would_misread(void **state)
@@ -46,6 +53,9 @@ static void refuses_what_it_would_misread(void **state)
         "hang:0@3#4294967296",          /* attempt wrapped to 0 before */
         "slow:0*inf", "slow:0*nan", "slow:0*0.5", "slow:0*1e999", "slow:0*", "slow:0*-2",
         "corrupt:0", "corrupt:1@2", "flushkillflushkill:0@1",
+        "partition:@3", "partition:h2", "partition:h2@0", "poweroff:h;2@3", "poweroff:$(x)@3",
+        "partition:-rf@3", "partition:h 2@3", "crash:h2@3",
+        "partition:a234567890123456789012345678901234567890123456789012345678901234@3",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ElasticEvent e;
