@@ -2,6 +2,7 @@
  * (contract in device.h). */
 #include "device.h"
 
+#include "bf16.h"
 #include "kernels.h"
 
 #ifdef HAVE_CUDA
@@ -122,6 +123,39 @@ static const Device *cpu_staged_device(void)
         staged.compute_after_snapshot = staged_compute_after_snapshot;
     }
     return &staged;
+}
+
+// ----------------------------------------------------------------------------
+// bf16: the same tables with bf16 matrix products (kernels.h)
+
+static void use_bf16_products(Device *table, const Device *fp32, const char *name)
+{
+    *table = *fp32;
+    table->name = name;
+    table->matmul_forward = matmul_forward_bf16;
+    table->matmul_backward = matmul_backward_bf16;
+    table->attention_forward = attention_forward_bf16;
+    table->attention_backward = attention_backward_bf16;
+}
+
+const Device *device_bf16(const Device *fp32, char *err, size_t err_len)
+{
+    static Device cpu_bf16, staged_bf16;
+    bool staged = strcmp(fp32->name, "cpu-staged") == 0;
+    if (!staged && strcmp(fp32->name, "cpu") != 0) {
+        snprintf(err, err_len,
+                 "--precision bf16 is not implemented for --device %s yet; use "
+                 "--precision fp32 there, or --device cpu",
+                 fp32->name);
+        return NULL;
+    }
+    if (bf16_open(err, err_len))
+        return NULL;
+    if (!cpu_bf16.name) {
+        use_bf16_products(&cpu_bf16, &cpu_device, "cpu");
+        use_bf16_products(&staged_bf16, cpu_staged_device(), "cpu-staged");
+    }
+    return staged ? &staged_bf16 : &cpu_bf16;
 }
 
 bool device_built(const char *name, char *why, size_t why_len)

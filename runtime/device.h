@@ -109,6 +109,12 @@ const Device *device_cpu(void);
 const Device *device_open(const char *name, bool tf32, char *err, size_t err_len);
 void device_close(const Device *device);
 
+/* `fp32`'s table with bf16 matrix products (--precision bf16: inputs rounded
+ * to bfloat16, fp32 accumulation; kernels.h), or NULL with a message naming
+ * the fix: a backend without bf16 yet, a CPU without AVX512-BF16, a build
+ * without oneDNN. Everything else, parameters included, stays fp32. */
+const Device *device_bf16(const Device *fp32, char *err, size_t err_len);
+
 /* True when `name` is a backend of this build ("cpu" always); otherwise
  * false with the reason and the fix in `why`. */
 bool device_built(const char *name, char *why, size_t why_len);

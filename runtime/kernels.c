@@ -1,6 +1,8 @@
 /* CPU kernels of the model (contract in kernels.h). */
 #include "kernels.h"
 
+#include "bf16.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -34,14 +36,19 @@ static void single_threaded_blas(void)
     }
 }
 
-/* C = alpha op(A) op(B) + beta C, row-major, on the calling thread alone.
+/* C = alpha op(A) op(B) + beta C, row-major, on the calling thread alone;
+ * `bf16`: inputs rounded to bfloat16 (bf16.h).
  * oneDNN's JIT sgemm where the build has it (measured about 1.1-1.6x
  * OpenBLAS 0.3.21 single-threaded on this model's shapes, AVX-512), OpenBLAS
  * otherwise. Called from inside OpenMP regions: oneDNN then runs sequentially. */
-static void gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
-                 const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
-                 size_t ldc)
+static void gemm(bool bf16, bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
+                 float alpha, const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                 float *C, size_t ldc)
 {
+    if (bf16) {
+        bf16_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
 #ifdef HAVE_DNNL
     dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M, (dnnl_dim_t)N,
                (dnnl_dim_t)K, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
@@ -162,8 +169,8 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 // ----------------------------------------------------------------------------
 // matmul
 
-void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    size_t N, int IC, int OC)
+static void matmul_forward_as(bool bf16, float *out, const float *inp, const float *weight,
+                              const float *bias, size_t N, int IC, int OC)
 {
     single_threaded_blas();
 #pragma omp parallel
@@ -171,7 +178,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         size_t n0, n1;
         thread_range(N, &n0, &n1);
         if (n1 > n0)
-            gemm(false, true, n1 - n0, OC, IC, 1.0f, inp + n0 * IC, IC, weight, IC, 0.0f,
+            gemm(bf16, false, true, n1 - n0, OC, IC, 1.0f, inp + n0 * IC, IC, weight, IC, 0.0f,
                  out + n0 * OC, OC);
         for (size_t n = n0; bias && n < n1; n++)
             for (int o = 0; o < OC; o++)
@@ -179,8 +186,9 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
     }
 }
 
-void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, size_t N, int IC, int OC)
+static void matmul_backward_as(bool bf16, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight,
+                               size_t N, int IC, int OC)
 {
     single_threaded_blas();
 #pragma omp parallel
@@ -190,11 +198,11 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
         thread_range((size_t)OC, &o0, &o1);
         // dinp rows [n0, n1) = dout rows @ weight
         if (dinp && n1 > n0)
-            gemm(false, false, n1 - n0, IC, OC, 1.0f, dout + n0 * OC, OC, weight, IC, 0.0f,
+            gemm(bf16, false, false, n1 - n0, IC, OC, 1.0f, dout + n0 * OC, OC, weight, IC, 0.0f,
                  dinp + n0 * IC, IC);
         // dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp, summed over all N
         if (o1 > o0)
-            gemm(true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
+            gemm(bf16, true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
                  dweight + o0 * IC, IC);
         // dbias: rows in order, each row's slice contiguous (a column walk
         // through dout missed the cache on every element)
@@ -235,7 +243,8 @@ static void softmax_causal_rows(float *scores, int t0, int t1, int T)
     }
 }
 
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH)
+static void attention_forward_as(bool bf16, float *out, float *att, const float *qkv, int B,
+                                 int T, int C, int NH)
 {
     int D = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)D);
@@ -251,11 +260,11 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
                 int t1 = t0 + ATTENTION_ROWS < T ? t0 + ATTENTION_ROWS : T;
                 size_t rows = (size_t)(t1 - t0);
                 float *pr = p + (size_t)t0 * T;
-                gemm(false, true, rows, t1, D, scale, q + (size_t)t0 * C3, C3, k, C3, 0.0f, pr,
-                     T);
+                gemm(bf16, false, true, rows, t1, D, scale, q + (size_t)t0 * C3, C3, k, C3, 0.0f,
+                     pr, T);
                 softmax_causal_rows(p, t0, t1, T);
-                gemm(false, false, rows, D, t1, 1.0f, pr, T, v, C3, 0.0f, y + (size_t)t0 * C,
-                     C);
+                gemm(bf16, false, false, rows, D, t1, 1.0f, pr, T, v, C3, 0.0f,
+                     y + (size_t)t0 * C, C);
             }
         }
     }
@@ -279,7 +288,7 @@ static void softmax_backward_rows(float *dscores, const float *probs, int t0, in
 
 /* One (batch, head): the row blocks in order, so that the sums into dK and dV
  * (over row blocks) have a fixed order. */
-static void attention_backward_head(float *dq, float *dk, float *dv, float *dp,
+static void attention_backward_head(bool bf16, float *dq, float *dk, float *dv, float *dp,
                                     const float *dy, const float *q, const float *k,
                                     const float *v, const float *p, int T, int C, int D,
                                     float scale)
@@ -295,17 +304,18 @@ static void attention_backward_head(float *dq, float *dk, float *dv, float *dp,
         const float *pr = p + (size_t)t0 * T, *dyr = dy + (size_t)t0 * C;
         float *dpr = dp + (size_t)t0 * T;
         // dP = dY V^T ; dV[:t1] += P^T dY
-        gemm(false, true, rows, t1, D, 1.0f, dyr, C, v, C3, 0.0f, dpr, T);
-        gemm(true, false, t1, D, rows, 1.0f, pr, T, dyr, C, 1.0f, dv, C3);
+        gemm(bf16, false, true, rows, t1, D, 1.0f, dyr, C, v, C3, 0.0f, dpr, T);
+        gemm(bf16, true, false, t1, D, rows, 1.0f, pr, T, dyr, C, 1.0f, dv, C3);
         softmax_backward_rows(dp, p, t0, t1, T);
         // dQ = scale dS K ; dK[:t1] += scale dS^T Q
-        gemm(false, false, rows, D, t1, scale, dpr, T, k, C3, 0.0f, dq + (size_t)t0 * C3, C3);
-        gemm(true, false, t1, D, rows, scale, dpr, T, q + (size_t)t0 * C3, C3, 1.0f, dk, C3);
+        gemm(bf16, false, false, rows, D, t1, scale, dpr, T, k, C3, 0.0f, dq + (size_t)t0 * C3, C3);
+        gemm(bf16, true, false, t1, D, rows, scale, dpr, T, q + (size_t)t0 * C3, C3, 1.0f, dk, C3);
     }
 }
 
-void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                        const float *att, int B, int T, int C, int NH)
+static void attention_backward_as(bool bf16, float *dqkv, float *datt, const float *dout,
+                                  const float *qkv, const float *att, int B, int T, int C,
+                                  int NH)
 {
     int D = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)D);
@@ -316,12 +326,59 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
             size_t base = (size_t)b * T * C3 + h * D;
             float *dq = dqkv + base;
             size_t probs = ((size_t)b * NH + h) * T * T;
-            attention_backward_head(dq, dq + C, dq + 2 * C, datt + probs,
+            attention_backward_head(bf16, dq, dq + C, dq + 2 * C, datt + probs,
                                     dout + (size_t)b * T * C + h * D, qkv + base,
                                     qkv + base + C, qkv + base + 2 * C, att + probs, T, C, D,
                                     scale);
         }
     }
+}
+
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    size_t N, int IC, int OC)
+{
+    matmul_forward_as(false, out, inp, weight, bias, N, IC, OC);
+}
+
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, const float *bias,
+                         size_t N, int IC, int OC)
+{
+    matmul_forward_as(true, out, inp, weight, bias, N, IC, OC);
+}
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, size_t N, int IC, int OC)
+{
+    matmul_backward_as(false, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+}
+
+void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout,
+                          const float *inp, const float *weight, size_t N, int IC, int OC)
+{
+    matmul_backward_as(true, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+}
+
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH)
+{
+    attention_forward_as(false, out, att, qkv, B, T, C, NH);
+}
+
+void attention_forward_bf16(float *out, float *att, const float *qkv, int B, int T, int C,
+                            int NH)
+{
+    attention_forward_as(true, out, att, qkv, B, T, C, NH);
+}
+
+void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                        const float *att, int B, int T, int C, int NH)
+{
+    attention_backward_as(false, dqkv, datt, dout, qkv, att, B, T, C, NH);
+}
+
+void attention_backward_bf16(float *dqkv, float *datt, const float *dout, const float *qkv,
+                             const float *att, int B, int T, int C, int NH)
+{
+    attention_backward_as(true, dqkv, datt, dout, qkv, att, B, T, C, NH);
 }
 
 // ----------------------------------------------------------------------------

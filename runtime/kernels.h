@@ -1,7 +1,9 @@
 /*
  * kernels: the CPU implementations of the model's operations, each a
  * forward/backward pair on row-major fp32 arrays (shapes in the comments).
- * Matrix products go to OpenBLAS's cblas_sgemm; the rest is C with OpenMP.
+ * Matrix products go to oneDNN's sgemm (OpenBLAS's cblas_sgemm in a build
+ * without libdnnl-dev), each thread its own block of the output; the rest is
+ * C with OpenMP.
  *
  * Conventions (as in llm.c): N = B*T rows of tokens; backward functions
  * ACCUMULATE (+=) into parameter gradients (so micro-batches add up) and
@@ -42,6 +44,18 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
 /* datt is [B,NH,T,T] scratch; dqkv is overwritten. */
 void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                         const float *att, int B, int T, int C, int NH);
+
+/* The same four with bf16 products (--precision bf16): every product's inputs
+ * rounded to bfloat16, fp32 accumulation (bf16.h; bf16_open() first);
+ * biases, softmax and everything else in fp32. */
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, const float *bias,
+                         size_t N, int IC, int OC);
+void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout,
+                          const float *inp, const float *weight, size_t N, int IC, int OC);
+void attention_forward_bf16(float *out, float *att, const float *qkv, int B, int T, int C,
+                            int NH);
+void attention_backward_bf16(float *dqkv, float *datt, const float *dout, const float *qkv,
+                             const float *att, int B, int T, int C, int NH);
 
 /* tanh-approximated GELU (GPT-2's; PyTorch's gelu(approximate="tanh")) */
 void gelu_forward(float *out, const float *inp, size_t count);

@@ -118,6 +118,13 @@ void options_usage(FILE *out)
         "                         differ from fp32 by TF32's 10-bit mantissa)\n"
         "                         (--device cpu-staged, for tests: the cpu kernels with the\n"
         "                         GPU's copies and checkpoint mirror, bit-identical to cpu)\n"
+        "  --precision fp32|bf16  matrix products (default fp32). bf16: each product's\n"
+        "                         inputs rounded to bfloat16, sums in fp32; parameters,\n"
+        "                         optimizer state, gradients and their reduction, LayerNorm,\n"
+        "                         softmax and the loss stay fp32, and so do checkpoints (a\n"
+        "                         run resumes in either precision). No loss scaling: bf16\n"
+        "                         has fp32's exponent range. cpu: needs AVX512-BF16 and a\n"
+        "                         build with oneDNN; not yet on cuda\n"
         "  --threads N            CPU threads for OpenMP and OpenBLAS, at most 1024\n"
         "                         (default: all cores)\n"
         "  -h, --help             this text\n"
@@ -142,7 +149,7 @@ enum {
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
     OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
-    OPT_TF32, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE, OPT_ZERO,
+    OPT_TF32, OPT_PRECISION, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE, OPT_ZERO,
 };
 
 static const struct option long_options[] = {
@@ -199,6 +206,7 @@ static const struct option long_options[] = {
     {"init-from", required_argument, NULL, OPT_INIT_FROM},
     {"device", required_argument, NULL, OPT_DEVICE},
     {"tf32", no_argument, NULL, OPT_TF32},
+    {"precision", required_argument, NULL, OPT_PRECISION},
     {"recompute", required_argument, NULL, OPT_RECOMPUTE},
     {"zero", required_argument, NULL, OPT_ZERO},
     {"help", no_argument, NULL, 'h'},
@@ -428,6 +436,11 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
     case OPT_RESUME: o->resume = arg; return 0;
     case OPT_INIT_FROM: o->init_from = arg; return 0;
     case OPT_TF32: o->tf32 = true; return 0;
+    case OPT_PRECISION:
+        if (strcmp(arg, "fp32") != 0 && strcmp(arg, "bf16") != 0)
+            return bad_value("precision", arg, "fp32 or bf16");
+        o->bf16 = strcmp(arg, "bf16") == 0;
+        return 0;
     case OPT_RECOMPUTE:
         if (!recompute_parse(arg, &o->recompute))
             return bad_value("recompute", arg, "a mode (none, attn or full)");

@@ -37,6 +37,7 @@ typedef struct {
     int threads;
     const char *device; /* "cpu" or "cuda" (device.h) */
     bool tf32;          /* cuda: TF32 tensor cores for matrix products */
+    bool bf16;          /* --precision bf16: bf16 matrix products (device_bf16) */
     Recompute recompute; /* what layers keep for backward (gpt.h) */
     int zero;            /* ZeRO stage: 0 (replicated optimizer) or 1 (sharded, zero.h) */
     long eval_every;

@@ -259,7 +259,8 @@ static int setup_rank(Trainer *t)
         return -1;
     }
     kernels_set_threads(o->threads);
-    if (!(t->dev = device_open(o->device, o->tf32, err, sizeof(err)))) {
+    if (!(t->dev = device_open(o->device, o->tf32, err, sizeof(err))) ||
+        (o->bf16 && !(t->dev = device_bf16(t->dev, err, sizeof(err))))) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, err);
         return -1;
     }

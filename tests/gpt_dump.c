@@ -3,17 +3,19 @@
  * on a given batch and writes everything the PyTorch comparison needs
  * (tests/test_model_torch.py).
  *
- *   gpt_dump VOCAB LAYERS HEADS DIM SEQ_LEN BATCH SEED BATCH_FILE OUT_PREFIX
+ *   gpt_dump VOCAB LAYERS HEADS DIM SEQ_LEN BATCH SEED BATCH_FILE OUT_PREFIX [bf16]
  *
  * BATCH_FILE: int32 inputs[B*T] then int32 targets[B*T].
  * Writes OUT_PREFIX.bin: float32 loss, logits[B*T*V], params[P], grads[P]
  * (gradients of the mean loss), and OUT_PREFIX.json: the tensor table
  * (name, shape, offset) that gives params and grads their names.
+ * bf16: the model's products in bf16 (--precision bf16, device_bf16()).
  */
 #include "gpt.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int fail(const char *message)
 {
@@ -23,8 +25,9 @@ static int fail(const char *message)
 
 int main(int argc, char **argv)
 {
-    if (argc != 10)
-        return fail("usage: gpt_dump VOCAB LAYERS HEADS DIM SEQ_LEN BATCH SEED BATCH_FILE OUT");
+    if (argc != 10 && !(argc == 11 && strcmp(argv[10], "bf16") == 0))
+        return fail("usage: gpt_dump VOCAB LAYERS HEADS DIM SEQ_LEN BATCH SEED BATCH_FILE OUT "
+                    "[bf16]");
     GPTConfig config = {atoi(argv[1]), atoi(argv[2]), atoi(argv[3]), atoi(argv[4]),
                         atoi(argv[5])};
     int B = atoi(argv[6]), T = config.seq_len;
@@ -32,10 +35,13 @@ int main(int argc, char **argv)
     if (gpt_config_check(&config, err, sizeof(err)) != 0)
         return fail(err);
 
+    const Device *dev = argc == 11 ? device_bf16(device_cpu(), err, sizeof(err)) : device_cpu();
+    if (!dev)
+        return fail(err);
     GPT gpt;
     Activations acts;
     Scratch scratch;
-    if (gpt_init_full(&gpt, device_cpu(), &config) || acts_init(&acts, &gpt, B, T) ||
+    if (gpt_init_full(&gpt, dev, &config) || acts_init(&acts, &gpt, B, T) ||
         scratch_init(&scratch, &gpt, B, T))
         return fail("out of memory");
     gpt_init_params(&gpt, strtoull(argv[7], NULL, 10));

@@ -1,16 +1,116 @@
-"""Numerics of the CPU kernels that the speed work (issue 22) touched.
+"""--precision bf16 and the numerics of the CPU kernels (issue 22).
 
+- bf16 against PyTorch with the same rounding: every matrix product (the
+  linear layers, attention's scores and P V, the tied head, and the products
+  of their backward passes) takes its inputs rounded to bfloat16 and sums in
+  fp32; LayerNorm, softmax, the loss and the parameters stay fp32. Logits,
+  loss and gradients agree within 1e-3 relative (atol 1e-3 * max|reference|
+  per tensor, as test_model_torch.py does at 1e-4 for fp32).
+- Bad input: an unknown precision is refused with a message.
 - Any --threads trains the same run bit for bit (kernels.h promises it: each
   product's output block is computed by one thread over the whole inner
-  dimension, elementwise kernels compute a lane as the scalar code does).
+  dimension, elementwise kernels compute a lane as the scalar code does), in
+  fp32 and in bf16.
 """
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from conftest import run
 from shards import structured_text, text_tokens, write_shard
+from test_model_torch import dump, tensor
+from torch_gpt import GPT
+
+RTOL = 1e-3
+
+
+def bf16(x):
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+class Bf16Matmul(torch.autograd.Function):
+    """a @ b with both inputs rounded to bf16, and so are the backward's products."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return bf16(a) @ bf16(b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        g = bf16(grad)
+        return g @ bf16(b).transpose(-2, -1), bf16(a).transpose(-2, -1) @ g
+
+
+mm = Bf16Matmul.apply
+
+
+def linear(x, layer):
+    return mm(x, layer.weight.t()) + layer.bias
+
+
+def block_forward(block, x):
+    B, T, C = x.shape
+    q, k, v = linear(block.ln1(x), block.qkv).split(C, dim=2)
+    shape = (B, T, block.heads, C // block.heads)
+    q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+    # the scale after the product, as Phalanx applies it (exact: D = 16)
+    scores = mm(q, k.transpose(-2, -1)) / math.sqrt(C // block.heads)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    y = mm(F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), v)
+    x = x + linear(y.transpose(1, 2).reshape(B, T, C), block.proj)
+    h = F.gelu(linear(block.ln2(x), block.fc), approximate="tanh")
+    return x + linear(h, block.fcproj)
+
+
+def bf16_forward(model, tokens, targets):
+    T = tokens.shape[1]
+    x = model.wte[tokens] + model.wpe[:T]
+    for block in model.blocks:
+        x = block_forward(block, x)
+    logits = mm(model.lnf(x), model.wte.t())
+    return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def assert_close(actual, expected, what):
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    scale = max(np.abs(expected).max(), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("shape", [
+    # vocab, layers, heads, dim (head size 16: attention's scale 1/4 is exact), seq, batch
+    pytest.param((64, 2, 2, 32, 13, 2), id="seq13"),
+    pytest.param((64, 1, 2, 32, 150, 1), id="seq150-row-blocks"),
+])
+def test_bf16_matches_pytorch_with_the_same_rounding(build_dir, tmp_path, shape):
+    vocab, layers, heads, dim, seq, batch = shape
+    tokens, targets, loss, logits, params, grads, tensors = dump(build_dir, tmp_path, shape,
+                                                                 precision="bf16")
+    model = GPT(vocab, layers, heads, dim, seq)
+    named = model.named_phalanx_parameters()
+    with torch.no_grad():
+        for entry in tensors:
+            named[entry["name"]].copy_(torch.from_numpy(tensor(params, entry).copy()))
+    ref_logits, ref_loss = bf16_forward(model, torch.from_numpy(tokens).long(),
+                                        torch.from_numpy(targets).long())
+    ref_loss.backward()
+
+    assert_close(logits, ref_logits.detach().numpy(), "logits")
+    assert abs(loss - ref_loss.item()) <= RTOL * abs(ref_loss.item()), (loss, ref_loss.item())
+    for entry in tensors:
+        assert_close(tensor(grads, entry), named[entry["name"]].grad.numpy(),
+                     f"gradient of {entry['name']}")
+    # and bf16 is not fp32 in disguise: the fp32 model differs by more than fp32 noise
+    with torch.no_grad():
+        fp32_logits, _ = model(torch.from_numpy(tokens).long())
+    assert np.abs(logits - fp32_logits.numpy()).max() > 1e-5 * np.abs(logits).max()
 
 # seq 100: two row blocks of the causal attention (64 rows each), the second partial
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "100",
@@ -34,10 +134,19 @@ def train(phalanx, corpus, tmp_path, name, *extra):
     return losses, params.read_bytes()
 
 
-def test_any_thread_count_trains_bit_identically(phalanx, corpus, tmp_path):
-    one = train(phalanx, corpus, tmp_path, "one", "--steps", "4", "--threads", "1")
-    two = train(phalanx, corpus, tmp_path, "two", "--steps", "4", "--threads", "2")
-    three = train(phalanx, corpus, tmp_path, "three", "--steps", "4", "--threads", "3")
+def test_unknown_precision_is_refused(phalanx, corpus, tmp_path):
+    result = run([phalanx, "train", "--data", f"{corpus}/train_*.bin", *MODEL, "--steps", "1",
+                  "--precision", "fp16"])
+    assert result.returncode != 0
+    assert "--precision" in result.stderr and "fp32 or bf16" in result.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_any_thread_count_trains_bit_identically(phalanx, corpus, tmp_path, precision):
+    p = ["--steps", "4", "--precision", precision]
+    one = train(phalanx, corpus, tmp_path, "one", *p, "--threads", "1")
+    two = train(phalanx, corpus, tmp_path, "two", *p, "--threads", "2")
+    three = train(phalanx, corpus, tmp_path, "three", *p, "--threads", "3")
     assert one[0] == two[0] == three[0]
     assert one[1] == two[1] == three[1]
     assert np.all(np.isfinite(one[0]))

@@ -36,7 +36,7 @@ def assert_close(actual, expected, what):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=what)
 
 
-def dump(build_dir, tmp_path, shape, seed=1234):
+def dump(build_dir, tmp_path, shape, seed=1234, precision="fp32"):
     vocab, layers, heads, dim, seq, batch = shape
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
@@ -45,7 +45,7 @@ def dump(build_dir, tmp_path, shape, seed=1234):
     np.concatenate([tokens.ravel(), targets.ravel()]).tofile(batch_file)
     out = tmp_path / "dump"
     result = run([build_dir / "tests" / "gpt_dump", vocab, layers, heads, dim, seq, batch,
-                  seed, batch_file, out])
+                  seed, batch_file, out] + (["bf16"] if precision == "bf16" else []))
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "dump.json").read_text())
     raw = np.fromfile(tmp_path / "dump.bin", dtype=np.float32)

@@ -1,0 +1,165 @@
+/* bf16 products on the CPU through oneDNN's matmul (contract in bf16.h). */
+#include "bf16.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef HAVE_DNNL
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+float bf16_round(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof(bits));
+    if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu))
+        bits |= 0x00400000u; // NaN stays a (quiet) NaN
+    else
+        bits += 0x7fffu + ((bits >> 16) & 1u); // to nearest, ties to even
+    bits &= 0xffff0000u;
+    memcpy(&x, &bits, sizeof(x));
+    return x;
+}
+
+static uint16_t bf16_bits(float x)
+{
+    uint32_t bits;
+    x = bf16_round(x);
+    memcpy(&bits, &x, sizeof(bits));
+    return (uint16_t)(bits >> 16);
+}
+
+#ifdef HAVE_DNNL
+
+/* oneDNN's CPU engine: created once by bf16_open(), thread-safe, never
+ * released (it lives as long as the process, as the cuBLAS handle does). */
+static dnnl_engine_t engine;
+
+int bf16_open(char *err, size_t err_len)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) {
+        snprintf(err, err_len,
+                 "--precision bf16: this CPU has no AVX512-BF16 instructions (bf16 matrix "
+                 "products would be emulated, slower than fp32); use --precision fp32, or a "
+                 "CPU with AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4 or newer)");
+        return -1;
+    }
+    if (!engine && dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) {
+        snprintf(err, err_len, "--precision bf16: oneDNN could not open its CPU engine");
+        return -1;
+    }
+    return 0;
+}
+
+/* rows x cols of op(X) (X row-major with leading dimension ld), rounded to
+ * bf16 into a dense row-major array. */
+static void pack(uint16_t *dst, const float *X, size_t ld, bool trans, size_t rows,
+                 size_t cols)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            dst[r * cols + c] = bf16_bits(trans ? X[c * ld + r] : X[r * ld + c]);
+}
+
+static dnnl_memory_desc_t matrix_desc(size_t rows, size_t cols, size_t ld, dnnl_data_type_t t)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {(dnnl_dim_t)rows, (dnnl_dim_t)cols};
+    dnnl_dims_t strides = {(dnnl_dim_t)ld, 1};
+    dnnl_memory_desc_init_by_strides(&md, 2, dims, t, strides);
+    return md;
+}
+
+static dnnl_primitive_t matmul_primitive(size_t M, size_t N, size_t K, float alpha,
+                                         float beta, size_t ldc)
+{
+    dnnl_memory_desc_t a = matrix_desc(M, K, K, dnnl_bf16), b = matrix_desc(K, N, N, dnnl_bf16),
+                       c = matrix_desc(M, N, ldc, dnnl_f32);
+    dnnl_matmul_desc_t desc;
+    dnnl_primitive_attr_t attr;
+    dnnl_post_ops_t post_ops;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t primitive = NULL;
+    dnnl_matmul_desc_init(&desc, &a, &b, NULL, &c);
+    dnnl_primitive_attr_create(&attr);
+    dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha);
+    dnnl_post_ops_create(&post_ops);
+    if (beta != 0.0f)
+        dnnl_post_ops_append_sum(post_ops, beta);
+    dnnl_primitive_attr_set_post_ops(attr, post_ops);
+    // oneDNN's primitive cache makes a repeated shape cheap to create
+    if (dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL) == dnnl_success)
+        dnnl_primitive_create(&primitive, pd);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_post_ops_destroy(post_ops);
+    dnnl_primitive_attr_destroy(attr);
+    return primitive;
+}
+
+static void run_matmul(dnnl_primitive_t primitive, const uint16_t *a, const uint16_t *b,
+                       float *C, size_t M, size_t N, size_t K, size_t ldc)
+{
+    dnnl_memory_desc_t ad = matrix_desc(M, K, K, dnnl_bf16), bd = matrix_desc(K, N, N, dnnl_bf16),
+                       cd = matrix_desc(M, N, ldc, dnnl_f32);
+    dnnl_memory_t am, bm, cm;
+    dnnl_stream_t stream;
+    dnnl_memory_create(&am, &ad, engine, (void *)a);
+    dnnl_memory_create(&bm, &bd, engine, (void *)b);
+    dnnl_memory_create(&cm, &cd, engine, C);
+    dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+    dnnl_primitive_execute(primitive, stream, 3, args);
+    dnnl_stream_wait(stream);
+    dnnl_stream_destroy(stream);
+    dnnl_memory_destroy(am);
+    dnnl_memory_destroy(bm);
+    dnnl_memory_destroy(cm);
+}
+
+void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+               size_t ldc)
+{
+    if (M == 0 || N == 0)
+        return;
+    uint16_t *a = malloc(M * K * sizeof(*a) + 1), *b = malloc(K * N * sizeof(*b) + 1);
+    dnnl_primitive_t primitive = a && b ? matmul_primitive(M, N, K, alpha, beta, ldc) : NULL;
+    if (!primitive) {
+        // Out of memory in the middle of a step: no way to report it through
+        // the kernels' interface; stop loudly rather than train on garbage.
+        fprintf(stderr, "phalanx: bf16 matrix product %zux%zux%zu failed (out of memory)\n",
+                M, N, K);
+        abort();
+    }
+    pack(a, A, lda, trans_a, M, K);
+    pack(b, B, ldb, trans_b, K, N);
+    run_matmul(primitive, a, b, C, M, N, K, ldc);
+    dnnl_primitive_destroy(primitive);
+    free(a);
+    free(b);
+}
+
+#else
+
+int bf16_open(char *err, size_t err_len)
+{
+    snprintf(err, err_len,
+             "--precision bf16: this phalanx was built without oneDNN (libdnnl-dev), whose "
+             "bf16 matrix products it uses; install it (scripts/install-deps) and rebuild, "
+             "or use --precision fp32");
+    return -1;
+}
+
+void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+               size_t ldc)
+{
+    (void)trans_a, (void)trans_b, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda,
+        (void)B, (void)ldb, (void)beta, (void)C, (void)ldc;
+    abort(); /* not reached: bf16_open() refused */
+}
+
+#endif
