@@ -9,6 +9,9 @@
  *   (data/sequence-parallel replicas, the tied `wte` on the first and last
  *   stage) split its bytes: replica j of R writes rows [j*rows/R,
  *   (j+1)*rows/R) (elements for 1-D tensors), so every byte is written once.
+ *   A rank that keeps only its share of m and v (ZeRO-1) marks the tensor
+ *   moments_share_only; its share is a fragment like any other, so the
+ *   checkpoint reads back whole in any layout, sharded or not.
  *
  * Writing (one Checkpointer per rank)
  * - ckpt_open() is collective over `world`: it splits a communicator for the
@@ -112,6 +115,10 @@ typedef struct {
     int64_t shape[2];         /* logical shape (shape[1] unused for 1-D) */
     float *param, *m, *v;     /* the whole tensor; m or v may be NULL when loading */
     int replica_index, replica_count; /* writing only: this rank's share */
+    /* Writing only. m and v point at the first element of this rank's share,
+     * not at the whole tensor: they hold only that share (a ZeRO-1 rank's
+     * optimizer shard). The reader always fills whole tensors. */
+    bool moments_share_only;
 } CkptTensor;
 
 typedef struct {

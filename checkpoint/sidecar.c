@@ -326,10 +326,13 @@ static void copy_snapshot(Checkpointer *ck)
         size_t row = (size_t)ckpt_row_length(t->ndim, t->shape);
         size_t first = (size_t)o->fragment.row_begin * row;
         size_t n = (size_t)(o->fragment.row_end - o->fragment.row_begin) * row;
-        const float *source[KIND_COUNT] = {t->param, t->m, t->v};
+        // a ZeRO-1 rank's moments start at its share (checkpoint.h)
+        size_t moments_first = t->moments_share_only ? 0 : first;
+        const float *source[KIND_COUNT] = {t->param + first, t->m + moments_first,
+                                           t->v + moments_first};
         for (int kind = 0; kind < KIND_COUNT; kind++)
-            memcpy(ck->staging + kind * ck->staging_floats + o->staging_offset,
-                   source[kind] + first, n * sizeof(float));
+            memcpy(ck->staging + kind * ck->staging_floats + o->staging_offset, source[kind],
+                   n * sizeof(float));
     }
     pthread_mutex_lock(&ck->lock);
     ck->staged = true;

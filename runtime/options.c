@@ -109,7 +109,9 @@ void options_usage(FILE *out)
         "                         sharded over the dp x sp replicas: gradients are\n"
         "                         reduce-scattered, each rank updates its shard, parameters\n"
         "                         are all-gathered (default 0). With dp x sp = 1 it has no\n"
-        "                         effect (a warning). cpu devices; no --ckpt-dir yet\n"
+        "                         effect (a warning). cpu devices. Each rank checkpoints\n"
+        "                         its shard of m and v; a checkpoint resumes with or\n"
+        "                         without --zero, in any layout\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
         "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
@@ -554,12 +556,6 @@ static int check_combination(TrainOptions *o)
     if (o->zero && strcmp(o->device, "cuda") == 0) {
         fprintf(stderr, "phalanx train: --zero 1 is not implemented for --device cuda yet "
                         "(its optimizer kernels update whole tensors); use --zero 0\n");
-        return -1;
-    }
-    if (o->zero && o->ckpt.dir) {
-        fprintf(stderr, "phalanx train: --zero 1 with --ckpt-dir is not implemented yet: the "
-                        "checkpoint writer does not take sharded moments; use --zero 0 to "
-                        "checkpoint\n");
         return -1;
     }
     if (!device_built(o->device, err, sizeof(err))) {

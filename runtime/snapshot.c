@@ -12,28 +12,69 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* This rank's moments on the device: whole (as large as the parameters) or,
+ * under --zero 1, its shard. */
+static void device_moments(const Trainer *t, float **m, float **v, size_t *floats)
+{
+    *m = t->sharded ? t->zero.m : t->m;
+    *v = t->sharded ? t->zero.v : t->v;
+    *floats = t->sharded ? t->zero.shard_floats : t->gpt.param_count;
+}
+
+/* The same moments where the checkpointer reads them: the device's own
+ * buffers, or on a staged device the host mirror after the parameters. */
+static void host_moments(const Trainer *t, float **m, float **v)
+{
+    size_t floats;
+    device_moments(t, m, v, &floats);
+    if (t->dev->staged) {
+        *m = t->host_state + t->gpt.param_count;
+        *v = *m + floats;
+    }
+}
+
+/* Where tensor i's checkpoint share starts in the moments buffers. Sharded,
+ * the share lies inside the rank's ZeRO piece (the same rows, or half of
+ * them for the tied wte: see build_tensor_table). */
+static size_t moments_share_at(const Trainer *t, int i)
+{
+    const ParamTensor *p = &t->gpt.tensors[i];
+    size_t first, count, piece_first, piece_count;
+    ckpt_tensor_share(&t->ckpt_tensors[i], &first, &count);
+    if (!t->sharded)
+        return p->offset + first;
+    zero_piece(p, t->zero.rank, t->zero.size, &piece_first, &piece_count);
+    return zero_piece_offset(&t->zero, i) + (first - piece_first);
+}
+
 /* Every rank of dp x sp holds the same tensors of its stage; the tied wte is
- * also held by the last stage, so its replicas are those of both stages.
+ * also held by the last stage, so its replicas are those of both stages:
+ * replica 2j on the first stage and 2j+1 on the last, so that the shares of
+ * the two rank-j copies make up rank j's ZeRO piece (rows [j*rows/R,
+ * (j+1)*rows/R) = those of replicas 2j and 2j+1 of 2R), which is where a
+ * sharded rank's moments of wte are.
  * On a staged device (a GPU; cpu-staged in tests) the checkpointer reads a
  * host mirror (pinned memory on a GPU) of params, m and v
- * (t->host_state, the same layout one after another), which
- * snapshot_after_update fills from the device. */
+ * (t->host_state, the same layout one after another; m and v as large as the
+ * device's: the shard when sharded), which snapshot_after_update fills from
+ * the device. */
 static int build_tensor_table(Trainer *t)
 {
     const GPT *gpt = &t->gpt;
     int replicas = t->layout.dp * t->layout.sp;
     int replica = t->coord.dp * t->layout.sp + t->coord.sp;
     bool tied_on_last = t->layout.pp > 1 && t->coord.pp == t->layout.pp - 1;
-    size_t P = gpt->param_count;
-    float *params = gpt->params, *m = t->m, *v = t->v;
+    float *params = gpt->params, *m, *v;
+    size_t moment_floats;
+    device_moments(t, &m, &v, &moment_floats);
     if (t->dev->staged) {
-        t->host_state = t->dev->host_alloc(3 * P * sizeof(float));
+        size_t floats = gpt->param_count + 2 * moment_floats;
+        t->host_state = t->dev->host_alloc(floats * sizeof(float));
         if (!t->host_state)
             return -1;
         params = t->host_state;
-        m = params + P;
-        v = m + P;
     }
+    host_moments(t, &m, &v);
     t->ckpt_tensors = calloc((size_t)gpt->tensor_count, sizeof(CkptTensor));
     if (!t->ckpt_tensors)
         return -1;
@@ -44,12 +85,13 @@ static int build_tensor_table(Trainer *t)
         x->ndim = p->ndim;
         x->shape[0] = p->shape[0];
         x->shape[1] = p->ndim == 2 ? p->shape[1] : 0;
-        x->param = params + p->offset;
-        x->m = m + p->offset;
-        x->v = v + p->offset;
         bool tied = t->layout.pp > 1 && strcmp(p->name, "wte") == 0;
         x->replica_count = tied ? 2 * replicas : replicas;
-        x->replica_index = tied && tied_on_last ? replicas + replica : replica;
+        x->replica_index = tied ? 2 * replica + tied_on_last : replica;
+        x->param = params + p->offset;
+        x->m = m + (t->sharded ? moments_share_at(t, i) : p->offset);
+        x->v = v + (t->sharded ? moments_share_at(t, i) : p->offset);
+        x->moments_share_only = t->sharded;
     }
     t->ckpt_tensor_count = gpt->tensor_count;
     return 0;
@@ -152,12 +194,15 @@ static int check_same_run(const Trainer *t, const CkptRunState *s, const char *p
 static int upload_state(Trainer *t)
 {
     const Device *dev = t->dev;
-    size_t bytes = t->gpt.param_count * sizeof(float);
     if (!dev->staged)
         return 0;
-    dev->upload(t->gpt.params, t->host_state, bytes);
-    dev->upload(t->m, t->host_state + t->gpt.param_count, bytes);
-    dev->upload(t->v, t->host_state + 2 * t->gpt.param_count, bytes);
+    float *m, *v, *host_m, *host_v;
+    size_t floats;
+    device_moments(t, &m, &v, &floats);
+    host_moments(t, &host_m, &host_v);
+    dev->upload(t->gpt.params, t->host_state, t->gpt.param_count * sizeof(float));
+    dev->upload(m, host_m, floats * sizeof(float));
+    dev->upload(v, host_v, floats * sizeof(float));
     char why[512];
     if (device_ready(dev, why, sizeof(why)) == 0)
         return 0;
@@ -166,16 +211,56 @@ static int upload_state(Trainer *t)
     return -1;
 }
 
-static int resume(Trainer *t)
+/* Sharded: the reader fills whole tensors, so m and v are read into whole
+ * temporary buffers (*whole: m, then v; the caller frees it) and
+ * keep_moment_pieces keeps this rank's pieces. NULL when out of memory. */
+static CkptTensor *whole_moments_table(const Trainer *t, float **whole)
+{
+    size_t P = t->gpt.param_count;
+    int count = t->ckpt_tensor_count;
+    CkptTensor *table = malloc((size_t)count * sizeof(CkptTensor));
+    *whole = malloc(2 * P * sizeof(float));
+    if (!table || !*whole) {
+        free(table);
+        free(*whole);
+        return NULL;
+    }
+    for (int i = 0; i < count; i++) {
+        table[i] = t->ckpt_tensors[i];
+        table[i].m = *whole + t->gpt.tensors[i].offset;
+        table[i].v = *whole + P + t->gpt.tensors[i].offset;
+        table[i].moments_share_only = false;
+    }
+    return table;
+}
+
+static void keep_moment_pieces(Trainer *t, const float *whole)
+{
+    size_t P = t->gpt.param_count;
+    float *m, *v;
+    host_moments(t, &m, &v);
+    for (int i = 0; i < t->gpt.tensor_count; i++) {
+        const ParamTensor *p = &t->gpt.tensors[i];
+        size_t first, count, at = zero_piece_offset(&t->zero, i);
+        zero_piece(p, t->zero.rank, t->zero.size, &first, &count);
+        memcpy(m + at, whole + p->offset + first, count * sizeof(float));
+        memcpy(v + at, whole + P + p->offset + first, count * sizeof(float));
+    }
+}
+
+/* `reading`: the tensor table to load (whole_moments_table when sharded). */
+static int resume(Trainer *t, const CkptTensor *reading, const float *whole)
 {
     CkptModel expect = ckpt_model(&t->opt.model);
     CkptOptions options = t->opt.ckpt;
     options.check_state = check_batch_state;
     CkptRunState state;
     char path[4096], err[2048];
-    CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, t->ckpt_tensors,
+    CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, reading,
                                     t->ckpt_tensor_count, &expect, &state, path, sizeof(path),
                                     err, sizeof(err));
+    if (status == CKPT_OK && t->sharded)
+        keep_moment_pieces(t, whole);
     if (status != CKPT_OK) {
         if (t->rank == 0)
             fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
@@ -241,11 +326,20 @@ int snapshot_setup(Trainer *t)
     if (!o->resume && !o->ckpt.dir)
         return 0;
     // every rank allocates the same way, so all fail together or none
-    if (build_tensor_table(t)) {
+    float *whole = NULL;
+    CkptTensor *reading = NULL;
+    if (build_tensor_table(t) ||
+        !(reading = o->resume && t->sharded ? whole_moments_table(t, &whole)
+                                            : t->ckpt_tensors)) {
         fprintf(stderr, "phalanx train: rank %d: out of memory\n", t->rank);
         return -1;
     }
-    if (o->resume ? resume(t) : o->ckpt.dir ? check_fresh_dir(t) : 0)
+    int status = o->resume ? resume(t, reading, whole) : o->ckpt.dir ? check_fresh_dir(t) : 0;
+    if (reading != t->ckpt_tensors) {
+        free(reading);
+        free(whole);
+    }
+    if (status)
         return -1;
     return o->ckpt.dir ? open_checkpointer(t) : 0;
 }
@@ -267,15 +361,20 @@ double snapshot_before_update(Trainer *t)
  * writes) from the device into the host mirror, after the optimizer step. */
 static void copy_from_device(Trainer *t)
 {
-    size_t P = t->gpt.param_count;
-    const float *sources[3] = {t->gpt.params, t->m, t->v};
+    float *m, *v, *host_m, *host_v;
+    size_t floats;
+    device_moments(t, &m, &v, &floats);
+    host_moments(t, &host_m, &host_v);
     for (int i = 0; i < t->ckpt_tensor_count; i++) {
         size_t offset = t->gpt.tensors[i].offset, first, count;
         ckpt_tensor_share(&t->ckpt_tensors[i], &first, &count);
-        for (int kind = 0; kind < 3; kind++)
-            if (count > 0)
-                t->dev->snapshot_copy(t->host_state + kind * P + offset + first,
-                                      sources[kind] + offset + first, count * sizeof(float));
+        if (count == 0)
+            continue;
+        size_t at = moments_share_at(t, i), bytes = count * sizeof(float);
+        t->dev->snapshot_copy(t->host_state + offset + first,
+                              t->gpt.params + offset + first, bytes);
+        t->dev->snapshot_copy(host_m + at, m + at, bytes);
+        t->dev->snapshot_copy(host_v + at, v + at, bytes);
     }
 }
 

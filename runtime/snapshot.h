@@ -12,6 +12,11 @@
  *   refuses a --ckpt-dir that already holds checkpoints, so that it never
  *   overwrites or prunes another run's. Returns 0, or -1 on every rank after
  *   rank 0 printed why.
+ * - Under --zero 1 a rank saves its own shard of m and v (fragments of the
+ *   logical tensors, like any replica's share), so a checkpoint resumes with
+ *   or without --zero in any layout. A sharded resume reads m and v whole
+ *   into temporary buffers (twice the stage's parameters, freed before
+ *   training starts) and keeps its shard.
  * - Around optimizer step s: snapshot_before_update() right before the
  *   optimizer writes (waits only while the sidecar still copies the previous
  *   snapshot), snapshot_after_update() right after the step's state is final

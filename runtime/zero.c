@@ -78,6 +78,11 @@ static void point_tensors(Zero *z, float *grads, float *m, float *v)
     }
 }
 
+size_t zero_piece_offset(const Zero *z, int tensor)
+{
+    return (size_t)(z->tensors[tensor].m - z->m);
+}
+
 int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats)
 {
     memset(z, 0, sizeof(*z));

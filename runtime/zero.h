@@ -56,6 +56,10 @@ typedef struct {
  * [*first, *first + *count) of the tensor. */
 void zero_piece(const ParamTensor *t, int owner, int owners, size_t *first, size_t *count);
 
+/* Where this rank's piece of tensor `tensor` starts in its shard (the same
+ * place in m, v and grad_shard). */
+size_t zero_piece_offset(const Zero *z, int tensor);
+
 /* Returns 0, or -1 when out of memory (z->error). */
 int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats);
 void zero_free(Zero *z);

@@ -56,8 +56,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < COLS; i++)
         bias[0][i] = 1.0f + (float)i, bias[1][i] = 0.0f, bias[2][i] = 2.0f;
     CkptTensor tensors[2] = {
-        {"wte", 2, {ROWS, COLS}, wte[0], wte[1], wte[2], 0, 1},
-        {"ln_f.bias", 1, {COLS, 0}, bias[0], bias[1], bias[2], 0, 1},
+        {"wte", 2, {ROWS, COLS}, wte[0], wte[1], wte[2], 0, 1, false},
+        {"ln_f.bias", 1, {COLS, 0}, bias[0], bias[1], bias[2], 0, 1, false},
     };
     CkptOptions options = {.dir = argv[1], .memory_dir = "none", .every = 1, .keep = 1,
                            .mode = CKPT_SYNC};

@@ -32,9 +32,10 @@ typedef struct {
 static void tensors_init(Tensors *t)
 {
     memset(t, 0, sizeof(*t));
-    t->tensors[0] = (CkptTensor){"wte", 2, {ROWS, COLS}, t->wte[0], t->wte[1], t->wte[2], 0, 1};
+    t->tensors[0] =
+        (CkptTensor){"wte", 2, {ROWS, COLS}, t->wte[0], t->wte[1], t->wte[2], 0, 1, false};
     t->tensors[1] = (CkptTensor){"ln_f.bias", 1, {COLS, 0}, t->bias[0], t->bias[1], t->bias[2],
-                                 0, 1};
+                                 0, 1, false};
 }
 
 static CkptStatus verify(const char *dir, char *err, size_t err_len)
