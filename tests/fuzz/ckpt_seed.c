@@ -64,10 +64,12 @@ int main(int argc, char **argv)
     Checkpointer *ck = ckpt_open(&options, world, tensors, 2, err, sizeof(err));
     CkptRunState state = seed_state();
     int status = ck && ckpt_snapshot(ck, &state, err, sizeof(err)) == 0 ? 0 : 1;
-    if (ck && ckpt_close(ck, true, NULL) != 0)
+    if (ck && ckpt_close(ck, true, NULL) != 0 && status == 0) {
+        snprintf(err, sizeof(err), "the checkpoint was not committed (see the warning above)");
         status = 1;
+    }
     if (status != 0)
-        fprintf(stderr, "ckpt_seed: %s\n", ck ? "the checkpoint was not committed" : err);
+        fprintf(stderr, "ckpt_seed: %s\n", err);
     comm_world_finalize(world);
     return status;
 }
