@@ -188,6 +188,19 @@ typedef struct {
 bool ckpt_mode_parse(const char *text, CkptMode *out);
 
 /* The tier directories for `options`: tier1 is "" when tier 1 is off. */
+/* Fencing (DESIGN.md "Elasticity"): the elastic agent numbers every launch
+ * (its epoch) and, before it, writes "epoch N" to <dir>/fence (temporary
+ * file, fsync, rename). A Checkpointer whose ranks run with PHALANX_EPOCH
+ * (set by the agent) below the fence writes no shard and commits no index
+ * in either tier: it belongs to an attempt the agent gave up on (a rank on a
+ * partitioned host), and its writes could land in a step directory that
+ * the newer attempt owns. The fence is read before each shard and before
+ * the index; what a fenced attempt had already renamed into place stays.
+ * ckpt_fence_epoch returns the fence's epoch, or -1 when there is none. */
+int ckpt_fence_write(const char *dir, int epoch, char *err, size_t err_len);
+int ckpt_fence_epoch(const char *dir);
+#define CKPT_EPOCH_ENV "PHALANX_EPOCH"
+
 void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, char *tier2,
                     size_t tier2_len);
 

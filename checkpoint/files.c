@@ -498,3 +498,41 @@ void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, c
     }
     snprintf(tier1, tier1_len, "/dev/shm/phalanx-%016llx", (unsigned long long)fnv1a(absolute));
 }
+
+// ----------------------------------------------------------------------------
+// the fence (checkpoint.h)
+
+#define FENCE_FILE "fence"
+
+int ckpt_fence_write(const char *dir, int epoch, char *err, size_t err_len)
+{
+    FilesDir tier = {.fd = -1};
+    snprintf(tier.path, sizeof(tier.path), "%s", dir);
+    char text[32];
+    int length = snprintf(text, sizeof(text), "epoch %d\n", epoch);
+    int rc = files_open_tier(&tier, err, err_len) ||
+                     files_write(&tier, FENCE_FILE, text, (size_t)length, NULL, err, err_len)
+                 ? -1
+                 : 0;
+    files_close(&tier);
+    return rc;
+}
+
+int ckpt_fence_epoch(const char *dir)
+{
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = dir_fd < 0 ? -1 : openat(dir_fd, FENCE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    char text[32] = "";
+    ssize_t got = fd < 0 ? -1 : read(fd, text, sizeof(text) - 1);
+    if (fd >= 0)
+        close(fd);
+    if (dir_fd >= 0)
+        close(dir_fd);
+    int epoch = -1;
+    if (got > 0) {
+        text[got] = '\0';
+        if (sscanf(text, "epoch %d", &epoch) != 1 || epoch < 0)
+            epoch = -1;
+    }
+    return epoch;
+}

@@ -63,6 +63,8 @@ struct Checkpointer {
     CkptFragment *all;     /* every rank's fragments, sorted */
     int all_count;
     Fault fault;
+    int epoch;   /* $PHALANX_EPOCH: this attempt of an elastic job; -1: unfenced */
+    bool fenced; /* a newer attempt's fence was seen: nothing is written any more */
 
     bool threaded;
     pthread_t thread;
@@ -251,6 +253,8 @@ static int setup_local(Checkpointer *ck, const CkptOptions *options, const CkptT
     for (int t = 0; t < TIER_COUNT; t++)
         ck->stats.last_step[t] = -1;
     ck->fault = fault_parse(ck->rank);
+    const char *epoch = getenv(CKPT_EPOCH_ENV);
+    ck->epoch = epoch && *epoch ? atoi(epoch) : -1;
     char why[512];
     if (check_options(options, err, err_len) != 0)
         return -1;
@@ -440,9 +444,29 @@ static int build_shard(Checkpointer *ck, const CkptRunState *state, void **image
     return rc;
 }
 
+/* A newer attempt fenced this one off (checkpoint.h): read before every
+ * shard and index, and once seen, for good. The agent writes the fence
+ * before it launches the newer attempt, so a rank on a partitioned host
+ * that flushes after the recovery began sees it at its next write. */
+static bool fenced(Checkpointer *ck)
+{
+    if (ck->epoch < 0 || ck->fenced)
+        return ck->fenced;
+    int fence = ckpt_fence_epoch(ck->tier[TIER_DIR].path);
+    if (fence > ck->epoch) {
+        ck->fenced = true;
+        fprintf(stderr, "phalanx ckpt: rank %d: attempt %d of this job is fenced off by "
+                        "attempt %d (%s/fence): no more checkpoints from it\n", ck->rank,
+                ck->epoch, fence, ck->tier[TIER_DIR].path);
+    }
+    return ck->fenced;
+}
+
 static int write_shard(Checkpointer *ck, int tier, const FilesDir *dir, int64_t step,
                        const void *image, size_t size, char *err, size_t err_len)
 {
+    if (fenced(ck))
+        return ckpt_fail(err, err_len, "fenced off by a newer attempt of the job");
     if (ck->rank == 0) // an index left by an earlier run at this step would describe other shards
         files_remove_file(dir, CKPT_INDEX_FILE);
     const Fault *f = &ck->fault;
@@ -551,7 +575,8 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
 {
     char err[PATH_MAX + 512];
     FilesDir dir = {.fd = -1};
-    int wrote = !image ? ckpt_fail(err, sizeof(err), "%s", build_error)
+    int wrote = !image     ? ckpt_fail(err, sizeof(err), "%s", build_error)
+                : fenced(ck) ? ckpt_fail(err, sizeof(err), "fenced off by a newer attempt")
                 : files_open_step(&ck->tier[tier], state->step, true, &dir, err, sizeof(err))
                     ? -1
                     : write_shard(ck, tier, &dir, state->step, image, size, err, sizeof(err));
@@ -569,7 +594,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
     int64_t verdict[2] = {0, 0}; // [index committed, prune below this step]
     int rc = agree(ck, votes, (size_t)ck->world + 1);
     bool all_wrote = rc == 0 && votes[0] == ck->world;
-    if (all_wrote && ck->rank == 0 && !is_abandoned(ck)) {
+    if (all_wrote && ck->rank == 0 && !is_abandoned(ck) && !fenced(ck)) {
         verdict[0] = write_index(ck, tier, &dir, state, votes + 1, err, sizeof(err)) == 0;
         if (verdict[0])
             verdict[1] = prune_below(ck, tier, state->step);

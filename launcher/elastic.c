@@ -5,6 +5,7 @@
 #include "runtime.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ typedef struct {
     bool fired[ELASTIC_MAX_EVENTS];
     double fired_at[ELASTIC_MAX_EVENTS];
     pid_t fault_pid[ELASTIC_MAX_EVENTS];
+    int first_epoch; /* above any fence an earlier job left in --ckpt-dir */
 } Agent;
 
 // ----------------------------------------------------------------------------
@@ -580,6 +582,15 @@ static int run_attempt(Agent *agent, int world)
     job->plan.ranks_per_node = agent->options->ranks_per_node;
     fprintf(stderr, "phalanx run: attempt %d: %d rank(s), layout %s%s\n", index, world, layout,
             a->resumed_flag ? ", resuming from the newest checkpoint" : "");
+    // the fence goes up before the launch: from then on, a rank of an earlier
+    // attempt still alive (a partitioned host) commits nothing (checkpoint.h)
+    job->epoch = agent->first_epoch + index;
+    char err[PATH_MAX + 256];
+    if (agent->plan.ckpt_dir[0] && ckpt_fence_write(agent->plan.ckpt_dir, job->epoch, err,
+                                                    sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx run: cannot fence off earlier attempts: %s\n", err);
+        return -1;
+    }
     a->launched_at = job_now();
     if (job_start(job) != 0)
         return -1;
@@ -684,6 +695,7 @@ int elastic_run(Job *job, const ElasticOptions *options)
         fprintf(stderr, "phalanx run: no layout for %d rank(s): %s\n", job->plan.ranks, why);
         return 2;
     }
+    agent.first_epoch = agent.plan.ckpt_dir[0] ? ckpt_fence_epoch(agent.plan.ckpt_dir) + 1 : 0;
     int status = 0;
     while (world > 0 && agent.attempt_count < MAX_ATTEMPTS) {
         if (run_attempt(&agent, world) != 0) {

@@ -268,6 +268,12 @@ static void print_placement(const Job *job)
  * false closes the connection. */
 static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
 {
+    if (job->epoch >= 0 && m->epoch != job->epoch) {
+        fprintf(stderr, "phalanx run: refused a hello from rank %d of attempt %d: this is "
+                        "attempt %d (a process of an attempt given up on stops by itself)\n",
+                m->rank, m->epoch, job->epoch);
+        return false;
+    }
     if (m->world != job->plan.ranks || m->rank >= job->plan.ranks || m->rank >= JOB_MAX_CLIENTS ||
         job->claimed[m->rank]) {
         fprintf(stderr, "phalanx run: refused a hello for rank %d of %d: this job has %d "
@@ -593,6 +599,12 @@ int job_start(Job *job)
     setenv(CHANNEL_ENV, job->address, 1);
     // the environment, not argv: a command line is visible to every user
     setenv(CHANNEL_SECRET_ENV, job->secret, 1);
+    char epoch[32];
+    snprintf(epoch, sizeof(epoch), "%d", job->epoch);
+    if (job->epoch >= 0)
+        setenv(CHANNEL_EPOCH_ENV, epoch, 1);
+    else
+        unsetenv(CHANNEL_EPOCH_ENV);
     job->failure.rank = -1;
     job->started_at = job_now();
     job->pid = spawn_job(&job->plan, err, sizeof(err));

@@ -86,6 +86,8 @@ typedef void (*JobEventHook)(void *context, const char *event, long step, double
 typedef struct {
     SpawnPlan plan;
     const char *channel_address; /* --channel-address: listen and advertise; NULL: chosen */
+    int epoch; /* the elastic agent's attempt (PHALANX_EPOCH); -1: not elastic. A hello
+                  of another epoch is refused (a rank of an attempt given up on) */
     double startup_timeout;
     bool detect;              /* crash and hang detection (elastic) */
     double heartbeat_timeout; /* seconds; used when detect is set */

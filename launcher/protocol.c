@@ -119,6 +119,16 @@ static int parse_hello(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
         return failed(err, err_len, "hello", "STEP is missing or longer than 63 characters");
     if (strcmp(m->slurm_step, "-") == 0)
         m->slurm_step[0] = '\0';
+    m->epoch = -1;
+    const char *f;
+    size_t n;
+    Cursor rest = *c;
+    if (next_field(&rest, &f, &n) && n > 6 && memcmp(f, "epoch=", 6) == 0) {
+        long epoch;
+        if (!decimal_in(f + 6, n - 6, 0, INT_MAX, &epoch))
+            return failed(err, err_len, "hello", "epoch=N is not a number in [0, 2^31)");
+        m->epoch = (int)epoch;
+    }
     return 0; /* later fields are for later launchers */
 }
 

@@ -11,9 +11,9 @@
  * Strictness: numbers are decimal digits only (a '-' only where the field
  * may be negative), within the field's type; every field is separated by
  * exactly one space; a line with too few fields, a field too long for its
- * buffer or an unknown keyword is an error. `hello` ignores fields after the
- * fifth, so that later launchers may add some (an attempt epoch) and older
- * ones still read the line.
+ * buffer or an unknown keyword is an error. `hello` reads a sixth field
+ * epoch=N (the attempt of an elastic job) and ignores any after it, so that
+ * later launchers may add some and older ones still read the line.
  */
 #ifndef PHALANX_PROTOCOL_H
 #define PHALANX_PROTOCOL_H
@@ -26,7 +26,7 @@
 
 typedef enum {
     PROTOCOL_AUTH,     /* auth ANSWER                      answer: 64 hex digits */
-    PROTOCOL_HELLO,    /* hello RANK WORLD PID NODE STEP    step: "" for "-" */
+    PROTOCOL_HELLO,    /* hello RANK WORLD PID NODE STEP [epoch=N]  step: "" for "-" */
     PROTOCOL_PROGRESS, /* progress STEP TEXT                text may be empty */
     PROTOCOL_STEP,     /* step STEP */
     PROTOCOL_LOG,      /* log TEXT */
@@ -39,6 +39,7 @@ typedef enum {
 typedef struct {
     ProtocolKind kind;
     int rank, world, status; /* those the line has; the others 0 */
+    int epoch;               /* hello: its epoch=N, -1 without one */
     long pid, step;
     char answer[PROTOCOL_ANSWER_HEX + 1];
     char node[PROTOCOL_FIELD_MAX];

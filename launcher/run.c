@@ -234,6 +234,7 @@ static void set_defaults(Run *run)
 {
     memset(run, 0, sizeof(*run));
     run->job.startup_timeout = 60;
+    run->job.epoch = -1;
     const char *fault_command = getenv("PHALANX_FAULT_COMMAND");
     run->elastic_options = (ElasticOptions){
         .min_ranks = 1, .max_restarts = 3, .ranks_per_node = 1, .heartbeat_timeout = 30,

@@ -184,7 +184,8 @@ static void build_mpirun(const SpawnPlan *plan, Argv *a)
     // -x NAME without a value exports it from the environment: the channel's
     // secret never appears on a command line (srun passes the environment)
     static const char *const forwarded[] = {"PHALANX_CHANNEL", "PHALANX_CHANNEL_SECRET",
-                                            "PHALANX_LAUNCHER_TIMEOUT", "OMP_NUM_THREADS",
+                                            "PHALANX_LAUNCHER_TIMEOUT", "PHALANX_EPOCH",
+                                            "OMP_NUM_THREADS",
                                             "PHALANX_FAULTS", "PHALANX_FAULT_KILL_DURING_FLUSH"};
     for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
         if (getenv(forwarded[i])) {

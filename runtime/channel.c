@@ -209,7 +209,13 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     char step_id[64] = "-";
     if (job && step)
         snprintf(step_id, sizeof(step_id), "%s.%s", job, step);
-    channel_send(channel, "hello %d %d %ld %s %s", rank, world, (long)getpid(), host, step_id);
+    // the attempt of an elastic job: the agent hears only the current one
+    const char *epoch = getenv(CHANNEL_EPOCH_ENV);
+    char epoch_field[32] = "";
+    if (epoch && *epoch && strspn(epoch, "0123456789") == strlen(epoch) && strlen(epoch) < 10)
+        snprintf(epoch_field, sizeof(epoch_field), " epoch=%s", epoch);
+    channel_send(channel, "hello %d %d %ld %s %s%s", rank, world, (long)getpid(), host, step_id,
+                 epoch_field);
     return channel->fd >= 0 ? 0 : (snprintf(err, err_len, "%s", channel->lost_why), -1);
 }
 

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -231,3 +232,54 @@ def test_a_slow_link_is_no_failure(phalanx, corpus, drill_reference, netcluster_
     assert r.returncode == 0, r.stdout + r.stderr
     assert report["restarts"] == 0 and "detected" not in r.stderr, r.stderr
     assert_recovered_like_the_reference(tmp_path, report, drill_reference)
+
+
+# ----------------------------------------------------------------------------
+# fencing: only the current attempt writes checkpoints
+
+def index_steps(ckpt):
+    return sorted(p.name for p in ckpt.glob("step_*") if (p / "index.h5").exists())
+
+
+def test_an_attempt_below_the_fence_writes_no_checkpoint(phalanx, corpus, tmp_path):
+    """The agent writes <ckpt-dir>/fence before each launch; ranks of an older attempt
+    (PHALANX_EPOCH below it) write no shard and commit no index."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "fence").write_text("epoch 5\n")
+    args = train_args(corpus, tmp_path, "--steps", 3, "--ckpt-dir", ckpt, "--ckpt-every", 1,
+                      "--ckpt-memory-dir", "none", "--metrics-overwrite")
+    stale = run([phalanx, "train", *args], env=dict(os.environ, PHALANX_EPOCH="4"))
+    assert "fenced off by attempt 5" in stale.stderr, stale.stderr
+    assert list(ckpt.glob("step_*")) == []  # not even a directory
+    current = run([phalanx, "train", *args], env=dict(os.environ, PHALANX_EPOCH="5"))
+    assert current.returncode == 0, current.stderr
+    assert index_steps(ckpt) == ["step_00000002", "step_00000003"]
+
+
+def test_a_partitioned_attempt_writes_nothing_after_the_recovery_and_exits_after_the_heal(
+        phalanx, corpus, netcluster_factory, tmp_path):
+    cluster = netcluster_factory(hosts=3)
+    ckpt = tmp_path / "ckpt"
+    r, report = network_drill(phalanx, cluster, tmp_path, ["partition:h2@4"],
+                              train=drill_args(corpus, tmp_path, "--ckpt-memory-dir", "none"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert report["attempts"][0]["failure"]["cause"] == "partition"
+    assert (ckpt / "fence").read_text() == "epoch 1\n"
+    # what the survivors left; h2's processes of attempt 0 are still there, unreachable
+    written = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
+    marker = str(tmp_path / "metrics.jsonl")
+    stale = processes_naming(marker)
+    assert stale, "h2's rank of attempt 0 should live on while partitioned"
+    assert cluster.command("heal", "h2").returncode == 0
+    deadline = time.monotonic() + HANG_GUARD_S
+    while processes_naming(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling for an exit, bounded by the hang guard
+    left = processes_naming(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "attempt 0's processes did not exit after the heal"
+    assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == written
+    for step in index_steps(ckpt):
+        verify = run([phalanx, "ckpt", "verify", ckpt / step])
+        assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -37,6 +37,11 @@ static void test_hello_takes_later_fields(void **state)
     ProtocolMessage m;
     assert_int_equal(parse("hello 1 2 99 host - epoch=3 more", &m), 0);
     assert_int_equal(m.rank, 1);
+    assert_int_equal(m.epoch, 3);
+    assert_int_equal(parse("hello 1 2 99 host -", &m), 0);
+    assert_int_equal(m.epoch, -1); /* a rank outside an elastic job */
+    assert_int_equal(parse("hello 1 2 99 host - epoch=x", &m), -1);
+    assert_int_equal(parse("hello 1 2 99 host - epoch=99999999999", &m), -1);
 }
 
 static void test_hello_refuses_bad_fields(void **state)
