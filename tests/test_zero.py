@@ -217,3 +217,16 @@ def test_ckpt_verify_passes_on_zero_checkpoints(phalanx, half, step, request):
     result = run([phalanx, "ckpt", "verify", path], timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every checksum good" in result.stdout
+
+
+def test_resume_by_path_without_ckpt_dir(phalanx, corpus, straight, zero_half, tmp_path):
+    """--resume PATH under --zero 1 without --ckpt-dir (crashed before: the
+    unsharded moments it loaded into did not exist)."""
+    out = tmp_path / "run"
+    shutil.copytree(zero_half, out)
+    args = ["--data", corpus / "train.bin", *MODEL, "--global-batch", "16", "--micro-batch",
+            "2", "--quiet", *DP4_ZERO, "--steps", str(STEPS),
+            "--resume", zero_half / "ckpt" / "step_00000010"]
+    rows, params, _ = launch(phalanx, out, 4, args)
+    assert without_timings(rows[HALF:]) == without_timings(straight[0])
+    assert np.array_equal(params, straight[1])
