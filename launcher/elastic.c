@@ -357,7 +357,10 @@ static int remove_failed_node(Agent *agent, Attempt *a)
     const SpawnPlan *plan = &agent->job->plan;
     if (spawn_is_multi_host(plan) && a->failure.node[0]) {
         size_t used = strlen(agent->excluded);
-        bool by_address = (plan->hosts || plan->hostfile) && a->failure.address[0];
+        // a loopback address names no host (the rank ran where the launcher runs)
+        bool by_address = (plan->hosts || plan->hostfile) && a->failure.address[0] &&
+                          strncmp(a->failure.address, "127.", 4) != 0 &&
+                          strcmp(a->failure.address, a->failure.node) != 0;
         snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s%s%s",
                  used ? "," : "", a->failure.node, by_address ? "," : "",
                  by_address ? a->failure.address : "");
