@@ -222,10 +222,10 @@ def test_a_lost_host_is_removed_and_the_run_finishes_on_the_survivors(
 
 def test_a_slow_link_is_no_failure(phalanx, corpus, drill_reference, netcluster_factory,
                                    tmp_path):
-    """h2's link shaped to 2 Mbit/s both ways (a step's gradient exchange then takes about
-    as long as its computation here): slower steps, no false failure, the same run."""
+    """h2's link shaped to 20 Mbit/s both ways (steps of this model took 2 to 3 times as
+    long when measured here; nothing asserts it): no false failure, the same run."""
     cluster = netcluster_factory(hosts=3)
-    r = cluster.command("slowlink", "h2", "2mbit")
+    r = cluster.command("slowlink", "h2", "20mbit")
     assert r.returncode == 0, r.stderr
     r, report = network_drill(phalanx, cluster, tmp_path, [],
                               train=drill_args(corpus, tmp_path))
