@@ -705,8 +705,8 @@ static int evaluate(Trainer *t, double *val_loss)
 static void stop_orphaned(Trainer *t, bool lost_here)
 {
     if (lost_here)
-        fprintf(stderr, "phalanx train: rank %d: %s; stopping without another checkpoint\n",
-                t->rank, t->channel.lost_why);
+        fprintf(stderr, "phalanx train: rank %d: %s; stopping after step %ld without another "
+                        "checkpoint\n", t->rank, t->channel.lost_why, t->steps_done);
     if (t->ckpt)
         ckpt_abandon(t->ckpt);
 }
