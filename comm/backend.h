@@ -21,6 +21,8 @@ typedef struct {
     int (*recv)(Comm *comm, void *buffer, size_t count, CommType type, int peer, int tag);
     int (*barrier)(Comm *comm);
     CommRequest *(*iallreduce)(Comm *comm, void *buffer, size_t count, CommType type);
+    CommRequest *(*ireduce_scatter)(Comm *comm, const void *send, void *recv,
+                                    size_t recv_count, CommType type);
     CommRequest *(*isend)(Comm *comm, const void *buffer, size_t count, CommType type,
                           int peer, int tag);
     CommRequest *(*irecv)(Comm *comm, void *buffer, size_t count, CommType type, int peer,

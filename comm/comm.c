@@ -106,6 +106,12 @@ CommRequest *comm_iallreduce(Comm *comm, void *buffer, size_t count, CommType ty
     return comm->ops->iallreduce(comm, buffer, count, type);
 }
 
+CommRequest *comm_ireduce_scatter(Comm *comm, const void *send, void *recv, size_t recv_count,
+                                  CommType type)
+{
+    return comm->ops->ireduce_scatter(comm, send, recv, recv_count, type);
+}
+
 CommRequest *comm_isend(Comm *comm, const void *buffer, size_t count, CommType type, int peer,
                         int tag)
 {

@@ -73,6 +73,10 @@ int comm_recv(Comm *comm, void *buffer, size_t count, CommType type, int peer, i
 int comm_barrier(Comm *comm);
 
 CommRequest *comm_iallreduce(Comm *comm, void *buffer, size_t count, CommType type);
+/* Non-blocking comm_reduce_scatter: `send` (size x recv_count) must not
+ * change, nor `recv` be read, until the request completes. */
+CommRequest *comm_ireduce_scatter(Comm *comm, const void *send, void *recv, size_t recv_count,
+                                  CommType type);
 CommRequest *comm_isend(Comm *comm, const void *buffer, size_t count, CommType type, int peer,
                         int tag);
 CommRequest *comm_irecv(Comm *comm, void *buffer, size_t count, CommType type, int peer,

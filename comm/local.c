@@ -94,6 +94,14 @@ static CommRequest *local_iallreduce(Comm *comm, void *buffer, size_t count, Com
     return completed_request(comm);
 }
 
+/* One rank: its chunk is the whole send buffer, summed with nobody. */
+static CommRequest *local_ireduce_scatter(Comm *comm, const void *send, void *recv,
+                                          size_t recv_count, CommType type)
+{
+    local_copy(comm, send, recv, recv_count, type);
+    return completed_request(comm);
+}
+
 static CommRequest *local_ipoint(Comm *comm, const void *buffer, size_t count, CommType type,
                                  int peer, int tag)
 {
@@ -133,6 +141,7 @@ static const CommOps local_ops = {
     .recv = local_recv,
     .barrier = local_barrier,
     .iallreduce = local_iallreduce,
+    .ireduce_scatter = local_ireduce_scatter,
     .isend = local_ipoint,
     .irecv = local_irecv,
     .wait = local_wait,

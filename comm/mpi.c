@@ -214,6 +214,18 @@ static CommRequest *mpi_iallreduce(Comm *comm, void *buffer, size_t count, CommT
                    "MPI_Iallreduce");
 }
 
+static CommRequest *mpi_ireduce_scatter(Comm *comm, const void *send, void *recv,
+                                        size_t recv_count, CommType type)
+{
+    CommRequest *r =
+        check_count(comm, recv_count * (size_t)comm->size) ? NULL : new_request(comm);
+    if (!r)
+        return NULL;
+    return started(r, MPI_Ireduce_scatter_block(send, recv, (int)recv_count, mpi_type(type),
+                                                MPI_SUM, handle(comm), r->impl),
+                   "MPI_Ireduce_scatter_block");
+}
+
 static CommRequest *mpi_isend(Comm *comm, const void *buffer, size_t count, CommType type,
                               int peer, int tag)
 {
@@ -267,6 +279,7 @@ static const CommOps mpi_ops = {
     .recv = mpi_recv,
     .barrier = mpi_barrier,
     .iallreduce = mpi_iallreduce,
+    .ireduce_scatter = mpi_ireduce_scatter,
     .isend = mpi_isend,
     .irecv = mpi_irecv,
     .wait = mpi_wait,

@@ -427,16 +427,13 @@ static CommRequest *wrap_request(Comm *comm, NcclRequest *r)
     return request;
 }
 
-static CommRequest *nccl_iallreduce(Comm *comm, void *buffer, size_t count, CommType type)
+/* The request of a collective just queued on the stream (`queued`: its
+ * ncclResult): an event after it. */
+static CommRequest *queued_request(Comm *comm, NcclRequest *r, ncclResult_t queued,
+                                   const char *what)
 {
-    const char *what = "ncclAllReduce";
     NcclComm *c = impl_of(comm);
-    NcclRequest *r = begin(comm, what) ? NULL : new_request(comm, what);
-    if (!r)
-        return NULL;
-    if (nccl_result(comm, ncclAllReduce(buffer, buffer, count, nccl_type(type), ncclSum, c->nccl,
-                                        c->stream),
-                    what) ||
+    if (nccl_result(comm, queued, what) ||
         cuda_result(comm, cudaEventRecord(r->event, c->stream), what)) {
         free_request(r);
         return NULL;
@@ -445,6 +442,33 @@ static CommRequest *nccl_iallreduce(Comm *comm, void *buffer, size_t count, Comm
     if (!request)
         free_request(r);
     return request;
+}
+
+static CommRequest *nccl_iallreduce(Comm *comm, void *buffer, size_t count, CommType type)
+{
+    const char *what = "ncclAllReduce";
+    NcclComm *c = impl_of(comm);
+    NcclRequest *r = begin(comm, what) ? NULL : new_request(comm, what);
+    if (!r)
+        return NULL;
+    return queued_request(comm, r,
+                          ncclAllReduce(buffer, buffer, count, nccl_type(type), ncclSum,
+                                        c->nccl, c->stream),
+                          what);
+}
+
+static CommRequest *nccl_ireduce_scatter(Comm *comm, const void *send, void *recv,
+                                         size_t recv_count, CommType type)
+{
+    const char *what = "ncclReduceScatter";
+    NcclComm *c = impl_of(comm);
+    NcclRequest *r = begin(comm, what) ? NULL : new_request(comm, what);
+    if (!r)
+        return NULL;
+    return queued_request(comm, r,
+                          ncclReduceScatter(send, recv, recv_count, nccl_type(type), ncclSum,
+                                            c->nccl, c->stream),
+                          what);
 }
 
 /* Queues an isend/irecv until the communicator's next call (see the top). */
@@ -541,6 +565,7 @@ static const CommOps nccl_ops = {
     .recv = nccl_recv,
     .barrier = nccl_barrier,
     .iallreduce = nccl_iallreduce,
+    .ireduce_scatter = nccl_ireduce_scatter,
     .isend = nccl_isend,
     .irecv = nccl_irecv,
     .wait = nccl_wait,

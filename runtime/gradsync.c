@@ -19,6 +19,7 @@ void gradsync_init(GradSync *sync, Comm *comm, const Device *dev, float *grads, 
     sync->grads = grads;
     sync->count = count;
     sync->bucket_floats = bucket_floats > 0 ? bucket_floats : 1;
+    sync->zero = NULL;
     gradsync_begin(sync);
 }
 
@@ -70,6 +71,10 @@ static void drive_progress(GradSync *sync)
 
 int gradsync_ready_from(GradSync *sync, size_t offset)
 {
+    if (sync->zero && zero_ready_from(sync->zero, offset)) {
+        snprintf(sync->error, sizeof(sync->error), "%s", sync->zero->error);
+        return -1;
+    }
     if (idle(sync))
         return 0;
     if (offset < sync->launched_from && sync->launched_from - offset >= sync->bucket_floats &&

@@ -11,12 +11,16 @@
  * as it is final, and gradsync_finish() launches what is left and waits.
  * With a group of one rank, or none (comm NULL), every call does nothing. The gradients are on
  * `dev`: its queue is drained before a bucket is handed to the communicator.
+ * ZeRO-1 (`zero` set, comm NULL): gradsync_ready_from() passes readiness to
+ * zero_ready_from(), which reduce-scatters ZeRO's own buckets as they become
+ * final; zero_reduce_scatter() finishes them (gradsync_finish does nothing).
  */
 #ifndef PHALANX_GRADSYNC_H
 #define PHALANX_GRADSYNC_H
 
 #include "comm.h"
 #include "device.h"
+#include "zero.h"
 
 #include <stddef.h>
 
@@ -32,6 +36,7 @@ typedef struct {
     CommRequest *requests[GRADSYNC_MAX_BUCKETS];
     int request_count;
     double comm_seconds;  /* time spent waiting in gradsync_finish, this step */
+    Zero *zero;           /* ZeRO-1: readiness goes to its reduce-scatter; NULL: none */
     char error[640];
 } GradSync;
 

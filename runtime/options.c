@@ -112,6 +112,9 @@ void options_usage(FILE *out)
         "                         effect (a warning). cpu devices. Each rank checkpoints\n"
         "                         its shard of m and v; a checkpoint resumes with or\n"
         "                         without --zero, in any layout\n"
+        "  --grad-bucket N        floats per gradient bucket (default 1048576, 4 MB): each\n"
+        "                         bucket's allreduce (or ZeRO-1 reduce-scatter) starts as\n"
+        "                         soon as the backward pass has finished it\n"
         "Device:\n"
         "  --device cpu|cuda      where the model runs (default cpu). cuda: one GPU per rank,\n"
         "                         the node-local rank's (OMPI_COMM_WORLD_LOCAL_RANK or\n"
@@ -152,6 +155,7 @@ enum {
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
     OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
     OPT_TF32, OPT_PRECISION, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE, OPT_ZERO,
+    OPT_GRAD_BUCKET,
 };
 
 static const struct option long_options[] = {
@@ -211,6 +215,7 @@ static const struct option long_options[] = {
     {"precision", required_argument, NULL, OPT_PRECISION},
     {"recompute", required_argument, NULL, OPT_RECOMPUTE},
     {"zero", required_argument, NULL, OPT_ZERO},
+    {"grad-bucket", required_argument, NULL, OPT_GRAD_BUCKET},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -383,6 +388,8 @@ static void set_defaults(TrainOptions *o)
     o->lr_scaling = LR_SCALING_SQRT;
     o->ckpt = (CkptOptions){.every = 100, .keep = 2, .mode = CKPT_ASYNC};
     o->device = "cpu";
+    // 4 MB: the per-message cost of MPI stays small, and buckets still overlap
+    o->grad_bucket = 1 << 20;
 }
 
 /* Applies one option; returns 0, or -1 after printing why the value is bad. */
@@ -447,6 +454,7 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
         if (!recompute_parse(arg, &o->recompute))
             return bad_value("recompute", arg, "a mode (none, attn or full)");
         return 0;
+    case OPT_GRAD_BUCKET: return parse_int("grad-bucket", arg, 1, 1 << 30, &o->grad_bucket);
     case OPT_ZERO:
         if (parse_int("zero", arg, 0, 3, &o->zero))
             return -1;

@@ -40,6 +40,7 @@ typedef struct {
     bool bf16;          /* --precision bf16: bf16 matrix products (device_bf16) */
     Recompute recompute; /* what layers keep for backward (gpt.h) */
     int zero;            /* ZeRO stage: 0 (replicated optimizer) or 1 (sharded, zero.h) */
+    int grad_bucket;     /* floats per gradient bucket (gradsync.h, zero.h) */
     long eval_every;
     int eval_batches;
     bool quiet; /* no per-step progress lines */

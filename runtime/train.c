@@ -90,7 +90,11 @@ static int open_data(TokenData *data, size_t *windows, const char *spec, const c
     return 0;
 }
 
-/* --zero 1: the shards replace m, v and the optimizer's tensor list. */
+static const ParamTensor *tied_embedding(const Trainer *t);
+
+/* --zero 1: the shards replace m, v and the optimizer's tensor list; their
+ * reduce-scatter overlaps the backward pass (gradsync), but for the bucket of
+ * the tied wte, which is summed between the stages first. */
 static int setup_zero(Trainer *t)
 {
     t->sharded = t->opt.zero == 1 && comm_size(t->dpsp) > 1;
@@ -100,8 +104,11 @@ static int setup_zero(Trainer *t)
                         "so an elastic restart on fewer ranks still runs)\n");
     if (!t->sharded)
         return 0;
-    if (zero_init(&t->zero, &t->gpt, t->dpsp_data, t->dpsp, GRAD_BUCKET_FLOATS) == 0)
+    if (zero_init(&t->zero, &t->gpt, t->dpsp_data, t->dpsp, (size_t)t->opt.grad_bucket) == 0) {
+        const ParamTensor *wte = tied_embedding(t);
+        t->zero.held_tensor = wte ? (int)(wte - t->gpt.tensors) : -1;
         return 0;
+    }
     fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
     return -1;
 }
@@ -239,9 +246,10 @@ static int setup_model(Trainer *t)
         return -1;
     batch_init(&t->batch, o->batch_adaptive, o->global_batch, o->max_global_batch,
                o->batch_quantum, o->batch_eta, o->batch_ema);
-    // sharded: the reduce-scatter after the backward pass replaces the allreduce
+    // sharded: ZeRO's reduce-scatter, overlapped with the backward pass, replaces the allreduce
     gradsync_init(&t->sync, t->sharded ? NULL : t->dpsp_data, t->dev, t->gpt.grads,
-                  t->gpt.param_count, GRAD_BUCKET_FLOATS);
+                  t->gpt.param_count, (size_t)o->grad_bucket);
+    t->sync.zero = t->sharded ? &t->zero : NULL;
     return 0;
 }
 

@@ -24,10 +24,6 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Gradient buckets of at least 1M floats (4 MB): large enough that the
- * per-message cost of MPI stays small, small enough to overlap. */
-#define GRAD_BUCKET_FLOATS (1u << 20)
-
 typedef struct {
     TrainOptions opt;
     const Device *dev; /* --device: where the model, gradients and moments live */

@@ -92,6 +92,7 @@ int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats)
     z->host = host;
     z->rank = comm_rank(comm);
     z->size = comm_size(comm);
+    z->held_tensor = -1;
     size_t staging_floats;
     z->tensors = calloc((size_t)gpt->tensor_count, sizeof(OptimTensor));
     z->sums = calloc(2 * (size_t)gpt->tensor_count, sizeof(double));
@@ -101,7 +102,8 @@ int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats)
     z->grad_shard = z->dev->alloc(shard_bytes);
     z->m = z->dev->alloc(shard_bytes);
     z->v = z->dev->alloc(shard_bytes);
-    z->staging = z->dev->alloc((staging_floats ? staging_floats : 1) * sizeof(float));
+    z->slot_floats = staging_floats ? staging_floats : 1;
+    z->staging = z->dev->alloc(ZERO_SLOTS * z->slot_floats * sizeof(float));
     if (!z->grad_shard || !z->m || !z->v || !z->staging)
         goto out_of_memory;
     z->dev->zero(z->m, shard_bytes);
@@ -167,21 +169,67 @@ static int device_drained(Zero *z, const char *what)
     return -1;
 }
 
-int zero_reduce_scatter(Zero *z)
+/* Waits for the reduce-scatter that used `slot`, if any. */
+static int slot_free(Zero *z, int slot)
 {
-    for (int k = 0; k < z->bucket_count; k++) {
-        const ZeroBucket *b = &z->buckets[k];
-        z->dev->zero(z->staging, b->per_owner * z->size * sizeof(float));
-        for (int owner = 0; owner < z->size; owner++)
-            copy_pieces(z, b, owner, z->gpt->grads, z->staging + owner * b->per_owner, true);
-        if (device_drained(z, "gradient reduce-scatter") ||
-            communicated(z, comm_reduce_scatter(z->comm, z->staging,
-                                                z->grad_shard + b->shard_offset, b->per_owner,
-                                                COMM_F32),
-                         "gradient reduce-scatter"))
+    CommRequest *request = z->in_flight[slot];
+    z->in_flight[slot] = NULL;
+    return request ? communicated(z, comm_wait(request), "gradient reduce-scatter") : 0;
+}
+
+/* Packs the next bucket (from the last one down) into its slot and starts
+ * its reduce-scatter. */
+static int launch_next(Zero *z)
+{
+    const ZeroBucket *b = &z->buckets[z->bucket_count - 1 - z->launched];
+    int slot = z->launched % ZERO_SLOTS;
+    float *staging = z->staging + (size_t)slot * z->slot_floats;
+    if (slot_free(z, slot))
+        return -1;
+    z->dev->zero(staging, b->per_owner * z->size * sizeof(float));
+    for (int owner = 0; owner < z->size; owner++)
+        copy_pieces(z, b, owner, z->gpt->grads, staging + owner * b->per_owner, true);
+    if (device_drained(z, "gradient reduce-scatter"))
+        return -1;
+    z->in_flight[slot] = comm_ireduce_scatter(z->comm, staging, z->grad_shard + b->shard_offset,
+                                              b->per_owner, COMM_F32);
+    if (!z->in_flight[slot])
+        return communicated(z, -1, "gradient reduce-scatter");
+    z->launched++;
+    return 0;
+}
+
+static bool holds_held_tensor(const Zero *z, const ZeroBucket *b)
+{
+    return z->held_tensor >= b->tensor_begin && z->held_tensor < b->tensor_end;
+}
+
+int zero_ready_from(Zero *z, size_t offset)
+{
+    while (z->launched < z->bucket_count) {
+        const ZeroBucket *b = &z->buckets[z->bucket_count - 1 - z->launched];
+        if (z->gpt->tensors[b->tensor_begin].offset < offset || holds_held_tensor(z, b))
+            break;
+        if (launch_next(z))
             return -1;
     }
+    bool done; // lets MPI move the buckets in flight along while the caller computes
+    for (int slot = 0; slot < ZERO_SLOTS; slot++)
+        if (z->in_flight[slot])
+            comm_test(z->in_flight[slot], &done);
     return 0;
+}
+
+int zero_reduce_scatter(Zero *z)
+{
+    int status = 0;
+    while (status == 0 && z->launched < z->bucket_count)
+        status = launch_next(z);
+    for (int slot = 0; slot < ZERO_SLOTS; slot++)
+        if (slot_free(z, slot))
+            status = -1;
+    z->launched = 0;
+    return status;
 }
 
 int zero_allgather(Zero *z)

@@ -14,6 +14,16 @@
  *   R equal chunks (padded with zeros), so one reduce-scatter sums the whole
  *   group's gradients into each owner's chunk and one all-gather brings every
  *   owner's updated parameters back.
+ * - Overlap: the backward pass finishes gradients from the end of the buffer
+ *   towards its start (gradsync.h); zero_ready_from() launches each bucket's
+ *   non-blocking reduce-scatter as soon as its gradients are final, the last
+ *   bucket first, while the backward pass goes on. ZERO_SLOTS staging buffers
+ *   take turns (a launch waits for the bucket that used its slot), so staging
+ *   stays a few buckets whatever the model. zero_reduce_scatter() launches
+ *   the rest and waits for all. A bucket holding `held_tensor` (the tied wte,
+ *   which is summed between the stages after the backward pass) is launched
+ *   only by zero_reduce_scatter(). Every rank of the group launches the
+ *   buckets in the same order (the same stage reports the same offsets).
  * - `tensors` lists the rank's pieces as OptimTensor (one per tensor of the
  *   stage, in order; numel may be 0), ready for optim_step_begin/end: LAMB's
  *   trust ratio and the global norm come from partial squares summed over the
@@ -36,6 +46,8 @@ typedef struct {
     size_t shard_offset;          /* where this rank's chunk starts in the shard */
 } ZeroBucket;
 
+#define ZERO_SLOTS 2 /* staging buffers for reduce-scatters in flight */
+
 typedef struct {
     const Device *dev;
     GPT *gpt;
@@ -46,7 +58,11 @@ typedef struct {
     int bucket_count;
     size_t shard_floats;
     float *grad_shard, *m, *v; /* [shard_floats] each */
-    float *staging;            /* the largest bucket's R chunks */
+    float *staging;            /* ZERO_SLOTS x slot_floats: a bucket's R chunks each */
+    size_t slot_floats;        /* the largest bucket's R chunks */
+    CommRequest *in_flight[ZERO_SLOTS]; /* the reduce-scatter using each slot */
+    int launched;              /* buckets launched this step, from the last one */
+    int held_tensor;           /* its bucket waits for zero_reduce_scatter; -1: none */
     OptimTensor *tensors;      /* this rank's pieces, gpt->tensor_count of them */
     double *sums;              /* LAMB's partial squares, 2 per tensor */
     char error[640];
@@ -64,7 +80,11 @@ size_t zero_piece_offset(const Zero *z, int tensor);
 int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats);
 void zero_free(Zero *z);
 
-/* gpt->grads (this rank's, whole) -> z->grad_shard, summed over the group. */
+/* Gradients at offsets >= `offset` are final: launches the reduce-scatter
+ * of every bucket that lies there (but the held one). Returns 0 or -1. */
+int zero_ready_from(Zero *z, size_t offset);
+/* gpt->grads (this rank's, whole) -> z->grad_shard, summed over the group:
+ * launches the buckets not launched yet and waits for every one. */
 int zero_reduce_scatter(Zero *z);
 /* Every owner's pieces of gpt->params -> every rank's gpt->params. Uses
  * grad_shard as the send buffer: call after the optimizer step. */

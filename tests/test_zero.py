@@ -57,6 +57,17 @@ def test_zero1_matches_zero0_with_pipeline_and_sequence_parallel(phalanx, corpus
         assert abs(tied - params[: tied.size]).max() <= 1e-6 * scale
 
 
+@pytest.mark.parametrize("layout", [["--dp", "4"], ["--dp", "2", "--pp", "2"],
+                                    ["--dp", "2", "--sp", "2"]],
+                         ids=["dp4", "dp2xpp2", "dp2xsp2"])
+def test_zero1_with_small_buckets_overlapped_matches_zero0(phalanx, corpus, tmp_path, layout):
+    """--grad-bucket 3000 makes 6-8 buckets per stage: their reduce-scatters
+    start during the backward pass, more than ZERO_SLOTS of them (a launch
+    waits for its slot's previous bucket), the tied wte's bucket last."""
+    unsharded, sharded = both(phalanx, corpus, tmp_path, 4, [*layout, "--grad-bucket", "3000"])
+    assert_same_run(unsharded, sharded, rtol=1e-5)
+
+
 def test_optimizer_memory_per_rank_is_one_over_replicas(phalanx, corpus, tmp_path):
     unsharded, sharded = both(phalanx, corpus, tmp_path, 4, ["--dp", "4"])
     full, shard = unsharded[0][0]["optimizer_mib"], sharded[0][0]["optimizer_mib"]
@@ -81,6 +92,8 @@ def test_zero1_on_one_replica_warns_and_runs_unsharded(phalanx, corpus, tmp_path
     (["--zero", "4"], "--zero"),
     (["--zero", "one"], "--zero"),
     (["--zero", "1", "--device", "cuda"], "--zero 1 is not implemented for --device cuda"),
+    (["--grad-bucket", "0"], "--grad-bucket"),
+    (["--grad-bucket", "4k"], "--grad-bucket"),
 ])
 def test_bad_zero(phalanx, corpus, tmp_path, args, expected):
     result = run([phalanx, "train", "--data", corpus / "train.bin", *RUN, *args], timeout=60)
