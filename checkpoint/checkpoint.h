@@ -36,23 +36,33 @@
  *   are local (one node); elsewhere resume falls back to tier 2 by itself.
  * - Commit, per tier: every rank writes and fsyncs its shard; the sidecars
  *   agree (a non-blocking allreduce on their own communicator); rank 0 writes
- *   index.h5 (tmp file, fsync, rename, directory fsync). A checkpoint is
- *   complete when its index exists. Then checkpoints older than the newest
- *   `keep` complete ones are pruned (tier 1 keeps at most 2: it is memory).
+ *   index.h5 (tmp file, fsync, renameat2(RENAME_NOREPLACE), directory fsync:
+ *   an index is never replaced). A checkpoint is complete when its index
+ *   exists. Then rank 0 reads the fence again and, unless its own commit is
+ *   fenced, prunes checkpoints older than the newest `keep` complete and
+ *   valid ones (tier 1 keeps at most 2: it is memory); a writer never
+ *   removes a step directory of a newer epoch than its own.
  *   A checkpoint that cannot be written (no space, I/O error) is not
  *   committed: a warning goes to stderr, the partial files are removed and
  *   training goes on; earlier checkpoints are never touched by a failed one.
  * - ckpt_close() is collective: it flushes what is pending and, after a
  *   successful run whose newest checkpoint reached tier 2, removes tier 1.
  *
- * Files, the same in both tiers:
- *   <tier>/step_%08ld/rank_%05d.h5   one shard per writing rank: datasets
+ * Files, the same in both tiers (E: the epoch that wrote the step, below):
+ *   <tier>/step_%08ld.eE/            a step written by attempt E of an
+ *       elastic job; step_%08ld without an epoch (a run that is not elastic).
+ *       Every file of a step is written by one attempt: two attempts never
+ *       share a directory, so an old one cannot replace or mix into a newer
+ *       one's files. Readers take the newest valid step, and of one step the
+ *       highest epoch.
+ *   <tier>/step_%08ld.eE/rank_%05d.h5   one shard per writing rank: datasets
  *       params/<name>, optim/m/<name>, optim/v/<name>, each a fragment of a
  *       logical tensor (attributes logical_name, logical_shape, offset),
  *       chunked with Fletcher32; metadata checksummed (HDF5 1.10 format:
  *       readers need HDF5 1.10 or newer).
- *   <tier>/step_%08ld/index.h5       written last: group `run` (run state as
- *       attributes, run/extra for key-value pairs), table `fragments`, table
+ *   <tier>/step_%08ld.eE/index.h5       written last: group `run` (run state as
+ *       attributes, run/extra for key-value pairs, among them fence.epoch: E,
+ *       -1 without one; it must match the directory's name), table `fragments`, table
  *       `shards` (rank, bytes), and virtual datasets params/<name>,
  *       optim/m/<name>, optim/v/<name> that show every logical tensor whole
  *       (h5py and h5dump read them without Phalanx; a missing shard reads NaN).
@@ -102,6 +112,7 @@ typedef enum {
     CKPT_NOT_FOUND = 4,  /* no such path, or no checkpoint there */
     CKPT_MISMATCH = 5,   /* model shape or tensors differ from this run's */
     CKPT_ERROR = 6,      /* a system error (permissions, memory, communication) */
+    CKPT_FENCED = 7,     /* committed by an attempt after a newer one fenced it off */
 } CkptStatus;
 
 const char *ckpt_status_name(CkptStatus status);
@@ -187,20 +198,44 @@ typedef struct {
 /* Parses "async" / "sync". */
 bool ckpt_mode_parse(const char *text, CkptMode *out);
 
-/* The tier directories for `options`: tier1 is "" when tier 1 is off. */
 /* Fencing (DESIGN.md "Elasticity"): the elastic agent numbers every launch
- * (its epoch) and, before it, writes "epoch N" to <dir>/fence (temporary
- * file, fsync, rename). A Checkpointer whose ranks run with PHALANX_EPOCH
- * (set by the agent) below the fence writes no shard and commits no index
- * in either tier: it belongs to an attempt the agent gave up on (a rank on a
- * partitioned host), and its writes could land in a step directory that
- * the newer attempt owns. The fence is read before each shard and before
- * the index; what a fenced attempt had already renamed into place stays.
- * ckpt_fence_epoch returns the fence's epoch, or -1 when there is none. */
-int ckpt_fence_write(const char *dir, int epoch, char *err, size_t err_len);
+ * (its epoch E, given to ranks as PHALANX_EPOCH) and, before it, appends
+ * "epoch E after K" to <--ckpt-dir>/fence (the whole history rewritten:
+ * temporary file, fsync, rename), K being the newest complete valid step
+ * at that moment (ckpt_newest_complete; -1: none). The one validity rule,
+ * applied by resume, load, verify, `phalanx ckpt ls`, pruning and the agent:
+ *     a checkpoint of epoch e at step s is valid unless the fence has an
+ *     entry (F, K) with F > e and s > K.
+ * So whatever an older attempt still alive (a rank on a partitioned host)
+ * commits after the fence went up is invisible, whenever it lands: it is
+ * newer than K, and it lies in a directory of its own epoch. No timing is
+ * involved; the writer's check of the fence before each shard and index
+ * (a fenced Checkpointer stops writing) only saves it the work. Tier 1 is
+ * judged by tier 2's fence. A fence file that cannot be parsed stops
+ * readers with a message (it is never guessed at). */
+typedef struct {
+    int epoch;     /* F: the attempt that raised it */
+    int64_t after; /* K: the newest valid step then; INT64_MAX for a "epoch F" line */
+} CkptFenceEntry;
+typedef struct {
+    CkptFenceEntry *entries; /* ascending epochs */
+    int count;               /* 0: no fence */
+} CkptFence;
+int ckpt_fence_read(const char *dir, CkptFence *fence, char *err, size_t err_len);
+void ckpt_fence_free(CkptFence *fence);
+/* The rule; when false, `why` says which entry fenced it (why may be NULL). */
+bool ckpt_fence_allows(const CkptFence *fence, int epoch, int64_t step, char *why,
+                       size_t why_len);
+/* Appends (epoch, after); refused unless epoch is above every entry. */
+int ckpt_fence_raise(const char *dir, int epoch, int64_t after, char *err, size_t err_len);
+/* The newest entry's epoch; -1 when there is no fence (or it is unreadable). */
 int ckpt_fence_epoch(const char *dir);
 #define CKPT_EPOCH_ENV "PHALANX_EPOCH"
 
+/* "<tier>/step_%08lld", or "<tier>/step_%08lld.e%d" when epoch >= 0. */
+void ckpt_step_dir(char *out, size_t len, const char *tier, int64_t step, int epoch);
+
+/* The tier directories for `options`: tier1 is "" when tier 1 is off. */
 void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, char *tier2,
                     size_t tier2_len);
 
@@ -278,7 +313,9 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
  * - every shard dataset read: reached through hard links only, float32,
  *   chunked as the writer chunks it, Fletcher32 its only filter, no external
  *   storage (so not virtual), attributes that agree with the index.
- * Anything else is CKPT_CORRUPT, and resume falls back past it. */
+ * Anything else is CKPT_CORRUPT, and resume falls back past it. A complete
+ * checkpoint that the fence rule above rejects (judged by the fence of the
+ * step directory's parent) is CKPT_FENCED: resume falls back past it too. */
 
 /* "[32]" or "[32, 1]": a shape as the messages print it. */
 void ckpt_shape_text(int ndim, const int64_t shape[2], char *out, size_t len);
@@ -335,18 +372,25 @@ void ckpt_index_free(CkptIndex *index);
 typedef struct {
     char path[4096];
     int64_t step;
+    int epoch;      /* from the directory's name: -1 without one */
     time_t time;    /* when the index was committed (else last change) */
     uint64_t bytes; /* all files of the step directory */
     CkptStatus status; /* CKPT_OK: complete (index and every shard present) */
     char why[256];  /* what is missing, when not complete */
 } CkptEntry;
 
-/* The step directories of `dir`, oldest first (*entries is malloc'd).
- * Completeness is checked cheaply (files present, sizes); no checksums. */
+/* The step directories of `dir`, oldest first (of one step, lowest epoch
+ * first; *entries is malloc'd). Completeness is checked cheaply (files
+ * present, sizes); no checksums. A complete one the fence of `dir` rejects
+ * is CKPT_FENCED. -1 also when that fence cannot be read. */
 int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len);
+/* The same, judged by the fence of `fence_dir` (tier 1 by tier 2's). */
+int ckpt_list_fenced(const char *dir, const char *fence_dir, CkptEntry **entries, int *count,
+                     char *err, size_t err_len);
 
-/* The newest complete checkpoint step in either tier of `options` (cheap
- * checks, as ckpt_list), or -1 when there is none or no directory yet. */
+/* The newest complete and valid checkpoint step in either tier of
+ * `options` (cheap checks, as ckpt_list), or -1 when there is none or no
+ * directory yet. */
 int64_t ckpt_newest_complete(const CkptOptions *options);
 
 /* The validation above, and every fragment of every shard read (all

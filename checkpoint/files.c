@@ -28,6 +28,7 @@
 #define WRITE_PIECE ((size_t)8 << 20)
 
 #define STEP_FORMAT "step_%08lld"
+#define EPOCH_FORMAT ".e%d" /* after STEP_FORMAT: the attempt that wrote the step */
 #define SHARD_FORMAT "rank_%05d.h5"
 #define TEMP_SUFFIX ".tmp"
 
@@ -50,9 +51,12 @@ int64_t ckpt_row_length(int ndim, const int64_t shape[2])
     return ndim == 2 ? shape[1] : 1;
 }
 
-void files_step_name(char *out, size_t len, int64_t step)
+void files_step_name(char *out, size_t len, int64_t step, int epoch)
 {
-    snprintf(out, len, STEP_FORMAT, (long long)step);
+    if (epoch < 0)
+        snprintf(out, len, STEP_FORMAT, (long long)step);
+    else
+        snprintf(out, len, STEP_FORMAT EPOCH_FORMAT, (long long)step, epoch);
 }
 
 void files_shard_name(char *out, size_t len, int rank)
@@ -60,9 +64,11 @@ void files_shard_name(char *out, size_t len, int rank)
     snprintf(out, len, SHARD_FORMAT, rank);
 }
 
-void files_step_dir(char *out, size_t len, const char *tier, int64_t step)
+void ckpt_step_dir(char *out, size_t len, const char *tier, int64_t step, int epoch)
 {
-    snprintf(out, len, "%s/" STEP_FORMAT, tier, (long long)step);
+    char name[64];
+    files_step_name(name, sizeof(name), step, epoch);
+    snprintf(out, len, "%s/%s", tier, name);
 }
 
 void files_shard_path(char *out, size_t len, const char *step_dir, int rank)
@@ -184,12 +190,12 @@ int files_open_private(FilesDir *tier, char *err, size_t err_len)
     return FILES_UNSAFE;
 }
 
-int files_open_step(const FilesDir *tier, int64_t step, bool create, FilesDir *out, char *err,
-                    size_t err_len)
+int files_open_step(const FilesDir *tier, int64_t step, int epoch, bool create, FilesDir *out,
+                    char *err, size_t err_len)
 {
     char name[64];
-    files_step_name(name, sizeof(name), step);
-    files_step_dir(out->path, sizeof(out->path), tier->path, step);
+    files_step_name(name, sizeof(name), step, epoch);
+    ckpt_step_dir(out->path, sizeof(out->path), tier->path, step, epoch);
     if (create && mkdirat(tier->fd, name, 0755) != 0 && errno != EEXIST)
         return ckpt_fail(err, err_len, "cannot create directory '%s': %s", out->path,
                          strerror(errno));
@@ -250,8 +256,25 @@ static int write_pieces(int fd, const void *data, size_t size, const WriteHooks 
     return fsync(fd);
 }
 
-int files_write(const FilesDir *dir, const char *name, const void *data, size_t size,
-                const WriteHooks *hooks, char *err, size_t err_len)
+/* Moves `temp` to `name` in `dir` unless `name` exists (EEXIST then).
+ * renameat2(RENAME_NOREPLACE) does it in one step; a file system that
+ * refuses that flag (EINVAL) gets a hard link and an unlink, which fails
+ * the same way on an existing name. */
+static int rename_noreplace(const FilesDir *dir, const char *temp, const char *name)
+{
+    if (renameat2(dir->fd, temp, dir->fd, name, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    if (linkat(dir->fd, temp, dir->fd, name, 0) != 0)
+        return -1;
+    unlinkat(dir->fd, temp, 0);
+    return 0;
+}
+
+/* files_write and files_publish: `noreplace` keeps an existing `name`. */
+static int write_durably(const FilesDir *dir, const char *name, const void *data, size_t size,
+                         const WriteHooks *hooks, bool noreplace, char *err, size_t err_len)
 {
     char temp[NAME_MAX + 1];
     if (snprintf(temp, sizeof(temp), "%s" TEMP_SUFFIX, name) >= (int)sizeof(temp))
@@ -269,10 +292,13 @@ int files_write(const FilesDir *dir, const char *name, const void *data, size_t 
         saved = errno;
     }
     // rename replaces a link at `name` itself: what it pointed to is untouched
-    if (written == 0 && renameat(dir->fd, temp, dir->fd, name) != 0) {
+    if (written == 0 && (noreplace ? rename_noreplace(dir, temp, name)
+                                   : renameat(dir->fd, temp, dir->fd, name)) != 0) {
+        saved = errno;
         unlinkat(dir->fd, temp, 0);
         return ckpt_fail(err, err_len, "cannot rename '%s/%s' into place: %s", dir->path, temp,
-                         strerror(errno));
+                         saved == EEXIST ? "a file of that name is there (never replaced)"
+                                         : strerror(saved));
     }
     if (written != 0) {
         unlinkat(dir->fd, temp, 0);
@@ -284,6 +310,18 @@ int files_write(const FilesDir *dir, const char *name, const void *data, size_t 
         return ckpt_fail(err, err_len, "cannot fsync directory '%s': %s", dir->path,
                          strerror(errno));
     return 0;
+}
+
+int files_write(const FilesDir *dir, const char *name, const void *data, size_t size,
+                const WriteHooks *hooks, char *err, size_t err_len)
+{
+    return write_durably(dir, name, data, size, hooks, false, err, err_len);
+}
+
+int files_publish(const FilesDir *dir, const char *name, const void *data, size_t size,
+                  char *err, size_t err_len)
+{
+    return write_durably(dir, name, data, size, NULL, true, err, err_len);
 }
 
 int files_fsync(const FilesDir *dir)
@@ -336,10 +374,10 @@ static void remove_layout_files(const FilesDir *step)
     closedir(d);
 }
 
-void files_remove_step(const FilesDir *tier, int64_t step)
+void files_remove_step(const FilesDir *tier, int64_t step, int epoch)
 {
     FilesDir dir;
-    if (files_open_step(tier, step, false, &dir, NULL, 0) != 0)
+    if (files_open_step(tier, step, epoch, false, &dir, NULL, 0) != 0)
         return; // gone, or a link: not ours to follow
     // the index first: the step stops being complete at once
     if (files_has_file(&dir, CKPT_INDEX_FILE) && unlinkat(dir.fd, CKPT_INDEX_FILE, 0) == 0)
@@ -347,14 +385,14 @@ void files_remove_step(const FilesDir *tier, int64_t step)
     remove_layout_files(&dir);
     files_close(&dir);
     char name[64];
-    files_step_name(name, sizeof(name), step);
+    files_step_name(name, sizeof(name), step, epoch);
     unlinkat(tier->fd, name, AT_REMOVEDIR); // fails when something else is left: it stays
 }
 
-void files_remove_own(const FilesDir *tier, int64_t step, int rank)
+void files_remove_own(const FilesDir *tier, int64_t step, int epoch, int rank)
 {
     FilesDir dir;
-    if (files_open_step(tier, step, false, &dir, NULL, 0) != 0)
+    if (files_open_step(tier, step, epoch, false, &dir, NULL, 0) != 0)
         return;
     char shard[64], temp[80];
     files_shard_name(shard, sizeof(shard), rank);
@@ -363,7 +401,7 @@ void files_remove_own(const FilesDir *tier, int64_t step, int rank)
     files_remove_file(&dir, temp);
     files_close(&dir);
     char name[64];
-    files_step_name(name, sizeof(name), step);
+    files_step_name(name, sizeof(name), step, epoch);
     // fails while other ranks' files are there: the last one removes it
     unlinkat(tier->fd, name, AT_REMOVEDIR);
 }
@@ -388,40 +426,49 @@ uint64_t files_dir_bytes(const char *dir, time_t *newest)
     return total;
 }
 
-/* "step_" followed by digits only. */
-static bool parse_step_name(const char *name, int64_t *step)
+bool files_parse_step_name(const char *name, FilesStep *out)
 {
     if (strncmp(name, "step_", 5) != 0)
         return false;
     const char *digits = name + 5;
     size_t n = strspn(digits, "0123456789");
-    if (n == 0 || n > 18 || digits[n] != '\0')
+    if (n == 0 || n > 18)
         return false;
-    *step = strtoll(digits, NULL, 10);
+    FilesStep s = {strtoll(digits, NULL, 10), -1};
+    const char *epoch = digits + n;
+    if (*epoch) {
+        size_t m = strncmp(epoch, ".e", 2) == 0 ? strspn(epoch + 2, "0123456789") : 0;
+        if (m == 0 || m > 9 || epoch[2 + m] != '\0')
+            return false;
+        s.epoch = (int)strtol(epoch + 2, NULL, 10);
+    }
+    *out = s;
     return true;
 }
 
 static int compare_steps(const void *a, const void *b)
 {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+    const FilesStep *x = a, *y = b;
+    if (x->step != y->step)
+        return (x->step > y->step) - (x->step < y->step);
+    return (x->epoch > y->epoch) - (x->epoch < y->epoch);
 }
 
 /* Steps of the real step directories in an open directory (links are not steps). */
-static int list_steps(DIR *d, const char *path, int64_t **steps, int *count, char *err,
+static int list_steps(DIR *d, const char *path, FilesStep **steps, int *count, char *err,
                       size_t err_len)
 {
     int capacity = 0, n = 0;
-    int64_t *list = NULL, step;
+    FilesStep *list = NULL, step;
     struct dirent *e;
     struct stat st;
     while ((e = readdir(d))) {
-        if (!parse_step_name(e->d_name, &step) ||
+        if (!files_parse_step_name(e->d_name, &step) ||
             fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
             continue;
         if (n == capacity) {
             capacity = capacity ? 2 * capacity : 16;
-            int64_t *grown = realloc(list, (size_t)capacity * sizeof(*list));
+            FilesStep *grown = realloc(list, (size_t)capacity * sizeof(*list));
             if (!grown) {
                 free(list);
                 return ckpt_fail(err, err_len, "out of memory listing '%s'", path);
@@ -437,7 +484,7 @@ static int list_steps(DIR *d, const char *path, int64_t **steps, int *count, cha
     return 0;
 }
 
-int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, size_t err_len)
+int files_list_steps(const char *dir, FilesStep **steps, int *count, char *err, size_t err_len)
 {
     *steps = NULL;
     *count = 0;
@@ -449,7 +496,7 @@ int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, si
     return rc;
 }
 
-int files_list_tier(const FilesDir *tier, int64_t **steps, int *count)
+int files_list_tier(const FilesDir *tier, FilesStep **steps, int *count)
 {
     *steps = NULL;
     *count = 0;
@@ -503,36 +550,173 @@ void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, c
 // the fence (checkpoint.h)
 
 #define FENCE_FILE "fence"
+#define FENCE_MAX_BYTES ((size_t)1 << 20)
 
-int ckpt_fence_write(const char *dir, int epoch, char *err, size_t err_len)
+/* The fence file's text (NUL-terminated, malloc'd); "" when there is none. */
+static int read_fence_text(const char *dir, char **text, char *err, size_t err_len)
 {
-    FilesDir tier = {.fd = -1};
-    snprintf(tier.path, sizeof(tier.path), "%s", dir);
-    char text[32];
-    int length = snprintf(text, sizeof(text), "epoch %d\n", epoch);
-    int rc = files_open_tier(&tier, err, err_len) ||
-                     files_write(&tier, FENCE_FILE, text, (size_t)length, NULL, err, err_len)
-                 ? -1
-                 : 0;
-    files_close(&tier);
+    *text = NULL;
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = dir_fd < 0 ? -1 : openat(dir_fd, FENCE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int saved = errno;
+    if (dir_fd >= 0)
+        close(dir_fd);
+    if (fd < 0 && saved != ENOENT)
+        return ckpt_fail(err, err_len, "%s/%s: cannot be read: %s", dir, FENCE_FILE,
+                         strerror(saved));
+    char *buffer = malloc(FENCE_MAX_BYTES + 1);
+    ssize_t got = 0;
+    while (buffer && fd >= 0 && (size_t)got < FENCE_MAX_BYTES) {
+        ssize_t n = read(fd, buffer + got, FENCE_MAX_BYTES - (size_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            got = n < 0 ? -1 : got;
+            break;
+        }
+        got += n;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (!buffer || got < 0) {
+        free(buffer);
+        return ckpt_fail(err, err_len, "%s/%s: cannot be read", dir, FENCE_FILE);
+    }
+    buffer[got] = '\0';
+    *text = buffer;
+    return 0;
+}
+
+/* One line: "epoch F after K" (K = -1: no checkpoint then), or the "epoch F"
+ * of the first fences, which invalidated nothing (after = INT64_MAX). */
+static bool parse_fence_line(const char *line, CkptFenceEntry *entry)
+{
+    int epoch, end = 0;
+    long long after;
+    if (sscanf(line, "epoch %d after %lld%n", &epoch, &after, &end) == 2 && line[end] == '\0' &&
+        epoch >= 0 && after >= -1) {
+        *entry = (CkptFenceEntry){epoch, after};
+        return true;
+    }
+    end = 0;
+    if (sscanf(line, "epoch %d%n", &epoch, &end) == 1 && line[end] == '\0' && epoch >= 0) {
+        *entry = (CkptFenceEntry){epoch, INT64_MAX};
+        return true;
+    }
+    return false;
+}
+
+static int parse_fence(const char *dir, char *text, CkptFence *fence, char *err, size_t err_len)
+{
+    int lines = 0;
+    for (const char *c = text; *c; c++)
+        lines += *c == '\n';
+    fence->entries = calloc((size_t)lines + 2, sizeof(CkptFenceEntry));
+    if (!fence->entries)
+        return ckpt_fail(err, err_len, "out of memory reading %s/%s", dir, FENCE_FILE);
+    int number = 0;
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        number++;
+        CkptFenceEntry *entry = &fence->entries[fence->count];
+        if (!parse_fence_line(line, entry) ||
+            (fence->count > 0 && entry->epoch <= entry[-1].epoch))
+            return ckpt_fail(err, err_len,
+                             "%s/%s: line %d is not 'epoch F after K' with F above the line "
+                             "before; the file is the agent's alone: restore it, or remove it "
+                             "only when no process of an earlier attempt can still be running",
+                             dir, FENCE_FILE, number);
+        fence->count++;
+    }
+    return 0;
+}
+
+int ckpt_fence_read(const char *dir, CkptFence *fence, char *err, size_t err_len)
+{
+    *fence = (CkptFence){NULL, 0};
+    char *text;
+    if (read_fence_text(dir, &text, err, err_len) != 0)
+        return -1;
+    int rc = parse_fence(dir, text, fence, err, err_len);
+    free(text);
+    if (rc != 0)
+        ckpt_fence_free(fence);
     return rc;
+}
+
+void ckpt_fence_free(CkptFence *fence)
+{
+    free(fence->entries);
+    *fence = (CkptFence){NULL, 0};
+}
+
+bool ckpt_fence_allows(const CkptFence *fence, int epoch, int64_t step, char *why,
+                       size_t why_len)
+{
+    if (epoch < 0)
+        return true; // not an attempt of an elastic job: no fence applies
+    for (int i = 0; i < fence->count; i++) {
+        const CkptFenceEntry *f = &fence->entries[i];
+        if (f->epoch > epoch && step > f->after) {
+            ckpt_fail(why, why_len,
+                      "fenced: attempt %d wrote step %lld after attempt %d fenced it off at "
+                      "step %lld; no reader uses it", epoch, (long long)step, f->epoch,
+                      (long long)f->after);
+            return false;
+        }
+    }
+    return true;
 }
 
 int ckpt_fence_epoch(const char *dir)
 {
-    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int fd = dir_fd < 0 ? -1 : openat(dir_fd, FENCE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    char text[32] = "";
-    ssize_t got = fd < 0 ? -1 : read(fd, text, sizeof(text) - 1);
-    if (fd >= 0)
-        close(fd);
-    if (dir_fd >= 0)
-        close(dir_fd);
-    int epoch = -1;
-    if (got > 0) {
-        text[got] = '\0';
-        if (sscanf(text, "epoch %d", &epoch) != 1 || epoch < 0)
-            epoch = -1;
-    }
+    CkptFence fence;
+    if (ckpt_fence_read(dir, &fence, NULL, 0) != 0)
+        return -1;
+    int epoch = fence.count ? fence.entries[fence.count - 1].epoch : -1;
+    ckpt_fence_free(&fence);
     return epoch;
+}
+
+/* "epoch F after K", or "epoch F" for an entry of the first fences. */
+static size_t fence_line(char *out, size_t len, const CkptFenceEntry *e)
+{
+    int n = e->after == INT64_MAX
+                ? snprintf(out, len, "epoch %d\n", e->epoch)
+                : snprintf(out, len, "epoch %d after %lld\n", e->epoch, (long long)e->after);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+int ckpt_fence_raise(const char *dir, int epoch, int64_t after, char *err, size_t err_len)
+{
+    FilesDir tier = {.fd = -1};
+    snprintf(tier.path, sizeof(tier.path), "%s", dir);
+    CkptFence fence = {NULL, 0};
+    if (files_open_tier(&tier, err, err_len) != 0 ||
+        ckpt_fence_read(dir, &fence, err, err_len) != 0) {
+        files_close(&tier);
+        return -1;
+    }
+    int rc = 0;
+    if (fence.count > 0 && fence.entries[fence.count - 1].epoch >= epoch)
+        rc = ckpt_fail(err, err_len, "%s/%s already fences epoch %d: a new attempt needs a "
+                       "higher one", dir, FENCE_FILE, fence.entries[fence.count - 1].epoch);
+    const size_t line_max = 64;
+    char *text = rc == 0 ? malloc(((size_t)fence.count + 1) * line_max) : NULL;
+    if (rc == 0 && !text)
+        rc = ckpt_fail(err, err_len, "out of memory");
+    if (rc == 0) {
+        size_t used = 0;
+        for (int i = 0; i < fence.count; i++)
+            used += fence_line(text + used, line_max, &fence.entries[i]);
+        used += fence_line(text + used, line_max, &(CkptFenceEntry){epoch, after});
+        // the whole history, replaced at once: a reader sees the old or the new
+        rc = files_write(&tier, FENCE_FILE, text, used, NULL, err, err_len);
+    }
+    free(text);
+    ckpt_fence_free(&fence);
+    files_close(&tier);
+    return rc;
 }

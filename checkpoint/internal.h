@@ -10,6 +10,9 @@
 #include <stdarg.h>
 
 #define CKPT_INDEX_FILE "index.h5"
+/* run/extra key of the index: the epoch that wrote it (-1: none); the index
+ * checksum covers it like any run state */
+#define CKPT_EPOCH_KEY "fence.epoch"
 
 enum { KIND_PARAM, KIND_M, KIND_V, KIND_COUNT };
 /* Dataset groups of the three kinds, in shards and in the index. */
@@ -109,9 +112,9 @@ typedef struct {
 /* files_open_private's verdict on a directory someone else may control. */
 #define FILES_UNSAFE (-2)
 
-void files_step_name(char *out, size_t len, int64_t step);  /* step_%08lld */
-void files_shard_name(char *out, size_t len, int rank);     /* rank_%05d.h5 */
-void files_step_dir(char *out, size_t len, const char *tier, int64_t step);
+/* step_%08lld, and step_%08lld.e%d for an epoch >= 0 (checkpoint.h, "Files") */
+void files_step_name(char *out, size_t len, int64_t step, int epoch);
+void files_shard_name(char *out, size_t len, int rank); /* rank_%05d.h5 */
 void files_shard_path(char *out, size_t len, const char *step_dir, int rank);
 void files_index_path(char *out, size_t len, const char *step_dir);
 
@@ -128,8 +131,8 @@ int files_open_tier(FilesDir *tier, char *err, size_t err_len);
 int files_open_private(FilesDir *tier, char *err, size_t err_len);
 /* Opens (creates when `create`) step_%08lld under `tier`; a link there is
  * refused. */
-int files_open_step(const FilesDir *tier, int64_t step, bool create, FilesDir *out, char *err,
-                    size_t err_len);
+int files_open_step(const FilesDir *tier, int64_t step, int epoch, bool create, FilesDir *out,
+                    char *err, size_t err_len);
 void files_close(FilesDir *dir);
 /* Creates a file, removes it: the directory accepts new files. */
 int files_probe(const FilesDir *dir, char *err, size_t err_len);
@@ -138,19 +141,24 @@ int files_probe(const FilesDir *dir, char *err, size_t err_len);
  * failed write leaves no temporary file behind. */
 int files_write(const FilesDir *dir, const char *name, const void *data, size_t size,
                 const WriteHooks *hooks, char *err, size_t err_len);
+/* The same, except that an existing `name` is never replaced: the final
+ * rename is renameat2(RENAME_NOREPLACE) (a link and an unlink where the
+ * file system refuses that flag), and an existing name fails it. */
+int files_publish(const FilesDir *dir, const char *name, const void *data, size_t size,
+                  char *err, size_t err_len);
 int files_fsync(const FilesDir *dir);
 /* `name` is a regular file in `dir` (a link is not). */
 bool files_has_file(const FilesDir *dir, const char *name);
 /* Unlinks `name` when it is a regular file. */
 void files_remove_file(const FilesDir *dir, const char *name);
-/* Removes step_%08lld of `tier`: its index first (so it stops being complete
+/* Removes step_%08lld(.eE) of `tier`: its index first (so it stops being complete
  * at once), then the regular files a checkpoint's layout names (shards,
  * index, their temporary names), then the directory when that emptied it.
  * A step that is a link is left alone. */
-void files_remove_step(const FilesDir *tier, int64_t step);
+void files_remove_step(const FilesDir *tier, int64_t step, int epoch);
 /* Removes this rank's shard (and its temporary) of a step, and the step
  * directory when that left it empty. */
-void files_remove_own(const FilesDir *tier, int64_t step, int rank);
+void files_remove_own(const FilesDir *tier, int64_t step, int epoch, int rank);
 
 bool files_exists(const char *path);
 bool files_is_dir(const char *path);
@@ -158,10 +166,18 @@ int64_t files_size(const char *path); /* -1 when absent */
 /* Sum of the sizes of the regular files in a directory; *newest: latest mtime. */
 uint64_t files_dir_bytes(const char *dir, time_t *newest);
 
-/* Steps of the step_%08ld directories in `dir`, ascending (malloc'd); a
- * link of such a name is not a step. */
-int files_list_steps(const char *dir, int64_t **steps, int *count, char *err, size_t err_len);
+/* A step directory's name: its step, and the epoch that wrote it (-1: none). */
+typedef struct {
+    int64_t step;
+    int epoch;
+} FilesStep;
+/* step_DIGITS or step_DIGITS.eDIGITS, nothing else. */
+bool files_parse_step_name(const char *name, FilesStep *out);
+
+/* The step directories in `dir`, by step then epoch, ascending (malloc'd);
+ * a link of such a name is not a step. */
+int files_list_steps(const char *dir, FilesStep **steps, int *count, char *err, size_t err_len);
 /* The same for an open tier. */
-int files_list_tier(const FilesDir *tier, int64_t **steps, int *count);
+int files_list_tier(const FilesDir *tier, FilesStep **steps, int *count);
 
 #endif

@@ -25,6 +25,7 @@ const char *ckpt_status_name(CkptStatus status)
     case CKPT_NOT_FOUND: return "not found";
     case CKPT_MISMATCH: return "mismatch";
     case CKPT_ERROR: return "error";
+    case CKPT_FENCED: return "fenced";
     }
     return "unknown";
 }
@@ -309,15 +310,69 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
     return CKPT_OK;
 }
 
+/* The epoch of the checkpoint in step directory `dir` whose index is
+ * `index`, against its directory's name and the fence (checkpoint.h,
+ * "Fencing": the one validity rule of every reader). */
+static CkptStatus check_epoch(const char *dir, const CkptIndex *index, const CkptFence *fence,
+                              char *err, size_t err_len)
+{
+    double recorded = ckpt_state_get(&index->state, CKPT_EPOCH_KEY, -1);
+    if (recorded != (double)(int)recorded || recorded < -1) {
+        ckpt_fail_at(err, err_len, dir, "corrupt run state: run/extra '%s' is %g, not an "
+                     "attempt number", CKPT_EPOCH_KEY, recorded);
+        return CKPT_CORRUPT;
+    }
+    int epoch = (int)recorded;
+    const char *slash = strrchr(dir, '/');
+    FilesStep named;
+    if (files_parse_step_name(slash ? slash + 1 : dir, &named) && named.epoch != epoch) {
+        ckpt_fail_at(err, err_len, dir, "its index was written by epoch %d, its name says %d "
+                     "(renamed, or mixed with another attempt's files)", epoch, named.epoch);
+        return CKPT_CORRUPT;
+    }
+    char why[256];
+    if (!ckpt_fence_allows(fence, epoch, index->state.step, why, sizeof(why))) {
+        ckpt_fail_at(err, err_len, dir, "%s", why);
+        return CKPT_FENCED;
+    }
+    return CKPT_OK;
+}
+
+/* check_epoch with the fence of `fence_dir`, or of dir's parent when NULL. */
+static CkptStatus check_epoch_at(const char *dir, const char *fence_dir, const CkptIndex *index,
+                                 char *err, size_t err_len)
+{
+    char parent[PATH_MAX];
+    if (!fence_dir || !*fence_dir) {
+        snprintf(parent, sizeof(parent), "%s", dir);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent)
+            *slash = '\0';
+        else
+            snprintf(parent, sizeof(parent), slash ? "/" : ".");
+        fence_dir = parent;
+    }
+    CkptFence fence;
+    char why[PATH_MAX + 512];
+    if (ckpt_fence_read(fence_dir, &fence, why, sizeof(why)) != 0) {
+        ckpt_fail(err, err_len, "%s", why);
+        return CKPT_ERROR;
+    }
+    CkptStatus status = check_epoch(dir, index, &fence, err, err_len);
+    ckpt_fence_free(&fence);
+    return status;
+}
+
 /* The one validation of load, resume and verify (checkpoint.h, "Reading"):
  * reads and checks the index of the checkpoint at `path` (format_index_read
- * checks all it holds), the model against `expect` and the caller's `check`
- * of the run state when given, and opens its shard set over `dir` (PATH_MAX
- * bytes, which the set refers to). On CKPT_OK the caller closes the set and
- * frees the index; otherwise nothing is left open. */
-static CkptStatus open_checkpoint(const char *path, const CkptModel *expect,
-                                  CkptStateCheck check, char *dir, CkptIndex *index,
-                                  ShardSet *set, char *err, size_t err_len)
+ * checks all it holds), its epoch against the fence of `fence_dir` (NULL:
+ * of the step directory's parent), the model against `expect` and the
+ * caller's `check` of the run state when given, and opens its shard set
+ * over `dir` (PATH_MAX bytes, which the set refers to). On CKPT_OK the
+ * caller closes the set and frees the index; otherwise nothing is left open. */
+static CkptStatus open_checkpoint(const char *path, const char *fence_dir,
+                                  const CkptModel *expect, CkptStateCheck check, char *dir,
+                                  CkptIndex *index, ShardSet *set, char *err, size_t err_len)
 {
     format_quiet();
     CkptStatus status = ckpt_index_read(path, index, err, err_len);
@@ -326,7 +381,10 @@ static CkptStatus open_checkpoint(const char *path, const CkptModel *expect,
     char file[PATH_MAX];
     locate(path, dir, file);
     char why[1024];
-    if (expect && ckpt_model_check(&index->state.model, expect, err, err_len) != 0)
+    status = check_epoch_at(dir, fence_dir, index, err, err_len);
+    if (status != CKPT_OK)
+        ; // named by check_epoch_at
+    else if (expect && ckpt_model_check(&index->state.model, expect, err, err_len) != 0)
         status = CKPT_MISMATCH;
     else if (check && check(&index->state, why, sizeof(why)) != 0) {
         ckpt_fail_at(err, err_len, file, "corrupt run state: %s", why);
@@ -340,14 +398,16 @@ static CkptStatus open_checkpoint(const char *path, const CkptModel *expect,
     return status;
 }
 
-static CkptStatus load_checked(const char *path, const CkptTensor *tensors, int count,
-                               const CkptModel *expect, CkptStateCheck check,
-                               CkptRunState *state, char *err, size_t err_len)
+static CkptStatus load_checked(const char *path, const char *fence_dir,
+                               const CkptTensor *tensors, int count, const CkptModel *expect,
+                               CkptStateCheck check, CkptRunState *state, char *err,
+                               size_t err_len)
 {
     CkptIndex index;
     ShardSet set;
     char dir[PATH_MAX];
-    CkptStatus status = open_checkpoint(path, expect, check, dir, &index, &set, err, err_len);
+    CkptStatus status =
+        open_checkpoint(path, fence_dir, expect, check, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
     CkptStatus differs = expect ? CKPT_CORRUPT : CKPT_MISMATCH;
@@ -363,54 +423,73 @@ static CkptStatus load_checked(const char *path, const CkptTensor *tensors, int 
 CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
                      const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
 {
-    return load_checked(path, tensors, count, expect, NULL, state, err, err_len);
+    return load_checked(path, NULL, tensors, count, expect, NULL, state, err, err_len);
 }
 
 // ----------------------------------------------------------------------------
 // listing
 
-/* Index readable and every shard present at its recorded size. */
-static CkptStatus quick_check(const char *dir, char *why, size_t why_len)
+/* Index readable, valid under `fence`, and every shard present at its
+ * recorded size. */
+static CkptStatus quick_check(const char *dir, const CkptFence *fence, char *why,
+                              size_t why_len)
 {
     CkptIndex index;
     CkptStatus status = ckpt_index_read(dir, &index, why, why_len);
     for (int i = 0; status == CKPT_OK && i < index.shard_count; i++)
         status = shard_present(dir, &index.shards[i], why, why_len);
+    if (status == CKPT_OK)
+        status = check_epoch(dir, &index, fence, why, why_len);
     ckpt_index_free(&index);
     return status;
 }
 
-int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len)
+static void list_entry(CkptEntry *e, const char *dir, const FilesStep *step,
+                       const CkptFence *fence)
 {
-    int64_t *steps;
+    char index[PATH_MAX];
+    struct stat st;
+    e->step = step->step;
+    e->epoch = step->epoch;
+    ckpt_step_dir(e->path, sizeof(e->path), dir, step->step, step->epoch);
+    e->bytes = files_dir_bytes(e->path, &e->time);
+    files_index_path(index, sizeof(index), e->path);
+    if (stat(index, &st) == 0)
+        e->time = st.st_mtime;
+    e->status = quick_check(e->path, fence, e->why, sizeof(e->why));
+    if (e->status == CKPT_OK)
+        e->why[0] = '\0';
+}
+
+int ckpt_list_fenced(const char *dir, const char *fence_dir, CkptEntry **entries, int *count,
+                     char *err, size_t err_len)
+{
+    FilesStep *steps;
+    CkptFence fence;
     int n;
     *entries = NULL;
     *count = 0;
-    if (files_list_steps(dir, &steps, &n, err, err_len) != 0)
+    if (ckpt_fence_read(fence_dir, &fence, err, err_len) != 0)
         return -1;
+    if (files_list_steps(dir, &steps, &n, err, err_len) != 0) {
+        ckpt_fence_free(&fence);
+        return -1;
+    }
     CkptEntry *list = calloc((size_t)n + 1, sizeof(CkptEntry));
-    if (!list) {
-        free(steps);
-        return ckpt_fail(err, err_len, "out of memory");
-    }
-    for (int i = 0; i < n; i++) {
-        CkptEntry *e = &list[i];
-        char index[PATH_MAX];
-        struct stat st;
-        e->step = steps[i];
-        files_step_dir(e->path, sizeof(e->path), dir, steps[i]);
-        e->bytes = files_dir_bytes(e->path, &e->time);
-        files_index_path(index, sizeof(index), e->path);
-        if (stat(index, &st) == 0)
-            e->time = st.st_mtime;
-        e->status = quick_check(e->path, e->why, sizeof(e->why));
-        if (e->status == CKPT_OK)
-            e->why[0] = '\0';
-    }
+    for (int i = 0; list && i < n; i++)
+        list_entry(&list[i], dir, &steps[i], &fence);
     free(steps);
+    ckpt_fence_free(&fence);
+    if (!list)
+        return ckpt_fail(err, err_len, "out of memory");
     *entries = list;
     *count = n;
     return 0;
+}
+
+int ckpt_list(const char *dir, CkptEntry **entries, int *count, char *err, size_t err_len)
+{
+    return ckpt_list_fenced(dir, dir, entries, count, err, err_len);
 }
 
 int64_t ckpt_newest_complete(const CkptOptions *options)
@@ -421,7 +500,7 @@ int64_t ckpt_newest_complete(const CkptOptions *options)
     for (int t = 0; t < 2; t++) {
         CkptEntry *entries = NULL;
         int count = 0;
-        if (!tiers[t][0] || ckpt_list(tiers[t], &entries, &count, NULL, 0) != 0)
+        if (!tiers[t][0] || ckpt_list_fenced(tiers[t], tiers[1], &entries, &count, NULL, 0) != 0)
             continue; /* a directory that does not exist yet holds nothing */
         for (int i = 0; i < count; i++)
             if (entries[i].status == CKPT_OK && entries[i].step > newest)
@@ -491,7 +570,8 @@ CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len
     CkptIndex index;
     ShardSet set;
     char dir[PATH_MAX];
-    CkptStatus status = open_checkpoint(path, NULL, NULL, dir, &index, &set, err, err_len);
+    CkptStatus status =
+        open_checkpoint(path, NULL, NULL, NULL, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
     CkptStatus shards = verify_shards(&set, report);
@@ -512,7 +592,9 @@ CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len
 
 typedef struct {
     char path[PATH_MAX];
+    char fence_dir[PATH_MAX]; /* whose fence judges it; "": its parent's */
     int64_t step;
+    int epoch;
     int tier;
 } Candidate;
 
@@ -521,17 +603,27 @@ static int compare_candidates(const void *a, const void *b)
     const Candidate *x = a, *y = b;
     if (x->step != y->step)
         return x->step < y->step ? 1 : -1; // newest first
-    return x->tier - y->tier;             // tier 1 (memory, faster) first
+    if (x->epoch != y->epoch)
+        return x->epoch < y->epoch ? 1 : -1; // of one step, the newest attempt's
+    return x->tier - y->tier;                // tier 1 (memory, faster) first
 }
 
-/* The complete checkpoints of `dir`, appended to *list. Newer ones that are
- * not complete are skipped with a note (after a crash, that is expected). */
-static void add_complete(const char *dir, int tier, Candidate **list, int *count)
+/* The complete and valid checkpoints of `dir` (judged by the fence of
+ * `fence_dir`), appended to *list. Newer ones that are not are skipped with
+ * a note (after a crash or a recovery, that is expected). */
+static void add_complete(const char *dir, const char *fence_dir, int tier, Candidate **list,
+                         int *count)
 {
     CkptEntry *entries;
     int n;
-    if (!dir[0] || ckpt_list(dir, &entries, &n, NULL, 0) != 0)
+    char err[PATH_MAX + 512];
+    if (!dir[0])
         return;
+    if (ckpt_list_fenced(dir, fence_dir, &entries, &n, err, sizeof(err)) != 0) {
+        if (files_is_dir(dir))
+            fprintf(stderr, "phalanx ckpt: cannot list %s: %s\n", dir, err);
+        return;
+    }
     Candidate *grown = realloc(*list, ((size_t)*count + (size_t)n + 1) * sizeof(Candidate));
     bool found = false;
     for (int i = n - 1; grown && i >= 0; i--) {
@@ -544,7 +636,9 @@ static void add_complete(const char *dir, int tier, Candidate **list, int *count
         found = true;
         Candidate *c = &grown[(*count)++];
         snprintf(c->path, sizeof(c->path), "%s", entries[i].path);
+        snprintf(c->fence_dir, sizeof(c->fence_dir), "%s", fence_dir);
         c->step = entries[i].step;
+        c->epoch = entries[i].epoch;
         c->tier = tier;
     }
     if (grown)
@@ -560,19 +654,18 @@ static void add_older_siblings(const char *spec, Candidate **list, int *count)
     locate(spec, dir, index);
     char *slash = strrchr(dir, '/');
     const char *base = slash ? slash + 1 : dir;
-    long long step;
-    int end = 0;
-    if (sscanf(base, "step_%lld%n", &step, &end) != 1 || base[end] != '\0')
+    FilesStep named;
+    if (!files_parse_step_name(base, &named))
         return;
     if (slash)
         *slash = '\0';
     else
         snprintf(dir, sizeof(dir), ".");
     int first = *count;
-    add_complete(dir, 2, list, count);
+    add_complete(dir, dir, 2, list, count);
     int kept = first;
     for (int i = first; i < *count; i++)
-        if ((*list)[i].step < step)
+        if ((*list)[i].step < named.step)
             (*list)[kept++] = (*list)[i];
     *count = kept;
 }
@@ -590,19 +683,19 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
             return 0;
         }
         ckpt_tier_dirs(options, tier1, sizeof(tier1), tier2, sizeof(tier2));
-        add_complete(tier1, 1, out, &count);
-        add_complete(tier2, 2, out, &count);
+        add_complete(tier1, tier2, 1, out, &count); // tier 1 is judged by tier 2's fence
+        add_complete(tier2, tier2, 2, out, &count);
         if (count == 0)
             ckpt_fail(err, err_len, "--resume latest: no complete checkpoint in '%s'%s%s%s",
                       tier2, tier1[0] ? " or in tier 1 '" : "", tier1, tier1[0] ? "'" : "");
     } else {
         files_index_path(index, sizeof(index), spec);
-        int64_t *steps = NULL;
+        FilesStep *steps = NULL;
         int n = 0;
         // a directory of step directories: its newest complete checkpoints
         if (files_is_dir(spec) && !files_exists(index) &&
             files_list_steps(spec, &steps, &n, NULL, 0) == 0 && n > 0)
-            add_complete(spec, 2, out, &count);
+            add_complete(spec, spec, 2, out, &count);
         free(steps);
         if (count == 0 && (*out = calloc(1, sizeof(Candidate)))) {
             snprintf((*out)[0].path, sizeof((*out)[0].path), "%s", spec);
@@ -618,14 +711,14 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
 
 /* Loads `path` on every rank; returns the status of the first rank that
  * failed (its message in err on every rank), or CKPT_OK. */
-static CkptStatus resume_try(Comm *comm, const char *path, const CkptTensor *tensors, int count,
-                             const CkptModel *expect, CkptStateCheck check,
+static CkptStatus resume_try(Comm *comm, const Candidate *c, const CkptTensor *tensors,
+                             int count, const CkptModel *expect, CkptStateCheck check,
                              CkptRunState *state, char *err, size_t err_len)
 {
     char mine[1024];
     int world = comm_size(comm), rank = comm_rank(comm);
-    CkptStatus status =
-        load_checked(path, tensors, count, expect, check, state, mine, sizeof(mine));
+    CkptStatus status = load_checked(c->path, c->fence_dir, tensors, count, expect, check,
+                                     state, mine, sizeof(mine));
     // every rank learns every rank's status: the same verdict everywhere
     int64_t *statuses = calloc((size_t)world, sizeof(int64_t));
     if (!statuses) {
@@ -662,9 +755,9 @@ CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
                        CkptRunState *state, char *path_out, size_t path_len, char *err,
                        size_t err_len)
 {
-    Candidate *candidates = NULL;
+    Candidate *candidates = NULL, tried = {.path = ""};
     int64_t n = 0;
-    char path[PATH_MAX] = "", none[1024] = "";
+    char none[1024] = "";
     if (comm_rank(comm) == 0)
         n = resume_candidates(options, spec, &candidates, none, sizeof(none));
     if (comm_broadcast(comm, &n, 1, COMM_I64, 0) != 0 ||
@@ -677,23 +770,24 @@ CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
     ckpt_fail(err, err_len, "%s", none);
     for (int64_t i = 0; i < n; i++) {
         if (comm_rank(comm) == 0)
-            snprintf(path, sizeof(path), "%s", candidates[i].path);
-        if (comm_broadcast(comm, path, sizeof(path), COMM_BYTE, 0) != 0) {
+            tried = candidates[i];
+        if (comm_broadcast(comm, &tried, sizeof(tried), COMM_BYTE, 0) != 0) {
             status = CKPT_ERROR;
             ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
             break;
         }
-        status = resume_try(comm, path, tensors, count, expect, options->check_state, state,
+        tried.path[sizeof(tried.path) - 1] = tried.fence_dir[sizeof(tried.fence_dir) - 1] = '\0';
+        status = resume_try(comm, &tried, tensors, count, expect, options->check_state, state,
                             err, err_len);
         // a model that does not fit fails every checkpoint the same way
         if (status == CKPT_OK || status == CKPT_MISMATCH || status == CKPT_ERROR)
             break;
         if (comm_rank(comm) == 0 && i + 1 < n)
             fprintf(stderr, "phalanx ckpt: cannot resume from %s (%s); trying the previous "
-                            "complete checkpoint\n", path, err);
+                            "complete checkpoint\n", tried.path, err);
     }
     free(candidates);
     if (status == CKPT_OK)
-        snprintf(path_out, path_len, "%s", path);
+        snprintf(path_out, path_len, "%s", tried.path);
     return status;
 }

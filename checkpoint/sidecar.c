@@ -488,7 +488,13 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
         return ckpt_fail(err, err_len, "out of memory");
     for (int r = 0; r < ck->world; r++)
         shards[r] = (CkptShard){r, sizes[r]};
-    IndexContent content = {.state = state, .run_id = ck->run_id, .fragments = ck->all,
+    // the index names the epoch that wrote it (checkpoint.h, "Fencing")
+    CkptRunState labelled = *state;
+    if (ckpt_state_set(&labelled, CKPT_EPOCH_KEY, ck->epoch) != 0) {
+        free(shards);
+        return ckpt_fail(err, err_len, "the run state has no room for %s", CKPT_EPOCH_KEY);
+    }
+    IndexContent content = {.state = &labelled, .run_id = ck->run_id, .fragments = ck->all,
                             .fragment_count = ck->all_count, .shards = shards,
                             .shard_count = ck->world};
     int rc = ck->index_template
@@ -509,8 +515,8 @@ static int write_index(Checkpointer *ck, int tier, const FilesDir *dir,
                        size_t err_len)
 {
     int rc = build_index(ck, state, sizes, err, err_len) ||
-                     files_write(dir, CKPT_INDEX_FILE, ck->index_image, ck->index_size, NULL,
-                                 err, err_len)
+                     files_publish(dir, CKPT_INDEX_FILE, ck->index_image, ck->index_size, err,
+                                   err_len)
                  ? -1
                  : 0;
     // and the step directory's own entry, when it is new
@@ -519,43 +525,74 @@ static int write_index(Checkpointer *ck, int tier, const FilesDir *dir,
     return rc;
 }
 
-/* Rank 0: steps below the returned one go (never the one just committed):
- * the oldest of the newest `keep` complete checkpoints of the tier. */
-static int64_t prune_below(Checkpointer *ck, int tier, int64_t committed)
+/* The oldest of the newest `keep` steps of a tier that hold a complete
+ * checkpoint valid under `fence` (one step counts once, whatever its
+ * epochs); 0 when there are none. */
+static int64_t oldest_kept(Checkpointer *ck, int tier, const CkptFence *fence, int keep)
 {
-    int keep = tier == TIER_MEMORY && ck->options.keep > 2 ? 2 : ck->options.keep;
-    int64_t *steps = NULL, below = 0;
-    int count = 0, complete = 0;
+    FilesStep *steps = NULL;
+    int64_t below = 0;
+    int count = 0, kept = 0;
     if (files_list_tier(&ck->tier[tier], &steps, &count) != 0)
         return 0;
-    for (int i = count - 1; i >= 0 && complete < keep; i--) {
+    for (int i = count - 1; i >= 0 && kept < keep; i--) {
         FilesDir dir;
-        if (files_open_step(&ck->tier[tier], steps[i], false, &dir, NULL, 0) != 0)
+        if ((kept > 0 && steps[i].step == below) ||
+            !ckpt_fence_allows(fence, steps[i].epoch, steps[i].step, NULL, 0) ||
+            files_open_step(&ck->tier[tier], steps[i].step, steps[i].epoch, false, &dir, NULL,
+                            0) != 0)
             continue;
         if (files_has_file(&dir, CKPT_INDEX_FILE)) {
-            below = steps[i];
-            complete++;
+            below = steps[i].step;
+            kept++;
         }
         files_close(&dir);
     }
     free(steps);
+    return below;
+}
+
+/* Rank 0, after its commit: steps below the returned one go (never the one
+ * just committed). The fence is read after the index is in place: a commit
+ * that the fence already rejects (it landed after a newer attempt began)
+ * prunes nothing, and only valid checkpoints count as kept, so a stale
+ * commit never pushes a valid one out. */
+static int64_t prune_below(Checkpointer *ck, int tier, int64_t committed)
+{
+    int keep = tier == TIER_MEMORY && ck->options.keep > 2 ? 2 : ck->options.keep;
+    CkptFence fence;
+    if (ckpt_fence_read(ck->tier[TIER_DIR].path, &fence, NULL, 0) != 0)
+        return 0;
+    int64_t below = ckpt_fence_allows(&fence, ck->epoch, committed, NULL, 0)
+                        ? oldest_kept(ck, tier, &fence, keep)
+                        : 0;
+    ckpt_fence_free(&fence);
     return below < committed ? below : committed;
+}
+
+/* A writer removes no step of a newer attempt than its own (one that is not
+ * elastic, epoch -1, is never fenced off and may remove any). */
+static bool may_remove(const Checkpointer *ck, const FilesStep *step)
+{
+    return ck->epoch < 0 || step->epoch <= ck->epoch;
 }
 
 /* Tier 2 is shared storage: rank 0 removes whole directories. Tier 1 is
  * node-local: every rank removes what its node holds. */
 static void prune(Checkpointer *ck, int tier, int64_t below)
 {
-    int64_t *steps = NULL;
+    FilesStep *steps = NULL;
     int count = 0;
     if (below <= 0 || (tier == TIER_DIR && ck->rank != 0) ||
         files_list_tier(&ck->tier[tier], &steps, &count) != 0)
         return;
-    for (int i = 0; i < count && steps[i] < below; i++) {
+    for (int i = 0; i < count && steps[i].step < below; i++) {
+        if (!may_remove(ck, &steps[i]))
+            continue;
         if (ck->rank == 0)
-            files_remove_step(&ck->tier[tier], steps[i]);
+            files_remove_step(&ck->tier[tier], steps[i].step, steps[i].epoch);
         else
-            files_remove_own(&ck->tier[tier], steps[i], ck->rank);
+            files_remove_own(&ck->tier[tier], steps[i].step, steps[i].epoch, ck->rank);
     }
     free(steps);
 }
@@ -577,7 +614,8 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
     FilesDir dir = {.fd = -1};
     int wrote = !image     ? ckpt_fail(err, sizeof(err), "%s", build_error)
                 : fenced(ck) ? ckpt_fail(err, sizeof(err), "fenced off by a newer attempt")
-                : files_open_step(&ck->tier[tier], state->step, true, &dir, err, sizeof(err))
+                : files_open_step(&ck->tier[tier], state->step, ck->epoch, true, &dir, err,
+                                  sizeof(err))
                     ? -1
                     : write_shard(ck, tier, &dir, state->step, image, size, err, sizeof(err));
     if (wrote != 0)
@@ -611,7 +649,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
         mark_broken(ck);
     files_close(&dir);
     if (rc != 0 || !verdict[0]) {
-        files_remove_own(&ck->tier[tier], state->step, ck->rank);
+        files_remove_own(&ck->tier[tier], state->step, ck->epoch, ck->rank);
         return false;
     }
     prune(ck, tier, verdict[1]);

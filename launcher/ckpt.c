@@ -15,12 +15,13 @@
 static void usage(FILE *out)
 {
     fputs("usage: phalanx ckpt ls DIR        checkpoints in DIR (and its tier 1 in /dev/shm):\n"
-          "                                 step, time, size, complete or not\n"
+          "                                 step, time, size, complete or not, fenced\n"
           "       phalanx ckpt verify PATH   read a checkpoint whole: every checksum, every\n"
           "                                 shard; PATH may also be a directory of them\n"
           "       phalanx ckpt inspect PATH  run state and tensor list of a checkpoint\n"
           "\n"
-          "PATH is a step directory (DIR/step_00000020) or its index.h5. verify checks\n"
+          "PATH is a step directory (DIR/step_00000020, or DIR/step_00000020.e3 when\n"
+          "attempt 3 of an elastic job wrote it) or its index.h5. verify checks\n"
           "what resume trusts: the index checksum, the run state's ranges, the fragment\n"
           "and shard tables, and that every dataset is float32 with Fletcher32 in its\n"
           "own shard. A FIFO, device or directory where a file belongs is refused.\n"
@@ -32,7 +33,10 @@ static void usage(FILE *out)
           "  3  incomplete: never committed (no index.h5), or a shard is missing\n"
           "  4  not found: no such path, or no checkpoint there\n"
           "  5  mismatch: written in a newer checkpoint format than this Phalanx reads\n"
-          "  6  error: a system error (permissions, memory)\n",
+          "  6  error: a system error (permissions, memory), or DIR/fence unreadable\n"
+          "  7  fenced: an attempt of an elastic job committed it after a newer attempt\n"
+          "     fenced it off (DIR/fence: \"epoch F after K\" hides steps beyond K of\n"
+          "     attempts before F); no reader uses it\n",
           out);
 }
 
@@ -74,12 +78,13 @@ static void print_entry(const CkptEntry *e)
            e->path, *why ? "  " : "", why);
 }
 
-static int list_tier(const char *dir, const char *title)
+/* `fence_dir`: whose fence judges the checkpoints (tier 1 is judged by tier 2's). */
+static int list_tier(const char *dir, const char *fence_dir, const char *title)
 {
     CkptEntry *entries;
     int count;
-    char err[1024];
-    if (ckpt_list(dir, &entries, &count, err, sizeof(err)) != 0) {
+    char err[PATH_MAX + 1024];
+    if (ckpt_list_fenced(dir, fence_dir, &entries, &count, err, sizeof(err)) != 0) {
         fprintf(stderr, "phalanx ckpt ls: %s\n", err);
         return CKPT_NOT_FOUND;
     }
@@ -100,12 +105,12 @@ static int ls_main(const char *dir)
         fprintf(stderr, "phalanx ckpt ls: '%s' is not a directory\n", dir);
         return CKPT_NOT_FOUND;
     }
-    int status = list_tier(dir, "tier 2 (--ckpt-dir)");
+    int status = list_tier(dir, dir, "tier 2 (--ckpt-dir)");
     CkptOptions options = {.dir = dir};
     char tier1[PATH_MAX], tier2[PATH_MAX];
     ckpt_tier_dirs(&options, tier1, sizeof(tier1), tier2, sizeof(tier2));
     if (status == 0 && tier1[0] && is_dir(tier1))
-        status = list_tier(tier1, "tier 1 (memory)");
+        status = list_tier(tier1, dir, "tier 1 (memory)");
     return status;
 }
 

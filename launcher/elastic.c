@@ -135,7 +135,9 @@ static void corrupt_shards(const Agent *agent, int a)
         char tiers[2][4096], shard[8300];
         ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
         for (int t = 0; t < 2; t++) {
-            snprintf(shard, sizeof(shard), "%s/step_%08ld/rank_00000.h5", tiers[t], e.step);
+            char step_dir[4200];
+            ckpt_step_dir(step_dir, sizeof(step_dir), tiers[t], e.step, agent->first_epoch + a);
+            snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_dir);
             int fd = tiers[t][0] ? open(shard, O_RDWR) : -1;
             struct stat st;
             if (fd < 0 || fstat(fd, &st) != 0) {
@@ -304,6 +306,23 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
 // the timeline
 
 static const char *resumed_tier(const Agent *agent, const char *path);
+
+/* The fence goes up before a launch (checkpoint.h, "Fencing"): from then on
+ * whatever a rank of an earlier attempt still alive (a partitioned host)
+ * commits beyond the newest valid step of now is invalid, whenever it
+ * lands. */
+static int raise_fence(const Agent *agent, int epoch)
+{
+    if (!agent->plan.ckpt_dir[0])
+        return 0;
+    CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
+    char err[PATH_MAX + 512];
+    if (ckpt_fence_raise(agent->plan.ckpt_dir, epoch, ckpt_newest_complete(&ck), err,
+                         sizeof(err)) == 0)
+        return 0;
+    fprintf(stderr, "phalanx run: cannot fence off earlier attempts: %s\n", err);
+    return -1;
+}
 
 static void on_job_event(void *context, const char *event, long step, double at)
 {
@@ -585,15 +604,9 @@ static int run_attempt(Agent *agent, int world)
     job->plan.ranks_per_node = agent->options->ranks_per_node;
     fprintf(stderr, "phalanx run: attempt %d: %d rank(s), layout %s%s\n", index, world, layout,
             a->resumed_flag ? ", resuming from the newest checkpoint" : "");
-    // the fence goes up before the launch: from then on, a rank of an earlier
-    // attempt still alive (a partitioned host) commits nothing (checkpoint.h)
     job->epoch = agent->first_epoch + index;
-    char err[PATH_MAX + 256];
-    if (agent->plan.ckpt_dir[0] && ckpt_fence_write(agent->plan.ckpt_dir, job->epoch, err,
-                                                    sizeof(err)) != 0) {
-        fprintf(stderr, "phalanx run: cannot fence off earlier attempts: %s\n", err);
+    if (raise_fence(agent, job->epoch) != 0)
         return -1;
-    }
     a->launched_at = job_now();
     if (job_start(job) != 0)
         return -1;

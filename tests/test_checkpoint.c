@@ -633,6 +633,100 @@ static void test_resume_falls_back_past_a_refused_state(void **state)
     assert_version(f->t, TENSORS, 1);
 }
 
+
+/* The fence's history and the one validity rule (checkpoint.h, "Fencing"). */
+static void test_fence_history_and_rule(void **state)
+{
+    Fixture *f = *state;
+    CkptFence fence;
+    assert_int_equal(ckpt_fence_read(f->dir, &fence, f->err, sizeof(f->err)), 0);
+    assert_int_equal(fence.count, 0); // no fence: nothing is fenced
+    assert_int_equal(ckpt_fence_epoch(f->dir), -1);
+    assert_int_equal(ckpt_fence_raise(f->dir, 0, -1, f->err, sizeof(f->err)), 0);
+    assert_int_equal(ckpt_fence_raise(f->dir, 1, 2, f->err, sizeof(f->err)), 0);
+    assert_int_equal(ckpt_fence_raise(f->dir, 1, 5, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "already fences epoch 1"));
+    assert_int_equal(ckpt_fence_epoch(f->dir), 1);
+    assert_int_equal(ckpt_fence_read(f->dir, &fence, f->err, sizeof(f->err)), 0);
+    assert_int_equal(fence.count, 2);
+    char why[256] = "";
+    assert_true(ckpt_fence_allows(&fence, 0, 2, why, sizeof(why)));
+    assert_false(ckpt_fence_allows(&fence, 0, 3, why, sizeof(why)));
+    assert_string_equal(why, "fenced: attempt 0 wrote step 3 after attempt 1 fenced it off at "
+                             "step 2; no reader uses it");
+    assert_true(ckpt_fence_allows(&fence, 1, 1000, NULL, 0));
+    assert_true(ckpt_fence_allows(&fence, -1, 1000, NULL, 0)); // not elastic: never fenced
+    ckpt_fence_free(&fence);
+
+    // the first fences wrote "epoch F": read, and fencing nothing
+    char path[700];
+    snprintf(path, sizeof(path), "%s/fence", f->dir);
+    FILE *file = fopen(path, "w");
+    fputs("epoch 3\n", file);
+    fclose(file);
+    assert_int_equal(ckpt_fence_read(f->dir, &fence, f->err, sizeof(f->err)), 0);
+    assert_true(fence.count == 1 && ckpt_fence_allows(&fence, 0, 1000, NULL, 0));
+    ckpt_fence_free(&fence);
+    assert_int_equal(ckpt_fence_raise(f->dir, 4, 7, f->err, sizeof(f->err)), 0);
+    assert_int_equal(ckpt_fence_read(f->dir, &fence, f->err, sizeof(f->err)), 0);
+    assert_true(fence.count == 2 && !ckpt_fence_allows(&fence, 3, 8, NULL, 0));
+    ckpt_fence_free(&fence);
+
+    // what cannot be parsed is never guessed at: readers stop, naming the line
+    file = fopen(path, "w");
+    fputs("epoch 0 after -1\nepoch one after 2\n", file);
+    fclose(file);
+    assert_int_equal(ckpt_fence_read(f->dir, &fence, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "line 2 is not 'epoch F after K'"));
+    CkptEntry *entries = NULL;
+    int count = 0;
+    assert_int_equal(ckpt_list(f->dir, &entries, &count, f->err, sizeof(f->err)), -1);
+    assert_int_equal(ckpt_fence_raise(f->dir, 9, 1, f->err, sizeof(f->err)), -1);
+}
+
+/* A step directory holds one epoch's files (step_N.eE), its index records
+ * E, and a list is judged by the fence it is given (tier 1 by tier 2's). */
+static void test_epoch_directories_and_the_fence_of_another_tier(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 3);
+    o.memory_dir = "none";
+    setenv(CKPT_EPOCH_ENV, "0", 1);
+    train(f, o, 3);
+    unsetenv(CKPT_EPOCH_ENV);
+    char dir[700], fences[700];
+    ckpt_step_dir(dir, sizeof(dir), f->tier2, 3, 0);
+    assert_string_equal(dir + strlen(f->tier2), "/step_00000003.e0");
+    CkptRunState s;
+    assert_int_equal(ckpt_load(dir, f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)), CKPT_OK);
+    assert_int_equal(s.step, 3);
+    assert_true(ckpt_state_get(&s, "fence.epoch", -2) == 0);
+
+    snprintf(fences, sizeof(fences), "%s/other", f->dir);
+    assert_int_equal(ckpt_fence_raise(fences, 1, 1, f->err, sizeof(f->err)), 0);
+    CkptEntry *entries = NULL;
+    int count = 0;
+    assert_int_equal(ckpt_list(f->tier2, &entries, &count, f->err, sizeof(f->err)), 0);
+    assert_int_equal(count, 3);
+    for (int i = 0; i < count; i++)
+        assert_int_equal(entries[i].status, CKPT_OK); // tier2 has no fence of its own
+    free(entries);
+    assert_int_equal(ckpt_list_fenced(f->tier2, fences, &entries, &count, f->err,
+                                      sizeof(f->err)), 0);
+    assert_int_equal(count, 3);
+    assert_true(entries[0].epoch == 0 && entries[0].status == CKPT_OK);
+    assert_int_equal(entries[1].status, CKPT_FENCED);
+    assert_int_equal(entries[2].status, CKPT_FENCED);
+    free(entries);
+
+    // a step directory renamed to another epoch: its index says otherwise
+    char renamed[700];
+    ckpt_step_dir(renamed, sizeof(renamed), f->tier2, 3, 7);
+    assert_int_equal(rename(dir, renamed), 0);
+    assert_int_equal(ckpt_verify(renamed, stderr, f->err, sizeof(f->err)), CKPT_CORRUPT);
+    assert_non_null(strstr(f->err, "written by epoch 0, its name says 7"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -652,6 +746,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tier1_of_someone_else_is_refused, setup, teardown),
         cmocka_unit_test(test_state_key_values),
         cmocka_unit_test_setup_teardown(test_run_state_out_of_range_is_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fence_history_and_rule, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_epoch_directories_and_the_fence_of_another_tier,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back_past_a_refused_state, setup,
                                         teardown),
     };

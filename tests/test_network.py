@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import time
+from hashlib import sha256
 
 import numpy as np
 import pytest
@@ -254,7 +255,100 @@ def test_an_attempt_below_the_fence_writes_no_checkpoint(phalanx, corpus, tmp_pa
     assert list(ckpt.glob("step_*")) == []  # not even a directory
     current = run([phalanx, "train", *args], env=dict(os.environ, PHALANX_EPOCH="5"))
     assert current.returncode == 0, current.stderr
-    assert index_steps(ckpt) == ["step_00000002", "step_00000003"]
+    assert index_steps(ckpt) == ["step_00000002.e5", "step_00000003.e5"]
+
+
+def fenced_args(corpus, out, ckpt, steps, keep, *extra):
+    return train_args(corpus, out, "--steps", steps, "--ckpt-dir", ckpt, "--ckpt-every", 1,
+                      "--ckpt-keep", keep, "--ckpt-memory-dir", "none", "--metrics-overwrite",
+                      *extra)
+
+
+def as_attempt(epoch):
+    return dict(os.environ, PHALANX_EPOCH=str(epoch))
+
+
+def ls_states(phalanx, ckpt):
+    """`phalanx ckpt ls`: {directory name: state} of tier 2."""
+    r = run([phalanx, "ckpt", "ls", ckpt])
+    assert r.returncode == 0, r.stdout + r.stderr
+    states = {}
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0].isdigit():
+            at = next(i for i, f in enumerate(fields) if f.startswith(str(ckpt)))
+            states[os.path.basename(fields[at])] = fields[at - 1]
+    return states
+
+
+def test_a_commit_of_an_older_attempt_beyond_the_fence_is_ignored_and_never_pruned_in(
+        phalanx, corpus, tmp_path):
+    """Attempt 0 committed steps 1..5; attempt 1's fence went up when step 2 was the newest
+    complete one, so steps 3..5 of attempt 0 landed after it (a partitioned host's ranks,
+    written here in order instead of by a race: the rule holds whatever the timing). Resume,
+    ls, verify and pruning all ignore them; attempt 1 resumes from step 2."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "run"
+    stale = run([phalanx, "train", *fenced_args(corpus, out, ckpt, 5, 10)], env=as_attempt(0))
+    assert stale.returncode == 0, stale.stderr
+    (ckpt / "fence").write_text("epoch 0 after -1\nepoch 1 after 2\n")
+    states = ls_states(phalanx, ckpt)
+    assert states == {f"step_{s:08d}.e0": "complete" if s <= 2 else "fenced"
+                      for s in range(1, 6)}, states
+    verify = run([phalanx, "ckpt", "verify", ckpt / "step_00000005.e0"])
+    assert verify.returncode == 7, verify.stdout + verify.stderr
+    assert "attempt 0 wrote step 5 after attempt 1 fenced it off at step 2" in verify.stdout
+    whole = run([phalanx, "ckpt", "verify", ckpt])
+    assert whole.returncode == 7, whole.stdout + whole.stderr
+
+    out = tmp_path / "attempt1"
+    current = run([phalanx, "train", *fenced_args(corpus, out, ckpt, 4, 2, "--resume", "latest")],
+                  env=as_attempt(1))
+    assert current.returncode == 0, current.stderr
+    assert f"resumed from {ckpt}/step_00000002.e0: step 2" in current.stderr, current.stderr
+    assert [x["step"] for x in rows(out)] == [3, 4]
+    # keep 2 counts valid checkpoints only: attempt 1's steps 3 and 4; the fenced ones of
+    # attempt 0 stay invisible beside them (never pruned into their place, never read)
+    states = ls_states(phalanx, ckpt)
+    assert states == {"step_00000003.e0": "fenced", "step_00000003.e1": "complete",
+                      "step_00000004.e0": "fenced", "step_00000004.e1": "complete",
+                      "step_00000005.e0": "fenced"}, states
+    for step in ("step_00000003.e1", "step_00000004.e1"):
+        verify = run([phalanx, "ckpt", "verify", ckpt / step])
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_an_older_attempt_never_replaces_or_mixes_into_a_newer_attempts_step(
+        phalanx, corpus, tmp_path):
+    """Attempt 0 wrote step 1; attempt 1 resumed from it and wrote steps 2 and 3. Attempt 0,
+    still alive, then writes steps 2 and 3 too (its fence check passed before the fence went
+    up: there is no fence file while it runs) and prunes with --ckpt-keep 1: attempt 1's
+    files are untouched, byte for byte, and its checkpoints are the ones read."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "run"
+    first = run([phalanx, "train", *fenced_args(corpus, out, ckpt, 1, 10)], env=as_attempt(0))
+    assert first.returncode == 0, first.stderr
+    step1 = next(ckpt.glob("step_*"))
+    newer = run([phalanx, "train", *fenced_args(corpus, out, ckpt, 3, 3, "--resume", "latest")],
+                env=as_attempt(1))
+    assert newer.returncode == 0, newer.stderr
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns, sha256(p.read_bytes()).hexdigest())
+              for p in ckpt.rglob("*") if p.is_file() and p.parent != step1}
+    assert len(before) == 4, before  # attempt 1's two shards and two indexes
+    stale = run([phalanx, "train", *fenced_args(corpus, out, ckpt, 3, 1, "--resume", step1)],
+                env=as_attempt(0))
+    assert stale.returncode == 0, stale.stderr
+    after = {p: (p.stat().st_ino, p.stat().st_mtime_ns, sha256(p.read_bytes()).hexdigest())
+             for p in before if p.exists()}
+    assert after == before
+    (ckpt / "fence").write_text("epoch 0 after -1\nepoch 1 after 1\n")
+    states = ls_states(phalanx, ckpt)
+    assert states == {"step_00000002.e1": "complete", "step_00000003.e0": "fenced",
+                      "step_00000003.e1": "complete"}, states
+    for step in ("step_00000002.e1", "step_00000003.e1"):
+        verify = run([phalanx, "ckpt", "verify", ckpt / step])
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    resumed = run([phalanx, "train", *fenced_args(corpus, tmp_path / "again", ckpt, 3, 3,
+                                                   "--resume", "latest")], env=as_attempt(2))
+    assert f"resumed from {ckpt}/step_00000003.e1: step 3" in resumed.stderr, resumed.stderr
 
 
 def test_a_partitioned_attempt_writes_nothing_after_the_recovery_and_exits_after_the_heal(
@@ -265,7 +359,8 @@ def test_a_partitioned_attempt_writes_nothing_after_the_recovery_and_exits_after
                               train=drill_args(corpus, tmp_path, "--ckpt-memory-dir", "none"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert report["attempts"][0]["failure"]["cause"] == "partition"
-    assert (ckpt / "fence").read_text() == "epoch 1\n"
+    fence = (ckpt / "fence").read_text().splitlines()
+    assert fence[0] == "epoch 0 after -1" and fence[1].startswith("epoch 1 after "), fence
     # what the survivors left; h2's processes of attempt 0 are still there, unreachable
     written = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
     marker = str(tmp_path / "metrics.jsonl")
