@@ -20,11 +20,37 @@ static inline uint16_t bf16_bits(float x)
     return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : nearest);
 }
 
-float bf16_round(float x)
+void bf16_pack(uint16_t *dst, const float *X, size_t ld, size_t rows, size_t cols)
 {
-    uint32_t bits = (uint32_t)bf16_bits(x) << 16;
-    memcpy(&x, &bits, sizeof(x));
-    return x;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            dst[r * cols + c] = bf16_bits(X[r * ld + c]);
+}
+
+/* Out of memory in the middle of a step: the kernels' interface cannot
+ * report it; stop loudly rather than train on garbage. */
+static void fail(const char *what, size_t M, size_t N, size_t K)
+{
+    fprintf(stderr, "phalanx: bf16 matrix product %zux%zux%zu: %s\n", M, N, K, what);
+    abort();
+}
+
+void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+               size_t ldc)
+{
+    // as stored: op(A) is M x K, so A is K x M when transposed (likewise B)
+    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    uint16_t *a = malloc(a_rows * a_cols * sizeof(*a) + 1);
+    uint16_t *b = malloc(b_rows * b_cols * sizeof(*b) + 1);
+    if (!a || !b)
+        fail("out of memory", M, N, K);
+    bf16_pack(a, A, lda, a_rows, a_cols);
+    bf16_pack(b, B, ldb, b_rows, b_cols);
+    bf16_gemm_packed(trans_a, trans_b, M, N, K, alpha, a, a_cols, b, b_cols, beta, C, ldc);
+    free(a);
+    free(b);
 }
 
 #ifdef HAVE_DNNL
@@ -50,15 +76,6 @@ int bf16_open(char *err, size_t err_len)
     return 0;
 }
 
-/* rows x cols of X (leading dimension ld) rounded to bf16 into a dense
- * row-major array: rows as they are stored, so the loop reads contiguously. */
-static void pack(uint16_t *dst, const float *X, size_t ld, size_t rows, size_t cols)
-{
-    for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < cols; c++)
-            dst[r * cols + c] = bf16_bits(X[r * ld + c]);
-}
-
 /* rows x cols, row-major with leading dimension ld, or (trans) stored as its
  * transpose: the packed arrays keep the caller's layout, the matmul reads
  * them through strides. */
@@ -77,10 +94,11 @@ typedef struct {
     dnnl_memory_desc_t a, b, c;
 } Operands;
 
-static Operands operands(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, size_t ldc)
+static Operands operands(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, size_t lda,
+                         size_t ldb, size_t ldc)
 {
-    return (Operands){matrix_desc(M, K, trans_a ? M : K, trans_a, dnnl_bf16),
-                      matrix_desc(K, N, trans_b ? K : N, trans_b, dnnl_bf16),
+    return (Operands){matrix_desc(M, K, lda, trans_a, dnnl_bf16),
+                      matrix_desc(K, N, ldb, trans_b, dnnl_bf16),
                       matrix_desc(M, N, ldc, false, dnnl_f32)};
 }
 
@@ -125,29 +143,18 @@ static void run_matmul(dnnl_primitive_t primitive, const Operands *o, const uint
     dnnl_memory_destroy(cm);
 }
 
-void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
-               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
-               size_t ldc)
+void bf16_gemm_packed(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc)
 {
     if (M == 0 || N == 0)
         return;
-    uint16_t *a = malloc(M * K * sizeof(*a) + 1), *b = malloc(K * N * sizeof(*b) + 1);
-    Operands o = operands(trans_a, trans_b, M, N, K, ldc);
-    dnnl_primitive_t primitive = a && b ? matmul_primitive(&o, alpha, beta) : NULL;
-    if (!primitive) {
-        // Out of memory in the middle of a step: no way to report it through
-        // the kernels' interface; stop loudly rather than train on garbage.
-        fprintf(stderr, "phalanx: bf16 matrix product %zux%zux%zu failed (out of memory)\n",
-                M, N, K);
-        abort();
-    }
-    // as stored: op(A) is M x K, so A is K x M when transposed (likewise B)
-    pack(a, A, lda, trans_a ? K : M, trans_a ? M : K);
-    pack(b, B, ldb, trans_b ? N : K, trans_b ? K : N);
-    run_matmul(primitive, &o, a, b, C);
+    Operands o = operands(trans_a, trans_b, M, N, K, lda, ldb, ldc);
+    dnnl_primitive_t primitive = matmul_primitive(&o, alpha, beta);
+    if (!primitive)
+        fail("oneDNN has no matmul for it (out of memory?)", M, N, K);
+    run_matmul(primitive, &o, A, B, C);
     dnnl_primitive_destroy(primitive);
-    free(a);
-    free(b);
 }
 
 #else
@@ -161,13 +168,14 @@ int bf16_open(char *err, size_t err_len)
     return -1;
 }
 
-void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
-               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
-               size_t ldc)
+/* Not reached: bf16_open() refused, so nothing asks for a bf16 product. */
+void bf16_gemm_packed(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc)
 {
     (void)trans_a, (void)trans_b, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda,
         (void)B, (void)ldb, (void)beta, (void)C, (void)ldc;
-    abort(); /* not reached: bf16_open() refused */
+    abort();
 }
 
 #endif

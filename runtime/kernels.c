@@ -8,6 +8,8 @@
 #include <omp.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef HAVE_DNNL
@@ -167,49 +169,157 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 }
 
 // ----------------------------------------------------------------------------
-// matmul
+// matmul: the rows of out and dinp, and the rows of dweight, go in blocks of
+// PRODUCT_BLOCK, each block one product on one thread. The blocks' shapes do
+// not depend on the thread count, and neither does any library's choice of
+// kernel or summation order for them: any --threads gives the same bits.
 
-static void matmul_forward_as(bool bf16, float *out, const float *inp, const float *weight,
-                              const float *bias, size_t N, int IC, int OC)
+#define PRODUCT_BLOCK 128
+
+static size_t block_count(size_t n)
+{
+    return (n + PRODUCT_BLOCK - 1) / PRODUCT_BLOCK;
+}
+
+/* [begin, end) of block `b` of n rows. */
+static size_t block_begin(size_t b)
+{
+    return b * PRODUCT_BLOCK;
+}
+
+static size_t block_end(size_t b, size_t n)
+{
+    return (b + 1) * PRODUCT_BLOCK < n ? (b + 1) * PRODUCT_BLOCK : n;
+}
+
+/* Rows [n0, n1) of out += bias. */
+static void add_bias(float *out, const float *bias, size_t n0, size_t n1, int OC)
+{
+    for (size_t n = n0; bias && n < n1; n++)
+        for (int o = 0; o < OC; o++)
+            out[n * OC + o] += bias[o];
+}
+
+/* dbias[o0, o1) += column sums of dout: rows in order, each row's slice
+ * contiguous (a column walk through dout missed the cache on every element). */
+static void bias_gradient(float *dbias, const float *dout, size_t N, int OC, size_t o0, size_t o1)
+{
+    for (size_t n = 0; dbias && n < N; n++)
+        for (size_t o = o0; o < o1; o++)
+            dbias[o] += dout[n * OC + o];
+}
+
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    size_t N, int IC, int OC)
 {
     single_threaded_blas();
-#pragma omp parallel
-    {
-        size_t n0, n1;
-        thread_range(N, &n0, &n1);
-        if (n1 > n0)
-            gemm(bf16, false, true, n1 - n0, OC, IC, 1.0f, inp + n0 * IC, IC, weight, IC, 0.0f,
-                 out + n0 * OC, OC);
-        for (size_t n = n0; bias && n < n1; n++)
-            for (int o = 0; o < OC; o++)
-                out[n * OC + o] += bias[o];
+#pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < block_count(N); b++) {
+        size_t n0 = block_begin(b), n1 = block_end(b, N);
+        gemm(false, false, true, n1 - n0, OC, IC, 1.0f, inp + n0 * IC, IC, weight, IC, 0.0f,
+             out + n0 * OC, OC);
+        add_bias(out, bias, n0, n1, OC);
     }
 }
 
-static void matmul_backward_as(bool bf16, float *dinp, float *dweight, float *dbias,
-                               const float *dout, const float *inp, const float *weight,
-                               size_t N, int IC, int OC)
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, size_t N, int IC, int OC)
 {
     single_threaded_blas();
 #pragma omp parallel
     {
-        size_t n0, n1, o0, o1;
-        thread_range(N, &n0, &n1);
-        thread_range((size_t)OC, &o0, &o1);
         // dinp rows [n0, n1) = dout rows @ weight
-        if (dinp && n1 > n0)
-            gemm(bf16, false, false, n1 - n0, IC, OC, 1.0f, dout + n0 * OC, OC, weight, IC, 0.0f,
-                 dinp + n0 * IC, IC);
+#pragma omp for schedule(static) nowait
+        for (size_t b = 0; b < (dinp ? block_count(N) : 0); b++) {
+            size_t n0 = block_begin(b), n1 = block_end(b, N);
+            gemm(false, false, false, n1 - n0, IC, OC, 1.0f, dout + n0 * OC, OC, weight, IC,
+                 0.0f, dinp + n0 * IC, IC);
+        }
         // dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp, summed over all N
-        if (o1 > o0)
-            gemm(bf16, true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < block_count((size_t)OC); b++) {
+            size_t o0 = block_begin(b), o1 = block_end(b, (size_t)OC);
+            gemm(false, true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
                  dweight + o0 * IC, IC);
-        // dbias: rows in order, each row's slice contiguous (a column walk
-        // through dout missed the cache on every element)
-        for (size_t n = 0; dbias && n < N; n++)
-            for (size_t o = o0; o < o1; o++)
-                dbias[o] += dout[n * OC + o];
+            bias_gradient(dbias, dout, N, OC, o0, o1);
+        }
     }
+}
+
+// ----------------------------------------------------------------------------
+// matmul in bf16: each operand is rounded (packed) once, by all threads in
+// row slices, then the blocks' products run on the packed copies (rounding
+// inside each product would pack a shared operand once per block).
+
+static uint16_t *packed_alloc(size_t rows, size_t cols)
+{
+    uint16_t *p = malloc(rows * cols * sizeof(*p) + 1);
+    if (!p) {
+        fprintf(stderr, "phalanx: out of memory for a %zux%zu bf16 operand\n", rows, cols);
+        abort(); // no error path through the kernels' interface; never train on garbage
+    }
+    return p;
+}
+
+/* Inside a parallel region: this thread's rows of X rounded into dst. */
+static void pack_rows(uint16_t *dst, const float *X, size_t rows, size_t cols)
+{
+    size_t r0, r1;
+    thread_range(rows, &r0, &r1);
+    if (r1 > r0)
+        bf16_pack(dst + r0 * cols, X + r0 * cols, cols, r1 - r0, cols);
+}
+
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, const float *bias,
+                         size_t N, int IC, int OC)
+{
+    uint16_t *inp16 = packed_alloc(N, IC), *weight16 = packed_alloc(OC, IC);
+#pragma omp parallel
+    {
+        pack_rows(inp16, inp, N, IC);
+        pack_rows(weight16, weight, OC, IC);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < block_count(N); b++) {
+            size_t n0 = block_begin(b), n1 = block_end(b, N);
+            bf16_gemm_packed(false, true, n1 - n0, OC, IC, 1.0f, inp16 + n0 * IC, IC, weight16,
+                             IC, 0.0f, out + n0 * OC, OC);
+            add_bias(out, bias, n0, n1, OC);
+        }
+    }
+    free(inp16);
+    free(weight16);
+}
+
+void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout,
+                          const float *inp, const float *weight, size_t N, int IC, int OC)
+{
+    uint16_t *dout16 = packed_alloc(N, OC), *inp16 = packed_alloc(N, IC);
+    uint16_t *weight16 = dinp ? packed_alloc(OC, IC) : NULL;
+#pragma omp parallel
+    {
+        pack_rows(dout16, dout, N, OC);
+        pack_rows(inp16, inp, N, IC);
+        if (weight16)
+            pack_rows(weight16, weight, OC, IC);
+#pragma omp barrier
+#pragma omp for schedule(static) nowait
+        for (size_t b = 0; b < (dinp ? block_count(N) : 0); b++) {
+            size_t n0 = block_begin(b), n1 = block_end(b, N);
+            bf16_gemm_packed(false, false, n1 - n0, IC, OC, 1.0f, dout16 + n0 * OC, OC,
+                             weight16, IC, 0.0f, dinp + n0 * IC, IC);
+        }
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < block_count((size_t)OC); b++) {
+            size_t o0 = block_begin(b), o1 = block_end(b, (size_t)OC);
+            bf16_gemm_packed(true, false, o1 - o0, IC, N, 1.0f, dout16 + o0, OC, inp16, IC,
+                             1.0f, dweight + o0 * IC, IC);
+            bias_gradient(dbias, dout, N, OC, o0, o1);
+        }
+    }
+    free(dout16);
+    free(inp16);
+    free(weight16);
 }
 
 // ----------------------------------------------------------------------------
@@ -332,30 +442,6 @@ static void attention_backward_as(bool bf16, float *dqkv, float *datt, const flo
                                     scale);
         }
     }
-}
-
-void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    size_t N, int IC, int OC)
-{
-    matmul_forward_as(false, out, inp, weight, bias, N, IC, OC);
-}
-
-void matmul_forward_bf16(float *out, const float *inp, const float *weight, const float *bias,
-                         size_t N, int IC, int OC)
-{
-    matmul_forward_as(true, out, inp, weight, bias, N, IC, OC);
-}
-
-void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, size_t N, int IC, int OC)
-{
-    matmul_backward_as(false, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
-}
-
-void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout,
-                          const float *inp, const float *weight, size_t N, int IC, int OC)
-{
-    matmul_backward_as(true, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
 }
 
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH)

@@ -2,14 +2,15 @@
  * kernels: the CPU implementations of the model's operations, each a
  * forward/backward pair on row-major fp32 arrays (shapes in the comments).
  * Matrix products go to oneDNN's sgemm (OpenBLAS's cblas_sgemm in a build
- * without libdnnl-dev), each thread its own block of the output; the rest is
+ * without libdnnl-dev), each block of the output on one thread; the rest is
  * C with OpenMP.
  *
  * Conventions (as in llm.c): N = B*T rows of tokens; backward functions
  * ACCUMULATE (+=) into parameter gradients (so micro-batches add up) and
  * OVERWRITE input gradients unless the name says "accumulate".
  * Every loop whose result is a sum has a fixed order that does not depend on
- * the number of threads, so a run is bit-for-bit repeatable at any --threads.
+ * the number of threads (products go in blocks of a fixed size, one thread
+ * each), so a run is bit-for-bit repeatable at any --threads.
  */
 #ifndef PHALANX_KERNELS_H
 #define PHALANX_KERNELS_H
