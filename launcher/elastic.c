@@ -134,9 +134,11 @@ static void corrupt_shards(const Agent *agent, int a)
         CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
         char tiers[2][4096], shard[8300];
         ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
-        for (int t = 0; t < 2; t++) {
+        // the step's directory of each earlier attempt (its epoch), in each tier
+        for (int k = 0; k < 2 * a; k++) {
+            int t = k % 2, epoch = agent->first_epoch + k / 2;
             char step_dir[4200];
-            ckpt_step_dir(step_dir, sizeof(step_dir), tiers[t], e.step, agent->first_epoch + a);
+            ckpt_step_dir(step_dir, sizeof(step_dir), tiers[t], e.step, epoch);
             snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_dir);
             int fd = tiers[t][0] ? open(shard, O_RDWR) : -1;
             struct stat st;
