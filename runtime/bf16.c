@@ -27,30 +27,13 @@ void bf16_pack(uint16_t *dst, const float *X, size_t ld, size_t rows, size_t col
             dst[r * cols + c] = bf16_bits(X[r * ld + c]);
 }
 
-/* Out of memory in the middle of a step: the kernels' interface cannot
- * report it; stop loudly rather than train on garbage. */
-static void fail(const char *what, size_t M, size_t N, size_t K)
+void bf16_round_rows(float *dst, const float *X, size_t ld, size_t rows, size_t cols)
 {
-    fprintf(stderr, "phalanx: bf16 matrix product %zux%zux%zu: %s\n", M, N, K, what);
-    abort();
-}
-
-void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
-               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
-               size_t ldc)
-{
-    // as stored: op(A) is M x K, so A is K x M when transposed (likewise B)
-    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
-    uint16_t *a = malloc(a_rows * a_cols * sizeof(*a) + 1);
-    uint16_t *b = malloc(b_rows * b_cols * sizeof(*b) + 1);
-    if (!a || !b)
-        fail("out of memory", M, N, K);
-    bf16_pack(a, A, lda, a_rows, a_cols);
-    bf16_pack(b, B, ldb, b_rows, b_cols);
-    bf16_gemm_packed(trans_a, trans_b, M, N, K, alpha, a, a_cols, b, b_cols, beta, C, ldc);
-    free(a);
-    free(b);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            uint32_t bits = (uint32_t)bf16_bits(X[r * ld + c]) << 16;
+            memcpy(&dst[r * cols + c], &bits, sizeof(bits));
+        }
 }
 
 #ifdef HAVE_DNNL
@@ -58,6 +41,15 @@ void bf16_gemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float a
 /* oneDNN's CPU engine: created once by bf16_open(), thread-safe, never
  * released (it lives as long as the process, as the cuBLAS handle does). */
 static dnnl_engine_t engine;
+
+/* A product oneDNN cannot set up (out of memory) in the middle of a step:
+ * the kernels' interface cannot report it; stop loudly rather than train on
+ * garbage. */
+static void fail(const char *what, size_t M, size_t N, size_t K)
+{
+    fprintf(stderr, "phalanx: bf16 matrix product %zux%zux%zu: %s\n", M, N, K, what);
+    abort();
+}
 
 int bf16_open(char *err, size_t err_len)
 {

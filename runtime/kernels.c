@@ -38,6 +38,23 @@ static void single_threaded_blas(void)
     }
 }
 
+static void bf16_gemm_rounded(bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
+                              float alpha, const float *A, size_t lda, const float *B,
+                              size_t ldb, float beta, float *C, size_t ldc);
+
+/* Memory for rounded copies of a bf16 product's operands. Out of memory in
+ * the middle of a step has no error path through the kernels' interface:
+ * stop loudly rather than train on garbage. */
+static void *bf16_scratch(size_t bytes)
+{
+    void *p = malloc(bytes + 1);
+    if (!p) {
+        fprintf(stderr, "phalanx: out of memory for %zu bytes of bf16 operands\n", bytes);
+        abort();
+    }
+    return p;
+}
+
 /* C = alpha op(A) op(B) + beta C, row-major, on the calling thread alone;
  * `bf16`: inputs rounded to bfloat16 (bf16.h).
  * oneDNN's JIT sgemm where the build has it (measured about 1.1-1.6x
@@ -48,7 +65,7 @@ static void gemm(bool bf16, bool trans_a, bool trans_b, size_t M, size_t N, size
                  float *C, size_t ldc)
 {
     if (bf16) {
-        bf16_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        bf16_gemm_rounded(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #ifdef HAVE_DNNL
@@ -60,6 +77,24 @@ static void gemm(bool bf16, bool trans_a, bool trans_b, size_t M, size_t N, size
                 trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A,
                 (int)lda, B, (int)ldb, beta, C, (int)ldc);
 #endif
+}
+
+/* The per-head products of attention in bf16: operands rounded to bf16 in
+ * fp32 copies, then the fp32 product (exact products, fp32 sums: the same
+ * arithmetic as a bf16 matmul). oneDNN's bf16 matmul costs tens of
+ * microseconds per call to set up, more than these small products take. */
+static void bf16_gemm_rounded(bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
+                              float alpha, const float *A, size_t lda, const float *B,
+                              size_t ldb, float beta, float *C, size_t ldc)
+{
+    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K; // as stored
+    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    float *a = bf16_scratch((a_rows * a_cols + b_rows * b_cols) * sizeof(float));
+    float *b = a + a_rows * a_cols;
+    bf16_round_rows(a, A, lda, a_rows, a_cols);
+    bf16_round_rows(b, B, ldb, b_rows, b_cols);
+    gemm(false, trans_a, trans_b, M, N, K, alpha, a, a_cols, b, b_cols, beta, C, ldc);
+    free(a);
 }
 
 /* [begin, end) of `count` items for the calling thread of the current team. */
@@ -251,16 +286,6 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 // row slices, then the blocks' products run on the packed copies (rounding
 // inside each product would pack a shared operand once per block).
 
-static uint16_t *packed_alloc(size_t rows, size_t cols)
-{
-    uint16_t *p = malloc(rows * cols * sizeof(*p) + 1);
-    if (!p) {
-        fprintf(stderr, "phalanx: out of memory for a %zux%zu bf16 operand\n", rows, cols);
-        abort(); // no error path through the kernels' interface; never train on garbage
-    }
-    return p;
-}
-
 /* Inside a parallel region: this thread's rows of X rounded into dst. */
 static void pack_rows(uint16_t *dst, const float *X, size_t rows, size_t cols)
 {
@@ -273,7 +298,8 @@ static void pack_rows(uint16_t *dst, const float *X, size_t rows, size_t cols)
 void matmul_forward_bf16(float *out, const float *inp, const float *weight, const float *bias,
                          size_t N, int IC, int OC)
 {
-    uint16_t *inp16 = packed_alloc(N, IC), *weight16 = packed_alloc(OC, IC);
+    uint16_t *inp16 = bf16_scratch(N * IC * sizeof(uint16_t));
+    uint16_t *weight16 = bf16_scratch((size_t)OC * IC * sizeof(uint16_t));
 #pragma omp parallel
     {
         pack_rows(inp16, inp, N, IC);
@@ -294,8 +320,9 @@ void matmul_forward_bf16(float *out, const float *inp, const float *weight, cons
 void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout,
                           const float *inp, const float *weight, size_t N, int IC, int OC)
 {
-    uint16_t *dout16 = packed_alloc(N, OC), *inp16 = packed_alloc(N, IC);
-    uint16_t *weight16 = dinp ? packed_alloc(OC, IC) : NULL;
+    uint16_t *dout16 = bf16_scratch(N * OC * sizeof(uint16_t));
+    uint16_t *inp16 = bf16_scratch(N * IC * sizeof(uint16_t));
+    uint16_t *weight16 = dinp ? bf16_scratch((size_t)OC * IC * sizeof(uint16_t)) : NULL;
 #pragma omp parallel
     {
         pack_rows(dout16, dout, N, OC);
