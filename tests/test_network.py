@@ -132,8 +132,8 @@ def test_ranks_stop_inside_a_long_step_when_their_launcher_is_lost(phalanx, corp
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert left == [], f"processes left running: {left}"
-    assert stderr.count("the launcher closed the channel; stopping without another "
-                        "checkpoint") >= 1, stderr
+    assert stderr.count("the launcher closed the channel; stopping after step 0 without "
+                        "another checkpoint") >= 1, stderr
     assert metrics.read_text() == ""
 
 
