@@ -488,9 +488,11 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
         return ckpt_fail(err, err_len, "out of memory");
     for (int r = 0; r < ck->world; r++)
         shards[r] = (CkptShard){r, sizes[r]};
-    // the index names the epoch that wrote it (checkpoint.h, "Fencing")
+    // the index names the epoch that wrote it (checkpoint.h, "Fencing"); one
+    // that is not elastic leaves the key out, unless a resumed state has it
     CkptRunState labelled = *state;
-    if (ckpt_state_set(&labelled, CKPT_EPOCH_KEY, ck->epoch) != 0) {
+    bool label = ck->epoch >= 0 || ckpt_state_get(state, CKPT_EPOCH_KEY, -1) != -1;
+    if (label && ckpt_state_set(&labelled, CKPT_EPOCH_KEY, ck->epoch) != 0) {
         free(shards);
         return ckpt_fail(err, err_len, "the run state has no room for %s", CKPT_EPOCH_KEY);
     }
