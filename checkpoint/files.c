@@ -374,19 +374,58 @@ static void remove_layout_files(const FilesDir *step)
     closedir(d);
 }
 
-void files_remove_step(const FilesDir *tier, int64_t step, int epoch)
+/* A step directory being removed is first renamed to this prefix + its name:
+ * it stops being a step at once and whole, so a removal cut short (a kill)
+ * leaves a name no listing takes for an incomplete checkpoint. The next
+ * removal in the tier sweeps such leftovers. */
+#define REMOVING_PREFIX "removing_"
+
+/* Empties (layout names only) and removes the directory `name` of `tier`. */
+static void remove_dir_named(const FilesDir *tier, const char *name)
 {
-    FilesDir dir;
-    if (files_open_step(tier, step, epoch, false, &dir, NULL, 0) != 0)
+    FilesDir dir = {.fd = openat(tier->fd, name, DIR_FLAGS)};
+    if (dir.fd < 0)
         return; // gone, or a link: not ours to follow
-    // the index first: the step stops being complete at once
-    if (files_has_file(&dir, CKPT_INDEX_FILE) && unlinkat(dir.fd, CKPT_INDEX_FILE, 0) == 0)
-        fsync(dir.fd);
+    if (snprintf(dir.path, sizeof(dir.path), "%s/%s", tier->path, name) >= (int)sizeof(dir.path))
+        dir.path[0] = '\0'; // the path is for messages only
     remove_layout_files(&dir);
     files_close(&dir);
-    char name[64];
-    files_step_name(name, sizeof(name), step, epoch);
     unlinkat(tier->fd, name, AT_REMOVEDIR); // fails when something else is left: it stays
+}
+
+static void sweep_removals(const FilesDir *tier)
+{
+    int fd = dup(tier->fd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    rewinddir(d);
+    struct dirent *e;
+    FilesStep step;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, REMOVING_PREFIX, strlen(REMOVING_PREFIX)) == 0 &&
+            files_parse_step_name(e->d_name + strlen(REMOVING_PREFIX), &step))
+            remove_dir_named(tier, e->d_name);
+    closedir(d);
+}
+
+void files_remove_step(const FilesDir *tier, int64_t step, int epoch)
+{
+    char name[64], removing[80];
+    files_step_name(name, sizeof(name), step, epoch);
+    snprintf(removing, sizeof(removing), REMOVING_PREFIX "%s", name);
+    sweep_removals(tier);
+    struct stat st;
+    if (fstatat(tier->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
+        return; // gone, or a link: not ours to follow
+    // rename moves a link put there since as a link: the removal below never follows it
+    if (renameat(tier->fd, name, tier->fd, removing) != 0)
+        return;
+    fsync(tier->fd);
+    remove_dir_named(tier, removing);
 }
 
 void files_remove_own(const FilesDir *tier, int64_t step, int epoch, int rank)

@@ -485,6 +485,41 @@ static void test_pruning_leaves_linked_steps_alone(void **state)
     }
 }
 
+/* A removal cut short by a kill leaves its step under the name pruning
+ * renamed it to first: never listed as an (incomplete) checkpoint, swept by
+ * the next pruning (layout names only; anything else keeps it). */
+static void test_a_removal_cut_short_is_no_checkpoint_and_is_swept(void **state)
+{
+    Fixture *f = *state;
+    char left[600], file[700];
+    assert_int_equal(mkdir(f->tier2, 0700), 0);
+    const char *dirs[] = {"removing_step_00000001", "removing_step_00000002.e3"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(left, sizeof(left), "%s/%s", f->tier2, dirs[i]);
+        assert_int_equal(mkdir(left, 0755), 0);
+        snprintf(file, sizeof(file), "%s/rank_00000.h5", left);
+        write_text(file, "half removed");
+    }
+    snprintf(file, sizeof(file), "%s/removing_step_00000002.e3/precious", f->tier2);
+    write_text(file, "not a layout name");
+    CkptEntry *entries;
+    int count;
+    assert_int_equal(ckpt_list(f->tier2, &entries, &count, f->err, sizeof(f->err)), 0);
+    assert_int_equal(count, 0);
+    free(entries);
+    train(f, options(f, CKPT_SYNC, 1, 1), 3); // prunes steps 1 and 2
+    struct stat st;
+    snprintf(left, sizeof(left), "%s/%s", f->tier2, dirs[0]);
+    assert_int_not_equal(stat(left, &st), 0);
+    assert_text(file, "not a layout name");
+    assert_int_equal(ckpt_list(f->tier2, &entries, &count, f->err, sizeof(f->err)), 0);
+    assert_int_equal(count, 1);
+    assert_int_equal(entries[0].step, 3);
+    free(entries);
+    snprintf(left, sizeof(left), "%s/removing_step_00000002", f->tier2);
+    assert_int_not_equal(stat(left, &st), 0); // pruned steps leave nothing behind
+}
+
 static void assert_tier1_refused(Fixture *f, const char *why)
 {
     CkptOptions o = options(f, CKPT_SYNC, 2, 1);
@@ -743,6 +778,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_rejects_bad_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shard_link_is_not_written_through, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pruning_leaves_linked_steps_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_removal_cut_short_is_no_checkpoint_and_is_swept,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_tier1_of_someone_else_is_refused, setup, teardown),
         cmocka_unit_test(test_state_key_values),
         cmocka_unit_test_setup_teardown(test_run_state_out_of_range_is_corrupt, setup, teardown),
