@@ -41,7 +41,9 @@
  *   exists. Then rank 0 reads the fence again and, unless its own commit is
  *   fenced, prunes checkpoints older than the newest `keep` complete and
  *   valid ones (tier 1 keeps at most 2: it is memory); a writer never
- *   removes a step directory of a newer epoch than its own.
+ *   removes a step directory of a newer epoch than its own. A pruned step
+ *   is first renamed to removing_<its name> (never listed), then emptied, so
+ *   a removal cut short never looks like an incomplete checkpoint.
  *   A checkpoint that cannot be written (no space, I/O error) is not
  *   committed: a warning goes to stderr, the partial files are removed and
  *   training goes on; earlier checkpoints are never touched by a failed one.
