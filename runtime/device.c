@@ -141,14 +141,11 @@ static void use_bf16_products(Device *table, const Device *fp32, const char *nam
 const Device *device_bf16(const Device *fp32, char *err, size_t err_len)
 {
     static Device cpu_bf16, staged_bf16;
+#ifdef HAVE_CUDA
+    if (strcmp(fp32->name, "cuda") == 0)
+        return cuda_device_bf16(); // cuBLAS: bf16 on every GPU this build targets (sm_90)
+#endif
     bool staged = strcmp(fp32->name, "cpu-staged") == 0;
-    if (!staged && strcmp(fp32->name, "cpu") != 0) {
-        snprintf(err, err_len,
-                 "--precision bf16 is not implemented for --device %s yet; use "
-                 "--precision fp32 there, or --device cpu",
-                 fp32->name);
-        return NULL;
-    }
     if (bf16_open(err, err_len))
         return NULL;
     if (!cpu_bf16.name) {

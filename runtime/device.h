@@ -111,8 +111,9 @@ void device_close(const Device *device);
 
 /* `fp32`'s table with bf16 matrix products (--precision bf16: inputs rounded
  * to bfloat16, fp32 accumulation; kernels.h), or NULL with a message naming
- * the fix: a backend without bf16 yet, a CPU without AVX512-BF16, a build
- * without oneDNN. Everything else, parameters included, stays fp32. */
+ * the fix: on cpu, a CPU without AVX512-BF16 or a build without oneDNN.
+ * cuda switches its open backend to cuBLAS bf16 products. Everything else,
+ * parameters included, stays fp32. */
 const Device *device_bf16(const Device *fp32, char *err, size_t err_len);
 
 /* True when `name` is a backend of this build ("cpu" always); otherwise

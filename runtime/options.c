@@ -129,7 +129,7 @@ void options_usage(FILE *out)
         "                         softmax and the loss stay fp32, and so do checkpoints (a\n"
         "                         run resumes in either precision). No loss scaling: bf16\n"
         "                         has fp32's exponent range. cpu: needs AVX512-BF16 and a\n"
-        "                         build with oneDNN; not yet on cuda\n"
+        "                         build with oneDNN; cuda: cuBLAS bf16 (cublasGemmEx)\n"
         "  --threads N            CPU threads for OpenMP and OpenBLAS, at most 1024\n"
         "                         (default: all cores)\n"
         "  -h, --help             this text\n"

@@ -229,6 +229,21 @@ def test_cuda_tf32_matches_cpu(phalanx, corpus, tmp_path, cpu_reference, record_
 
 
 @needs_gpu
+def test_cuda_bf16_matches_cpu_bf16(phalanx, corpus, tmp_path, record_property):
+    """--precision bf16 on both: the same rounding (inputs of every product to
+    bf16, fp32 sums), so the runs differ only by sum order, and a rounding
+    flipped by it: 1e-3, as test_bf16.py holds bf16 layouts."""
+    probe = run([phalanx, "train", *train_args(corpus, "--precision", "bf16", "--steps", "1")])
+    if probe.returncode != 0:
+        pytest.skip(f"this host's CPU cannot be the bf16 reference: {probe.stderr.strip()}")
+    cpu = launch(phalanx, tmp_path / "cpu", 1, train_args(corpus, "--precision", "bf16"))
+    gpu = launch(phalanx, tmp_path / "gpu", 1,
+                 train_args(corpus, "--device", "cuda", "--precision", "bf16"))
+    record(record_property, cpu, gpu)
+    assert_same_run(cpu, gpu, rtol=1e-3)
+
+
+@needs_gpu
 def test_cuda_repeats_bit_for_bit_across_a_resume(phalanx, corpus, tmp_path):
     straight = launch(phalanx, tmp_path / "straight", 1, train_args(corpus, "--device", "cuda"))
     ckpt = tmp_path / "ckpt"

@@ -7,6 +7,9 @@
 /* Picks the GPU of the node-local rank and opens the backend on it. NULL
  * with a message that names the fix when there is no such GPU. */
 const Device *cuda_device_open(bool tf32, char *err, size_t err_len);
+/* --precision bf16: the open backend's matrix products take bf16 inputs
+ * (cuda_kernels.h); returns its table, the same one. */
+const Device *cuda_device_bf16(void);
 /* Prints the cuBLAS timing (PHALANX_CUDA_GEMM_TIMING) and shuts down. */
 void cuda_device_close(void);
 

@@ -17,7 +17,10 @@
  *   are device pointers).
  * - Matrix products are cuBLAS sgemm in fp32. TF32 tensor cores are off
  *   unless cuda_set_tf32(true): results then differ from the CPU's by TF32's
- *   10-bit mantissa.
+ *   10-bit mantissa. cuda_set_bf16(true) (--precision bf16): every product's
+ *   inputs rounded to bf16 (to nearest even, as the CPU), fp32 sums: the
+ *   linear layers through cublasGemmEx on bf16 copies, attention's batched
+ *   products on fp32 copies rounded to bf16 (exact products: the same math).
  * - Sums are deterministic: no atomics, fixed reduction trees, so the same
  *   inputs give the same bits on the same GPU model. They are not the CPU's
  *   bits (the summation order differs); tests/gpu holds them to 1e-4 relative.
@@ -55,6 +58,8 @@ int cuda_kernels_sync(void);
 const char *cuda_error(void);
 /* TF32 tensor cores for the matrix products (off after init). */
 int cuda_set_tf32(bool enabled);
+/* bf16 matrix products (off after init). */
+int cuda_set_bf16(bool enabled);
 
 /* ---------------------------------------------------------------------- */
 /* Memory                                                                  */

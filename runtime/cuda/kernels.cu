@@ -10,6 +10,7 @@
 #include "cuda_kernels.h"
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cuda_bf16.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,11 @@ enum {
     SCRATCH_SORT_TEMP, /* cub's temporary storage */
     SCRATCH_PARTIALS,  /* optimizer chunk sums */
     SCRATCH_SCALARS,   /* one double or float result */
+    SCRATCH_BF16_A,    /* bf16 products: A and B of a product in bf16 */
+    SCRATCH_BF16_B,
+    SCRATCH_ROUNDED_QKV, /* bf16 attention: operands rounded to bf16, in fp32 */
+    SCRATCH_ROUNDED_ATT,
+    SCRATCH_ROUNDED_DOUT,
     SCRATCH_COUNT
 };
 
@@ -278,6 +284,83 @@ static void timing_release(void)
 // ----------------------------------------------------------------------------
 // matrix products
 
+/* --precision bf16: the products' inputs rounded to bf16, fp32 sums. Set
+ * once at open (cuda_set_bf16), like TF32's math mode. */
+static bool bf16_products;
+
+extern "C" int cuda_set_bf16(bool enabled)
+{
+    bf16_products = enabled;
+    return 0;
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t count)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < count)
+        dst[i] = __float2bfloat16_rn(src[i]); // to nearest, ties to even: the CPU's rounding
+}
+
+__global__ void round_bf16_kernel(float *dst, const float *src, size_t count)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < count)
+        dst[i] = __bfloat162float(__float2bfloat16_rn(src[i]));
+}
+
+/* The `count` floats from x, in bf16, in scratch `slot` (the same layout:
+ * strided views stay valid at the same offsets). */
+static const __nv_bfloat16 *bf16_copy(int slot, const float *x, size_t count, const char *what)
+{
+    __nv_bfloat16 *copy =
+        (__nv_bfloat16 *)scratch_get(slot, count * sizeof(__nv_bfloat16), NULL, what);
+    if (!copy)
+        return NULL;
+    to_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(copy, x, count);
+    return launched(what) ? NULL : copy;
+}
+
+/* x itself in fp32, or under bf16 a copy of its `count` floats rounded to
+ * bf16 (still fp32: a product of such values is exact, so an fp32 or TF32
+ * product of them is the bf16 product). */
+static const float *product_input(int slot, const float *x, size_t count, const char *what)
+{
+    if (!bf16_products)
+        return x;
+    float *copy = (float *)scratch_get(slot, count * sizeof(float), NULL, what);
+    if (!copy)
+        return NULL;
+    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(copy, x, count);
+    return launched(what) ? NULL : copy;
+}
+
+/* Elements a row-major rows x cols view with leading dimension ld spans. */
+static size_t span(int rows, int cols, int ld)
+{
+    return rows > 0 && cols > 0 ? (size_t)(rows - 1) * ld + cols : 0;
+}
+
+/* cublasGemmEx on bf16 copies of A and B (op(A) M x K, op(B) K x N), fp32
+ * compute and output; operands swapped as in gemm_rm. */
+static int gemm_rm_bf16(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
+                        float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                        float *C, int ldc, const char *what)
+{
+    bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
+    const __nv_bfloat16 *a = bf16_copy(SCRATCH_BF16_A, A, span(na ? M : K, na ? K : M, lda), what);
+    const __nv_bfloat16 *b = a ? bf16_copy(SCRATCH_BF16_B, B, span(nb ? K : N, nb ? N : K, ldb),
+                                           what)
+                               : NULL;
+    if (!b)
+        return -1;
+    int pair = timing_begin();
+    cublasStatus_t status = cublasGemmEx(cuda_blas(), tb, ta, N, M, K, &alpha, b, CUDA_R_16BF,
+                                         ldb, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    timing_end(pair);
+    return cuda_blas_check(status, what);
+}
+
 /* The row-major product of cblas_sgemm(CblasRowMajor, ...) on cuBLAS:
  * C = op(A) op(B) in row-major is C^T = op(B)^T op(A)^T in column-major, so
  * the operands swap and the transposition flags stay. */
@@ -285,6 +368,8 @@ static int gemm_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
                    const char *what)
 {
+    if (bf16_products)
+        return gemm_rm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, what);
     int pair = timing_begin();
     cublasStatus_t status = cublasSgemm(cuda_blas(), tb, ta, N, M, K, &alpha, B, ldb, A, lda,
                                         &beta, C, ldc);
@@ -646,30 +731,45 @@ static void rows_view(HeadViews *views, const float *base, int T, int C, int NH)
     views->head_stride[v] = (size_t)(C / NH);
 }
 
+/* Under bf16, src rounded to bf16 into dst (both fp32). */
+static int round_into(float *dst, const float *src, size_t count, const char *what)
+{
+    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(dst, src, count);
+    return launched(what);
+}
+
 extern "C" int cuda_attention_forward(float *out, float *att, const float *qkv, int B, int T,
                                       int C, int NH)
 {
     const char *what = "attention_forward";
     int D = C / NH, C3 = 3 * C, pairs = B * NH;
     float scale = 1.0f / sqrtf((float)D);
+    size_t rows = (size_t)pairs * T, att_count = rows * T;
+    // the products' inputs: qkv and the probabilities, rounded under bf16
+    const float *qkv_in = product_input(SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
+    float *att_in = !bf16_products ? att
+                                   : (float *)scratch_get(SCRATCH_ROUNDED_ATT,
+                                                          att_count * sizeof(float), NULL, what);
+    if (!qkv_in || !att_in)
+        return -1;
     HeadViews views = {};
-    qkv_views(&views, qkv, T, C, NH);
+    qkv_views(&views, qkv_in, T, C, NH);
     square_view(&views, att, T, NH);
     rows_view(&views, out, T, C, NH);
+    square_view(&views, att_in, T, NH);
     float **ptr;
     if (head_pointers(&views, B, NH, &ptr, what))
         return -1;
     float **q = ptr, **k = ptr + pairs, **v = ptr + 2 * pairs, **p = ptr + 3 * pairs,
-          **y = ptr + 4 * pairs;
-    size_t rows = (size_t)pairs * T;
+          **y = ptr + 4 * pairs, **p_in = ptr + 5 * pairs;
     if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, scale, q, C3, k, C3, 0.0f, p, T, pairs,
                         what))
         return -1;
     softmax_causal_kernel<<<grid_for(rows, ROWS_PER_BLOCK), THREADS, 0, stream()>>>(att, rows, T);
-    if (launched(what))
+    if (launched(what) || (att_in != att && round_into(att_in, att, att_count, what)))
         return -1;
-    return gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, 1.0f, p, T, v, C3, 0.0f, y, C, pairs,
-                           what);
+    return gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, 1.0f, p_in, T, v, C3, 0.0f, y, C,
+                           pairs, what);
 }
 
 extern "C" int cuda_attention_backward(float *dqkv, float *datt, const float *dout,
@@ -679,19 +779,25 @@ extern "C" int cuda_attention_backward(float *dqkv, float *datt, const float *do
     const char *what = "attention_backward";
     int D = C / NH, C3 = 3 * C, pairs = B * NH;
     float scale = 1.0f / sqrtf((float)D);
+    size_t rows = (size_t)pairs * T, att_count = rows * T;
+    // the products' inputs, rounded under bf16; the softmax backward reads att in fp32
+    const float *qkv_in = product_input(SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
+    const float *att_in = product_input(SCRATCH_ROUNDED_ATT, att, att_count, what);
+    const float *dout_in = product_input(SCRATCH_ROUNDED_DOUT, dout, (size_t)B * T * C, what);
+    if (!qkv_in || !att_in || !dout_in)
+        return -1;
     HeadViews views = {};
-    qkv_views(&views, qkv, T, C, NH);
+    qkv_views(&views, qkv_in, T, C, NH);
     qkv_views(&views, dqkv, T, C, NH);
-    square_view(&views, att, T, NH);
+    square_view(&views, att_in, T, NH);
     square_view(&views, datt, T, NH);
-    rows_view(&views, dout, T, C, NH);
+    rows_view(&views, dout_in, T, C, NH);
     float **ptr;
     if (head_pointers(&views, B, NH, &ptr, what))
         return -1;
     float **q = ptr, **k = ptr + pairs, **v = ptr + 2 * pairs;
     float **dq = ptr + 3 * pairs, **dk = ptr + 4 * pairs, **dv = ptr + 5 * pairs;
     float **p = ptr + 6 * pairs, **dp = ptr + 7 * pairs, **dy = ptr + 8 * pairs;
-    size_t rows = (size_t)pairs * T;
     // dP = dY V^T ; dV = P^T dY
     if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, 1.0f, dy, C, v, C3, 0.0f, dp, T, pairs,
                         what) ||
@@ -702,11 +808,19 @@ extern "C" int cuda_attention_backward(float *dqkv, float *datt, const float *do
         datt, att, rows, T);
     if (launched(what))
         return -1;
+    // dS: datt, or under bf16 datt rounded into the rounded probabilities'
+    // buffer (dV, their last reader, is queued before)
+    float **ds = dp;
+    if (att_in != att) {
+        if (round_into((float *)att_in, datt, att_count, what))
+            return -1;
+        ds = p;
+    }
     // dQ = scale dS K ; dK = scale dS^T Q
-    if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, scale, dp, T, k, C3, 0.0f, dq, C3,
+    if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, scale, ds, T, k, C3, 0.0f, dq, C3,
                         pairs, what))
         return -1;
-    return gemm_batched_rm(CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, scale, dp, T, q, C3, 0.0f, dk, C3,
+    return gemm_batched_rm(CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, scale, ds, T, q, C3, 0.0f, dk, C3,
                            pairs, what);
 }
 

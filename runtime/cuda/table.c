@@ -268,6 +268,12 @@ const Device *cuda_device_open(bool tf32, char *err, size_t err_len)
     return &cuda_device;
 }
 
+const Device *cuda_device_bf16(void)
+{
+    cuda_set_bf16(true);
+    return &cuda_device;
+}
+
 void cuda_device_close(void)
 {
     long calls = 0;

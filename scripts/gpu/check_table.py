@@ -66,6 +66,7 @@ PYTEST_ROWS = [
     ("test_cuda_matches_cpu[lamb]", "10 steps cuda vs cpu, LAMB", "1e-4 rel"),
     ("test_cuda_matches_cpu[adamw]", "10 steps cuda vs cpu, AdamW", "1e-4 rel"),
     ("test_cuda_tf32_matches_cpu", "10 steps cuda --tf32 vs cpu, LAMB", "1e-2 rel"),
+    ("test_cuda_bf16_matches_cpu_bf16", "10 steps cuda vs cpu, --precision bf16", "1e-3 rel"),
     ("test_cuda_repeats_bit_for_bit_across_a_resume", "GPU checkpoint resumed on cuda",
      "bit-exact"),
     ("test_gpu_checkpoint_resumes_on_cpu", "GPU checkpoint: h5py, resumed on cpu",
