@@ -18,6 +18,9 @@
 #define MAX_ATTEMPTS (ELASTIC_MAX_RESTARTS + 1)
 #define MAX_TRAIN_ARGS 512
 #define FAULT_COMMAND_SECONDS 30.0 /* a fault command still running then is killed */
+#define MAX_POOL_HOSTS 256
+#define PROBE_SECONDS 30.0 /* a probe still running then is killed: not answered */
+#define PROBES_TO_HEAL 2   /* answered in a row: the host is healthy */
 
 /* What one attempt saw, for the report. */
 typedef struct {
@@ -31,7 +34,32 @@ typedef struct {
     char resumed_path[512];
     const char *cause; /* the injected host fault behind the failure, or NULL */
     char cause_host[64];
+    double last_step_at; /* when rank 0 completed last_step (its throughput) */
+    bool grown;          /* it ended by the agent's stop, to grow */
 } Attempt;
+
+/* A host the job may use (the host list's, or a Slurm node left out). */
+typedef struct {
+    char name[256];   /* as the host list names it; under srun, the node's name */
+    char node[64];    /* the name its ranks gave in their hello, once one failed */
+    char address[64]; /* their address as the channel saw it */
+    int slots;
+    bool failed;      /* left out of the launches until it answers probes again */
+    int answers;      /* probes answered in a row */
+    pid_t probe_pid;  /* a probe in flight, or 0 */
+    bool probe_answered;
+    double next_probe_at;
+    double healthy_at; /* when it was healthy again (0: not yet) */
+    char spare_why[600]; /* healthy but not used: why ("" otherwise) */
+} PoolHost;
+
+/* A grow: the attempt that stopped for it, and what made it. */
+typedef struct {
+    int attempt;
+    char hosts[256];
+    double healthy_at, stop_at;
+    int world_before, world_after;
+} Grow;
 
 typedef struct {
     const ElasticOptions *options;
@@ -50,6 +78,14 @@ typedef struct {
     double fired_at[ELASTIC_MAX_EVENTS];
     pid_t fault_pid[ELASTIC_MAX_EVENTS];
     int first_epoch; /* above any fence an earlier job left in --ckpt-dir */
+    /* growing back */
+    PoolHost pool[MAX_POOL_HOSTS];
+    int pool_count;
+    bool pool_listed; /* the pool is --hosts/--hostfile (else Slurm nodes left out) */
+    int max_ranks;
+    Grow grows[MAX_ATTEMPTS];
+    int grow_count;
+    int grow_world; /* the world asked for by a stop to grow, 0: none */
 } Agent;
 
 // ----------------------------------------------------------------------------
@@ -63,6 +99,12 @@ int elastic_check(const ElasticOptions *o, int ranks)
                 o->min_ranks, ranks);
         return -1;
     }
+    if (o->max_ranks > 0 && o->max_ranks < ranks) {
+        fprintf(stderr, "phalanx run: --max-ranks %d is below -n %d: the run starts with -n "
+                        "ranks and grows back up to --max-ranks; raise it or lower -n\n",
+                o->max_ranks, ranks);
+        return -1;
+    }
     if (ranks % o->ranks_per_node != 0) {
         fprintf(stderr, "phalanx run: --ranks-per-node %d does not divide -n %d: every "
                         "(virtual) node holds the same number of ranks\n",
@@ -74,9 +116,10 @@ int elastic_check(const ElasticOptions *o, int ranks)
         if (elastic_event_parse(o->events[i], &e) != 0) {
             fprintf(stderr, "phalanx run: --inject '%s' is not an event: crash:RANK@STEP, "
                             "hang:RANK@STEP, slow:RANK*FACTOR, node:NODE@STEP, "
-                            "flushkill:RANK@STEP, corrupt:STEP, partition:HOST@STEP or "
-                            "poweroff:HOST@STEP (HOST: letters, digits, '.', '-', '_'), each "
-                            "with an optional #ATTEMPT (default #0)\n", o->events[i]);
+                            "flushkill:RANK@STEP, corrupt:STEP, partition:HOST@STEP, "
+                            "poweroff:HOST@STEP or restore:HOST@STEP (HOST: letters, digits, "
+                            "'.', '-', '_'), each with an optional #ATTEMPT (default #0)\n",
+                    o->events[i]);
             return -1;
         }
         if (e.host[0] && !o->fault_command) {
@@ -200,15 +243,40 @@ static void fire_host_fault(Agent *agent, int i, const ElasticEvent *e, long ste
     agent->fault_pid[i] = pid > 0 ? pid : 0;
 }
 
-/* Rank 0 completed `step`: host faults of this attempt that are due. */
-static void fire_due_host_faults(Agent *agent, long step)
+/* What restores `host`: the opposite of the last fault fired on it (netcluster
+ * names them heal and poweron), else "restore" for the command to decide. */
+static const char *restore_kind(const Agent *agent, const char *host)
 {
+    const char *kind = "restore";
+    double latest = -1;
     for (int i = 0; i < agent->options->event_count; i++) {
         ElasticEvent e;
         elastic_event_parse(agent->options->events[i], &e);
-        if (e.host[0] && !agent->fired[i] && e.attempt == agent->attempt_count - 1 &&
-            step >= e.step)
-            fire_host_fault(agent, i, &e, step);
+        if (!agent->fired[i] || strcmp(e.host, host) != 0 || agent->fired_at[i] < latest ||
+            strcmp(e.kind, "restore") == 0)
+            continue;
+        latest = agent->fired_at[i];
+        kind = strcmp(e.kind, "partition") == 0 ? "heal" : "poweron";
+    }
+    return kind;
+}
+
+/* Rank 0 completed `step`: host faults of this attempt that are due, and
+ * restores of this attempt or an earlier one (a restore comes after the
+ * recovery from the fault it undoes). */
+static void fire_due_host_faults(Agent *agent, long step)
+{
+    int current = agent->attempt_count - 1;
+    for (int i = 0; i < agent->options->event_count; i++) {
+        ElasticEvent e;
+        elastic_event_parse(agent->options->events[i], &e);
+        bool restore = strcmp(e.kind, "restore") == 0;
+        if (!e.host[0] || agent->fired[i] || step < e.step ||
+            (restore ? e.attempt > current : e.attempt != current))
+            continue;
+        if (restore)
+            snprintf(e.kind, sizeof(e.kind), "%s", restore_kind(agent, e.host));
+        fire_host_fault(agent, i, &e, step);
     }
 }
 
@@ -241,6 +309,7 @@ static void attribute_failure(Agent *agent, Attempt *a)
         ElasticEvent e;
         elastic_event_parse(agent->options->events[i], &e);
         if (!agent->fired[i] || e.attempt != agent->attempt_count - 1 ||
+            strcmp(e.kind, "restore") == 0 ||
             (strcmp(e.host, a->failure.node) != 0 && strcmp(e.host, a->failure.address) != 0))
             continue;
         a->cause = strcmp(e.kind, "partition") == 0 ? "partition" : "poweroff";
@@ -305,6 +374,223 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
 }
 
 // ----------------------------------------------------------------------------
+// the host pool: hosts left out, their probes, growing back
+
+/* The hosts of --hosts/--hostfile ("name[:slots]"); under srun none yet. */
+static void pool_init(Agent *agent)
+{
+    SpawnPlan all = agent->job->plan;
+    all.exclude = NULL;
+    char hosts[4096];
+    agent->pool_listed = (all.hosts || all.hostfile) &&
+                         spawn_resolve_via(all.via) == VIA_MPIRUN &&
+                         spawn_filtered_hosts(&all, hosts, sizeof(hosts)) > 0;
+    for (const char *h = hosts; agent->pool_listed && *h && agent->pool_count < MAX_POOL_HOSTS;) {
+        size_t item = strcspn(h, ","), name = strcspn(h, ":,");
+        PoolHost *p = &agent->pool[agent->pool_count++];
+        snprintf(p->name, sizeof(p->name), "%.*s", (int)(name < 255 ? name : 255), h);
+        p->slots = name < item ? atoi(h + name + 1) : 1;
+        h += item + (h[item] == ',');
+    }
+}
+
+/* The pool's host that a rank or a probe with this node name and address
+ * is on, or NULL. */
+static PoolHost *pool_find(Agent *agent, const char *node, const char *address)
+{
+    for (int i = 0; i < agent->pool_count; i++) {
+        PoolHost *p = &agent->pool[i];
+        if (strcmp(p->name, address) == 0 || strcmp(p->name, node) == 0 ||
+            (p->node[0] && strcmp(p->node, node) == 0) ||
+            (p->address[0] && strcmp(p->address, address) == 0))
+            return p;
+    }
+    return NULL;
+}
+
+/* mpirun's hosts left out (and srun's --exclude): every failed host by its
+ * list name, and by the node name its ranks gave. */
+static void pool_write_excluded(Agent *agent)
+{
+    size_t used = 0;
+    agent->excluded[0] = '\0';
+    for (int i = 0; i < agent->pool_count; i++) {
+        const PoolHost *p = &agent->pool[i];
+        if (!p->failed)
+            continue;
+        used += (size_t)snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s",
+                                 used ? "," : "", p->name);
+        if (p->node[0] && strcmp(p->node, p->name) != 0 && used < sizeof(agent->excluded))
+            used += (size_t)snprintf(agent->excluded + used, sizeof(agent->excluded) - used,
+                                     ",%s", p->node);
+        if (used >= sizeof(agent->excluded))
+            break;
+    }
+}
+
+/* The failed rank's host leaves the launches and is probed from now on. */
+static void pool_fail(Agent *agent, const JobFailure *f)
+{
+    PoolHost *p = pool_find(agent, f->node, f->address);
+    if (!p && agent->pool_count < MAX_POOL_HOSTS) {
+        // not listed (a Slurm node): known by its node name, or by its address
+        // where a host list names hosts by address (a loopback one names none)
+        p = &agent->pool[agent->pool_count++];
+        memset(p, 0, sizeof(*p));
+        bool by_address = agent->pool_listed && f->address[0] &&
+                          strncmp(f->address, "127.", 4) != 0;
+        snprintf(p->name, sizeof(p->name), "%s", by_address ? f->address : f->node);
+        p->slots = agent->options->ranks_per_node;
+    }
+    if (!p)
+        return;
+    snprintf(p->node, sizeof(p->node), "%s", f->node);
+    if (strncmp(f->address, "127.", 4) != 0)
+        snprintf(p->address, sizeof(p->address), "%s", f->address);
+    p->failed = true;
+    p->answers = 0;
+    p->healthy_at = 0;
+    p->spare_why[0] = '\0';
+    p->next_probe_at = job_now() + agent->options->rejoin_every;
+    pool_write_excluded(agent);
+}
+
+/* The ranks the hosts not left out hold, up to max_ranks (`plus`: a host
+ * counted as if it were back). Without a host list (srun), the nodes alive. */
+static int pool_capacity(const Agent *agent, const PoolHost *plus)
+{
+    int slots = agent->pool_listed ? 0 : agent->nodes_alive * agent->options->ranks_per_node;
+    for (int i = 0; i < agent->pool_count; i++)
+        if ((agent->pool_listed && !agent->pool[i].failed) || &agent->pool[i] == plus)
+            slots += agent->pool[i].slots;
+    return slots < agent->max_ranks ? slots : agent->max_ranks;
+}
+
+/* A probe in flight that answered: this host. */
+static void on_probe(void *context, const char *node, const char *address, double at)
+{
+    Agent *agent = context;
+    PoolHost *p = pool_find(agent, node, address);
+    (void)at;
+    if (p && p->probe_pid > 0)
+        p->probe_answered = true;
+}
+
+static void probe_start(Agent *agent, PoolHost *p, double now)
+{
+    char err[256];
+    p->probe_answered = false;
+    p->next_probe_at = now + agent->options->rejoin_every;
+    p->probe_pid = spawn_probe(&agent->job->plan, p->name, err, sizeof(err));
+    if (p->probe_pid < 0) {
+        fprintf(stderr, "phalanx run: cannot probe host %s: %s\n", p->name, err);
+        p->probe_pid = 0;
+    }
+}
+
+/* A probe that has ended (or run too long: killed) counts: answered or not. */
+static void probe_finish(PoolHost *p, double now, double started_before)
+{
+    int status;
+    bool ended = waitpid(p->probe_pid, &status, WNOHANG) == p->probe_pid;
+    if (!ended && now - started_before < PROBE_SECONDS)
+        return;
+    if (!ended) {
+        kill(-p->probe_pid, SIGKILL);
+        waitpid(p->probe_pid, &status, 0);
+    }
+    p->probe_pid = 0;
+    if (!p->probe_answered) {
+        if (p->answers > 0)
+            fprintf(stderr, "phalanx run: host %s stopped answering probes; it stays left "
+                            "out\n", p->name);
+        p->answers = 0;
+        p->healthy_at = 0;
+        return;
+    }
+    if (++p->answers == PROBES_TO_HEAL) {
+        p->healthy_at = now;
+        fprintf(stderr, "phalanx run: host %s answered %d probes in a row: healthy again\n",
+                p->name, PROBES_TO_HEAL);
+    }
+}
+
+/* Probes of the hosts left out die with the attempt's channel: not counted. */
+static void probes_cancel(Agent *agent)
+{
+    for (int i = 0; i < agent->pool_count; i++) {
+        PoolHost *p = &agent->pool[i];
+        if (p->probe_pid <= 0)
+            continue;
+        kill(-p->probe_pid, SIGKILL);
+        waitpid(p->probe_pid, NULL, 0);
+        p->probe_pid = 0;
+        p->next_probe_at = 0;
+    }
+}
+
+/* Healthy hosts come back: a stop to grow when they make a larger world
+ * with a valid layout, else they stay spares (the report says why). */
+static void consider_grow(Agent *agent, double now)
+{
+    Job *job = agent->job;
+    const Attempt *a = &agent->attempts[agent->attempt_count - 1];
+    if (job->stop_requested || job->stop_signal || job->failure.kind != FAILURE_NONE ||
+        !job->ready)
+        return;
+    for (int i = 0; i < agent->pool_count; i++) {
+        PoolHost *p = &agent->pool[i];
+        if (!p->failed || p->healthy_at == 0)
+            continue;
+        int target = pool_capacity(agent, p);
+        char why[2048];
+        int world = target > a->world ? plan_world(agent, target, agent->attempts[0].pp,
+                                                   agent->attempts[0].sp, why, sizeof(why))
+                                      : -1;
+        p->failed = false; /* back in the host list: in the next launch, or a spare */
+        pool_write_excluded(agent);
+        if (world > a->world) {
+            Grow *g = &agent->grows[agent->grow_count++];
+            *g = (Grow){.attempt = agent->attempt_count - 1, .healthy_at = p->healthy_at,
+                        .stop_at = now, .world_before = a->world, .world_after = world};
+            snprintf(g->hosts, sizeof(g->hosts), "%s", p->name);
+            agent->grow_world = world;
+            agent->nodes_alive += p->slots / agent->options->ranks_per_node;
+            fprintf(stderr, "phalanx run: growing from %d to %d rank(s) with host %s: the "
+                            "ranks stop after their current step (its checkpoint committed)\n",
+                    a->world, world, p->name);
+            job_request_stop(job);
+            return;
+        }
+        agent->nodes_alive += p->slots / agent->options->ranks_per_node;
+        if (target <= a->world)
+            snprintf(p->spare_why, sizeof(p->spare_why), "the run has %d rank(s), at "
+                     "--max-ranks %d", a->world, agent->max_ranks);
+        else
+            snprintf(p->spare_why, sizeof(p->spare_why), "no layout of %d to %d rank(s) keeps "
+                     "this run: %.500s", a->world + 1, target, why);
+        fprintf(stderr, "phalanx run: host %s is healthy again and kept as a spare: %s\n",
+                p->name, p->spare_why);
+    }
+}
+
+/* Between polls of the job: probes due, probes ended, a grow. */
+static void on_tick(void *context, double now)
+{
+    Agent *agent = context;
+    for (int i = 0; i < agent->pool_count; i++) {
+        PoolHost *p = &agent->pool[i];
+        if (!p->failed)
+            continue;
+        if (p->probe_pid > 0)
+            probe_finish(p, now, p->next_probe_at - agent->options->rejoin_every);
+        else if (now >= p->next_probe_at)
+            probe_start(agent, p, now);
+    }
+    consider_grow(agent, now);
+}
+
+// ----------------------------------------------------------------------------
 // the timeline
 
 static const char *resumed_tier(const Agent *agent, const char *path);
@@ -336,6 +622,7 @@ static void on_job_event(void *context, const char *event, long step, double at)
         a->first_step_at = at;
         a->first_step = step;
     } else if (strcmp(event, "step") == 0) {
+        a->last_step_at = at;
         fire_due_host_faults(agent, step);
     } else if (strcmp(event, "resumed") == 0) {
         a->resumed_at = at;
@@ -375,17 +662,8 @@ static int remove_failed_node(Agent *agent, Attempt *a)
     agent->nodes_alive--;
     // real hosts (srun, or mpirun across hosts) are left out of the relaunch;
     // mpirun's hosts may be named by address (what the channel saw)
-    const SpawnPlan *plan = &agent->job->plan;
-    if (spawn_is_multi_host(plan) && a->failure.node[0]) {
-        size_t used = strlen(agent->excluded);
-        // a loopback address names no host (the rank ran where the launcher runs)
-        bool by_address = (plan->hosts || plan->hostfile) && a->failure.address[0] &&
-                          strncmp(a->failure.address, "127.", 4) != 0 &&
-                          strcmp(a->failure.address, a->failure.node) != 0;
-        snprintf(agent->excluded + used, sizeof(agent->excluded) - used, "%s%s%s%s",
-                 used ? "," : "", a->failure.node, by_address ? "," : "",
-                 by_address ? a->failure.address : "");
-    }
+    if (spawn_is_multi_host(&agent->job->plan) && a->failure.node[0])
+        pool_fail(agent, &a->failure);
     return agent->nodes_alive * per_node;
 }
 
@@ -481,6 +759,16 @@ static const char *resumed_tier(const Agent *agent, const char *path)
                                                                                  : "durable";
 }
 
+/* Rank 0's steps per second in an attempt, from its first step to its last
+ * (0 when it made fewer than two). */
+static double steps_per_second(const Attempt *a)
+{
+    double seconds = a->last_step_at - a->first_step_at;
+    return a->last_step > a->first_step && seconds > 0
+               ? (double)(a->last_step - a->first_step) / seconds
+               : 0;
+}
+
 static void write_attempt(FILE *out, const Agent *agent, int i)
 {
     const Attempt *a = &agent->attempts[i];
@@ -501,6 +789,11 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
         fprintf(out, ", \"first_step_s\": %.3f, \"first_step\": %ld", a->first_step_at - t0,
                 a->first_step);
     fprintf(out, ", \"last_step\": %ld, \"ended_s\": %.3f", a->last_step, a->ended_at - t0);
+    double rate = steps_per_second(a);
+    if (rate > 0)
+        fprintf(out, ", \"steps_per_s\": %.3f", rate);
+    if (a->grown)
+        fprintf(out, ", \"ended_by\": \"grow\"");
     const JobFailure *f = &a->failure;
     if (f->kind != FAILURE_NONE) {
         fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": ",
@@ -528,6 +821,8 @@ static void write_recoveries(FILE *out, const Agent *agent)
     for (int i = 0; i + 1 < agent->attempt_count; i++) {
         const Attempt *a = &agent->attempts[i], *next = &agent->attempts[i + 1];
         const JobFailure *f = &a->failure;
+        if (f->kind == FAILURE_NONE)
+            continue; /* a grow (write_grows) */
         double failed = f->fault_at > 0 ? f->fault_at : f->detected_at;
         long resumed = next->resumed_at > 0 ? next->resumed_step : 0;
         fprintf(out, "%s    {\"attempt\": %d, \"kind\": \"%s\", \"rank\": %d, \"detect_s\": %.3f, "
@@ -549,6 +844,73 @@ static void write_recoveries(FILE *out, const Agent *agent)
     fprintf(out, "\n");
 }
 
+/* The steps per second of the attempt before the first failure, of the one
+ * a grow stopped (on the survivors), and of the one after it. */
+static void write_throughput(FILE *out, const Agent *agent, const Grow *g)
+{
+    int before = 0;
+    while (before + 1 < agent->attempt_count &&
+           agent->attempts[before].failure.kind == FAILURE_NONE)
+        before++;
+    double rates[3] = {steps_per_second(&agent->attempts[before]),
+                       steps_per_second(&agent->attempts[g->attempt]),
+                       g->attempt + 1 < agent->attempt_count
+                           ? steps_per_second(&agent->attempts[g->attempt + 1]) : 0};
+    const char *names[3] = {"before_loss", "survivors", "after_grow"};
+    fprintf(out, ", \"steps_per_s\": {");
+    for (int k = 0; k < 3; k++)
+        fprintf(out, "%s\"%s\": %.3f", k ? ", " : "", names[k], rates[k]);
+    fprintf(out, "}");
+}
+
+/* Per grow: host healthy, stop began, first step in the larger layout. */
+static void write_grows(FILE *out, const Agent *agent)
+{
+    for (int i = 0; i < agent->grow_count; i++) {
+        const Grow *g = &agent->grows[i];
+        const Attempt *a = &agent->attempts[g->attempt];
+        const Attempt *next = g->attempt + 1 < agent->attempt_count
+                                  ? &agent->attempts[g->attempt + 1] : NULL;
+        fprintf(out, "%s    {\"attempt\": %d, \"hosts\": ", i ? ",\n" : "", g->attempt);
+        write_json_text(out, g->hosts);
+        fprintf(out, ", \"world_before\": %d, \"world_after\": %d, \"healthy_s\": %.3f, "
+                     "\"stop_s\": %.3f, \"stopped_after_step\": %ld",
+                g->world_before, g->world_after, g->healthy_at - agent->t0,
+                g->stop_at - agent->t0, a->last_step);
+        if (next && next->first_step_at > 0) {
+            long resumed = next->resumed_at > 0 ? next->resumed_step : 0;
+            long recomputed = a->last_step - resumed;
+            fprintf(out, ", \"layout_after\": \"%dx%dx%d\", \"first_step_after\": %ld, "
+                         "\"first_step_after_s\": %.3f, \"grow_s\": %.3f, "
+                         "\"steps_recomputed\": %ld",
+                    next->dp, next->pp, next->sp, next->first_step,
+                    next->first_step_at - agent->t0, next->first_step_at - g->healthy_at,
+                    recomputed > 0 ? recomputed : 0);
+        }
+        write_throughput(out, agent, g);
+        fprintf(out, "}");
+    }
+    fprintf(out, "\n");
+}
+
+/* Healthy hosts not used, and why. */
+static void write_spares(FILE *out, const Agent *agent)
+{
+    bool first = true;
+    for (int i = 0; i < agent->pool_count; i++) {
+        const PoolHost *p = &agent->pool[i];
+        if (!p->spare_why[0])
+            continue;
+        fprintf(out, "%s    {\"host\": ", first ? "" : ",\n");
+        write_json_text(out, p->name);
+        fprintf(out, ", \"why\": ");
+        write_json_text(out, p->spare_why);
+        fprintf(out, "}");
+        first = false;
+    }
+    fprintf(out, "\n");
+}
+
 static void write_report(const Agent *agent, int status)
 {
     const char *path = agent->options->report_path;
@@ -560,10 +922,11 @@ static void write_report(const Agent *agent, int status)
         return;
     }
     fprintf(out, "{\n  \"outcome\": \"%s\", \"exit_status\": %d, \"restarts\": %d,\n",
-            agent->outcome, status, agent->attempt_count - 1);
-    fprintf(out, "  \"min_ranks\": %d, \"ranks_per_node\": %d, \"heartbeat_timeout_s\": %g,\n",
-            agent->options->min_ranks, agent->options->ranks_per_node,
-            agent->options->heartbeat_timeout);
+            agent->outcome, status, agent->attempt_count - 1 - agent->grow_count);
+    fprintf(out, "  \"min_ranks\": %d, \"max_ranks\": %d, \"ranks_per_node\": %d, "
+                 "\"heartbeat_timeout_s\": %g, \"rejoin_every_s\": %g,\n",
+            agent->options->min_ranks, agent->max_ranks, agent->options->ranks_per_node,
+            agent->options->heartbeat_timeout, agent->options->rejoin_every);
     fprintf(out, "  \"injected\": [");
     for (int i = 0; i < agent->options->event_count; i++)
         fprintf(out, "%s\"%s\"", i ? ", " : "", agent->options->events[i]);
@@ -572,6 +935,10 @@ static void write_report(const Agent *agent, int status)
         write_attempt(out, agent, i);
     fprintf(out, "  ],\n  \"recoveries\": [\n");
     write_recoveries(out, agent);
+    fprintf(out, "  ],\n  \"grows\": [\n");
+    write_grows(out, agent);
+    fprintf(out, "  ],\n  \"spares\": [\n");
+    write_spares(out, agent);
     fprintf(out, "  ]");
     SampleAccount acc;
     if (account_samples(agent->plan.metrics, &acc) == 0)
@@ -620,6 +987,7 @@ static int run_attempt(Agent *agent, int world)
     attribute_failure(agent, a);
     a->first_step = job->first_step;
     a->last_step = job->last_step;
+    probes_cancel(agent);
     return 0;
 }
 
@@ -630,6 +998,8 @@ static void reset_job(Job *job)
     const char *channel_address = job->channel_address;
     double startup = job->startup_timeout, heartbeat = job->heartbeat_timeout;
     JobEventHook hook = job->on_event;
+    JobProbeHook probe = job->on_probe;
+    JobTickHook tick = job->on_tick;
     void *context = job->event_context;
     memset(job, 0, sizeof(*job));
     job->plan = plan;
@@ -638,7 +1008,30 @@ static void reset_job(Job *job)
     job->heartbeat_timeout = heartbeat;
     job->detect = true;
     job->on_event = hook;
+    job->on_probe = probe;
+    job->on_tick = tick;
     job->event_context = context;
+}
+
+/* After an attempt that ended without a failure: the larger world of a grow
+ * it stopped for, or 0 (it completed, or was stopped by the user). */
+static int grown_world(Agent *agent)
+{
+    Attempt *a = &agent->attempts[agent->attempt_count - 1];
+    const Job *job = agent->job;
+    int world = agent->grow_world;
+    agent->grow_world = 0;
+    if (world == 0)
+        return 0;
+    if (!job->stop_requested || job->stop_signal || job_code(job) == 0) {
+        agent->grow_count--; /* it finished (or was stopped) before the stop to grow */
+        return 0;
+    }
+    a->grown = true;
+    char why[2048];
+    int planned = plan_world(agent, world, agent->attempts[0].pp, agent->attempts[0].sp, why,
+                             sizeof(why));
+    return planned == world ? world : 0;
 }
 
 /* After a failed attempt: the world of the next one, or an exit status. */
@@ -647,7 +1040,7 @@ static int next_world(Agent *agent, int *status)
     Attempt *a = &agent->attempts[agent->attempt_count - 1];
     print_failure(agent, a);
     int alive = remove_failed_node(agent, a);
-    if (agent->attempt_count > agent->options->max_restarts) {
+    if (agent->attempt_count - agent->grow_count > agent->options->max_restarts) {
         fprintf(stderr, "phalanx run: giving up: --max-restarts %d used up; the newest complete "
                         "checkpoint in %s is intact\n",
                 agent->options->max_restarts,
@@ -678,9 +1071,10 @@ static int next_world(Agent *agent, int *status)
         *status = EXIT_TOO_FEW_RANKS;
         return -1;
     }
-    int slots = kept > 0 ? spawn_host_slots(hosts) : alive;
-    if (slots < alive)
-        alive = slots; /* a lost host took all its ranks */
+    // listed hosts: as many ranks as they hold (spares step in), up to max_ranks
+    alive = agent->pool_listed ? pool_capacity(agent, NULL) : alive;
+    if (alive > agent->max_ranks)
+        alive = agent->max_ranks;
     char why[2048];
     int world = plan_world(agent, alive, a->pp, a->sp, why, sizeof(why));
     if (world < 0) {
@@ -703,9 +1097,13 @@ int elastic_run(Job *job, const ElasticOptions *options)
     agent.nodes_alive = job->plan.ranks / options->ranks_per_node;
     agent.outcome = "completed";
     agent.t0 = job_now();
+    agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : job->plan.ranks;
+    pool_init(&agent);
     job->detect = true;
     job->heartbeat_timeout = options->heartbeat_timeout;
     job->on_event = on_job_event;
+    job->on_probe = on_probe;
+    job->on_tick = on_tick;
     job->event_context = &agent;
     char why[2048];
     int world = plan_world(&agent, job->plan.ranks, 0, 0, why, sizeof(why));
@@ -724,6 +1122,12 @@ int elastic_run(Job *job, const ElasticOptions *options)
         const JobFailure *f = &agent.attempts[agent.attempt_count - 1].failure;
         bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG ||
                      f->kind == FAILURE_UNREACHABLE;
+        int grown = retry ? 0 : grown_world(&agent);
+        if (grown > 0) {
+            world = grown;
+            reset_job(job);
+            continue;
+        }
         if (!retry) {
             status = job_exit_status(job);
             if (status != 0)

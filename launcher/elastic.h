@@ -25,12 +25,35 @@
  *   poweroff:HOST@S                 {kind} and {host} filled in (a network fault
  *                                   is outside the worker: the agent only asks for
  *                                   it, e.g. `scripts/netcluster {kind} NAME {host}`)
+ *   restore:HOST@S                  the same, once, in the first attempt from #A on
+ *                                   that completes step S; {kind} is "heal" after a
+ *                                   partition of HOST, "poweron" after a poweroff
+ *                                   ("restore" for a host no event took down)
+ *
+ * Growing back (DESIGN.md "Elasticity", both directions). The agent keeps
+ * the hosts the job may use: those of --hosts/--hostfile (more than -n needs
+ * are spares), or, under srun, the nodes it had to leave out. While a job
+ * runs, every host left out is probed every rejoin_every seconds: `phalanx
+ * probe` started on it through the job's own path (spawn_probe) must reach
+ * this attempt's channel and authenticate. A host that answers PROBES_TO_HEAL
+ * probes in a row is healthy and returns to the host list (mpirun's --host,
+ * srun's --exclude). When the hosts then hold more ranks than the job has,
+ * up to max_ranks, and a layout of the larger world keeps the run (the first
+ * launch's pp x sp preferred, the global batch kept), the agent asks the
+ * ranks to stop after their current step (job_request_stop: the trainer
+ * commits that step's checkpoint before it exits) and relaunches with the
+ * larger world, resuming from that checkpoint: no step is recomputed. A
+ * healthy host that makes no valid larger layout stays a spare, and the
+ * report says why. Grows do not count against max_restarts.
  *
  * The report (JSON) has the timeline of every attempt (launch, first step,
  * fault, detection, teardown, checkpoint loaded, first step after recovery),
  * per failure the MTTR (failure to the first completed step after it) and
  * the steps recomputed, and, from the metrics file, the samples the committed
- * trajectory consumed, lost and duplicated.
+ * trajectory consumed, lost and duplicated; for every grow, when the host was
+ * healthy again, when the stop began, the first step in the larger layout,
+ * the steps recomputed (0), and the steps per second before the loss, on the
+ * survivors and after the grow; the spares and why each is not used.
  */
 #ifndef PHALANX_ELASTIC_H
 #define PHALANX_ELASTIC_H
@@ -53,13 +76,16 @@ typedef struct {
     /* partition and poweroff events: a shell command with {kind} and {host}
      * replaced (the host as the event names it); NULL: none given */
     const char *fault_command;
+    int max_ranks;       /* growth cap; 0: the first launch's size */
+    double rejoin_every; /* seconds between probes of a host left out */
 } ElasticOptions;
 
 /* One --inject event (the grammar above). */
 typedef struct {
-    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt, partition, poweroff */
+    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt, partition, poweroff,
+                      restore */
     int who;       /* rank or node */
-    char host[64]; /* partition, poweroff: [A-Za-z0-9._-], not starting with '-' */
+    char host[64]; /* partition, poweroff, restore: [A-Za-z0-9._-], not starting with '-' */
     long step;
     double factor;
     int attempt;

@@ -86,7 +86,8 @@ static bool read_host(const char **p, char *out, size_t len)
 
 static bool is_host_kind(const char *kind)
 {
-    return strcmp(kind, "partition") == 0 || strcmp(kind, "poweroff") == 0;
+    return strcmp(kind, "partition") == 0 || strcmp(kind, "poweroff") == 0 ||
+           strcmp(kind, "restore") == 0;
 }
 
 int elastic_event_parse(const char *text, ElasticEvent *e)

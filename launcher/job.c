@@ -365,6 +365,11 @@ static bool admit(Job *job, JobClient *client, const ProtocolMessage *m, int par
                                 channel_answer_valid(job->secret, client->nonce, m->answer);
         return client->authenticated;
     }
+    if (parsed == 0 && m->kind == PROTOCOL_PROBE && job->on_probe) {
+        client->probe = true;
+        job->on_probe(job->event_context, m->node, client->address, job_now());
+        return false; /* answered: the probe waits for this close */
+    }
     return parsed == 0 && m->kind == PROTOCOL_HELLO && on_hello(job, client, m);
 }
 
@@ -393,7 +398,7 @@ static void drop_client(Job *job, int index)
     close(c->fd);
     if (c->rank >= 0 && !c->done)
         fail(job, FAILURE_CRASH, c, "lost channel");
-    if (c->rank < 0 && job->refused++ == 0)
+    if (c->rank < 0 && !c->probe && job->refused++ == 0)
         fprintf(stderr, "phalanx run: closed a channel connection that did not authenticate "
                         "as a rank of this job (further ones are not reported)\n");
     job->clients[index] = job->clients[--job->client_count];
@@ -436,6 +441,15 @@ static void send_to_ranks(Job *job, const char *line)
 static void broadcast_stop(Job *job)
 {
     send_to_ranks(job, "stop\n");
+}
+
+void job_request_stop(Job *job)
+{
+    if (job->stop_requested || job->stop_signal)
+        return;
+    job->stop_requested = true;
+    job->stop_at = job_now();
+    broadcast_stop(job);
 }
 
 /* Ranks stop when they hear nothing for a while: a ping every second. */
@@ -627,12 +641,15 @@ void job_watch(Job *job)
         if (waitpid(job->pid, &job->status, WNOHANG) == job->pid)
             job->done = true;
         check_timeouts(job);
+        if (job->on_tick && !job->done)
+            job->on_tick(job->event_context, job_now());
     }
     // lines still in flight (not after a failure: recovery is waiting)
     for (int i = 0; i < 5 && job->client_count > 0 && job->failure.kind == FAILURE_NONE; i++)
         poll_once(job, 20);
     // a failure the channel did not show: a rank exited non-zero after saying done
-    if (job->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal && job->ready &&
+    if (job->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal &&
+        !job->stop_requested && job->ready &&
         job_code(job) != 0) {
         job->failure = (JobFailure){.kind = FAILURE_EXIT, .rank = -1,
                                     .detected_at = job_now(), .how = "exit status"};

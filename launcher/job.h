@@ -36,6 +36,10 @@
  * it is JOB.STEP of the launcher's own $SLURM_JOB_ID. Text for the terminal
  * (progress, log) is stripped of control characters first. Every second the
  * launcher pings the ranks, which stop when it is gone (channel.h).
+ *
+ * Probes (the elastic agent's, `phalanx probe` on a host it wants back)
+ * answer the same challenge and then say "probe NODE" instead of a hello;
+ * they are handed to on_probe and closed, and claim no rank.
  */
 #ifndef PHALANX_JOB_H
 #define PHALANX_JOB_H
@@ -56,6 +60,7 @@ typedef struct {
     long pid;
     bool authenticated;
     bool done, faulted; /* said "done"; said "fault" (an injected failure) */
+    bool probe;         /* said "probe": no rank, closed after it */
     double accepted_at, last_seen;
     char nonce[CHANNEL_TOKEN_HEX + 1];
     char node[64]; /* its host, or its Slurm node name */
@@ -82,6 +87,11 @@ typedef struct {
  * (with the step of the checkpoint; its path in Job.resumed_path),
  * "first_step" and "step" (every step rank 0 completed, with the step). */
 typedef void (*JobEventHook)(void *context, const char *event, long step, double at);
+/* Called for every probe that authenticated and said "probe NODE", with the
+ * address its connection came from; the connection is then closed. */
+typedef void (*JobProbeHook)(void *context, const char *node, const char *address, double at);
+/* Called between polls (about every 20 ms) while the job runs. */
+typedef void (*JobTickHook)(void *context, double now);
 
 typedef struct {
     SpawnPlan plan;
@@ -92,7 +102,9 @@ typedef struct {
     bool detect;              /* crash and hang detection (elastic) */
     double heartbeat_timeout; /* seconds; used when detect is set */
     JobEventHook on_event;
-    void *event_context;
+    JobProbeHook on_probe; /* NULL: probes are refused like strangers */
+    JobTickHook on_tick;
+    void *event_context; /* for all three hooks */
     /* state */
     int listen_fd;
     char address[300];
@@ -110,6 +122,7 @@ typedef struct {
     bool done, ready, startup_timed_out;
     double started_at, stop_at, term_at, killed_at;
     int stop_signal;
+    bool stop_requested; /* job_request_stop: the ranks' exit status is no failure */
     JobFailure failure;
 } Job;
 
@@ -122,6 +135,10 @@ int job_start(Job *job);
 void job_watch(Job *job);
 /* The exit status to report for a job that was not retried. */
 int job_exit_status(const Job *job);
+/* Asks every rank to stop after its current step, as Ctrl-C does (the
+ * trainer commits that step's checkpoint and exits); the ranks' non-zero
+ * status is then no failure. A crash or hang meanwhile still is one. */
+void job_request_stop(Job *job);
 /* Closes the channel and every client connection. */
 void job_close(Job *job);
 /* The job's raw exit code (128 + signal for a signal). */

@@ -16,4 +16,8 @@ int run_main(int argc, char **argv);
  *              inject (--inject) and a report (--report). */
 int drill_main(int argc, char **argv);
 
+/*   probe_main `phalanx probe`: started by the elastic agent on a host it
+ *              wants back (channel_probe); 0 when the agent took it. */
+int probe_main(int argc, char **argv);
+
 #endif

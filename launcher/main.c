@@ -5,6 +5,7 @@
  *   run            start N ranks with mpirun or srun and watch them (launcher/)
  *   ckpt           list, verify and inspect checkpoints (launcher/ckpt.c)
  *   drill          an elastic run with injected failures and a report
+ *   probe          (internal) the elastic agent's probe of a host it wants back
  *   export, eval, sample   models as files for other programs, their loss, their text
  */
 #include "ckpt.h"
@@ -44,6 +45,8 @@ int main(int argc, char **argv)
         return run_main(argc - 1, argv + 1);
     if (strcmp(command, "drill") == 0)
         return drill_main(argc - 1, argv + 1);
+    if (strcmp(command, "probe") == 0)
+        return probe_main(argc - 1, argv + 1);
     if (strcmp(command, "data") == 0)
         return data_main(argc - 1, argv + 1);
     if (strcmp(command, "ckpt") == 0)

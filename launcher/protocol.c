@@ -198,6 +198,14 @@ static int parse_fault(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
     return 0;
 }
 
+static int parse_probe(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
+{
+    if (!read_word(c, m->node, sizeof(m->node)) || !at_end(c))
+        return failed(err, err_len, "probe", "NODE is missing, longer than 63 characters or "
+                                             "followed by more");
+    return 0;
+}
+
 typedef int (*Parser)(Cursor *, ProtocolMessage *, char *, size_t);
 
 static const struct {
@@ -209,7 +217,7 @@ static const struct {
     {"progress", PROTOCOL_PROGRESS, parse_progress}, {"step", PROTOCOL_STEP, parse_step},
     {"log", PROTOCOL_LOG, parse_log},          {"done", PROTOCOL_DONE, parse_done},
     {"beat", PROTOCOL_BEAT, parse_beat},       {"fault", PROTOCOL_FAULT, parse_fault},
-    {"resumed", PROTOCOL_RESUMED, parse_resumed},
+    {"resumed", PROTOCOL_RESUMED, parse_resumed}, {"probe", PROTOCOL_PROBE, parse_probe},
 };
 
 int protocol_parse(const char *line, size_t length, ProtocolMessage *out, char *err,

@@ -34,6 +34,8 @@ typedef enum {
     PROTOCOL_BEAT,     /* beat RANK STEP */
     PROTOCOL_FAULT,    /* fault KIND RANK STEP */
     PROTOCOL_RESUMED,  /* resumed STEP PATH                 path in text */
+    PROTOCOL_PROBE,    /* probe NODE: `phalanx probe` on a host the elastic agent
+                          wants back; said instead of a hello, after auth */
 } ProtocolKind;
 
 typedef struct {

@@ -4,6 +4,7 @@
  */
 #include "launcher.h"
 
+#include "channel.h"
 #include "elastic.h"
 #include "job.h"
 #include "runtime.h"
@@ -52,6 +53,14 @@ static void usage(FILE *out, bool drill)
           "      --max-restarts K     relaunches allowed, at most %d (default 3)\n"
           "      --heartbeat-timeout S  a rank silent this long has hung, or its host is\n"
           "                           lost when it leaves the pings unacknowledged (default 30)\n"
+          "      --max-ranks M        grow back up to M ranks when hosts left out answer\n"
+          "                           probes again, or with spare hosts (default: -n)\n"
+          "      --rejoin-every S     probe a host left out every S seconds: `phalanx probe`\n"
+          "                           started on it as the ranks are (mpirun or srun) must\n"
+          "                           reach the launcher; 2 answers in a row: healthy, back in\n"
+          "                           the host list, and the run grows at a step boundary\n"
+          "                           (its checkpoint committed, no step recomputed; the\n"
+          "                           global batch kept) when a layout fits (default 10)\n"
           "      --ranks-per-node R   R consecutive ranks form a node, lost together: virtual\n"
           "                           nodes on one host; under srun, --ntasks-per-node R on\n"
           "                           Slurm's nodes (default 1)\n"
@@ -60,14 +69,17 @@ static void usage(FILE *out, bool drill)
           "                           node:NODE@STEP, flushkill:RANK@STEP (SIGKILL in that\n"
           "                           step's checkpoint flush), corrupt:STEP (flip a byte in\n"
           "                           that checkpoint before the attempt), partition:HOST@STEP\n"
-          "                           and poweroff:HOST@STEP (after STEP, run --fault-command);\n"
+          "                           and poweroff:HOST@STEP (after STEP, run --fault-command),\n"
+          "                           restore:HOST@STEP (heal or poweron, after the host's\n"
+          "                           fault, in the first attempt from #A to reach STEP);\n"
           "                           #A after an event puts it in attempt A (0: the first one)\n"
-          "      --fault-command CMD  how partition and poweroff are made: a shell command with\n"
-          "                           {kind} and {host} replaced (default $PHALANX_FAULT_COMMAND),\n"
+          "      --fault-command CMD  how partition, poweroff and restore are made: a shell\n"
+          "                           command with {kind} (partition, poweroff, heal, poweron)\n"
+          "                           and {host} replaced (default $PHALANX_FAULT_COMMAND),\n"
           "                           e.g. 'scripts/netcluster {kind} NAME {host}'; the agent\n"
           "                           detects the lost host by itself (unacknowledged pings)\n"
           "      --report FILE        write the drill report (JSON: timeline, MTTR, steps\n"
-          "                           recomputed, samples lost)%s\n"
+          "                           recomputed, samples lost, grows, spares)%s\n"
           "  -h, --help               this text\n"
           "\n"
           "Ctrl-C (or SIGTERM) stops every rank cleanly after its current step (or between\n"
@@ -117,7 +129,8 @@ static int parse_via(const char *text, Via *out)
 }
 
 enum { OPT_ELASTIC = 256, OPT_MIN_RANKS, OPT_MAX_RESTARTS, OPT_HEARTBEAT, OPT_PER_NODE,
-       OPT_INJECT, OPT_REPORT, OPT_CHANNEL_ADDRESS, OPT_FAULT_COMMAND };
+       OPT_INJECT, OPT_REPORT, OPT_CHANNEL_ADDRESS, OPT_FAULT_COMMAND, OPT_MAX_RANKS,
+       OPT_REJOIN_EVERY };
 
 static int add_event(ElasticOptions *e, const char *event)
 {
@@ -153,6 +166,9 @@ static int apply_run_option(Run *run, int code, int *ranks)
     case OPT_INJECT: run->elastic = true; return add_event(e, optarg);
     case OPT_REPORT: e->report_path = optarg; return 0;
     case OPT_FAULT_COMMAND: e->fault_command = optarg; return 0;
+    case OPT_MAX_RANKS:
+        return parse_count("--max-ranks", optarg, 1, JOB_MAX_CLIENTS, &e->max_ranks);
+    case OPT_REJOIN_EVERY: return parse_seconds("--rejoin-every", optarg, &e->rejoin_every);
     }
     fprintf(stderr, "phalanx run: unknown option or missing value: '%s'; see "
                     "`phalanx run --help`\n", optarg && optind > 1 ? optarg : "?");
@@ -177,6 +193,8 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         {"inject", required_argument, NULL, OPT_INJECT},
         {"report", required_argument, NULL, OPT_REPORT},
         {"fault-command", required_argument, NULL, OPT_FAULT_COMMAND},
+        {"max-ranks", required_argument, NULL, OPT_MAX_RANKS},
+        {"rejoin-every", required_argument, NULL, OPT_REJOIN_EVERY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -238,6 +256,7 @@ static void set_defaults(Run *run)
     const char *fault_command = getenv("PHALANX_FAULT_COMMAND");
     run->elastic_options = (ElasticOptions){
         .min_ranks = 1, .max_restarts = 3, .ranks_per_node = 1, .heartbeat_timeout = 30,
+        .rejoin_every = 10,
         .fault_command = fault_command && *fault_command ? fault_command : NULL};
     static char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -285,4 +304,20 @@ int run_main(int argc, char **argv)
 int drill_main(int argc, char **argv)
 {
     return launch(argc, argv, true);
+}
+
+int probe_main(int argc, char **argv)
+{
+    if (argc > 1) {
+        fprintf(stderr, "usage: phalanx probe (no options)\n\nStarted by the elastic agent of "
+                        "`phalanx run` on a host it wants back: reaches the agent's channel\n"
+                        "($PHALANX_CHANNEL), authenticates and names this host.\n");
+        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+    }
+    char err[512];
+    if (channel_probe(err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx probe: %s\n", err);
+        return 1;
+    }
+    return 0;
 }

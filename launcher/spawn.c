@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,6 +222,30 @@ static void build_srun(const SpawnPlan *plan, Argv *a)
     }
 }
 
+/* Forks and execs a's command in a process group of its own; `quiet`: its
+ * output goes to /dev/null. */
+static pid_t start(const Argv *a, bool quiet, char *err, size_t err_len)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, err_len, "fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        int null = quiet ? open("/dev/null", O_WRONLY) : -1;
+        if (null >= 0) {
+            dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
+        }
+        execvp(a->items[0], a->items);
+        fprintf(stderr, "phalanx run: cannot start %s: %s\n", a->items[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid); /* also here: no race with the child's own call */
+    return pid;
+}
+
 pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len)
 {
     default_threads(plan);
@@ -237,17 +262,31 @@ pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len)
         snprintf(err, err_len, "too many training options (at most %d)", MAX_ARGS - 8);
         return -1;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        snprintf(err, err_len, "fork: %s", strerror(errno));
-        return -1;
+    return start(&a, false, err, err_len);
+}
+
+pid_t spawn_probe(const SpawnPlan *plan, const char *host, char *err, size_t err_len)
+{
+    Argv a = {.count = 0};
+    if (spawn_resolve_via(plan->via) == VIA_SRUN) {
+        add(&a, "srun");
+        add(&a, "-n");
+        add(&a, "1");
+        add(&a, "-N");
+        add(&a, "1");
+        add(&a, "--overlap");
+        add(&a, "--quiet");
+        snprintf(a.hosts, sizeof(a.hosts), "--nodelist=%s", host);
+        add(&a, a.hosts);
+    } else {
+        SpawnPlan one = *plan;
+        one.ranks = 1;
+        one.hostfile = NULL;
+        one.hosts = host;
+        one.exclude = NULL;
+        build_mpirun(&one, &a);
     }
-    if (pid == 0) {
-        setpgid(0, 0);
-        execvp(a.items[0], a.items);
-        fprintf(stderr, "phalanx run: cannot start %s: %s\n", a.items[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid); /* also here: no race with the child's own call */
-    return pid;
+    add(&a, plan->worker);
+    add(&a, "probe");
+    return start(&a, true, err, err_len);
 }

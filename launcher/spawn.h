@@ -44,5 +44,13 @@ int spawn_host_slots(const char *hosts);
 int spawn_first_host(const SpawnPlan *plan, char *out, size_t len);
 /* Forks and execs the job; returns the child's pid, or -1 with a message in err. */
 pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len);
+/* The elastic agent's probe of `host` (one name, no ":slots"): `phalanx
+ * probe` started on it through the job's own path, so that an answer shows
+ * the path works: mpirun -n 1 --host HOST (the rsh agent and MCA settings of
+ * the environment, as for the job), or srun -n 1 -N 1 --overlap
+ * --nodelist=HOST. Its output goes to /dev/null (a lost host makes mpirun
+ * and ssh complain every time); a process group of its own. Returns the
+ * pid, or -1 with the reason in err. */
+pid_t spawn_probe(const SpawnPlan *plan, const char *host, char *err, size_t err_len);
 
 #endif

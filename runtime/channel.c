@@ -22,6 +22,7 @@
 #define BEAT_INTERVAL_SECONDS 0.5
 /* The launcher answers a connection in its next poll (20 ms); a loaded host may take longer. */
 #define CHALLENGE_WAIT_MS 60000
+#define PROBE_WAIT_MS 10000 /* for the launcher to take a probe's line */
 #define TIMEOUT_MAX_SECONDS 86400.0
 
 static double now_seconds(void)
@@ -176,14 +177,23 @@ static int authenticate(Channel *channel, const char *secret, char *err, size_t 
     return 0;
 }
 
-int channel_open(Channel *channel, int rank, int world, char *err, size_t err_len)
+/* The node a failure takes down: Slurm's name for it (emulated nodes share
+ * a host), else the host's name. */
+static void node_name(char *out, size_t len)
 {
-    memset(channel, 0, sizeof(*channel));
-    channel->fd = -1;
-    channel->rank = rank;
-    const char *address = getenv(CHANNEL_ENV);
-    if (!address || !*address)
-        return 0;
+    snprintf(out, len, "?");
+    const char *slurm_node = getenv("SLURMD_NODENAME");
+    if (slurm_node && *slurm_node)
+        snprintf(out, len, "%s", slurm_node);
+    else
+        gethostname(out, len - 1);
+    out[len - 1] = '\0';
+}
+
+/* Connects and answers the challenge; the secret checked first. */
+static int connect_authenticated(Channel *channel, const char *address, char *err,
+                                 size_t err_len)
+{
     const char *secret = getenv(CHANNEL_SECRET_ENV);
     if (!secret || strlen(secret) != CHANNEL_TOKEN_HEX) {
         snprintf(err, err_len, "%s is set but %s is %s: only `phalanx run` starts ranks that "
@@ -196,14 +206,22 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     channel->fd = connect_to(address, err, err_len);
     if (channel->fd < 0 || authenticate(channel, secret, err, err_len))
         return -1;
+    return 0;
+}
+
+int channel_open(Channel *channel, int rank, int world, char *err, size_t err_len)
+{
+    memset(channel, 0, sizeof(*channel));
+    channel->fd = -1;
+    channel->rank = rank;
+    const char *address = getenv(CHANNEL_ENV);
+    if (!address || !*address)
+        return 0;
+    if (connect_authenticated(channel, address, err, err_len))
+        return -1;
     channel->last_heard = now_seconds();
-    // the node a failure takes down: Slurm's name for it (emulated nodes share a host)
-    char host[128] = "?";
-    const char *slurm_node = getenv("SLURMD_NODENAME");
-    if (slurm_node && *slurm_node)
-        snprintf(host, sizeof(host), "%s", slurm_node);
-    else
-        gethostname(host, sizeof(host) - 1);
+    char host[128];
+    node_name(host, sizeof(host));
     // under srun, the step: the launcher cancels the whole step after a failure
     const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
     char step_id[64] = "-";
@@ -217,6 +235,33 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     channel_send(channel, "hello %d %d %ld %s %s%s", rank, world, (long)getpid(), host, step_id,
                  epoch_field);
     return channel->fd >= 0 ? 0 : (snprintf(err, err_len, "%s", channel->lost_why), -1);
+}
+
+int channel_probe(char *err, size_t err_len)
+{
+    Channel channel = {.fd = -1};
+    const char *address = getenv(CHANNEL_ENV);
+    if (!address || !*address) {
+        snprintf(err, err_len, "%s is not set: only the elastic agent of `phalanx run` starts "
+                               "probes", CHANNEL_ENV);
+        return -1;
+    }
+    if (connect_authenticated(&channel, address, err, err_len)) {
+        channel_close(&channel);
+        return -1;
+    }
+    char host[128];
+    node_name(host, sizeof(host));
+    channel_send(&channel, "probe %s", host);
+    // the launcher closes the connection once it has read the line
+    char byte;
+    struct pollfd p = {.fd = channel.fd, .events = POLLIN};
+    int heard = channel.fd >= 0 ? poll(&p, 1, PROBE_WAIT_MS) : 0;
+    bool closed = heard > 0 && recv(channel.fd, &byte, 1, 0) == 0;
+    if (!closed)
+        snprintf(err, err_len, "the launcher at %s did not take the probe", address);
+    channel_close(&channel);
+    return closed ? 0 : -1;
 }
 
 bool channel_connected(const Channel *channel)

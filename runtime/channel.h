@@ -38,6 +38,12 @@ typedef struct {
  * with a message when it is set but the secret or the timeout is missing or
  * malformed, or the launcher is unreachable or refuses the answer. */
 int channel_open(Channel *channel, int rank, int world, char *err, size_t err_len);
+/* `phalanx probe`: connects to $PHALANX_CHANNEL, authenticates and says
+ * "probe NODE" (NODE as a hello names it), then waits for the launcher to
+ * close the connection: 0 when it did, else -1 with the reason in err. The
+ * elastic agent starts it on a host it wants back, through the launcher's
+ * own path (mpirun or srun), so an answer shows the path works end to end. */
+int channel_probe(char *err, size_t err_len);
 bool channel_connected(const Channel *channel);
 void channel_send(Channel *channel, const char *format, ...)
     __attribute__((format(printf, 2, 3)));

@@ -873,6 +873,10 @@ static void write_metrics(Trainer *t, const StepReport *r)
     outfile_json_number(f, "loss", r->loss, -1);
     outfile_json_number(f, "lr", r->lr, -1);
     fprintf(f, ", \"global_batch\": %d", r->batch);
+    // the elastic agent shrinks and grows the run: its size at every step
+    const Layout *l = &t->layout;
+    fprintf(f, ", \"world\": %d, \"layout\": \"%dx%dx%d\"", l->dp * l->pp * l->sp, l->dp, l->pp,
+            l->sp);
     outfile_json_number(f, "tokens_per_s", tokens / r->seconds, 1);
     outfile_json_number(f, "grad_norm", r->grad_norm, -1);
     outfile_json_number(f, "step_ms", r->seconds * 1e3, 3);

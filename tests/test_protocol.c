@@ -67,6 +67,24 @@ static void test_hello_refuses_bad_fields(void **state)
     assert_int_equal(parse(long_node, &m), -1);
 }
 
+static void test_probe_names_its_node_and_nothing_else(void **state)
+{
+    (void)state;
+    ProtocolMessage m;
+    assert_int_equal(parse("probe h3", &m), 0);
+    assert_int_equal(m.kind, PROTOCOL_PROBE);
+    assert_string_equal(m.node, "h3");
+    char long_node[100] = "probe ";
+    memset(long_node + strlen(long_node), 'n', 64);
+    const char *bad[] = {"probe", "probe ", "probe h3 extra", "probe  h3", "probe h\x1b" "3",
+                         long_node};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "probe"));
+    }
+}
+
 static void test_every_keyword(void **state)
 {
     (void)state;
@@ -217,6 +235,7 @@ int main(void)
         cmocka_unit_test(test_sanitize_keeps_utf8_only),
         cmocka_unit_test(test_sanitize_never_overflows),
         cmocka_unit_test(test_step_of_job),
+        cmocka_unit_test(test_probe_names_its_node_and_nothing_else),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
