@@ -67,7 +67,9 @@
  *       -1 without one; it must match the directory's name), table `fragments`, table
  *       `shards` (rank, bytes), and virtual datasets params/<name>,
  *       optim/m/<name>, optim/v/<name> that show every logical tensor whole
- *       (h5py and h5dump read them without Phalanx; a missing shard reads NaN).
+ *       (h5py and h5dump read them without Phalanx; a missing shard reads NaN);
+ *       a 512-byte user block seals it (see Reading). Every string attribute,
+ *       here and in shards, is fixed-length (h5py reads it as bytes).
  *
  * Reading
  * - ckpt_load() reads one checkpoint into whole logical tensors of any layout;
@@ -305,8 +307,11 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
  * and verify alike (one validation, in open_checkpoint):
  * - index.h5 and every shard: regular HDF5 files (a FIFO is refused without
  *   blocking; a directory, an empty or a non-HDF5 file is named as such);
- * - the index: its `checksum` attribute (lookup3 over the root attributes,
- *   the run state and both tables) matches; the shard table lists ranks
+ * - the index: its seal (a 512-byte user block: magic, size, zlib crc32 of
+ *   every later byte) matches the raw bytes, checked before HDF5 parses any
+ *   of them; its strings are fixed-length and its tables of the writer's
+ *   record types (nothing is read from HDF5's unchecksummed global heap
+ *   but the virtual datasets' mappings, which the seal covers); the shard table lists ranks
  *   0..n-1 once each; the fragment table is not empty, every entry has a
  *   sane name, ndim 1 or 2, a shape of at most 2^40 elements, rows inside
  *   it, a listed rank, fits in its shard's bytes, and the fragments tile
@@ -314,7 +319,8 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
  *   (steps and samples in [0, 2^53], batches >= 1), with the field named;
  * - every shard dataset read: reached through hard links only, float32,
  *   chunked as the writer chunks it, Fletcher32 its only filter, no external
- *   storage (so not virtual), attributes that agree with the index.
+ *   storage (so not virtual), attributes that agree with the index (the
+ *   string logical_name fixed-length, checked before it is read).
  * Anything else is CKPT_CORRUPT, and resume falls back past it. A complete
  * checkpoint that the fence rule above rejects (judged by the fence of the
  * step directory's parent) is CKPT_FENCED: resume falls back past it too. */

@@ -11,6 +11,13 @@
  * checksum on all metadata; Fletcher32 covers the data. H5Fget_file_image in
  * 1.10.8 leaves a stale superblock checksum in images of that format, so
  * core_image() recomputes it (Jenkins' lookup3, as HDF5 does).
+ *
+ * What HDF5 does not checksum, we keep out of reach: every string attribute
+ * is fixed-length (a variable-length one lives in the global heap, whose
+ * records HDF5 1.10.8 trusts: a damaged one crashed or hung the reader), and
+ * index.h5, whose virtual datasets keep their mappings in that heap, starts
+ * with a seal (a user block, below) checked over the raw bytes before HDF5
+ * parses any of them.
  */
 #include "internal.h"
 
@@ -22,6 +29,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 const char *const ckpt_kind_group[KIND_COUNT] = {"params", "optim/m", "optim/v"};
 
@@ -150,6 +158,8 @@ static int h5_fail(char *err, size_t err_len, const char *what)
 // ----------------------------------------------------------------------------
 // in-memory files
 
+static const uint8_t HDF5_SIGNATURE[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+
 #define ROT(x, k) (((x) << (k)) | ((x) >> (32 - (k))))
 
 /* Bob Jenkins' lookup3 hashlittle(), byte by byte: HDF5's metadata checksum. */
@@ -189,8 +199,7 @@ static uint32_t lookup3(const uint8_t *k, size_t length)
  * four addresses, then the checksum of everything before it. */
 static void fix_superblock_checksum(uint8_t *image, size_t size)
 {
-    static const uint8_t signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    if (size < 12 || memcmp(image, signature, 8) != 0 || image[8] < 2)
+    if (size < 12 || memcmp(image, HDF5_SIGNATURE, 8) != 0 || image[8] < 2)
         return;
     size_t end = 12 + 4 * (size_t)image[9];
     if (end + 4 > size)
@@ -200,17 +209,20 @@ static void fix_superblock_checksum(uint8_t *image, size_t size)
         image[end + (size_t)i] = (uint8_t)(sum >> (8 * i));
 }
 
-static hid_t core_create(size_t increment)
+/* `userblock`: bytes reserved before the superblock (0 or SEAL_BYTES). */
+static hid_t core_create(size_t increment, hsize_t userblock)
 {
     static atomic_ulong serial;
     char name[64];
     // names of open core files must differ, and several sidecars may run
     snprintf(name, sizeof(name), "phalanx-image-%lu", atomic_fetch_add(&serial, 1));
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
     hid_t file = H5I_INVALID_HID;
-    if (fapl >= 0 && H5Pset_fapl_core(fapl, increment, 0) >= 0 &&
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0)
-        file = H5Fcreate(name, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (fapl >= 0 && fcpl >= 0 && H5Pset_fapl_core(fapl, increment, 0) >= 0 &&
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0 &&
+        (userblock == 0 || H5Pset_userblock(fcpl, userblock) >= 0))
+        file = H5Fcreate(name, H5F_ACC_TRUNC, fcpl, fapl);
+    close_id(fcpl);
     close_id(fapl);
     return file;
 }
@@ -231,38 +243,118 @@ static hid_t core_open(const void *image, size_t size)
     return file;
 }
 
-static int core_image(hid_t file, void **image, size_t *size, char *err, size_t err_len)
+/* The file's bytes. H5Fget_file_image gives them from the superblock on:
+ * a file with a user block of `userblock` bytes gets that many zeros first. */
+static int core_image(hid_t file, size_t userblock, void **image, size_t *size, char *err,
+                      size_t err_len)
 {
     if (H5Fflush(file, H5F_SCOPE_LOCAL) < 0)
         return h5_fail(err, err_len, "cannot flush the in-memory file");
     ssize_t n = H5Fget_file_image(file, NULL, 0);
     if (n <= 0)
         return h5_fail(err, err_len, "cannot size the in-memory file");
-    uint8_t *buf = malloc((size_t)n);
+    uint8_t *buf = calloc(1, userblock + (size_t)n);
     if (!buf)
         return ckpt_fail(err, err_len, "out of memory for a %zd-byte file image", n);
-    if (H5Fget_file_image(file, buf, (size_t)n) != n) {
+    if (H5Fget_file_image(file, buf + userblock, (size_t)n) != n) {
         free(buf);
         return h5_fail(err, err_len, "cannot copy the in-memory file");
     }
-    fix_superblock_checksum(buf, (size_t)n);
+    fix_superblock_checksum(buf + userblock, (size_t)n);
     *image = buf;
-    *size = (size_t)n;
+    *size = userblock + (size_t)n;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the index seal: index.h5 starts with a 512-byte HDF5 user block (HDF5, h5py
+// and h5dump skip it) holding
+//   bytes 0-7    SEAL_MAGIC
+//   bytes 8-11   zlib's crc32 (little-endian) of every byte from 12 to the end
+//   bytes 12-19  the file's size in bytes (little-endian)
+//   the rest     zeros
+// so that every byte HDF5 would parse (the virtual datasets' mappings in the
+// unchecksummed global heap among them) is checked before HDF5 sees it. A
+// CRC-32 catches every burst of damage up to 32 bits and any other with
+// probability 1 - 2^-32: accidental damage is what it is for, not forgery.
+// Python checks it with zlib.crc32(data[12:]).
+
+#define SEAL_BYTES 512
+#define SEAL_CRC_AT 8
+#define SEAL_SIZE_AT 12
+#define SEAL_COVERED_FROM 12
+/* far above a real index (a few MB for thousands of tensors), small enough to read whole */
+#define INDEX_BYTES_MAX ((size_t)1 << 30)
+static const uint8_t SEAL_MAGIC[8] = {'P', 'H', 'X', 'S', 'E', 'A', 'L', '1'};
+
+static void put_le(uint8_t *at, uint64_t value, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        at[i] = (uint8_t)(value >> (8 * i));
+}
+
+static uint64_t get_le(const uint8_t *at, int bytes)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < bytes; i++)
+        value |= (uint64_t)at[i] << (8 * i);
+    return value;
+}
+
+static uint32_t seal_crc(const uint8_t *image, size_t size)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    // zlib takes lengths as uInt: feed it in pieces
+    for (size_t at = SEAL_COVERED_FROM; at < size;) {
+        uInt n = size - at > (1u << 30) ? (1u << 30) : (uInt)(size - at);
+        crc = crc32(crc, image + at, n);
+        at += n;
+    }
+    return (uint32_t)crc;
+}
+
+/* Writes the seal into the user block of an index image. */
+static void seal_write(uint8_t *image, size_t size)
+{
+    memset(image, 0, SEAL_BYTES);
+    memcpy(image, SEAL_MAGIC, sizeof(SEAL_MAGIC));
+    put_le(image + SEAL_SIZE_AT, size, 8);
+    put_le(image + SEAL_CRC_AT, seal_crc(image, size), 4);
+}
+
+/* The raw bytes of an index against its seal; err says what is wrong. */
+static int seal_check(const uint8_t *image, size_t size, char *err, size_t err_len)
+{
+    if (size >= sizeof(HDF5_SIGNATURE) &&
+        memcmp(image, HDF5_SIGNATURE, sizeof(HDF5_SIGNATURE)) == 0)
+        return ckpt_fail(err, err_len, "corrupt: an HDF5 file without the seal of a Phalanx "
+                                       "index (written by an older Phalanx, or by another "
+                                       "program)");
+    if (size < SEAL_BYTES || memcmp(image, SEAL_MAGIC, sizeof(SEAL_MAGIC)) != 0)
+        return ckpt_fail(err, err_len, "is not an HDF5 file (it does not start with the seal "
+                                       "of a Phalanx index or the HDF5 signature)");
+    uint64_t recorded = get_le(image + SEAL_SIZE_AT, 8);
+    if (recorded != size)
+        return ckpt_fail(err, err_len, "corrupt: the index seal records %llu bytes, the file "
+                                       "has %zu (truncated or extended)",
+                         (unsigned long long)recorded, size);
+    uint32_t stored = (uint32_t)get_le(image + SEAL_CRC_AT, 4), computed = seal_crc(image, size);
+    if (stored != computed)
+        return ckpt_fail(err, err_len, "corrupt: the index checksum (crc32) is %08x, its bytes "
+                                       "sum to %08x (damaged or edited after it was written)",
+                         stored, computed);
     return 0;
 }
 
 /* What HDF5 would say "unknown error" or block on, named first: a FIFO is
- * opened without blocking and refused, like a directory, a device or a file
- * that is empty or does not start with the HDF5 signature (our files never
- * have a user block). */
-static int check_hdf5_file(const char *path, char *err, size_t err_len)
+ * opened without blocking and refused, like a directory, a device or an
+ * empty file. Returns the open descriptor and the file's size, or -1. */
+static int open_regular(const char *path, size_t *size, char *err, size_t err_len)
 {
-    static const uint8_t signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return ckpt_fail(err, err_len, "cannot open it: %s", strerror(errno));
     struct stat st;
-    uint8_t head[8];
     int rc = 0;
     if (fstat(fd, &st) != 0)
         rc = ckpt_fail(err, err_len, "cannot stat it: %s", strerror(errno));
@@ -272,12 +364,66 @@ static int check_hdf5_file(const char *path, char *err, size_t err_len)
         rc = ckpt_fail(err, err_len, "is not a regular file (a FIFO, socket or device)");
     else if (st.st_size == 0)
         rc = ckpt_fail(err, err_len, "is empty (0 bytes), not an HDF5 file");
-    else if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
-             memcmp(head, signature, sizeof(head)) != 0)
+    if (rc != 0) {
+        close(fd);
+        return -1;
+    }
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
+/* A shard: a regular file that starts with the HDF5 signature (shards
+ * have no user block). */
+static int check_hdf5_file(const char *path, char *err, size_t err_len)
+{
+    size_t size;
+    int fd = open_regular(path, &size, err, err_len);
+    if (fd < 0)
+        return -1;
+    uint8_t head[8];
+    int rc = 0;
+    if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
+        memcmp(head, HDF5_SIGNATURE, sizeof(head)) != 0)
         rc = ckpt_fail(err, err_len, "is not an HDF5 file (it does not start with the HDF5 "
                                      "signature)");
     close(fd);
     return rc;
+}
+
+/* The whole index file read into memory (malloc'd) and checked against its
+ * seal, so that HDF5 only ever parses the bytes that were checked. */
+static int read_sealed_index(const char *path, uint8_t **image, size_t *size, char *err,
+                             size_t err_len)
+{
+    int fd = open_regular(path, size, err, err_len);
+    if (fd < 0)
+        return -1;
+    uint8_t *buf = NULL;
+    int rc = 0;
+    if (*size > INDEX_BYTES_MAX)
+        rc = ckpt_fail(err, err_len, "corrupt: %zu bytes, more than any index (%zu)", *size,
+                       INDEX_BYTES_MAX);
+    else if (!(buf = malloc(*size)))
+        rc = ckpt_fail(err, err_len, "out of memory for its %zu bytes", *size);
+    for (size_t done = 0; rc == 0 && done < *size;) {
+        ssize_t n = pread(fd, buf + done, *size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            rc = ckpt_fail(err, err_len, "cannot read it: %s",
+                           n < 0 ? strerror(errno) : "it shrank while being read");
+        else
+            done += (size_t)n;
+    }
+    close(fd);
+    if (rc == 0)
+        rc = seal_check(buf, *size, err, err_len);
+    if (rc != 0) {
+        free(buf);
+        return -1;
+    }
+    *image = buf;
+    return 0;
 }
 
 /* Checkpoint files never change once committed, so readers take no lock:
@@ -292,6 +438,30 @@ static hid_t open_read(const char *path, char *err, size_t err_len)
     if (fapl >= 0 && H5Pset_file_locking(fapl, 0, 1) >= 0)
         file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     close_id(fapl);
+    if (file < 0)
+        h5_error(err, err_len);
+    return file;
+}
+
+/* An index opened read-only from its checked bytes in memory (the core
+ * driver copies them): what HDF5 parses is what the seal covered, even if
+ * the file changes meanwhile. */
+static hid_t open_sealed_index(const char *path, char *err, size_t err_len)
+{
+    static atomic_ulong serial;
+    uint8_t *image;
+    size_t size;
+    if (read_sealed_index(path, &image, &size, err, err_len) != 0)
+        return H5I_INVALID_HID;
+    char name[64];
+    snprintf(name, sizeof(name), "phalanx-index-%lu", atomic_fetch_add(&serial, 1));
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t file = H5I_INVALID_HID;
+    if (fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 &&
+        H5Pset_file_image(fapl, image, size) >= 0)
+        file = H5Fopen(name, H5F_ACC_RDONLY, fapl);
+    close_id(fapl);
+    free(image);
     if (file < 0)
         h5_error(err, err_len);
     return file;
@@ -317,15 +487,22 @@ static int attr_i64(hid_t obj, const char *name, hsize_t count, const int64_t *v
     return attr_write(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, count, v);
 }
 
-static int attr_string(hid_t obj, const char *name, const char *text)
+/* A fixed-length string of the text's bytes (at most `max` - 1), NUL-padded:
+ * never variable-length, whose bytes HDF5 keeps in its unchecksummed global
+ * heap. h5py reads it as bytes (b"lamb"). */
+static int attr_string(hid_t obj, const char *name, const char *text, size_t max)
 {
+    size_t length = strnlen(text, max - 1);
+    char *padded = calloc(1, length + 1);
     hid_t type = H5Tcopy(H5T_C_S1);
     int rc = -1;
-    // variable length UTF-8: h5py reads it as str
-    if (type >= 0 && H5Tset_size(type, H5T_VARIABLE) >= 0 &&
-        H5Tset_cset(type, H5T_CSET_UTF8) >= 0)
-        rc = attr_write(obj, name, type, type, 0, &text);
+    if (padded && type >= 0 && H5Tset_size(type, length ? length : 1) >= 0 &&
+        H5Tset_strpad(type, H5T_STR_NULLPAD) >= 0) {
+        memcpy(padded, text, length);
+        rc = attr_write(obj, name, type, type, 0, padded);
+    }
     close_id(type);
+    free(padded);
     return rc;
 }
 
@@ -354,35 +531,44 @@ static int attr_read(hid_t obj, const char *name, hid_t mem_type, hssize_t count
     return rc;
 }
 
-/* Reads a variable- or fixed-length string attribute into out. */
-static int attr_read_string(hid_t obj, const char *name, char *out, size_t len)
+/* What is wrong with a string attribute's stored type and space for a
+ * buffer of `len` bytes (NULL: nothing). Checked before H5Aread: reading a
+ * variable-length string makes HDF5 follow the record sizes of its global
+ * heap, which carries no checksum (a damaged one crashed or hung HDF5). */
+static const char *string_problem(hid_t type, hid_t space, size_t len)
+{
+    if (type < 0 || space < 0)
+        return "is unreadable";
+    if (H5Tget_class(type) != H5T_STRING)
+        return "is not a string";
+    if (H5Tis_variable_str(type) != 0)
+        return "is a variable-length string (Phalanx writes fixed-length ones)";
+    if (H5Tget_size(type) < 1 || H5Tget_size(type) >= len)
+        return "is a string longer than any Phalanx writes";
+    if (H5Sget_simple_extent_npoints(space) != 1)
+        return "is not a single string";
+    return NULL;
+}
+
+/* Reads a fixed-length string attribute of at most `len` - 1 bytes into out.
+ * Returns NULL, or what is wrong with it. */
+static const char *attr_read_string(hid_t obj, const char *name, char *out, size_t len)
 {
     if (H5Aexists(obj, name) <= 0)
-        return -1;
+        return "is missing";
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t type = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
-    int rc = -1;
-    if (type >= 0 && H5Tget_class(type) == H5T_STRING) {
-        if (H5Tis_variable_str(type) > 0) {
-            char *text = NULL;
-            if (H5Aread(attr, type, &text) >= 0 && text) {
-                snprintf(out, len, "%s", text);
-                H5free_memory(text);
-                rc = 0;
-            }
-        } else {
-            size_t size = H5Tget_size(type);
-            char *text = calloc(1, size + 1);
-            if (text && H5Aread(attr, type, text) >= 0) {
-                snprintf(out, len, "%s", text);
-                rc = 0;
-            }
-            free(text);
-        }
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
+    const char *problem = string_problem(type, space, len);
+    if (!problem) {
+        memset(out, 0, len); // NUL-padded or not, the text ends within out
+        if (H5Aread(attr, type, out) < 0)
+            problem = "is unreadable";
     }
+    close_id(space);
     close_id(type);
     close_id(attr);
-    return rc;
+    return problem;
 }
 
 // ----------------------------------------------------------------------------
@@ -467,7 +653,7 @@ static int run_state_write(hid_t file, const CkptRunState *state)
     for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
         const Field *f = &RUN_FIELDS[i];
         const char *at = (const char *)state + f->offset;
-        rc = f->type == F_STR ? attr_string(run, f->name, at)
+        rc = f->type == F_STR ? attr_string(run, f->name, at, f->size)
                               : attr_write(run, f->name, field_file_type(f->type),
                                            field_mem_type(f->type), 0, at);
     }
@@ -502,119 +688,20 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
     for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
         const Field *f = &RUN_FIELDS[i];
         char *at = (char *)state + f->offset;
-        rc = f->type == F_STR ? attr_read_string(run, f->name, at, f->size)
-                              : attr_read(run, f->name, field_mem_type(f->type), 0, at);
-        if (rc != 0)
-            ckpt_fail(err, err_len, "run state: attribute '%s' is missing, unreadable or of the wrong type",
-                      f->name);
+        const char *problem = NULL;
+        if (f->type == F_STR)
+            problem = attr_read_string(run, f->name, at, f->size);
+        else if (attr_read(run, f->name, field_mem_type(f->type), 0, at) != 0)
+            problem = "is missing, unreadable or of the wrong type";
+        if (problem)
+            rc = ckpt_fail(err, err_len, "corrupt run state: attribute '%s' %s", f->name,
+                           problem);
     }
     if (rc == 0 && H5Aiterate2(extra, H5_INDEX_NAME, H5_ITER_INC, NULL, read_extra, state) < 0)
         rc = ckpt_fail(err, err_len, "run state: unreadable key-value pairs in run/extra");
     close_id(extra);
     close_id(run);
     return rc;
-}
-
-// ----------------------------------------------------------------------------
-// the index checksum: lookup3 over what the index holds (root attributes, run
-// state, fragment and shard tables), serialised field by field (struct bytes
-// have undefined padding), extra pairs by key (HDF5 lists them by name)
-
-typedef struct {
-    uint8_t *data;
-    size_t size, capacity;
-    bool failed;
-} Bytes;
-
-static void bytes_put(Bytes *b, const void *p, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->size + n > b->capacity) {
-        size_t capacity = 2 * (b->size + n) + 256;
-        uint8_t *grown = realloc(b->data, capacity);
-        if (!grown) {
-            b->failed = true;
-            return;
-        }
-        b->data = grown;
-        b->capacity = capacity;
-    }
-    memcpy(b->data + b->size, p, n);
-    b->size += n;
-}
-
-static void bytes_put_i64(Bytes *b, int64_t v)
-{
-    bytes_put(b, &v, sizeof(v)); // little-endian: see the assertion below
-}
-
-static void bytes_put_text(Bytes *b, const char *text, size_t max)
-{
-    size_t n = strnlen(text, max);
-    bytes_put_i64(b, (int64_t)n);
-    bytes_put(b, text, n);
-}
-
-static int compare_extra(const void *a, const void *b)
-{
-    return strcmp(((const CkptExtra *)a)->key, ((const CkptExtra *)b)->key);
-}
-
-static void put_run_state(Bytes *b, const CkptRunState *s)
-{
-    for (size_t i = 0; i < RUN_FIELD_COUNT; i++) {
-        const Field *f = &RUN_FIELDS[i];
-        const char *at = (const char *)s + f->offset;
-        if (f->type == F_STR)
-            bytes_put_text(b, at, f->size);
-        else
-            bytes_put(b, at, f->size);
-    }
-    CkptExtra extra[CKPT_EXTRA_MAX];
-    int count = s->extra_count < 0 || s->extra_count > CKPT_EXTRA_MAX ? 0 : s->extra_count;
-    memcpy(extra, s->extra, (size_t)count * sizeof(CkptExtra));
-    qsort(extra, (size_t)count, sizeof(CkptExtra), compare_extra);
-    bytes_put_i64(b, count);
-    for (int i = 0; i < count; i++) {
-        bytes_put_text(b, extra[i].key, sizeof(extra[i].key));
-        bytes_put(b, &extra[i].value, sizeof(extra[i].value));
-    }
-}
-
-static int index_checksum(const IndexContent *c, uint32_t *out)
-{
-    Bytes b = {0};
-    bytes_put_i64(&b, c->state->step);
-    bytes_put(&b, &c->run_id, sizeof(c->run_id));
-    put_run_state(&b, c->state);
-    bytes_put_i64(&b, c->fragment_count);
-    for (int i = 0; i < c->fragment_count; i++) {
-        const CkptFragment *f = &c->fragments[i];
-        bytes_put_text(&b, f->name, sizeof(f->name));
-        int64_t fields[6] = {f->ndim, f->shape[0], ckpt_row_length(f->ndim, f->shape), f->rank,
-                             f->row_begin, f->row_end};
-        for (int k = 0; k < 6; k++)
-            bytes_put_i64(&b, fields[k]);
-    }
-    bytes_put_i64(&b, c->shard_count);
-    for (int i = 0; i < c->shard_count; i++) {
-        bytes_put_i64(&b, c->shards[i].rank);
-        bytes_put_i64(&b, c->shards[i].bytes);
-    }
-    if (!b.failed)
-        *out = lookup3(b.data, b.size);
-    free(b.data);
-    return b.failed ? -1 : 0;
-}
-
-static int write_checksum(hid_t file, const IndexContent *c)
-{
-    uint32_t sum;
-    return index_checksum(c, &sum) == 0 &&
-                   attr_write(file, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &sum) == 0
-               ? 0
-               : -1;
 }
 
 // ----------------------------------------------------------------------------
@@ -729,7 +816,7 @@ static int write_piece(hid_t file, hid_t lcpl, const ShardPiece *piece, int kind
                    ? H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT)
                    : H5I_INVALID_HID;
     int rc = ds >= 0 && write_chunks(ds, f, piece->data[kind], scratch) == 0 &&
-                     attr_string(ds, "logical_name", f->name) == 0 &&
+                     attr_string(ds, "logical_name", f->name, CKPT_NAME_MAX) == 0 &&
                      attr_i64(ds, "logical_shape", (hsize_t)f->ndim, f->shape) == 0 &&
                      attr_i64(ds, "offset", (hsize_t)f->ndim, offset) == 0
                  ? 0
@@ -765,7 +852,7 @@ int format_shard_image(const ShardContent *c, void **image, size_t *size, char *
     uint8_t *scratch = malloc(largest_chunk + 4);
     if (!scratch)
         return ckpt_fail(err, err_len, "out of memory for a chunk of %zu bytes", largest_chunk);
-    hid_t file = core_create(bytes);
+    hid_t file = core_create(bytes, 0);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     int64_t rank = c->rank, world = c->world;
     int rc = file >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0 &&
@@ -780,7 +867,7 @@ int format_shard_image(const ShardContent *c, void **image, size_t *size, char *
     if (rc != 0)
         h5_fail(err, err_len, "cannot build the shard");
     else
-        rc = core_image(file, image, size, err, err_len);
+        rc = core_image(file, 0, image, size, err, err_len);
     close_id(lcpl);
     close_id(file);
     free(scratch);
@@ -903,7 +990,7 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
                        size_t err_len)
 {
     format_quiet();
-    hid_t file = core_create(1 << 20);
+    hid_t file = core_create(1 << 20, SEAL_BYTES);
     hid_t ftype = fragment_type(), stype = shard_type();
     int rc = file >= 0 && ftype >= 0 && stype >= 0 &&
                      write_root_attrs(file, c->state->step, c->run_id) == 0 &&
@@ -911,14 +998,13 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
                      table_write(file, "fragments", ftype, (size_t)c->fragment_count,
                                  c->fragments) == 0 &&
                      table_write(file, "shards", stype, (size_t)c->shard_count, c->shards) == 0 &&
-                     write_virtuals(file, c->fragments, c->fragment_count) == 0 &&
-                     write_checksum(file, c) == 0
+                     write_virtuals(file, c->fragments, c->fragment_count) == 0
                  ? 0
                  : -1;
     if (rc != 0)
         h5_fail(err, err_len, "cannot build the index");
-    else
-        rc = core_image(file, image, size, err, err_len);
+    else if ((rc = core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
+        seal_write(*image, *size);
     close_id(stype);
     close_id(ftype);
     close_id(file);
@@ -942,14 +1028,13 @@ int format_index_update(const void *template, size_t template_size, const IndexC
                      H5Adelete(file, "run_id") >= 0 && H5Ldelete(file, "run", H5P_DEFAULT) >= 0 &&
                      write_root_attrs(file, c->state->step, c->run_id) == 0 &&
                      run_state_write(file, c->state) == 0 &&
-                     H5Dwrite(shards, stype, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->shards) >= 0 &&
-                     H5Adelete(file, "checksum") >= 0 && write_checksum(file, c) == 0
+                     H5Dwrite(shards, stype, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->shards) >= 0
                  ? 0
                  : -1;
     if (rc != 0)
         h5_fail(err, err_len, "cannot update the index");
-    else
-        rc = core_image(file, image, size, err, err_len);
+    else if ((rc = core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
+        seal_write(*image, *size);
     close_id(space);
     close_id(shards);
     close_id(stype);
@@ -963,6 +1048,19 @@ int format_index_update(const void *template, size_t template_size, const IndexC
 #define TENSOR_ELEMENTS_MAX ((int64_t)1 << 40) /* elements of one logical tensor */
 #define COUNT_MAX ((int64_t)1 << 53)         /* steps, samples: exact in a double */
 
+/* The table's stored record type is the one table_write stores (mem_type
+ * packed), checked before H5Dread: no variable-length member, whose bytes
+ * HDF5 would fetch from its unchecksummed global heap. */
+static bool record_type_is(hid_t ds, hid_t mem_type)
+{
+    hid_t stored = H5Dget_type(ds), packed = H5Tcopy(mem_type);
+    bool same = stored >= 0 && packed >= 0 && H5Tpack(packed) >= 0 &&
+                H5Tequal(stored, packed) > 0;
+    close_id(packed);
+    close_id(stored);
+    return same;
+}
+
 /* Reads a whole 1-D table of at most TABLE_RECORDS_MAX records into a
  * malloc'd array of `record_size` records. */
 static int table_read(hid_t file, const char *name, hid_t mem_type, size_t record_size,
@@ -971,6 +1069,12 @@ static int table_read(hid_t file, const char *name, hid_t mem_type, size_t recor
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
         return ckpt_fail(err, err_len, "no table '%s'", name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    if (ds >= 0 && !record_type_is(ds, mem_type)) {
+        close_id(ds);
+        H5Eclear2(H5E_DEFAULT);
+        return ckpt_fail(err, err_len, "corrupt: table '%s' has another record type than the "
+                                       "one Phalanx writes", name);
+    }
     hid_t space = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
     hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
     void *records = n >= 0 && n <= TABLE_RECORDS_MAX ? calloc((size_t)n + 1, record_size) : NULL;
@@ -1136,25 +1240,6 @@ static int run_state_check(const CkptRunState *s, char *err, size_t err_len)
     return rc ? -1 : 0;
 }
 
-/* The stored checksum against the one of what was read. */
-static int checksum_check(hid_t file, const CkptIndex *x, char *err, size_t err_len)
-{
-    uint32_t stored, computed;
-    IndexContent content = {&x->state, x->run_id, x->fragments, x->fragment_count, x->shards,
-                            x->shard_count};
-    if (attr_read(file, "checksum", H5T_NATIVE_UINT32, 0, &stored) != 0)
-        return ckpt_fail(err, err_len, "corrupt: no attribute 'checksum' (an index of an older "
-                                       "Phalanx, or damaged)");
-    if (index_checksum(&content, &computed) != 0)
-        return ckpt_fail(err, err_len, "out of memory");
-    if (stored != computed)
-        return ckpt_fail(err, err_len,
-                         "corrupt: the index checksum is %08x, its contents sum to %08x (the "
-                         "fragment table or the run state changed after it was written)",
-                         stored, computed);
-    return 0;
-}
-
 /* Mapping i of a virtual dataset's dcpl shows fragment f: source
  * rank_%05d.h5:/path, its rows of the tensor (HDF5 made the source
  * selection match when the mapping was created). */
@@ -1240,7 +1325,6 @@ static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err
                                 (void **)&x->fragments, &x->fragment_count, err, err_len) == 0 &&
                      table_read(file, "shards", stype, sizeof(CkptShard), (void **)&x->shards,
                                 &x->shard_count, err, err_len) == 0 &&
-                     checksum_check(file, x, err, err_len) == 0 &&
                      run_state_check(&x->state, err, err_len) == 0 &&
                      shards_sane(x, err, err_len) == 0 && fragments_sane(x, err, err_len) == 0 &&
                      format_fragments_check(x->fragments, x->fragment_count, err, err_len) == 0 &&
@@ -1260,7 +1344,7 @@ CkptStatus format_index_read(const char *file_path, CkptIndex *index, char *err,
     format_quiet();
     memset(index, 0, sizeof(*index));
     char why[1024];
-    hid_t file = open_read(file_path, why, sizeof(why));
+    hid_t file = open_sealed_index(file_path, why, sizeof(why));
     if (file < 0) {
         ckpt_fail_at(err, err_len, file_path, "%s", why);
         return CKPT_CORRUPT;
@@ -1361,7 +1445,7 @@ static bool attributes_agree(hid_t ds, const CkptFragment *f)
 {
     char name[CKPT_NAME_MAX] = "";
     int64_t shape[2] = {0, 0}, offset[2] = {-1, -1};
-    return attr_read_string(ds, "logical_name", name, sizeof(name)) == 0 &&
+    return attr_read_string(ds, "logical_name", name, sizeof(name)) == NULL &&
            strcmp(name, f->name) == 0 &&
            attr_read(ds, "logical_shape", H5T_NATIVE_INT64, f->ndim, shape) == 0 &&
            shape[0] == f->shape[0] && (f->ndim == 1 || shape[1] == f->shape[1]) &&

@@ -115,14 +115,15 @@ def test_h5py_reads_whole_tensors_from_the_index(written):
                 want = expected(name, kind, 6, data.size).reshape(data.shape)
                 assert data.tobytes() == want.tobytes(), f"{group}/{name}"
         run_state = f["run"].attrs
-        assert (run_state["step"], run_state["dim"], run_state["optimizer"]) == (6, 32, "lamb")
+        # strings are fixed-length (never in HDF5's unchecksummed global heap): h5py gives bytes
+        assert (run_state["step"], run_state["dim"], run_state["optimizer"]) == (6, 32, b"lamb")
         assert f["run/extra"].attrs["batch.noise_scale"] == 3.0
         wte = [row for row in f["fragments"][...] if row["name"] == b"wte"]
         assert len(wte) == 4  # two replicas on each of the two stages that hold it
         assert sorted(int(r["rank"]) for r in wte) == [0, 1, 2, 3]
     with h5py.File(step / "rank_00002.h5", "r") as shard:
         d = shard["optim/v/wte"]  # rank 2 = first replica of the last stage
-        assert d.fletcher32 and d.attrs["logical_name"] == "wte"
+        assert d.fletcher32 and d.attrs["logical_name"] == b"wte"
         assert list(d.attrs["logical_shape"]) == [256, 32]
         assert list(d.attrs["offset"]) == [128, 0] and d.shape == (64, 32)
 
