@@ -204,27 +204,26 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 }
 
 // ----------------------------------------------------------------------------
-// matmul: the rows of out and dinp, and the rows of dweight, go in blocks of
-// PRODUCT_BLOCK, each block one product on one thread. The blocks' shapes do
-// not depend on the thread count, and neither does any library's choice of
-// kernel or summation order for them: any --threads gives the same bits.
+// matmul: the rows of out and dinp go in blocks of ROW_BLOCK, the rows of
+// dweight (output channels) in blocks of CHANNEL_BLOCK, each block one
+// product on one thread. The blocks' shapes do not depend on the thread
+// count, and neither does any library's choice of kernel or summation order
+// for them: any --threads gives the same bits. (oneDNN's sgemm reaches about
+// 10% more at 256 rows than at 128; channels stay at 128 so that a width of
+// 256 still splits over two threads.)
 
-#define PRODUCT_BLOCK 128
+#define ROW_BLOCK 256
+#define CHANNEL_BLOCK 128
 
-static size_t block_count(size_t n)
+static size_t block_count(size_t n, size_t block)
 {
-    return (n + PRODUCT_BLOCK - 1) / PRODUCT_BLOCK;
+    return (n + block - 1) / block;
 }
 
-/* [begin, end) of block `b` of n rows. */
-static size_t block_begin(size_t b)
+/* Block b of n rows in blocks of `block`: [b * block, block_end). */
+static size_t block_end(size_t b, size_t n, size_t block)
 {
-    return b * PRODUCT_BLOCK;
-}
-
-static size_t block_end(size_t b, size_t n)
-{
-    return (b + 1) * PRODUCT_BLOCK < n ? (b + 1) * PRODUCT_BLOCK : n;
+    return (b + 1) * block < n ? (b + 1) * block : n;
 }
 
 /* Rows [n0, n1) of out += bias. */
@@ -249,8 +248,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 {
     single_threaded_blas();
 #pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < block_count(N); b++) {
-        size_t n0 = block_begin(b), n1 = block_end(b, N);
+    for (size_t b = 0; b < block_count(N, ROW_BLOCK); b++) {
+        size_t n0 = b * ROW_BLOCK, n1 = block_end(b, N, ROW_BLOCK);
         gemm(false, false, true, n1 - n0, OC, IC, 1.0f, inp + n0 * IC, IC, weight, IC, 0.0f,
              out + n0 * OC, OC);
         add_bias(out, bias, n0, n1, OC);
@@ -265,15 +264,15 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     {
         // dinp rows [n0, n1) = dout rows @ weight
 #pragma omp for schedule(static) nowait
-        for (size_t b = 0; b < (dinp ? block_count(N) : 0); b++) {
-            size_t n0 = block_begin(b), n1 = block_end(b, N);
+        for (size_t b = 0; b < (dinp ? block_count(N, ROW_BLOCK) : 0); b++) {
+            size_t n0 = b * ROW_BLOCK, n1 = block_end(b, N, ROW_BLOCK);
             gemm(false, false, false, n1 - n0, IC, OC, 1.0f, dout + n0 * OC, OC, weight, IC,
                  0.0f, dinp + n0 * IC, IC);
         }
         // dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp, summed over all N
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < block_count((size_t)OC); b++) {
-            size_t o0 = block_begin(b), o1 = block_end(b, (size_t)OC);
+        for (size_t b = 0; b < block_count((size_t)OC, CHANNEL_BLOCK); b++) {
+            size_t o0 = b * CHANNEL_BLOCK, o1 = block_end(b, (size_t)OC, CHANNEL_BLOCK);
             gemm(false, true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
                  dweight + o0 * IC, IC);
             bias_gradient(dbias, dout, N, OC, o0, o1);
@@ -306,8 +305,8 @@ void matmul_forward_bf16(float *out, const float *inp, const float *weight, cons
         pack_rows(weight16, weight, OC, IC);
 #pragma omp barrier
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < block_count(N); b++) {
-            size_t n0 = block_begin(b), n1 = block_end(b, N);
+        for (size_t b = 0; b < block_count(N, ROW_BLOCK); b++) {
+            size_t n0 = b * ROW_BLOCK, n1 = block_end(b, N, ROW_BLOCK);
             bf16_gemm_packed(false, true, n1 - n0, OC, IC, 1.0f, inp16 + n0 * IC, IC, weight16,
                              IC, 0.0f, out + n0 * OC, OC);
             add_bias(out, bias, n0, n1, OC);
@@ -331,14 +330,14 @@ void matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float
             pack_rows(weight16, weight, OC, IC);
 #pragma omp barrier
 #pragma omp for schedule(static) nowait
-        for (size_t b = 0; b < (dinp ? block_count(N) : 0); b++) {
-            size_t n0 = block_begin(b), n1 = block_end(b, N);
+        for (size_t b = 0; b < (dinp ? block_count(N, ROW_BLOCK) : 0); b++) {
+            size_t n0 = b * ROW_BLOCK, n1 = block_end(b, N, ROW_BLOCK);
             bf16_gemm_packed(false, false, n1 - n0, IC, OC, 1.0f, dout16 + n0 * OC, OC,
                              weight16, IC, 0.0f, dinp + n0 * IC, IC);
         }
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < block_count((size_t)OC); b++) {
-            size_t o0 = block_begin(b), o1 = block_end(b, (size_t)OC);
+        for (size_t b = 0; b < block_count((size_t)OC, CHANNEL_BLOCK); b++) {
+            size_t o0 = b * CHANNEL_BLOCK, o1 = block_end(b, (size_t)OC, CHANNEL_BLOCK);
             bf16_gemm_packed(true, false, o1 - o0, IC, N, 1.0f, dout16 + o0, OC, inp16, IC,
                              1.0f, dweight + o0 * IC, IC);
             bias_gradient(dbias, dout, N, OC, o0, o1);

@@ -122,9 +122,11 @@ def test_bf16_matches_pytorch_with_the_same_rounding(build_dir, tmp_path, shape)
         fp32_logits, _ = model(torch.from_numpy(tokens).long())
     assert np.abs(logits - fp32_logits.numpy()).max() > 1e-5 * np.abs(logits).max()
 
-# seq 100: two row blocks of the causal attention (64 rows each), the second partial
-MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "100",
-         "--micro-batch", "2", "--global-batch", "4", "--quiet"]
+# seq 100: two row blocks of the causal attention (64 rows each), the second
+# partial; 600 rows: three row blocks of the products (256), the last partial;
+# width 64: output channels 192 and 256 in two blocks (128)
+MODEL = ["--layers", "2", "--heads", "4", "--dim", "64", "--seq-len", "100",
+         "--micro-batch", "6", "--global-batch", "12", "--quiet"]
 
 
 @pytest.fixture(scope="module")
