@@ -1240,6 +1240,16 @@ static int run_state_check(const CkptRunState *s, char *err, size_t err_len)
     return rc ? -1 : 0;
 }
 
+/* The fragments tile every tensor (format_fragments_check), said as the
+ * corruption it is in a file. */
+static int fragments_tile(const CkptIndex *x, char *err, size_t err_len)
+{
+    char why[512];
+    if (format_fragments_check(x->fragments, x->fragment_count, why, sizeof(why)) != 0)
+        return ckpt_fail(err, err_len, "corrupt fragment table: %s", why);
+    return 0;
+}
+
 /* Mapping i of a virtual dataset's dcpl shows fragment f: source
  * rank_%05d.h5:/path, its rows of the tensor (HDF5 made the source
  * selection match when the mapping was created). */
@@ -1327,7 +1337,7 @@ static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err
                                 &x->shard_count, err, err_len) == 0 &&
                      run_state_check(&x->state, err, err_len) == 0 &&
                      shards_sane(x, err, err_len) == 0 && fragments_sane(x, err, err_len) == 0 &&
-                     format_fragments_check(x->fragments, x->fragment_count, err, err_len) == 0 &&
+                     fragments_tile(x, err, err_len) == 0 &&
                      virtuals_check(file, x, err, err_len) == 0
                  ? 0
                  : -1;

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import zlib
 
 import h5py
 import numpy as np
@@ -156,11 +157,26 @@ def test_a_flipped_index_byte_is_caught(phalanx, build_dir, ckpt, where):
     assert_falls_back(build_dir, ckpt, "corrupt" if where != 800 else "index.h5")
 
 
+SEAL_MAGIC = b"PHXSEAL1"
+
+
+def reseal(index):
+    """Recomputes index.h5's seal (checkpoint/format.c: magic, crc32 at 8 of
+    every byte from 12 on, the size at 12) after an edit, so that what the
+    edit breaks is found by the checks behind the seal, not by the seal."""
+    data = bytearray(open(index, "rb").read())
+    assert data[:8] == SEAL_MAGIC, "index.h5 has no seal"
+    data[12:20] = len(data).to_bytes(8, "little")
+    data[8:12] = zlib.crc32(data[12:]).to_bytes(4, "little")
+    open(index, "wb").write(data)
+
+
 def set_table(index, table, row, field, value):
     with h5py.File(index, "r+") as f:
         records = f[table][...]
         records[row][field] = value
         f[table][...] = records
+    reseal(index)
 
 
 @pytest.mark.parametrize("table,field,value", [
@@ -182,6 +198,7 @@ def test_an_edited_table_is_corrupt(phalanx, build_dir, ckpt, table, field, valu
 def empty_table(index, table):
     with h5py.File(index, "r+") as f:
         f[table].resize((0,))
+    reseal(index)
 
 
 def duplicate_table(index, table):
@@ -189,6 +206,7 @@ def duplicate_table(index, table):
         records = f[table][...]
         f[table].resize((2 * len(records),))
         f[table][...] = np.concatenate([records, records])
+    reseal(index)
 
 
 @pytest.mark.parametrize("spoil", [empty_table, duplicate_table])
@@ -197,6 +215,107 @@ def test_an_empty_or_duplicated_fragment_table_falls_back(phalanx, build_dir, ck
     result = verify(phalanx, ckpt / NEWEST)
     assert result.returncode == 1, result.stdout
     assert_falls_back(build_dir, ckpt, "corrupt")
+
+
+def test_the_seal_covers_every_byte_of_the_index(phalanx, build_dir, ckpt):
+    """The index is checked over its raw bytes before HDF5 parses them: an
+    edit that HDF5 itself accepts (h5py wrote a table record in place) is
+    refused by the seal, and so is a file whose size is not the sealed one."""
+    index = ckpt / NEWEST / "index.h5"
+    data = open(index, "rb").read()
+    assert data[:8] == SEAL_MAGIC
+    assert int.from_bytes(data[12:20], "little") == len(data)
+    assert zlib.crc32(data[12:]) == int.from_bytes(data[8:12], "little")
+    with h5py.File(index, "r+") as f:
+        assert f.userblock_size == 512
+        records = f["shards"][...]
+        records[0]["bytes"] += 1
+        f["shards"][...] = records
+    assert os.path.getsize(index) == len(data)
+    result = verify(phalanx, ckpt / NEWEST)
+    assert result.returncode == 1, result.stdout
+    assert "corrupt: the index checksum (crc32)" in result.stdout
+    assert_falls_back(build_dir, ckpt, "index checksum")
+    set_table(index, "shards", 0, "bytes", records[0]["bytes"] - 1)  # as it was, resealed
+    assert verify(phalanx, ckpt / NEWEST).returncode == 0
+    with open(index, "ab") as f:
+        f.write(b"\0" * 8)
+    result = verify(phalanx, ckpt / NEWEST)
+    assert result.returncode == 1 and "truncated or extended" in result.stdout, result.stdout
+
+
+def damage_global_heap(path):
+    """Makes the first object of the file's global heap collection (GCOL)
+    claim 1 MiB: HDF5 1.10.8 trusts that size when it reads a variable-length
+    string (a segfault or an endless loop, fuzz findings 1, 1b, 1c)."""
+    data = bytearray(open(path, "rb").read())
+    heap = data.index(b"GCOL")
+    # GCOL, version, 3 reserved, collection size (8); object: index (2),
+    # references (2), reserved (4), size (8)
+    size_at = heap + 16 + 8
+    assert int.from_bytes(data[size_at:size_at + 8], "little") < 4096
+    data[size_at:size_at + 8] = (1 << 20).to_bytes(8, "little")
+    open(path, "wb").write(data)
+
+
+def as_variable_length(path, obj, name):
+    """Rewrites string attribute `name` of `obj` as a variable-length string
+    (h5py's default for str), the same text."""
+    with h5py.File(path, "r+") as f:
+        value = f[obj].attrs[name]
+        assert isinstance(value, bytes), "Phalanx writes fixed-length strings"
+        f[obj].attrs[name] = value.decode()
+        assert h5py.check_string_dtype(f[obj].attrs.get_id(name).dtype).length is None
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact-heap", "damaged-heap"])
+@pytest.mark.parametrize("file,obj,name", [
+    ("index.h5", "run", "optimizer"),
+    ("rank_00000.h5", "params/wte", "logical_name"),
+])
+def test_a_variable_length_string_is_corrupt_unread(phalanx, build_dir, ckpt, file, obj, name,
+                                                    damaged):
+    """Variable-length strings live in HDF5's global heap, which has no
+    checksum: a damaged one crashed (1, 1b) or hung (1c) verify and resume.
+    One is refused by its type before HDF5 reads it, intact or not."""
+    path, index = ckpt / NEWEST / file, ckpt / NEWEST / "index.h5"
+    as_variable_length(path, obj, name)
+    if damaged:
+        damage_global_heap(path)
+    if file == "index.h5":
+        reseal(index)
+    else:  # the shard grew by its new global heap: the index must agree
+        set_table(index, "shards", 0, "bytes", os.path.getsize(path))
+    result = verify(phalanx, ckpt / NEWEST)
+    assert result.returncode == 1, result.stdout + result.stderr
+    if file == "index.h5":
+        assert f"attribute '{name}' is a variable-length string" in result.stdout
+        reason = "variable-length string"
+    else:
+        assert f"/params/wte: its attributes {name}" in result.stdout, result.stdout
+        reason = "/params/wte"
+    assert_falls_back(build_dir, ckpt, reason)
+
+
+def test_a_table_of_another_record_type_is_corrupt(phalanx, build_dir, ckpt):
+    """The fragment table with variable-length names (again the global
+    heap) is refused by its type before HDF5 reads a record."""
+    index = ckpt / NEWEST / "index.h5"
+    with h5py.File(index, "r+") as f:
+        records = f["fragments"][...]
+        fields = [(n, h5py.string_dtype() if n == "name" else records.dtype[n])
+                  for n in records.dtype.names]
+        rewritten = np.array([tuple(r[n].decode() if n == "name" else r[n]
+                                    for n in records.dtype.names) for r in records],
+                             dtype=fields)
+        del f["fragments"]
+        f.create_dataset("fragments", data=rewritten, chunks=True, maxshape=(None,),
+                         fletcher32=True)
+    reseal(index)
+    result = verify(phalanx, ckpt / NEWEST)
+    assert result.returncode == 1, result.stdout
+    assert "table 'fragments' has another record type" in result.stdout
+    assert_falls_back(build_dir, ckpt, "another record type")
 
 
 def make_index(step, kind, tmp_path):
