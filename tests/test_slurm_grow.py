@@ -1,0 +1,103 @@
+"""Growing back under Slurm (tests/slurm_cluster.py: emulated nodes on this host).
+
+A node whose slurmd is killed loses its rank: the agent shrinks the run onto the other nodes
+(`srun --exclude`). When its slurmd is back, still in the allocation, the agent's probe (`srun
+--nodelist=NODE --overlap phalanx probe`) reaches the channel, the node leaves --exclude, and
+the run grows back to its first size at a step boundary. SlurmdTimeout is long here, so that
+slurmctld does not mark the node down (and take it out of the job: a node that failed leaves a
+--no-kill allocation for good) in the seconds its slurmd is away."""
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run
+from shards import structured_text, text_tokens, write_shard
+from slurm_cluster import slurm_factory  # noqa: F401 (fixture)
+
+MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
+         "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
+STEPS = 300
+HANG_GUARD_S = 400  # only catches a hang
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=9)))
+    return d / "train.bin"
+
+
+def train_args(corpus, out):
+    out.mkdir(parents=True, exist_ok=True)
+    return ["--data", corpus, *MODEL, "--steps", STEPS, "--metrics", out / "metrics.jsonl",
+            "--ckpt-dir", out / "ckpt", "--ckpt-every", 1]
+
+
+def rows(out):
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def committed(out):
+    kept = {}
+    for r in rows(out):
+        kept = {s: v for s, v in kept.items() if s < r["step"]}
+        kept[r["step"]] = r
+    return [kept[s] for s in sorted(kept)]
+
+
+def wait_for(predicate, job, what):
+    """Polls until predicate() (the job's own progress: metrics rows), bounded by the hang
+    guard; the job must still run."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not predicate():
+        assert job.poll() is None, f"the job ended before {what}: {job.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} within {HANG_GUARD_S} s"
+        time.sleep(0.1)
+
+
+def test_a_node_whose_slurmd_returns_rejoins_and_the_run_grows_back(
+        phalanx, corpus, slurm_factory, tmp_path):
+    cluster = slurm_factory(nodes=["pn1", "pn2", "pn3"], slurmd_timeout=300)
+    reference = tmp_path / "reference"
+    r = run([phalanx, "train", *train_args(corpus, reference)], timeout=HANG_GUARD_S)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "run"
+    # rank 0 of the survivors sleeps 9 step times after each step (no CPU): their attempt
+    # outlasts the slurmd restart and two probes
+    cmd = ["salloc", "-N", 3, "--no-kill", phalanx, "run", "-n", 3, "--elastic",
+           "--ranks-per-node", 1, "--heartbeat-timeout", 5, "--rejoin-every", 1,
+           "--inject", "slow:0*10#1", "--report", out / "report.json", "--",
+           *train_args(corpus, out), "--dp", 3]
+    env = cluster.env({"OMPI_MCA_btl_tcp_if_include": "127.0.0.0/8"})
+    job = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(rows(out)) >= 5, job, "5 steps")
+        assert cluster.node_processes("pn2"), "no rank on pn2"
+        cluster.kill_node("pn2")
+        wait_for(lambda: any(x["world"] == 2 for x in rows(out)), job, "a step on 2 ranks")
+        cluster.start_node("pn2", wait=False)
+        stdout, stderr = job.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    worlds = [a["world"] for a in report["attempts"]]
+    assert worlds == [3, 2, 3], stderr
+    assert report["attempts"][0]["failure"]["node"] == "pn2"
+    assert "host pn2 answered 2 probes in a row: healthy again" in stderr
+    (grow,) = report["grows"]
+    assert grow["hosts"] == "pn2" and grow["steps_recomputed"] == 0, grow
+    got, want = committed(out), rows(reference)
+    assert [x["step"] for x in got] == list(range(1, STEPS + 1))
+    assert [x["samples"] for x in got] == [x["samples"] for x in want]
+    assert report["samples"]["lost"] == 0 and report["samples"]["duplicated"] == 0
+    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in want],
+                               rtol=1e-4, atol=0)
