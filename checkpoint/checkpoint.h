@@ -104,6 +104,9 @@
 #include <time.h>
 
 #define CKPT_FORMAT_VERSION 1
+/* The first 8 bytes of every index.h5 (its seal, before the HDF5 superblock):
+ * what tells a checkpoint index from other files. */
+#define CKPT_INDEX_MAGIC "PHXSEAL1"
 #define CKPT_NAME_MAX 64  /* logical tensor names, including the NUL */
 #define CKPT_EXTRA_MAX 32 /* key-value pairs in CkptRunState.extra */
 

@@ -285,7 +285,7 @@ static int core_image(hid_t file, size_t userblock, void **image, size_t *size, 
 #define SEAL_COVERED_FROM 12
 /* far above a real index (a few MB for thousands of tensors), small enough to read whole */
 #define INDEX_BYTES_MAX ((size_t)1 << 30)
-static const uint8_t SEAL_MAGIC[8] = {'P', 'H', 'X', 'S', 'E', 'A', 'L', '1'};
+static const uint8_t SEAL_MAGIC[8] = CKPT_INDEX_MAGIC; // without the NUL
 
 static void put_le(uint8_t *at, uint64_t value, int bytes)
 {

@@ -483,7 +483,9 @@ static int source_open(ModelSource *s, const char *path, char *err, size_t err_l
     uint64_t header_len;
     memcpy(&magic, head, sizeof(magic));
     memcpy(&header_len, head, sizeof(header_len));
-    if (got >= 8 && memcmp(head, HDF5_SIGNATURE, 8) == 0)
+    // an index.h5 starts with its seal; an HDF5 file without one is refused by the reader
+    if (got >= 8 && (memcmp(head, CKPT_INDEX_MAGIC, 8) == 0 ||
+                     memcmp(head, HDF5_SIGNATURE, 8) == 0))
         return checkpoint_config(s, err, err_len);
     if (got >= 4 && magic == LLMC_MODEL_MAGIC) {
         s->format = MODEL_LLMC;

@@ -244,6 +244,14 @@ def test_the_seal_covers_every_byte_of_the_index(phalanx, build_dir, ckpt):
     assert result.returncode == 1 and "truncated or extended" in result.stdout, result.stdout
 
 
+def test_a_sealed_index_is_still_a_model_file(phalanx, written, tmp_path):
+    """Commands that take a model file tell an index by its first bytes: the
+    seal, no longer the HDF5 signature."""
+    result = run([phalanx, "export", written / NEWEST / "index.h5", "--format", "llmc",
+                  "-o", tmp_path / "model.bin"], timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def damage_global_heap(path):
     """Makes the first object of the file's global heap collection (GCOL)
     claim 1 MiB: HDF5 1.10.8 trusts that size when it reads a variable-length
