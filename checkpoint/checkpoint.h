@@ -71,6 +71,34 @@
  *       a 512-byte user block seals it (see Reading). Every string attribute,
  *       here and in shards, is fixed-length (h5py reads it as bytes).
  *
+ * Replication (checkpoint/replica.c; DESIGN.md "Elasticity")
+ * - ckpt_open() learns every rank's host (gethostname: an emulated host has
+ *   its own) and pairs each rank r with a buddy on the next host in the
+ *   order hosts first appear: rank i of host h is kept by rank i mod n of
+ *   host h+1 (cyclic). Losing any one host then leaves every shard of it on
+ *   the next host, and every other shard on its own: a complete copy. One
+ *   host: no buddy, replication off (said once when asked for with "on").
+ * - A tier-1 commit with replication: each sidecar writes its shard, sends
+ *   the same bytes to its buddy over its own communicator (non-blocking,
+ *   serving the training thread's copies meanwhile) and writes what it
+ *   receives as step_N.eE/buddy_rank_%05d.h5, with the files' safety rules.
+ *   A rank votes "written" only when its own shard and every copy it keeps
+ *   are durable in memory, so a tier-1 index (committed) means every shard
+ *   is in memory twice. Rank 0 then sends the index to the lowest rank of
+ *   every other host, which publishes it there. Each host's lowest rank
+ *   prunes that host's tier 1.
+ * - Recovery (ckpt_resume "latest"): every rank reports what its host's
+ *   tier 1 holds (indexes, own shards, buddy copies); all agree on the
+ *   newest step that the survivors hold whole, an own copy preferred to a
+ *   buddy copy. A rank reads a shard its host holds in place and receives
+ *   one held elsewhere from its holder over MPI, assembles the checkpoint
+ *   in a private view (tier1/recovery_rank_%05d, hard links and received
+ *   files, removed afterwards) and reads it with the one validation below,
+ *   every checksum verified. A corrupt copy fails that step on every rank
+ *   and the next older one is tried; when memory has none, the durable
+ *   tier (rank 0 says why). Rank 0 prints the bytes read in place and over
+ *   the network.
+ *
  * Reading
  * - ckpt_load() reads one checkpoint into whole logical tensors of any layout;
  *   each rank reads only the fragments of the tensors it passes, straight
@@ -193,10 +221,23 @@ typedef enum { CKPT_ASYNC = 0, CKPT_SYNC = 1 } CkptMode;
  * its extra pairs): 0, or -1 with a message naming the field. */
 typedef int (*CkptStateCheck)(const CkptRunState *state, char *err, size_t err_len);
 
+/* Buddy replication of tier 1 (checkpoint.h, "Replication"). */
+typedef enum {
+    CKPT_REPLICATE_AUTO = 0, /* for now off (the agent does not yet resume from memory) */
+    CKPT_REPLICATE_ON,       /* the same, and a note when there is one host */
+    CKPT_REPLICATE_OFF,
+} CkptReplicate;
+
+/* Parses "auto" / "on" / "off". */
+bool ckpt_replicate_parse(const char *text, CkptReplicate *out);
+
 typedef struct {
     const char *dir;        /* tier 2 (--ckpt-dir); created when missing */
     const char *memory_dir; /* tier 1; NULL or "": /dev/shm/phalanx-<hash>; "none": off */
     long every;             /* checkpoint after steps every, 2*every, ... (>= 1) */
+    long durable_every;     /* of those, the ones at multiples of this also go to tier 2
+                             * (0: every one; else a multiple of every; needs tier 1) */
+    CkptReplicate replicate;
     int keep;               /* complete checkpoints kept per tier (>= 1) */
     CkptMode mode;
     CkptStateCheck check_state; /* resume: NULL, or refuses (then falls back) */
@@ -266,11 +307,20 @@ void ckpt_set_source_wait(Checkpointer *ck, CkptSourceWait wait, void *context);
 
 /* True when a checkpoint is due after optimizer step `step` (1-based). */
 bool ckpt_due(const Checkpointer *ck, int64_t step);
+/* True when the checkpoint of `step` goes to tier 2 by the cadence
+ * (--ckpt-durable-every), or was handed over with ckpt_snapshot_durable. */
+bool ckpt_durable_due(const Checkpointer *ck, int64_t step);
 
 /* Hands over the version of the tensors after optimizer step state->step.
  * async: returns at once. sync: returns after the checkpoint is committed
  * (or not: see the warning). Returns 0, or -1 on misuse (message in err). */
 int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t err_len);
+
+/* ckpt_snapshot, and the checkpoint goes to tier 2 whatever the cadence (the
+ * last one of a run, a stop): a version already committed to tier 1 is not
+ * written there again. */
+int ckpt_snapshot_durable(Checkpointer *ck, const CkptRunState *state, char *err,
+                          size_t err_len);
 
 /* Blocks until the sidecar has copied the last snapshot (at once when it
  * has); returns the seconds spent blocked. Call before the optimizer writes. */

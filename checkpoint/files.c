@@ -352,10 +352,12 @@ static bool layout_name(const char *name)
         base[len - suffix] = '\0';
     if (strcmp(base, CKPT_INDEX_FILE) == 0)
         return true;
-    if (strncmp(base, "rank_", 5) != 0)
+    // a buddy's copy (replica.c) is part of the layout like the own shard
+    const char *rank = strncmp(base, "buddy_", 6) == 0 ? base + 6 : base;
+    if (strncmp(rank, "rank_", 5) != 0)
         return false;
-    size_t digits = strspn(base + 5, "0123456789");
-    return digits >= 5 && strcmp(base + 5 + digits, ".h5") == 0;
+    size_t digits = strspn(rank + 5, "0123456789");
+    return digits >= 5 && strcmp(rank + 5 + digits, ".h5") == 0;
 }
 
 static void remove_layout_files(const FilesDir *step)

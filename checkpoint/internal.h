@@ -180,4 +180,61 @@ int files_list_steps(const char *dir, FilesStep **steps, int *count, char *err, 
 /* The same for an open tier. */
 int files_list_tier(const FilesDir *tier, FilesStep **steps, int *count);
 
+/* ---------------------------------------------------------------------- */
+/* replica.c (checkpoint.h, "Replication")                                */
+
+typedef struct {
+    bool on;       /* shards are sent to buddies */
+    bool leader;   /* the lowest rank on this host: publishes and prunes its tier 1 */
+    int rank, world;
+    int *buddy;    /* per rank: the rank that keeps its copy; -1: none */
+} Replica;
+
+/* Collective over `world`: learns the hosts, plans the pairing. */
+int replica_plan(Replica *r, Comm *world, CkptReplicate mode, bool memory_tier, char *err,
+                 size_t err_len);
+void replica_free(Replica *r);
+/* buddy_rank_%05d.h5 */
+void replica_copy_name(char *out, size_t len, int rank);
+/* Waits for `request`, calling hooks->between (when set) while it is not done. */
+int replica_wait(CommRequest *request, const WriteHooks *hooks);
+/* Collective over the sidecar's `comm`: sends this rank's shard image to its
+ * buddy (size -1 when image is NULL: nothing to keep) and writes every copy
+ * it keeps into `step`. 0 when every copy it keeps was written. */
+int replica_exchange(const Replica *r, Comm *comm, const FilesDir *step, const void *image,
+                     size_t size, const WriteHooks *hooks, char *err, size_t err_len);
+/* Collective: rank 0's index image (image/size on rank 0 only; size 0: none
+ * committed) published in `step` by the leader of every other host. */
+void replica_share_index(const Replica *r, Comm *comm, const FilesDir *step,
+                         const void *image, size_t size);
+
+/* What the survivors' tier 1 holds (ckpt_resume's memory path). */
+typedef struct {
+    int64_t *items; /* every rank's: step, epoch, shard (-1: index), kind, count, rank */
+    int item_count;
+    int64_t (*candidates)[2]; /* (step, epoch) held whole, newest first */
+    int candidate_count;
+    bool replicated; /* some buddy copy exists: the memory path applies */
+} ReplicaSurvey;
+
+/* Collective over `comm`: every rank lists its host's tier 1 `tier1`. */
+int replica_survey(Comm *comm, const char *tier1, ReplicaSurvey *survey, char *err,
+                   size_t err_len);
+void replica_survey_free(ReplicaSurvey *survey);
+
+/* A private copy of one surveyed checkpoint on this rank: view is its step
+ * directory; bytes read in place (linked) and received over the network. */
+typedef struct {
+    char root[PATH_MAX];
+    char view[PATH_MAX];
+    int64_t step;
+    int epoch;
+    uint64_t local_bytes, network_bytes;
+} ReplicaView;
+
+/* Collective: assembles candidate `which` of the survey. 0 or -1 (err). */
+int replica_fetch(Comm *comm, const char *tier1, const ReplicaSurvey *survey, int which,
+                  ReplicaView *view, char *err, size_t err_len);
+void replica_view_remove(const char *tier1, const ReplicaView *view);
+
 #endif

@@ -709,6 +709,9 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
     return count;
 }
 
+static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, char *err,
+                               size_t err_len);
+
 /* Loads `path` on every rank; returns the status of the first rank that
  * failed (its message in err on every rank), or CKPT_OK. */
 static CkptStatus resume_try(Comm *comm, const Candidate *c, const CkptTensor *tensors,
@@ -716,10 +719,17 @@ static CkptStatus resume_try(Comm *comm, const Candidate *c, const CkptTensor *t
                              CkptRunState *state, char *err, size_t err_len)
 {
     char mine[1024];
-    int world = comm_size(comm), rank = comm_rank(comm);
     CkptStatus status = load_checked(c->path, c->fence_dir, tensors, count, expect, check,
                                      state, mine, sizeof(mine));
-    // every rank learns every rank's status: the same verdict everywhere
+    return agree_status(comm, status, mine, err, err_len);
+}
+
+/* Every rank learns every rank's status: the same verdict everywhere (the
+ * first failed rank's, its message `mine` in err on every rank). */
+static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, char *err,
+                               size_t err_len)
+{
+    int world = comm_size(comm), rank = comm_rank(comm);
     int64_t *statuses = calloc((size_t)world, sizeof(int64_t));
     if (!statuses) {
         ckpt_fail(err, err_len, "resume: out of memory");
@@ -750,11 +760,89 @@ static CkptStatus resume_try(Comm *comm, const Candidate *c, const CkptTensor *t
     return result;
 }
 
+/* Candidate `which` of the survey, assembled and read on every rank. */
+static CkptStatus memory_try(Comm *comm, const char *tier1, const char *tier2,
+                             const ReplicaSurvey *survey, int which, const CkptTensor *tensors,
+                             int count, const CkptModel *expect, CkptStateCheck check,
+                             CkptRunState *state, char *err, size_t err_len)
+{
+    ReplicaView view;
+    char mine[1024];
+    CkptStatus status = CKPT_OK;
+    if (replica_fetch(comm, tier1, survey, which, &view, mine, sizeof(mine)) != 0)
+        status = CKPT_INCOMPLETE;
+    else
+        status = load_checked(view.view, tier2, tensors, count, expect, check, state, mine,
+                              sizeof(mine));
+    replica_view_remove(tier1, &view);
+    status = agree_status(comm, status, mine, err, err_len);
+    uint64_t bytes[2] = {view.local_bytes, view.network_bytes};
+    if (status == CKPT_OK && comm_allreduce(comm, bytes, 2, COMM_I64) == 0 &&
+        comm_rank(comm) == 0)
+        fprintf(stderr, "phalanx ckpt: recovered step %lld from memory (tier 1 of the "
+                        "surviving hosts): %llu bytes read where they were held, %llu bytes "
+                        "over the network from other hosts\n",
+                (long long)view.step, (unsigned long long)bytes[0],
+                (unsigned long long)bytes[1]);
+    return status;
+}
+
+/* "latest" with buddy copies in tier 1: the newest checkpoint the
+ * survivors' memory holds whole (checkpoint.h, "Replication"). CKPT_OK, or
+ * CKPT_NOT_FOUND to go on to the tiers as they are (rank 0 says why when
+ * memory had copies but no usable checkpoint). */
+static CkptStatus resume_from_memory(Comm *comm, const CkptOptions *options,
+                                     const CkptTensor *tensors, int count,
+                                     const CkptModel *expect, CkptRunState *state,
+                                     char *path_out, size_t path_len)
+{
+    char tier1[PATH_MAX], tier2[PATH_MAX], err[1024];
+    ckpt_tier_dirs(options, tier1, sizeof(tier1), tier2, sizeof(tier2));
+    ReplicaSurvey survey;
+    if (!tier1[0] || replica_survey(comm, tier1, &survey, err, sizeof(err)) != 0)
+        return CKPT_NOT_FOUND;
+    // memory is read for speed, never for an older state than the durable tier's
+    CkptOptions durable = *options;
+    durable.memory_dir = "none";
+    int64_t floor = comm_rank(comm) == 0 ? ckpt_newest_complete(&durable) : -1;
+    if (comm_broadcast(comm, &floor, 1, COMM_I64, 0) != 0)
+        floor = INT64_MAX;
+    CkptStatus status = CKPT_NOT_FOUND;
+    for (int i = 0; survey.replicated && i < survey.candidate_count &&
+                    survey.candidates[i][0] >= floor; i++) {
+        status = memory_try(comm, tier1, tier2, &survey, i, tensors, count, expect,
+                            options->check_state, state, err, sizeof(err));
+        if (status == CKPT_OK) {
+            ckpt_step_dir(path_out, path_len, tier1, survey.candidates[i][0],
+                          (int)survey.candidates[i][1]);
+            break;
+        }
+        if (comm_rank(comm) == 0)
+            fprintf(stderr, "phalanx ckpt: cannot recover step %lld from memory (%s)\n",
+                    (long long)survey.candidates[i][0], err);
+        if (status == CKPT_MISMATCH || status == CKPT_ERROR)
+            break;
+    }
+    if (status != CKPT_OK && survey.replicated && comm_rank(comm) == 0)
+        fprintf(stderr, "phalanx ckpt: the surviving hosts' memory holds no complete "
+                        "checkpoint (%s): reading the durable tier\n",
+                survey.candidate_count == 0
+                    ? "some shard is in neither its own nor its buddy's memory: a host and "
+                      "its buddy host were both lost"
+                    : "every complete one failed its checks");
+    replica_survey_free(&survey);
+    return status == CKPT_OK ? CKPT_OK : CKPT_NOT_FOUND;
+}
+
 CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
                        const CkptTensor *tensors, int count, const CkptModel *expect,
                        CkptRunState *state, char *path_out, size_t path_len, char *err,
                        size_t err_len)
 {
+    if (strcmp(spec, "latest") == 0 && options->dir && *options->dir &&
+        resume_from_memory(comm, options, tensors, count, expect, state, path_out,
+                           path_len) == CKPT_OK)
+        return CKPT_OK;
     Candidate *candidates = NULL, tried = {.path = ""};
     int64_t n = 0;
     char none[1024] = "";

@@ -65,6 +65,7 @@ struct Checkpointer {
     Fault fault;
     int epoch;   /* $PHALANX_EPOCH: this attempt of an elastic job; -1: unfenced */
     bool fenced; /* a newer attempt's fence was seen: nothing is written any more */
+    Replica replica; /* buddy copies of tier 1 (replica.c) */
 
     bool threaded;
     pthread_t thread;
@@ -74,6 +75,7 @@ struct Checkpointer {
     bool copy_requested, staged, quit, broken;
     bool abandoned; /* ckpt_abandon(): rank 0 writes no index any more */
     CkptRunState requested, staged_state;
+    bool requested_durable, staged_durable; /* ckpt_snapshot_durable */
     bool last_dir_ok; /* the newest flush reached tier 2 */
     CkptSourceWait source_wait; /* NULL: the tensors are ready when handed over */
     void *source_context;
@@ -143,6 +145,13 @@ static int check_options(const CkptOptions *o, char *err, size_t err_len)
         return ckpt_fail(err, err_len, "--ckpt-every is %ld: it must be at least 1", o->every);
     if (o->keep < 1)
         return ckpt_fail(err, err_len, "--ckpt-keep is %d: it must be at least 1", o->keep);
+    if (o->durable_every < 0 || (o->durable_every > 0 && o->durable_every % o->every != 0))
+        return ckpt_fail(err, err_len, "--ckpt-durable-every is %ld: it must be a multiple of "
+                         "--ckpt-every (%ld)", o->durable_every, o->every);
+    if (o->durable_every > o->every && o->memory_dir && strcmp(o->memory_dir, "none") == 0)
+        return ckpt_fail(err, err_len, "--ckpt-durable-every %ld keeps the checkpoints between "
+                         "in tier 1, which --ckpt-memory-dir none turns off: drop one of them",
+                         o->durable_every);
     hbool_t safe = 0;
     if (o->mode == CKPT_ASYNC && (H5is_library_threadsafe(&safe) < 0 || !safe))
         return ckpt_fail(err, err_len,
@@ -342,6 +351,7 @@ static void copy_snapshot(Checkpointer *ck)
     ck->staged = true;
     ck->copy_requested = false;
     ck->staged_state = ck->requested;
+    ck->staged_durable = ck->requested_durable;
     ck->stats.last_copy_seconds = now_seconds() - start;
     pthread_cond_broadcast(&ck->copied);
     pthread_mutex_unlock(&ck->lock);
@@ -381,19 +391,8 @@ static void release_staging(Checkpointer *ck)
  * copies while the slowest rank catches up. */
 static int agree(Checkpointer *ck, int64_t *values, size_t count)
 {
-    CommRequest *request = comm_iallreduce(ck->comm, values, count, COMM_I64);
-    if (!request)
-        return -1;
-    bool done = false;
-    while (ck->threaded && !done) {
-        if (comm_test(request, &done) != 0)
-            break;
-        if (!done) {
-            serve_copy(ck);
-            nanosleep(&(struct timespec){0, 200000}, NULL);
-        }
-    }
-    return comm_wait(request);
+    WriteHooks hooks = {ck->threaded ? serve_copy : NULL, ck, SIZE_MAX};
+    return replica_wait(comm_iallreduce(ck->comm, values, count, COMM_I64), &hooks);
 }
 
 /* Rank 0's index is what commits a checkpoint, so rank 0 alone deciding to
@@ -591,7 +590,7 @@ static void prune(Checkpointer *ck, int tier, int64_t below)
     for (int i = 0; i < count && steps[i].step < below; i++) {
         if (!may_remove(ck, &steps[i]))
             continue;
-        if (ck->rank == 0)
+        if (ck->rank == 0 || (tier == TIER_MEMORY && ck->replica.on && ck->replica.leader))
             files_remove_step(&ck->tier[tier], steps[i].step, steps[i].epoch);
         else
             files_remove_own(&ck->tier[tier], steps[i].step, steps[i].epoch, ck->rank);
@@ -620,6 +619,14 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
                                   sizeof(err))
                     ? -1
                     : write_shard(ck, tier, &dir, state->step, image, size, err, sizeof(err));
+    if (tier == TIER_MEMORY && ck->replica.on) {
+        // every rank takes part, whatever it wrote: its buddy waits for it
+        WriteHooks hooks = {ck->threaded ? serve_copy : NULL, ck, SIZE_MAX};
+        char why[PATH_MAX + 512];
+        if (replica_exchange(&ck->replica, ck->comm, &dir, wrote == 0 ? image : NULL, size,
+                             &hooks, why, sizeof(why)) != 0 && wrote == 0)
+            wrote = ckpt_fail(err, sizeof(err), "%s", why);
+    }
     if (wrote != 0)
         fprintf(stderr, "phalanx ckpt: rank %d: step %lld, %s: %s\n", ck->rank,
                 (long long)state->step, TIER_NAME[tier], err);
@@ -647,6 +654,8 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
     free(votes);
     if (rc == 0 && all_wrote)
         rc = agree(ck, verdict, 2);
+    if (rc == 0 && verdict[0] && tier == TIER_MEMORY && ck->replica.on)
+        replica_share_index(&ck->replica, ck->comm, &dir, ck->index_image, ck->index_size);
     if (rc != 0)
         mark_broken(ck);
     files_close(&dir);
@@ -668,21 +677,25 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
                     ? ckpt_fail(err, sizeof(err), "%s", ck->source_error)
                     : build_shard(ck, state, &image, &size, err, sizeof(err));
     release_staging(ck);
-    bool ok[TIER_COUNT] = {false, false};
+    bool ok[TIER_COUNT] = {false, false}, wanted[TIER_COUNT];
+    wanted[TIER_MEMORY] = ck->tier[TIER_MEMORY].path[0] &&
+                          ck->stats.last_step[TIER_MEMORY] != state->step;
+    wanted[TIER_DIR] = ck->staged_durable || ckpt_durable_due(ck, state->step);
     for (int tier = 0; tier < TIER_COUNT && !ck->broken; tier++)
-        if (ck->tier[tier].path[0])
+        if (wanted[tier])
             ok[tier] = commit_tier(ck, tier, state, built == 0 ? image : NULL, size, err);
     free(image);
     pthread_mutex_lock(&ck->lock);
     for (int tier = 0; tier < TIER_COUNT; tier++) {
-        if (!ck->tier[tier].path[0])
+        if (!wanted[tier])
             continue;
         ck->stats.committed[tier] += ok[tier];
         ck->stats.failed[tier] += !ok[tier];
         if (ok[tier])
             ck->stats.last_step[tier] = state->step;
     }
-    ck->last_dir_ok = ok[TIER_DIR];
+    if (wanted[TIER_DIR])
+        ck->last_dir_ok = ok[TIER_DIR];
     free(ck->index_image);
     ck->index_image = NULL;
     ck->stats.last_shard_bytes = size;
@@ -723,6 +736,7 @@ static void free_checkpointer(Checkpointer *ck)
     if (!ck)
         return;
     comm_free(ck->comm);
+    replica_free(&ck->replica);
     for (int t = 0; t < TIER_COUNT; t++)
         files_close(&ck->tier[t]);
     free(ck->tensors);
@@ -783,6 +797,9 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
         ck->own_count = 0; // still take part in the exchange, with nothing
     if (exchange_fragments(ck, world, failed ? NULL : err, err_len) != 0)
         failed = -1;
+    if (replica_plan(&ck->replica, world, options->replicate, ck->tier[TIER_MEMORY].path[0],
+                     failed ? NULL : err, err_len) != 0)
+        failed = -1;
     int64_t votes[3] = {failed != 0, !memory_ok, ck->rank == 0 ? (int64_t)new_run_id() : 0};
     if (comm_allreduce(world, votes, 3, COMM_I64) != 0) {
         if (!failed)
@@ -808,6 +825,8 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
             fprintf(stderr, "phalanx ckpt: %s is off for this run: %lld rank(s) cannot use it\n",
                     TIER_NAME[TIER_MEMORY], (long long)votes[1]);
         ck->tier[TIER_MEMORY].path[0] = '\0';
+        ck->replica.on = false;
+        ck->options.durable_every = 0; // no tier 1: every checkpoint is durable
     }
     ck->threaded = options->mode == CKPT_ASYNC;
     if (ck->threaded && pthread_create(&ck->thread, NULL, sidecar_main, ck) != 0) {
@@ -822,6 +841,12 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
 bool ckpt_due(const Checkpointer *ck, int64_t step)
 {
     return step > 0 && step % ck->options.every == 0;
+}
+
+bool ckpt_durable_due(const Checkpointer *ck, int64_t step)
+{
+    long every = ck->options.durable_every ? ck->options.durable_every : ck->options.every;
+    return step > 0 && step % every == 0;
 }
 
 double ckpt_wait_copied(Checkpointer *ck)
@@ -842,13 +867,15 @@ double ckpt_wait_copied(Checkpointer *ck)
     return stalled;
 }
 
-int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t err_len)
+static int snapshot(Checkpointer *ck, const CkptRunState *state, bool durable, char *err,
+                    size_t err_len)
 {
     ckpt_wait_copied(ck); // the previous version must be out of the buffers
     pthread_mutex_lock(&ck->lock);
     bool broken = ck->broken;
     if (!broken) {
         ck->requested = *state;
+        ck->requested_durable = durable;
         ck->requested.format_version = CKPT_FORMAT_VERSION;
         ck->stats.snapshots++;
         ck->copy_requested = true;
@@ -867,6 +894,17 @@ int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t
     ck->stats.stall_seconds += ck->stats.last_stall_seconds;
     pthread_mutex_unlock(&ck->lock);
     return 0;
+}
+
+int ckpt_snapshot(Checkpointer *ck, const CkptRunState *state, char *err, size_t err_len)
+{
+    return snapshot(ck, state, false, err, err_len);
+}
+
+int ckpt_snapshot_durable(Checkpointer *ck, const CkptRunState *state, char *err,
+                          size_t err_len)
+{
+    return snapshot(ck, state, true, err, err_len);
 }
 
 CkptStats ckpt_stats(Checkpointer *ck)

@@ -75,6 +75,14 @@ void options_usage(FILE *out)
         "                         run refuses a DIR that already holds checkpoints\n"
         "  --ckpt-every N         checkpoint after every N-th step and after the last\n"
         "                         (default 100); a stop (Ctrl-C, SIGTERM) also checkpoints\n"
+        "  --ckpt-durable-every M of those, the ones after every M-th step also go to\n"
+        "                         --ckpt-dir (a multiple of N; default: all of them); the\n"
+        "                         others stay in tier 1, and the last one and a stop's\n"
+        "                         always reach --ckpt-dir\n"
+        "  --ckpt-replicate auto|on|off  keep each rank's tier-1 shard also in the memory\n"
+        "                         of a buddy rank on another host, so that a lost host is\n"
+        "                         recovered from memory (on: when the ranks span several\n"
+        "                         hosts, and says so on one; auto, the default: off for now)\n"
         "  --ckpt-keep N          complete checkpoints kept per tier (default 2)\n"
         "  --ckpt-mode async|sync async: a sidecar thread copies and writes while training\n"
         "                         goes on; sync: training waits for each (default async)\n"
@@ -153,7 +161,7 @@ enum {
     OPT_METRICS, OPT_DUMP_PARAMS, OPT_THREADS, OPT_QUIET, OPT_DP, OPT_PP, OPT_SP, OPT_LAYOUT,
     OPT_PP_SPLIT, OPT_BATCH_POLICY, OPT_MAX_GLOBAL_BATCH, OPT_BATCH_QUANTUM, OPT_BATCH_CHECK,
     OPT_BATCH_ETA, OPT_BATCH_EMA, OPT_LR_SCALING, OPT_TRAIN_SAMPLES, OPT_CKPT_DIR,
-    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
+    OPT_CKPT_EVERY, OPT_CKPT_KEEP, OPT_CKPT_MODE, OPT_CKPT_MEMORY_DIR, OPT_CKPT_DURABLE_EVERY, OPT_CKPT_REPLICATE, OPT_RESUME, OPT_INIT_FROM, OPT_DEVICE,
     OPT_TF32, OPT_PRECISION, OPT_METRICS_OVERWRITE, OPT_METRICS_APPEND, OPT_RECOMPUTE, OPT_ZERO,
     OPT_GRAD_BUCKET,
 };
@@ -208,6 +216,8 @@ static const struct option long_options[] = {
     {"ckpt-keep", required_argument, NULL, OPT_CKPT_KEEP},
     {"ckpt-mode", required_argument, NULL, OPT_CKPT_MODE},
     {"ckpt-memory-dir", required_argument, NULL, OPT_CKPT_MEMORY_DIR},
+    {"ckpt-durable-every", required_argument, NULL, OPT_CKPT_DURABLE_EVERY},
+    {"ckpt-replicate", required_argument, NULL, OPT_CKPT_REPLICATE},
     {"resume", required_argument, NULL, OPT_RESUME},
     {"init-from", required_argument, NULL, OPT_INIT_FROM},
     {"device", required_argument, NULL, OPT_DEVICE},
@@ -470,6 +480,12 @@ static int apply_option(TrainOptions *o, int code, const char *arg, double *beta
         o->device = arg;
         return 0;
     case OPT_CKPT_EVERY: return parse_long("ckpt-every", arg, 1, MAX_STEPS, &o->ckpt.every);
+    case OPT_CKPT_DURABLE_EVERY:
+        return parse_long("ckpt-durable-every", arg, 1, MAX_STEPS, &o->ckpt.durable_every);
+    case OPT_CKPT_REPLICATE:
+        if (!ckpt_replicate_parse(arg, &o->ckpt.replicate))
+            return bad_value("ckpt-replicate", arg, "auto, on or off");
+        return 0;
     case OPT_CKPT_KEEP: return parse_int("ckpt-keep", arg, 1, MAX_KEEP, &o->ckpt.keep);
     case OPT_CKPT_MODE:
         if (!ckpt_mode_parse(arg, &o->ckpt.mode))

@@ -390,7 +390,10 @@ double snapshot_after_update(Trainer *t, bool last)
         ckpt_wait_copied(t->ckpt); /* the sidecar is done with the mirror's last version */
         copy_from_device(t);
     }
-    if (ckpt_snapshot(t->ckpt, &state, err, sizeof(err)) != 0)
+    // the last checkpoint of a run (its end, a stop) reaches tier 2 whatever the cadence
+    int handed = last ? ckpt_snapshot_durable(t->ckpt, &state, err, sizeof(err))
+                      : ckpt_snapshot(t->ckpt, &state, err, sizeof(err));
+    if (handed != 0)
         fprintf(stderr, "phalanx train: rank %d: checkpoint of step %ld: %s\n", t->rank,
                 t->steps_done, err);
     return now_seconds() - start;

@@ -1116,11 +1116,11 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
 
 /* A stop inside a step drops that step and ends the run at the one before,
  * which gets the checkpoint a stop at its end would have given it, unless it
- * has one already (--ckpt-every) or this process did not train it (step 0,
- * or the step it resumed from). */
+ * has one in tier 2 already (--ckpt-every, --ckpt-durable-every) or this
+ * process did not train it (step 0, or the step it resumed from). */
 static void checkpoint_before_dropped_step(Trainer *t, long first_step)
 {
-    if (t->ckpt && t->steps_done > first_step && !ckpt_due(t->ckpt, t->steps_done))
+    if (t->ckpt && t->steps_done > first_step && !ckpt_durable_due(t->ckpt, t->steps_done))
         snapshot_after_update(t, true);
 }
 
