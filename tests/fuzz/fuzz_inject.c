@@ -19,8 +19,8 @@
 
 static bool is_kind(const char *kind)
 {
-    static const char *const kinds[] = {"crash",     "hang",    "slow",      "node",
-                                        "flushkill", "corrupt", "partition", "poweroff"};
+    static const char *const kinds[] = {"crash",   "hang",      "slow",     "node",   "flushkill",
+                                        "corrupt", "partition", "poweroff", "restore"};
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
         if (strcmp(kind, kinds[i]) == 0)
             return true;
@@ -35,7 +35,8 @@ static void check_ranges(const char *text, const ElasticEvent *e)
         fuzz_fail("'%s' parsed with attempt %d", text, e->attempt);
     bool slow = strcmp(e->kind, "slow") == 0, corrupt = strcmp(e->kind, "corrupt") == 0;
     bool host = e->host[0] != '\0';
-    if (host != (strcmp(e->kind, "partition") == 0 || strcmp(e->kind, "poweroff") == 0))
+    if (host != (strcmp(e->kind, "partition") == 0 || strcmp(e->kind, "poweroff") == 0 ||
+                 strcmp(e->kind, "restore") == 0))
         fuzz_fail("'%s' parsed as %s with host '%s'", text, e->kind, e->host);
     if (host && (strspn(e->host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                  "0123456789.-_") != strlen(e->host) || e->host[0] == '-'))
