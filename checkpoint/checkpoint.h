@@ -335,6 +335,8 @@ typedef struct {
     double last_copy_seconds;       /* copy into staging */
     double last_flush_seconds;      /* serialise + write + commit, all tiers */
     uint64_t last_shard_bytes;      /* this rank's shard file */
+    bool replicated;                /* tier 1 is replicated to buddies: a tier-1
+                                     * commit survives the loss of any one host */
 } CkptStats;
 
 /* A consistent copy of the counters (safe while the sidecar runs). */

@@ -800,6 +800,7 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
     if (replica_plan(&ck->replica, world, options->replicate, ck->tier[TIER_MEMORY].path[0],
                      failed ? NULL : err, err_len) != 0)
         failed = -1;
+    ck->stats.replicated = ck->replica.on;
     int64_t votes[3] = {failed != 0, !memory_ok, ck->rank == 0 ? (int64_t)new_run_id() : 0};
     if (comm_allreduce(world, votes, 3, COMM_I64) != 0) {
         if (!failed)

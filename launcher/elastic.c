@@ -86,6 +86,9 @@ typedef struct {
     Grow grows[MAX_ATTEMPTS];
     int grow_count;
     int grow_world; /* the world asked for by a stop to grow, 0: none */
+    /* the newest memory checkpoint rank 0 said is on two hosts (-1: none):
+     * the survivors of one lost host still hold it, where the agent cannot look */
+    long memory_committed;
 } Agent;
 
 // ----------------------------------------------------------------------------
@@ -322,10 +325,14 @@ static void attribute_failure(Agent *agent, Attempt *a)
 // ----------------------------------------------------------------------------
 // planning an attempt
 
-static bool has_complete_checkpoint(const TrainPlan *plan)
+/* The newest checkpoint a relaunch can resume: the agent's own view of the
+ * tiers, or a replicated memory checkpoint the ranks reported (-1: none). */
+static long newest_checkpoint(const Agent *agent)
 {
+    const TrainPlan *plan = &agent->plan;
     CkptOptions ck = {.dir = plan->ckpt_dir, .memory_dir = plan->ckpt_memory_dir};
-    return plan->ckpt_dir[0] && ckpt_newest_complete(&ck) >= 0;
+    long seen = plan->ckpt_dir[0] ? (long)ckpt_newest_complete(&ck) : -1;
+    return seen > agent->memory_committed ? seen : agent->memory_committed;
 }
 
 /* The largest world of at most `alive` ranks (down to min_ranks) with a layout
@@ -359,7 +366,7 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
     snprintf(layout, len, "%dx%dx%d", attempt->dp, attempt->pp, attempt->sp);
     argv[n++] = "--layout";
     argv[n++] = layout;
-    attempt->resumed_flag = agent->attempt_count > 1 && has_complete_checkpoint(&agent->plan);
+    attempt->resumed_flag = agent->attempt_count > 1 && newest_checkpoint(agent) >= 0;
     if (attempt->resumed_flag) {
         argv[n++] = "--resume";
         argv[n++] = "latest";
@@ -603,9 +610,8 @@ static int raise_fence(const Agent *agent, int epoch)
 {
     if (!agent->plan.ckpt_dir[0])
         return 0;
-    CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
     char err[PATH_MAX + 512];
-    if (ckpt_fence_raise(agent->plan.ckpt_dir, epoch, ckpt_newest_complete(&ck), err,
+    if (ckpt_fence_raise(agent->plan.ckpt_dir, epoch, newest_checkpoint(agent), err,
                          sizeof(err)) == 0)
         return 0;
     fprintf(stderr, "phalanx run: cannot fence off earlier attempts: %s\n", err);
@@ -624,6 +630,9 @@ static void on_job_event(void *context, const char *event, long step, double at)
     } else if (strcmp(event, "step") == 0) {
         a->last_step_at = at;
         fire_due_host_faults(agent, step);
+    } else if (strcmp(event, "committed") == 0) {
+        if (step > agent->memory_committed)
+            agent->memory_committed = step;
     } else if (strcmp(event, "resumed") == 0) {
         a->resumed_at = at;
         a->resumed_step = step;
@@ -1096,6 +1105,7 @@ int elastic_run(Job *job, const ElasticOptions *options)
     agent.train_argc = job->plan.train_argc;
     agent.nodes_alive = job->plan.ranks / options->ranks_per_node;
     agent.outcome = "completed";
+    agent.memory_committed = -1;
     agent.t0 = job_now();
     agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : job->plan.ranks;
     pool_init(&agent);

@@ -345,6 +345,10 @@ static void handle_message(Job *job, JobClient *client, const ProtocolMessage *m
         job->failure.fault_at = client->last_seen;
         client->faulted = true;
         break;
+    case PROTOCOL_COMMITTED:
+        if (job->on_event)
+            job->on_event(job->event_context, "committed", m->step, client->last_seen);
+        break;
     case PROTOCOL_RESUMED:
         protocol_sanitize_text(m->text, m->text_length, job->resumed_path,
                                sizeof(job->resumed_path));

@@ -153,11 +153,23 @@ static int parse_resumed(Cursor *c, ProtocolMessage *m, char *err, size_t err_le
     return parse_step_and_text(c, m, "resumed", err, err_len);
 }
 
-static int parse_step(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
+/* STEP alone. */
+static int parse_step_only(Cursor *c, ProtocolMessage *m, const char *what, char *err,
+                           size_t err_len)
 {
     if (!read_long(c, 0, LONG_MAX, &m->step) || !at_end(c))
-        return failed(err, err_len, "step", "STEP is not a number in [0, 2^63)");
+        return failed(err, err_len, what, "STEP is not a number in [0, 2^63)");
     return 0;
+}
+
+static int parse_step(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
+{
+    return parse_step_only(c, m, "step", err, err_len);
+}
+
+static int parse_committed(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
+{
+    return parse_step_only(c, m, "committed", err, err_len);
 }
 
 static int parse_log(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
@@ -218,6 +230,7 @@ static const struct {
     {"log", PROTOCOL_LOG, parse_log},          {"done", PROTOCOL_DONE, parse_done},
     {"beat", PROTOCOL_BEAT, parse_beat},       {"fault", PROTOCOL_FAULT, parse_fault},
     {"resumed", PROTOCOL_RESUMED, parse_resumed}, {"probe", PROTOCOL_PROBE, parse_probe},
+    {"committed", PROTOCOL_COMMITTED, parse_committed},
 };
 
 int protocol_parse(const char *line, size_t length, ProtocolMessage *out, char *err,

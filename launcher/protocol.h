@@ -36,6 +36,8 @@ typedef enum {
     PROTOCOL_RESUMED,  /* resumed STEP PATH                 path in text */
     PROTOCOL_PROBE,    /* probe NODE: `phalanx probe` on a host the elastic agent
                           wants back; said instead of a hello, after auth */
+    PROTOCOL_COMMITTED, /* committed STEP: rank 0, the memory checkpoint of step STEP
+                           is held by its own host and a buddy host */
 } ProtocolKind;
 
 typedef struct {

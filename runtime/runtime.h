@@ -83,6 +83,8 @@ int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **
  *                      beat RANK STEP            (training progress, at most every 0.5 s)
  *                      fault KIND RANK STEP      (an injected crash or hang fires now)
  *                      resumed STEP PATH         (rank 0: the checkpoint it resumed)
+ *                      committed STEP            (rank 0, tier 1 replicated: the memory
+ *                                                   checkpoint of STEP is on two hosts)
  *   probe -> launcher  probe NODE                (after auth, instead of a hello:
  *                                                   `phalanx probe` on a host the elastic
  *                                                   agent wants back; then closed)

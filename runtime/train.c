@@ -922,6 +922,19 @@ static double run_progress(const Trainer *t)
 }
 
 /* `elapsed` seconds took this process from progress `began` to now. */
+/* Rank 0 tells the launcher the newest memory checkpoint that is on two
+ * hosts: after a host loss only the survivors' memory holds it, which the
+ * launcher cannot see, and it must relaunch with --resume latest. */
+static void announce_replicated_commit(Trainer *t)
+{
+    if (!t->ckpt || !ckpt_stats(t->ckpt).replicated)
+        return;
+    long tier2, tier1;
+    snapshot_committed(t, &tier2, &tier1);
+    if (tier1 >= 0)
+        channel_send(&t->channel, "committed %ld", tier1);
+}
+
 static void print_progress(Trainer *t, const StepReport *r, double elapsed, double began)
 {
     char line[512], ckpt[64];
@@ -1143,8 +1156,10 @@ static int run_training(Trainer *t)
         if (t->rank == 0)
             write_metrics(t, &report);
         print_progress(t, &report, now_seconds() - start, began);
-        if (t->rank == 0) /* even under --quiet: the launcher's timeline */
+        if (t->rank == 0) { /* even under --quiet: the launcher's timeline */
             channel_send(&t->channel, "step %ld", report.step);
+            announce_replicated_commit(t);
+        }
         channel_beat(&t->channel, t->steps_done);
         if (report.stop)
             break;

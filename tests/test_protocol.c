@@ -85,6 +85,22 @@ static void test_probe_names_its_node_and_nothing_else(void **state)
     }
 }
 
+static void test_committed_names_one_step_and_nothing_else(void **state)
+{
+    (void)state;
+    ProtocolMessage m;
+    assert_int_equal(parse("committed 11", &m), 0);
+    assert_int_equal(m.kind, PROTOCOL_COMMITTED);
+    assert_int_equal(m.step, 11);
+    const char *bad[] = {"committed", "committed ", "committed 11 12", "committed -1",
+                         "committed  11", "committed 1x", "committed 99999999999999999999"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "committed"));
+    }
+}
+
 static void test_every_keyword(void **state)
 {
     (void)state;
@@ -236,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_sanitize_never_overflows),
         cmocka_unit_test(test_step_of_job),
         cmocka_unit_test(test_probe_names_its_node_and_nothing_else),
+        cmocka_unit_test(test_committed_names_one_step_and_nothing_else),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
