@@ -36,6 +36,10 @@ typedef struct {
     char cause_host[64];
     double last_step_at; /* when rank 0 completed last_step (its throughput) */
     bool grown;          /* it ended by the agent's stop, to grow */
+    /* replication of tier 1 (rank 0's committed lines): the newest memory
+     * checkpoint on two hosts (0: none) and how many steps it trailed the
+     * step rank 0 had completed, at most */
+    long step_heard, replicated_step, replication_lag_max;
 } Attempt;
 
 /* A host the job may use (the host list's, or a Slurm node left out). */
@@ -629,10 +633,14 @@ static void on_job_event(void *context, const char *event, long step, double at)
         a->first_step = step;
     } else if (strcmp(event, "step") == 0) {
         a->last_step_at = at;
+        a->step_heard = step;
         fire_due_host_faults(agent, step);
     } else if (strcmp(event, "committed") == 0) {
         if (step > agent->memory_committed)
             agent->memory_committed = step;
+        a->replicated_step = step;
+        if (a->step_heard - step > a->replication_lag_max)
+            a->replication_lag_max = a->step_heard - step;
     } else if (strcmp(event, "resumed") == 0) {
         a->resumed_at = at;
         a->resumed_step = step;
@@ -803,6 +811,9 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
         fprintf(out, ", \"steps_per_s\": %.3f", rate);
     if (a->grown)
         fprintf(out, ", \"ended_by\": \"grow\"");
+    if (a->replicated_step > 0)
+        fprintf(out, ", \"replicated_step\": %ld, \"replication_lag_max\": %ld",
+                a->replicated_step, a->replication_lag_max);
     const JobFailure *f = &a->failure;
     if (f->kind != FAILURE_NONE) {
         fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": ",

@@ -54,11 +54,13 @@ def test_a_lost_host_is_recovered_from_the_buddies_memory(phalanx, corpus, refer
     r, report = drill(phalanx, cluster, tmp_path, corpus, [f"poweroff:h2@{FAULT_STEP}"],
                       *MEMORY)
     assert r.returncode == 0, r.stdout + r.stderr
-    second = report["attempts"][1]
+    first, second = report["attempts"]
     assert second["resumed_tier"] == "memory", second
-    # the fault fires once the launcher hears of step FAULT_STEP; the ranks may run a step or
-    # two further before h2 is gone: at most the step before the fault is lost
-    assert second["resumed_step"] >= FAULT_STEP - 1, second
+    # every memory checkpoint the ranks reported on two hosts before the fault is recovered
+    # (a commit not yet reported is fenced off); idle, that is step 11 or 12, but on a loaded
+    # machine replication may trail the training by a few steps (replication_lag_max)
+    assert second["resumed_step"] == first["replicated_step"], (first, second, r.stderr)
+    assert second["resumed_step"] >= FAULT_STEP - 1 - first["replication_lag_max"], first
     # h2's shard came from h3's memory (its buddy copy), over the network to h1's rank
     line = next(x for x in r.stderr.splitlines() if "from memory (tier 1" in x)
     network = int(line.split(" bytes over the network")[0].rsplit(" ", 1)[1])
@@ -163,26 +165,24 @@ def test_a_host_and_its_buddy_powered_off_at_once_fall_back_to_the_durable_tier(
     assert_fell_back_because_both_copies_are_gone(r, report, reference, tmp_path, world=1)
 
 
-@pytest.mark.skip(reason="issue 18 unfinished: with replication on under a 20 Mbit/s link "
-                  "this run did not finish within the hang guard (not yet diagnosed)")
-def test_under_a_slow_link_a_committed_memory_checkpoint_has_every_buddy_copy(
+def test_under_a_slow_link_replication_lags_and_the_run_finishes(
         phalanx, corpus, reference, netcluster_factory, tmp_path):
-    """h2's link at 20 Mbit/s: replication lags (the metrics' ckpt_committed trails the
-    step: the lag is in every row); the run finishes."""
+    """h2's link at 20 Mbit/s: replication may trail the training (the metrics' ckpt_committed
+    and the report's replication_lag_max say by how much; nothing asserts a duration); the
+    run finishes as the fault-free one and its last checkpoint is durable."""
     cluster = netcluster_factory(hosts=3)
     assert cluster.command("slowlink", "h2", "20mbit").returncode == 0
-    out = tmp_path
-    train = train_args(corpus, out, "--dp", 3, "--steps", 6, "--ckpt-dir", out / "ckpt",
-                       "--ckpt-every", 1, "--ckpt-durable-every", 1000, "--ckpt-keep", 10,
-                       "--ckpt-replicate", "on")
-    r = run([phalanx, "run", "-n", 3, "--hostfile", cluster.hostfile, "--", *train],
-            env=cluster.env(), timeout=HANG_GUARD_S)
+    r, report = drill(phalanx, cluster, tmp_path, corpus, [], *MEMORY)
     assert r.returncode == 0, r.stdout + r.stderr
-    lags = [x["step"] - x["ckpt_committed"][0] for x in rows(out) if "ckpt_committed" in x]
-    assert lags and min(lags) >= 0, lags
+    attempt, = report["attempts"]
+    assert 1 <= attempt["replicated_step"] <= STEPS and attempt["replication_lag_max"] >= 0, \
+        attempt
+    lags = [x["step"] - x["ckpt_committed"][0] for x in rows(tmp_path)]
+    assert min(lags) >= 0, lags  # a memory checkpoint is never ahead of the training
+    assert_like_the_reference(tmp_path, report, reference)
     # the last checkpoint reached the durable tier whatever --ckpt-durable-every says
-    assert (out / "ckpt" / "step_00000006.e0" / "index.h5").exists() or \
-        (out / "ckpt" / "step_00000006" / "index.h5").exists(), list((out / "ckpt").iterdir())
+    assert list(tmp_path.glob(f"ckpt/step_{STEPS:08d}*/index.h5")), \
+        list((tmp_path / "ckpt").iterdir())
 
 
 def test_durable_every_sends_only_its_multiples_and_the_last_to_the_durable_tier(
