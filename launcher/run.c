@@ -309,10 +309,12 @@ int drill_main(int argc, char **argv)
 int probe_main(int argc, char **argv)
 {
     if (argc > 1) {
-        fprintf(stderr, "usage: phalanx probe (no options)\n\nStarted by the elastic agent of "
-                        "`phalanx run` on a host it wants back: reaches the agent's channel\n"
-                        "($PHALANX_CHANNEL), authenticates and names this host.\n");
-        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+        bool help = strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0;
+        fprintf(help ? stdout : stderr,
+                "usage: phalanx probe (no options)\n\nStarted by the elastic agent of "
+                "`phalanx run` on a host it wants back: reaches the agent's channel\n"
+                "($PHALANX_CHANNEL), authenticates and names this host.\n");
+        return help ? 0 : 2;
     }
     char err[512];
     if (channel_probe(err, sizeof(err)) != 0) {
