@@ -540,18 +540,23 @@ static const JobClient *unreachable_rank(const Job *job)
     return NULL;
 }
 
+/* A host that stopped acknowledging is lost whatever the heartbeat timeout:
+ * its kernel, not its ranks, is silent (a rank that waits on a slow peer
+ * still has a kernel that acknowledges), so it is told at once, and a long
+ * --heartbeat-timeout for slow steps does not delay the recovery of a host. */
 static void check_heartbeats(Job *job, double now)
 {
     if (!job->detect || !job->ready || job->failure.kind != FAILURE_NONE)
         return;
+    const JobClient *lost = unreachable_rank(job);
+    if (lost) {
+        fail(job, FAILURE_UNREACHABLE, lost, "host unreachable");
+        return;
+    }
     for (int i = 0; i < job->client_count; i++) {
         const JobClient *c = &job->clients[i];
         if (c->rank >= 0 && !c->done && now - c->last_seen > job->heartbeat_timeout) {
-            const JobClient *lost = unreachable_rank(job);
-            if (lost)
-                fail(job, FAILURE_UNREACHABLE, lost, "host unreachable");
-            else
-                fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
+            fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
             return;
         }
     }

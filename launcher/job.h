@@ -16,11 +16,12 @@
  * seconds has hung (ranks beat while the training thread makes progress);
  * the hung rank is the one that announced an injected fault, else one whose
  * process is stopped (on this host), else unknown (rank -1: every rank
- * waited on a peer, and none can be blamed). Before a silence is called a
- * hang, the kernel is asked which hosts still acknowledge the pings: a rank
- * whose connection has had a ping unacknowledged for UNREACHABLE_SECONDS is
- * on a host that is partitioned or off (FAILURE_UNREACHABLE). A rank blocked
- * in a collective is silent but its kernel still acknowledges, so this tells
+ * waited on a peer, and none can be blamed). At every check, before any
+ * silence is judged, the kernel is asked which hosts still acknowledge the
+ * pings: a rank whose connection has had a ping unacknowledged for
+ * UNREACHABLE_SECONDS is on a host that is partitioned or off
+ * (FAILURE_UNREACHABLE), whatever `heartbeat_timeout` is. A rank blocked in
+ * a collective is silent but its kernel still acknowledges, so this tells
  * the lost host from its waiting peers.
  * Either way the job is killed at once (SIGKILL to its process group: the
  * state that matters is in checkpoints) and JobFailure says who and when.

@@ -186,9 +186,13 @@ def test_slow_rank_slows_the_run_without_a_failure(phalanx, corpus, reference, t
     ran is the drill report's figure (its timeline), not something to assert
     on a loaded host."""
     steps = 6
+    # Every rank waits for the slowed one and beats only as it progresses, so a
+    # delay longer than --heartbeat-timeout is a hang by definition; on a loaded
+    # host 6 steps' time can pass 3 s, hence a timeout that only a hang reaches.
     result, report = drill(phalanx, tmp_path, 4, ["slow:3*6"],
                            *train_args(corpus, tmp_path, "--dp", 2, "--pp", 2,
-                                       "--train-samples", STEPS * 24, steps=steps))
+                                       "--train-samples", STEPS * 24, steps=steps),
+                           launcher=["--heartbeat-timeout", 60])
     assert result.returncode == 0, result.stderr
     assert report["outcome"] == "completed" and report["restarts"] == 0, report
     assert not report["recoveries"] and "failure" not in report["attempts"][0]

@@ -22,9 +22,12 @@ MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--s
 GLOBAL_BATCH = 12
 STEPS = 300
 HANG_GUARD_S = 400  # only catches a hang
-# Attempt 1 lasts long enough for the probes: its steps take 10 times as long (several
-# seconds in all); a slowed step stays far below --heartbeat-timeout (a silent rank has hung).
-SLOW_SURVIVORS = "slow:0*10#1"
+# Attempt 1 lasts long enough for the probes: its steps take 50 times as long (a minute or
+# more in all, while a grow needs a few probes); a slowed step stays far below
+# --heartbeat-timeout (a silent rank has hung), and a lost host is told by its unacknowledged
+# pings whatever that timeout is.
+SLOW_SURVIVORS = "slow:0*50#1"
+HEARTBEAT_TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def drill(phalanx, cluster, out, ranks, events, *launcher, train, worker=None):
     # a probe of a host that is off gives up when the rsh agent does (default 10 s)
     env = dict(cluster.env(), NETCLUSTER_RSH_TIMEOUT="2")
     r = run([phalanx, "drill", "-n", ranks, "--hostfile", cluster.hostfile,
-             "--heartbeat-timeout", 3, "--rejoin-every", 0.5, "--fault-command", fault, *inject,
+             "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S, "--rejoin-every", 0.5, "--fault-command", fault, *inject,
              "--report", out / "report.json", *extra, *launcher, "--", *train],
             env=env, timeout=HANG_GUARD_S)
     report = json.loads((out / "report.json").read_text()) \
