@@ -1,5 +1,6 @@
 /* Token shards, windows and the keyed sampler (see data.h). */
 #include "data.h"
+#include "util.h"
 
 #include "rng.h"
 
@@ -24,15 +25,6 @@
 #define HEADER_BYTES (SHARD_HEADER_INTS * sizeof(int32_t))
 #define PREPARE_HINT "make one with `phalanx data prepare`"
 
-static int fail(char *err, size_t err_len, const char *fmt, ...)
-{
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_len, fmt, args);
-    va_end(args);
-    return -1;
-}
-
 /* ---- opening ------------------------------------------------------------ */
 
 static void shard_unmap(TokenShard *shard)
@@ -48,22 +40,22 @@ static int check_header(const char *path, const int32_t *header, size_t size, ch
                         size_t err_len)
 {
     if (header[0] != SHARD_MAGIC)
-        return fail(err, err_len,
-                    "%s: bad magic %d (expected %d): not a Phalanx/llm.c token shard; "
-                    PREPARE_HINT, path, header[0], SHARD_MAGIC);
+        return util_fail(err, err_len,
+                         "%s: bad magic %d (expected %d): not a Phalanx/llm.c token shard; "
+                         PREPARE_HINT, path, header[0], SHARD_MAGIC);
     if (header[1] != SHARD_VERSION)
-        return fail(err, err_len,
-                    "%s: unsupported shard version %d (expected %d, uint16 tokens); "
-                    "convert it or " PREPARE_HINT, path, header[1], SHARD_VERSION);
+        return util_fail(err, err_len,
+                         "%s: unsupported shard version %d (expected %d, uint16 tokens); "
+                         "convert it or " PREPARE_HINT, path, header[1], SHARD_VERSION);
     if (header[2] < 0)
-        return fail(err, err_len, "%s: negative token count %d in the header: the file is "
-                    "corrupt; " PREPARE_HINT " again", path, header[2]);
+        return util_fail(err, err_len, "%s: negative token count %d in the header: the file is "
+                         "corrupt; " PREPARE_HINT " again", path, header[2]);
     size_t expected = HEADER_BYTES + 2 * (size_t)header[2];
     if (size != expected)
-        return fail(err, err_len,
-                    "%s: file is %zu bytes but its header promises %d tokens (%zu bytes): "
-                    "the file is truncated or was still being written; " PREPARE_HINT
-                    " again", path, size, header[2], expected);
+        return util_fail(err, err_len,
+                         "%s: file is %zu bytes but its header promises %d tokens (%zu bytes): "
+                         "the file is truncated or was still being written; " PREPARE_HINT
+                         " again", path, size, header[2], expected);
     return 0;
 }
 
@@ -72,26 +64,13 @@ static int check_tokens(const TokenShard *shard, int vocab, char *err, size_t er
 {
     for (size_t i = 0; i < shard->count; i++) {
         if (shard->tokens[i] >= vocab)
-            return fail(err, err_len,
-                        "%s: token %zu is %u, outside the vocabulary (vocab %d): the shard "
-                        "was made with another tokenizer; use a model with a larger vocab "
-                        "or " PREPARE_HINT, shard->path, i, (unsigned)shard->tokens[i],
-                        vocab);
+            return util_fail(err, err_len,
+                             "%s: token %zu is %u, outside the vocabulary (vocab %d): the shard "
+                             "was made with another tokenizer; use a model with a larger vocab "
+                             "or " PREPARE_HINT, shard->path, i, (unsigned)shard->tokens[i],
+                             vocab);
     }
     return 0;
-}
-
-static const char *file_kind(mode_t mode)
-{
-    if (S_ISDIR(mode))
-        return "a directory";
-    if (S_ISFIFO(mode))
-        return "a FIFO";
-    if (S_ISSOCK(mode))
-        return "a socket";
-    if (S_ISCHR(mode) || S_ISBLK(mode))
-        return "a device";
-    return "a special file";
 }
 
 static int shard_map(TokenShard *shard, const char *path, int vocab, char *err,
@@ -100,38 +79,38 @@ static int shard_map(TokenShard *shard, const char *path, int vocab, char *err,
     memset(shard, 0, sizeof(*shard));
     shard->path = strdup(path);
     if (!shard->path)
-        return fail(err, err_len, "%s: out of memory", path);
+        return util_fail(err, err_len, "%s: out of memory", path);
     /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer,
      * deaf to SIGTERM; fstat then refuses anything but a regular file. */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, err_len, "%s: cannot open: %s; check the path or " PREPARE_HINT,
-                    path, strerror(errno));
+        return util_fail(err, err_len, "%s: cannot open: %s; check the path or " PREPARE_HINT,
+                         path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int saved = errno;
         close(fd);
-        return fail(err, err_len, "%s: cannot stat: %s", path, strerror(saved));
+        return util_fail(err, err_len, "%s: cannot stat: %s", path, strerror(saved));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(err, err_len, "%s: not a regular file (%s); give a shard file, or a "
-                    "pattern such as DIR/train_*.bin for a directory of shards", path,
-                    file_kind(st.st_mode));
+        return util_fail(err, err_len, "%s: not a regular file (%s); give a shard file, or a "
+                         "pattern such as DIR/train_*.bin for a directory of shards", path,
+                         util_file_kind(st.st_mode));
     }
     size_t size = (size_t)st.st_size;
     if (size < HEADER_BYTES) {
         close(fd);
-        return fail(err, err_len,
-                    "%s: only %zu bytes, shorter than the %zu-byte shard header: the file is "
-                    "truncated or not a token shard; " PREPARE_HINT, path, size,
-                    (size_t)HEADER_BYTES);
+        return util_fail(err, err_len,
+                         "%s: only %zu bytes, shorter than the %zu-byte shard header: the file is "
+                         "truncated or not a token shard; " PREPARE_HINT, path, size,
+                         (size_t)HEADER_BYTES);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int saved = errno;
     close(fd); /* the mapping keeps the file alive */
     if (map == MAP_FAILED)
-        return fail(err, err_len, "%s: mmap failed: %s", path, strerror(saved));
+        return util_fail(err, err_len, "%s: mmap failed: %s", path, strerror(saved));
     shard->map = map;
     shard->map_size = size;
     int32_t header[SHARD_HEADER_INTS];
@@ -147,7 +126,7 @@ static int add_shard(TokenData *data, const char *path, int vocab, char *err, si
 {
     TokenShard *grown = realloc(data->shards, (data->shard_count + 1) * sizeof(*grown));
     if (!grown)
-        return fail(err, err_len, "%s: out of memory", path);
+        return util_fail(err, err_len, "%s: out of memory", path);
     data->shards = grown;
     TokenShard *shard = &data->shards[data->shard_count++];
     if (shard_map(shard, path, vocab, err, err_len) != 0)
@@ -169,11 +148,11 @@ static int add_item(TokenData *data, const char *item, int vocab, char *err, siz
     glob_t matches;
     int rc = glob(item, GLOB_ERR, NULL, &matches); /* glob(3) sorts by name */
     if (rc == GLOB_NOMATCH)
-        return fail(err, err_len, "%s: no files match this pattern; check the path or "
-                    PREPARE_HINT, item);
+        return util_fail(err, err_len, "%s: no files match this pattern; check the path or "
+                         PREPARE_HINT, item);
     if (rc != 0)
-        return fail(err, err_len, "%s: cannot expand the pattern (%s)", item,
-                    rc == GLOB_NOSPACE ? "out of memory" : "read error");
+        return util_fail(err, err_len, "%s: cannot expand the pattern (%s)", item,
+                         rc == GLOB_NOSPACE ? "out of memory" : "read error");
     int status = 0;
     for (size_t i = 0; i < matches.gl_pathc && status == 0; i++)
         status = add_shard(data, matches.gl_pathv[i], vocab, err, err_len);
@@ -191,8 +170,8 @@ static int open_items(TokenData *data, char *items, int vocab, char *err, size_t
             return -1;
     }
     if (!any)
-        return fail(err, err_len, "empty data spec: give shard paths or patterns, e.g. "
-                    "data/fortunes/train_*.bin");
+        return util_fail(err, err_len, "empty data spec: give shard paths or patterns, e.g. "
+                         "data/fortunes/train_*.bin");
     return 0;
 }
 
@@ -200,10 +179,10 @@ int tokendata_open(TokenData *data, const char *spec, int vocab, char *err, size
 {
     memset(data, 0, sizeof(*data));
     if (vocab <= 0)
-        return fail(err, err_len, "%s: vocab must be positive, got %d", spec, vocab);
+        return util_fail(err, err_len, "%s: vocab must be positive, got %d", spec, vocab);
     char *items = strdup(spec);
     if (!items)
-        return fail(err, err_len, "%s: out of memory", spec);
+        return util_fail(err, err_len, "%s: out of memory", spec);
     int status = open_items(data, items, vocab, err, err_len);
     free(items);
     if (status != 0)
@@ -357,17 +336,17 @@ int shard_write(const char *path, const uint16_t *tokens, size_t count, char *er
                 size_t err_len)
 {
     if (count > INT32_MAX)
-        return fail(err, err_len, "%s: %zu tokens do not fit one shard (at most %d); "
-                    "split them over several shards", path, count, INT32_MAX);
+        return util_fail(err, err_len, "%s: %zu tokens do not fit one shard (at most %d); "
+                         "split them over several shards", path, count, INT32_MAX);
     size_t tmp_len = strlen(path) + sizeof(".tmp");
     char *tmp = malloc(tmp_len);
     if (!tmp)
-        return fail(err, err_len, "%s: out of memory", path);
+        return util_fail(err, err_len, "%s: out of memory", path);
     snprintf(tmp, tmp_len, "%s.tmp", path);
     int status = -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fail(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
+        util_fail(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
     } else {
         int rc = write_file(fd, tokens, count);
         int saved = errno;
@@ -383,7 +362,7 @@ int shard_write(const char *path, const uint16_t *tokens, size_t count, char *er
             fsync_parent(path);
             status = 0;
         } else {
-            fail(err, err_len, "%s: cannot write: %s", path, strerror(saved));
+            util_fail(err, err_len, "%s: cannot write: %s", path, strerror(saved));
             unlink(tmp);
         }
     }

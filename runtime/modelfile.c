@@ -1,6 +1,7 @@
 /* Model files of other programs (contract in modelfile.h). Little-endian
  * hosts only, like the token shards: the formats are little-endian. */
 #include "modelfile.h"
+#include "util.h"
 
 #include "checkpoint.h"
 
@@ -23,15 +24,6 @@
 #define LLMC_TENSORS 16
 #define LLMC_VOCAB_MULTIPLE 128
 #define LAYER_TENSORS 12
-
-static int fail(char *err, size_t err_len, const char *fmt, ...)
-{
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_len, fmt, args);
-    va_end(args);
-    return -1;
-}
 
 const char *modelfile_format_name(ModelFormat format)
 {
@@ -155,9 +147,9 @@ static int read_at(ModelSource *s, uint64_t offset, void *out, size_t bytes, cha
 {
     if (offset + bytes > s->size || fseeko(s->file, (off_t)offset, SEEK_SET) != 0 ||
         fread(out, 1, bytes, s->file) != bytes)
-        return fail(err, err_len, "%s: cannot read %zu bytes at offset %" PRIu64
-                                  " (the file has %" PRIu64 "): truncated?",
-                    s->path, bytes, offset, s->size);
+        return util_fail(err, err_len, "%s: cannot read %zu bytes at offset %" PRIu64
+                                       " (the file has %" PRIu64 "): truncated?",
+                         s->path, bytes, offset, s->size);
     return 0;
 }
 
@@ -165,7 +157,7 @@ static int config_from(ModelSource *s, GPTConfig c, char *err, size_t err_len)
 {
     char why[256];
     if (gpt_config_check(&c, why, sizeof(why)) != 0)
-        return fail(err, err_len, "%s: a model Phalanx cannot hold: %s", s->path, why);
+        return util_fail(err, err_len, "%s: a model Phalanx cannot hold: %s", s->path, why);
     s->config = c;
     return 0;
 }
@@ -199,28 +191,28 @@ static int llmc_open(ModelSource *s, char *err, size_t err_len)
 {
     int32_t h[LLMC_HEADER_INTS];
     if (s->size < sizeof(h))
-        return fail(err, err_len, "%s: truncated llm.c model file: %" PRIu64 " bytes, shorter "
-                                  "than its 1024-byte header", s->path, s->size);
+        return util_fail(err, err_len, "%s: truncated llm.c model file: %" PRIu64 " bytes, shorter "
+                                       "than its 1024-byte header", s->path, s->size);
     if (read_at(s, 0, h, sizeof(h), err, err_len))
         return -1;
     if (h[1] != LLMC_MODEL_VERSION)
-        return fail(err, err_len, "%s: llm.c model file version %d: Phalanx reads version 3 "
-                                  "(fp32, padded vocabulary); write one with llm.c's fp32 "
-                                  "export or `phalanx export --format llmc`", s->path, h[1]);
+        return util_fail(err, err_len, "%s: llm.c model file version %d: Phalanx reads version 3 "
+                                       "(fp32, padded vocabulary); write one with llm.c's fp32 "
+                                       "export or `phalanx export --format llmc`", s->path, h[1]);
     GPTConfig c = {.seq_len = h[2], .vocab = h[3], .layers = h[4], .heads = h[5], .dim = h[6]};
     if (h[7] < h[3] || h[7] > h[3] + 4096)
-        return fail(err, err_len, "%s: llm.c header: padded vocabulary %d for vocabulary %d "
-                                  "(it must be at least the vocabulary): a damaged file",
-                    s->path, h[7], h[3]);
+        return util_fail(err, err_len, "%s: llm.c header: padded vocabulary %d for vocabulary %d "
+                                       "(it must be at least the vocabulary): a damaged file",
+                         s->path, h[7], h[3]);
     if (config_from(s, c, err, err_len))
         return -1;
     s->file_vocab_rows = h[7];
     uint64_t expect = llmc_offset(&c, h[7], LLMC_TENSORS);
     if (s->size != expect)
-        return fail(err, err_len, "%s: llm.c model file of %" PRIu64 " bytes, but its header "
-                                  "(vocab %d, layers %d, channels %d, max_seq_len %d) needs %"
-                                  PRIu64 ": %s", s->path, s->size, c.vocab, c.layers, c.dim,
-                    c.seq_len, expect, s->size < expect ? "truncated" : "trailing bytes");
+        return util_fail(err, err_len, "%s: llm.c model file of %" PRIu64 " bytes, but its header "
+                                       "(vocab %d, layers %d, channels %d, max_seq_len %d) needs %"
+                                       PRIu64 ": %s", s->path, s->size, c.vocab, c.layers, c.dim,
+                         c.seq_len, expect, s->size < expect ? "truncated" : "trailing bytes");
     return 0;
 }
 
@@ -272,31 +264,32 @@ static int check_entry(const ModelSource *s, const char *name, json_t *entry, ui
     if (!bytes || !json_is_array(shape) || !json_is_array(offsets) ||
         json_array_size(offsets) != 2 || !json_is_integer(json_array_get(offsets, 0)) ||
         !json_is_integer(json_array_get(offsets, 1)))
-        return fail(err, err_len, "%s: safetensors header: tensor '%s' lacks a known dtype, a "
-                                  "shape or two data_offsets", s->path, name);
+        return util_fail(err, err_len, "%s: safetensors header: tensor '%s' lacks a known dtype, a "
+                                       "shape or two data_offsets", s->path, name);
     uint64_t numel = 1;
     for (size_t i = 0; i < json_array_size(shape); i++) {
         json_t *dim = json_array_get(shape, i);
         if (!json_is_integer(dim) || json_integer_value(dim) < 0 ||
             json_integer_value(dim) > (1LL << 40))
-            return fail(err, err_len, "%s: safetensors header: tensor '%s' has a bad shape",
-                        s->path, name);
+            return util_fail(err, err_len, "%s: safetensors header: tensor '%s' has a bad shape",
+                             s->path, name);
         numel *= (uint64_t)json_integer_value(dim);
         if (numel > (1ULL << 40))
-            return fail(err, err_len, "%s: safetensors header: tensor '%s' is too large",
-                        s->path, name);
+            return util_fail(err, err_len, "%s: safetensors header: tensor '%s' is too large",
+                             s->path, name);
     }
     json_int_t begin = json_integer_value(json_array_get(offsets, 0));
     json_int_t end = json_integer_value(json_array_get(offsets, 1));
     if (begin < 0 || end < begin || (uint64_t)end > data)
-        return fail(err, err_len, "%s: safetensors header: tensor '%s' has data_offsets [%lld, "
-                                  "%lld] outside the %" PRIu64 " data bytes of the file "
-                                  "(truncated, or a header that lies)",
-                    s->path, name, (long long)begin, (long long)end, data);
+        return util_fail(err, err_len,
+                         "%s: safetensors header: tensor '%s' has data_offsets [%lld, %lld] "
+                         "outside the %" PRIu64 " data bytes of the file (truncated, or a "
+                         "header that lies)",
+                         s->path, name, (long long)begin, (long long)end, data);
     if ((uint64_t)(end - begin) != numel * bytes)
-        return fail(err, err_len, "%s: safetensors header: tensor '%s' spans %lld bytes, but "
-                                  "its shape and dtype need %" PRIu64,
-                    s->path, name, (long long)(end - begin), numel * bytes);
+        return util_fail(err, err_len, "%s: safetensors header: tensor '%s' spans %lld bytes, but "
+                                       "its shape and dtype need %" PRIu64,
+                         s->path, name, (long long)(end - begin), numel * bytes);
     *range = (ByteRange){(uint64_t)begin, (uint64_t)end, name};
     return 0;
 }
@@ -307,7 +300,7 @@ static int check_header(const ModelSource *s, uint64_t data, char *err, size_t e
     size_t count = json_object_size(s->header);
     ByteRange *ranges = calloc(count ? count : 1, sizeof(ByteRange));
     if (!ranges)
-        return fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     size_t used = 0;
     const char *name;
     json_t *entry;
@@ -318,8 +311,8 @@ static int check_header(const ModelSource *s, uint64_t data, char *err, size_t e
         if (!json_is_object(entry) ||
             check_entry(s, name, entry, data, &ranges[used++], err, err_len)) {
             if (!json_is_object(entry))
-                fail(err, err_len, "%s: safetensors header: '%s' is not a tensor entry",
-                     s->path, name);
+                util_fail(err, err_len, "%s: safetensors header: '%s' is not a tensor entry",
+                          s->path, name);
             status = -1;
             break;
         }
@@ -327,9 +320,9 @@ static int check_header(const ModelSource *s, uint64_t data, char *err, size_t e
     qsort(ranges, used, sizeof(ByteRange), by_begin);
     for (size_t i = 1; status == 0 && i < used; i++)
         if (ranges[i].begin < ranges[i - 1].end)
-            status = fail(err, err_len, "%s: safetensors header: tensors '%s' and '%s' "
-                                        "overlap: a header that lies about offsets",
-                          s->path, ranges[i - 1].name, ranges[i].name);
+            status = util_fail(err, err_len, "%s: safetensors header: tensors '%s' and '%s' "
+                                             "overlap: a header that lies about offsets",
+                               s->path, ranges[i - 1].name, ranges[i].name);
     free(ranges);
     return status;
 }
@@ -360,9 +353,9 @@ static int safetensors_heads(const ModelSource *s, char *err, size_t err_len)
     int heads = (int)json_integer_value(json_object_get(root, "n_head"));
     json_decref(root);
     if (heads <= 0)
-        fail(err, err_len, "%s: the head count is in neither the file's metadata (n_head) nor "
-                           "a config.json beside it; put GPT-2's config.json next to the file",
-             s->path);
+        util_fail(err, err_len, "%s: the head count is in neither the file's metadata (n_head) nor "
+                                "a config.json beside it; put GPT-2's config.json next to the file",
+                  s->path);
     return heads;
 }
 
@@ -371,9 +364,9 @@ static int safetensors_config(ModelSource *s, char *err, size_t err_len)
     json_t *wte = tensor_entry(s, "transformer.wte.weight");
     json_t *wpe = tensor_entry(s, "transformer.wpe.weight");
     if (!wte || !wpe)
-        return fail(err, err_len, "%s: safetensors file without transformer.wte.weight and "
-                                  "transformer.wpe.weight: not a Hugging Face GPT-2 model",
-                    s->path);
+        return util_fail(err, err_len, "%s: safetensors file without transformer.wte.weight and "
+                                       "transformer.wpe.weight: not a Hugging Face GPT-2 model",
+                         s->path);
     GPTConfig c = {.vocab = entry_dim(wte, 0), .dim = entry_dim(wte, 1),
                    .seq_len = entry_dim(wpe, 0)};
     char name[96];
@@ -391,15 +384,15 @@ static int safetensors_open(ModelSource *s, uint64_t header_len, char *err, size
 {
     char *text = malloc(header_len);
     if (!text)
-        return fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     int status = read_at(s, 8, text, header_len, err, err_len);
     json_error_t jerr;
     if (status == 0 && !(s->header = json_loadb(text, header_len, JSON_REJECT_DUPLICATES, &jerr)))
-        status = fail(err, err_len, "%s: safetensors header is not valid JSON: %s", s->path,
-                      jerr.text);
+        status = util_fail(err, err_len, "%s: safetensors header is not valid JSON: %s", s->path,
+                           jerr.text);
     free(text);
     if (status == 0 && !json_is_object(s->header))
-        status = fail(err, err_len, "%s: safetensors header is not a JSON object", s->path);
+        status = util_fail(err, err_len, "%s: safetensors header is not a JSON object", s->path);
     if (status)
         return -1;
     s->data_start = 8 + header_len;
@@ -417,25 +410,26 @@ static int safetensors_read(ModelSource *s, const GPT *gpt, const ParamTensor *t
     int64_t shape[2];
     safetensors_shape(gpt, t, p, &ndim, shape);
     if (!entry)
-        return fail(err, err_len, "%s: tensor %s (our %s) is missing", s->path, p->hf, t->name);
+        return util_fail(err, err_len, "%s: tensor %s (our %s) is missing", s->path, p->hf,
+                         t->name);
     const char *dtype = json_string_value(json_object_get(entry, "dtype"));
     json_t *file_shape = json_object_get(entry, "shape");
     if (strcmp(dtype, "F32") != 0)
-        return fail(err, err_len, "%s: tensor %s is %s: Phalanx reads F32 (float32)", s->path,
-                    p->hf, dtype);
+        return util_fail(err, err_len, "%s: tensor %s is %s: Phalanx reads F32 (float32)", s->path,
+                         p->hf, dtype);
     if (json_array_size(file_shape) != (size_t)ndim || entry_dim(entry, 0) != shape[0] ||
         (ndim == 2 && entry_dim(entry, 1) != shape[1])) {
         char want[48];
         ckpt_shape_text(ndim, shape, want, sizeof(want));
-        return fail(err, err_len, "%s: tensor %s has shape [%d%s...], the model needs %s",
-                    s->path, p->hf, entry_dim(entry, 0), ndim == 2 ? ", " : "", want);
+        return util_fail(err, err_len, "%s: tensor %s has shape [%d%s...], the model needs %s",
+                         s->path, p->hf, entry_dim(entry, 0), ndim == 2 ? ", " : "", want);
     }
     size_t count = (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
     uint64_t begin = (uint64_t)json_integer_value(json_array_get(
         json_object_get(entry, "data_offsets"), 0));
     float *buffer = p->transposed ? malloc(count * sizeof(float)) : out;
     if (!buffer)
-        return fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     int status = read_at(s, s->data_start + begin, buffer, count * sizeof(float), err, err_len);
     if (p->transposed) { /* file [in, out] -> ours [out, in] */
         for (int64_t i = 0; i < shape[0]; i++)
@@ -468,14 +462,14 @@ static int source_open(ModelSource *s, const char *path, char *err, size_t err_l
     s->path = path;
     struct stat st;
     if (stat(path, &st) != 0)
-        return fail(err, err_len, "%s: %s", path, strerror(errno));
+        return util_fail(err, err_len, "%s: %s", path, strerror(errno));
     s->format = MODEL_CHECKPOINT;
     if (S_ISDIR(st.st_mode))
         return checkpoint_config(s, err, err_len);
     if (!S_ISREG(st.st_mode))
-        return fail(err, err_len, "%s: not a regular file", path);
+        return util_fail(err, err_len, "%s: not a regular file", path);
     if (!(s->file = fopen(path, "rb")))
-        return fail(err, err_len, "%s: %s", path, strerror(errno));
+        return util_fail(err, err_len, "%s: %s", path, strerror(errno));
     s->size = (uint64_t)st.st_size;
     unsigned char head[9] = {0};
     size_t got = fread(head, 1, sizeof(head), s->file);
@@ -494,14 +488,15 @@ static int source_open(ModelSource *s, const char *path, char *err, size_t err_l
     if (got == 9 && head[8] == '{' && header_len <= SAFETENSORS_HEADER_MAX) {
         s->format = MODEL_SAFETENSORS;
         if (8 + header_len > s->size)
-            return fail(err, err_len, "%s: truncated safetensors file: its header says %" PRIu64
-                                      " header bytes, the file has %" PRIu64 " in all",
-                        path, header_len, s->size);
+            return util_fail(err, err_len,
+                             "%s: truncated safetensors file: its header says %" PRIu64
+                             " header bytes, the file has %" PRIu64 " in all",
+                             path, header_len, s->size);
         return safetensors_open(s, header_len, err, err_len);
     }
-    return fail(err, err_len, "%s: not a model file Phalanx reads: neither a Phalanx "
-                              "checkpoint, a safetensors file nor an llm.c model file (magic "
-                              "%d)", path, LLMC_MODEL_MAGIC);
+    return util_fail(err, err_len, "%s: not a model file Phalanx reads: neither a Phalanx "
+                                   "checkpoint, a safetensors file nor an llm.c model file (magic "
+                                   "%d)", path, LLMC_MODEL_MAGIC);
 }
 
 int modelfile_probe(const char *path, ModelFormat *format, GPTConfig *config, char *err,
@@ -530,8 +525,8 @@ static int same_shape(const ModelSource *s, const GPTConfig *m, char *err, size_
     };
     for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++)
         if (dims[i].file != dims[i].model)
-            return fail(err, err_len, "%s has %s %d, the model has %s %d", s->path,
-                        dims[i].flag, dims[i].file, dims[i].flag, dims[i].model);
+            return util_fail(err, err_len, "%s has %s %d, the model has %s %d", s->path,
+                             dims[i].flag, dims[i].file, dims[i].flag, dims[i].model);
     return 0;
 }
 
@@ -540,7 +535,7 @@ static int load_checkpoint(ModelSource *s, const GPT *gpt, float *host, char *er
 {
     CkptTensor *tensors = calloc((size_t)gpt->tensor_count, sizeof(CkptTensor));
     if (!tensors)
-        return fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     for (int i = 0; i < gpt->tensor_count; i++) {
         const ParamTensor *t = &gpt->tensors[i];
         snprintf(tensors[i].name, sizeof(tensors[i].name), "%s", t->name);
@@ -566,8 +561,8 @@ static int load_tensors(ModelSource *s, const GPT *gpt, float *host, char *err, 
         const ParamTensor *t = &gpt->tensors[i];
         TensorPlace place;
         if (tensor_place(t->name, &place) != 0)
-            return fail(err, err_len, "tensor %s has no place in %s files", t->name,
-                        modelfile_format_name(s->format));
+            return util_fail(err, err_len, "tensor %s has no place in %s files", t->name,
+                             modelfile_format_name(s->format));
         float *out = host + t->offset;
         int status = s->format == MODEL_LLMC
                          ? llmc_read(s, gpt, t, &place, out, err, err_len)
@@ -589,13 +584,13 @@ int modelfile_load(const char *path, GPT *gpt, char *err, size_t err_len)
     size_t bytes = gpt->param_count * sizeof(float);
     float *host = dev->staged ? malloc(bytes) : gpt->params;
     int status = host ? load_tensors(&s, gpt, host, err, err_len)
-                      : fail(err, err_len, "out of memory");
+                      : util_fail(err, err_len, "out of memory");
     source_close(&s);
     if (status == 0) {
         dev->upload(gpt->params, host, bytes);
         if (dev->sync() != 0)
-            status = fail(err, err_len, "copying %s to the %s: %s", path, dev->name,
-                          dev->error());
+            status = util_fail(err, err_len, "copying %s to the %s: %s", path, dev->name,
+                               dev->error());
     }
     if (host != gpt->params)
         free(host);
@@ -734,11 +729,11 @@ static int write_atomically(const char *path, FileWriter write, const void *cont
 {
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path) >= (int)sizeof(tmp))
-        return fail(err, err_len, "%s: path too long", path);
+        return util_fail(err, err_len, "%s: path too long", path);
     int fd = mkstemp(tmp);
     if (fd < 0)
-        return fail(err, err_len, "%s: cannot create a file beside it: %s", path,
-                    strerror(errno));
+        return util_fail(err, err_len, "%s: cannot create a file beside it: %s", path,
+                         strerror(errno));
     mode_t mask = umask(0); /* a model file is as readable as any other new file */
     umask(mask);
     fchmod(fd, 0666 & ~mask);
@@ -752,7 +747,7 @@ static int write_atomically(const char *path, FileWriter write, const void *cont
         return 0;
     saved = status ? saved : errno;
     unlink(tmp);
-    return fail(err, err_len, "%s: writing failed: %s", path, strerror(saved));
+    return util_fail(err, err_len, "%s: writing failed: %s", path, strerror(saved));
 }
 
 static int write_safetensors_file(FILE *file, const void *gpt)
@@ -788,7 +783,7 @@ int modelfile_export(const GPT *gpt, ModelFormat format, const char *path, char 
     if (format == MODEL_LLMC)
         return write_atomically(path, write_llmc_file, gpt, err, err_len);
     if (format != MODEL_SAFETENSORS)
-        return fail(err, err_len, "export writes safetensors or llmc");
+        return util_fail(err, err_len, "export writes safetensors or llmc");
     return write_atomically(path, write_safetensors_file, gpt, err, err_len) ||
                    write_hf_config(path, &gpt->config, err, err_len)
                ? -1

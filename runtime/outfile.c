@@ -3,6 +3,7 @@
  * following a link, written with every error reported (outfile.h).
  */
 #include "outfile.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,33 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int fail(char *err, size_t err_len, const char *format, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t err_len, const char *format, ...)
-{
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, err_len, format, args);
-    va_end(args);
-    return -1;
-}
-
-static const char *kind_of(mode_t mode)
-{
-    if (S_ISLNK(mode))
-        return "a symbolic link";
-    if (S_ISFIFO(mode))
-        return "a FIFO";
-    if (S_ISDIR(mode))
-        return "a directory";
-    if (S_ISCHR(mode) || S_ISBLK(mode))
-        return "a device";
-    if (S_ISSOCK(mode))
-        return "a socket";
-    return "not a regular file";
-}
 
 /* The real path of the directory that would hold `path`; false when it does
  * not exist (the open then fails with a message of its own). */
@@ -77,10 +51,10 @@ static int check_place(const OutfilePolicy *policy, const char *path, char *err,
     for (int i = 0; i < 2; i++) {
         const char *forbidden = policy->forbidden[i];
         if (forbidden && *forbidden && realpath(forbidden, dir) && contains(dir, parent))
-            return fail(err, err_len,
-                        "%s '%s' is inside the checkpoint directory '%s', whose files the "
-                        "checkpoint writer prunes: write it elsewhere",
-                        policy->flag, path, forbidden);
+            return util_fail(err, err_len,
+                             "%s '%s' is inside the checkpoint directory '%s', whose files the "
+                             "checkpoint writer prunes: write it elsewhere",
+                             policy->flag, path, forbidden);
     }
     return 0;
 }
@@ -90,13 +64,13 @@ int outfile_check(const OutfilePolicy *policy, const char *path, char *err, size
     struct stat st;
     if (lstat(path, &st) == 0) {
         if (!S_ISREG(st.st_mode))
-            return fail(err, err_len, "%s '%s' is %s: name a regular file (or a new one)",
-                        policy->flag, path, kind_of(st.st_mode));
+            return util_fail(err, err_len, "%s '%s' is %s: name a regular file (or a new one)",
+                             policy->flag, path, util_file_kind(st.st_mode));
         if (policy->mode == OUTFILE_NEW)
-            return fail(err, err_len, "%s '%s' exists and would be overwritten: %s",
-                        policy->flag, path, policy->existing_hint);
+            return util_fail(err, err_len, "%s '%s' exists and would be overwritten: %s",
+                             policy->flag, path, policy->existing_hint);
     } else if (errno != ENOENT) {
-        return fail(err, err_len, "%s '%s': %s", policy->flag, path, strerror(errno));
+        return util_fail(err, err_len, "%s '%s': %s", policy->flag, path, strerror(errno));
     }
     return check_place(policy, path, err, err_len);
 }
@@ -117,21 +91,21 @@ FILE *outfile_open(const OutfilePolicy *policy, const char *path, char *err, siz
     bool exists = lstat(path, &st) == 0;
     int fd = open(path, open_flags(policy->mode, exists), 0644);
     if (fd < 0) {
-        fail(err, err_len, "%s: cannot write '%s': %s", policy->flag, path,
-             errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+        util_fail(err, err_len, "%s: cannot write '%s': %s", policy->flag, path,
+                  errno == ELOOP ? "it is a symbolic link" : strerror(errno));
         return NULL;
     }
     // what was opened is what is checked, whatever the name pointed to before
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fail(err, err_len, "%s '%s' is not a regular file: name a regular file", policy->flag,
-             path);
+        util_fail(err, err_len, "%s '%s' is not a regular file: name a regular file", policy->flag,
+                  path);
         close(fd);
         return NULL;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     FILE *file = fdopen(fd, policy->mode == OUTFILE_APPEND ? "a" : "w");
     if (!file) {
-        fail(err, err_len, "%s: cannot write '%s': %s", policy->flag, path, strerror(errno));
+        util_fail(err, err_len, "%s: cannot write '%s': %s", policy->flag, path, strerror(errno));
         close(fd);
     }
     return file;
@@ -142,8 +116,8 @@ int outfile_flush(FILE *file, const char *path, char *err, size_t err_len)
     // after an earlier failed write errno still tells why: nothing since has failed
     if (fflush(file) == 0 && !ferror(file))
         return 0;
-    return fail(err, err_len, "cannot write '%s': %s", path,
-                errno ? strerror(errno) : "a write failed");
+    return util_fail(err, err_len, "cannot write '%s': %s", path,
+                     errno ? strerror(errno) : "a write failed");
 }
 
 int outfile_close(FILE *file, const char *path, char *err, size_t err_len)
@@ -152,7 +126,8 @@ int outfile_close(FILE *file, const char *path, char *err, size_t err_len)
     int closed = fclose(file);
     if (flushed != 0)
         return -1;
-    return closed == 0 ? 0 : fail(err, err_len, "cannot write '%s': %s", path, strerror(errno));
+    return closed == 0 ? 0
+                       : util_fail(err, err_len, "cannot write '%s': %s", path, strerror(errno));
 }
 
 void outfile_json_number(FILE *file, const char *key, double value, int decimals)
