@@ -15,6 +15,27 @@
 #include <stdio.h>
 #include <string.h>
 
+#ifdef __SANITIZE_ADDRESS__
+/* The sanitizer build's defaults, for ranks that mpirun starts on another
+ * host: the remote shell passes no environment, so ASAN_OPTIONS set by
+ * scripts/test never reaches them. Open MPI's own allocations are never freed
+ * before exit, so leak checks would fail every rank; memory errors and
+ * undefined behaviour still stop it. An environment that sets the options
+ * wins over these. */
+const char *__asan_default_options(void);
+const char *__ubsan_default_options(void);
+
+const char *__asan_default_options(void)
+{
+    return "detect_leaks=0:abort_on_error=1";
+}
+
+const char *__ubsan_default_options(void)
+{
+    return "print_stacktrace=1:halt_on_error=1";
+}
+#endif
+
 static void usage(FILE *out)
 {
     fputs("usage: phalanx COMMAND [options]\n"
