@@ -14,6 +14,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = pathlib.Path(os.environ.get("PHALANX_BUILD", ROOT / "build")).resolve()
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cluster: drives emulated hosts (network namespaces, Slurm) or a build of its "
+        "own; scripts/test runs these on the release build only (-m 'not cluster' under the "
+        "sanitizers, whose checks of the same code the other tests make)")
+
+
 @pytest.fixture(scope="session")
 def build_dir():
     if not (BUILD / "launcher" / "phalanx").exists():

@@ -12,6 +12,8 @@ from conftest import ROOT, run
 from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
 from test_network import HANG_GUARD_S, committed, corpus, rows, train_args  # noqa: F401
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 STEPS, FAULT_STEP = 20, 12
 DURABLE = 5  # steps 5 and 10 reach the durable tier before the fault, 15 never does
 MEMORY = ["--ckpt-every", 1, "--ckpt-durable-every", 1000, "--ckpt-replicate", "on"]

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT, run
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 GPU_BUNDLE = ROOT / "scripts" / "gpu-bundle"
 needs_cuda_and_root = pytest.mark.skipif(
     os.geteuid() != 0 or not (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")),

@@ -17,6 +17,8 @@ from conftest import run
 from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
 from shards import structured_text, text_tokens, write_shard
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
          "--micro-batch", "2", "--threads", "1", "--quiet"]
 GLOBAL_BATCH = 12

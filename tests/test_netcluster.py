@@ -11,6 +11,8 @@ import pytest
 from netcluster import (NETCLUSTER, STATE_ROOT, netcluster, netcluster_factory,  # noqa: F401
                         parse_up, unique_name)
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 # Connects to ADDRESS:PORT with a short timeout. "open": a listener answered;
 # "refused": the host answered (nothing listens); "unreachable": no answer.
 PROBE = """

@@ -22,6 +22,8 @@ from runs import assert_same_run
 from shards import structured_text, text_tokens, write_shard
 from test_inputs import processes_naming
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
          "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
 STEPS, HALF = 6, 3

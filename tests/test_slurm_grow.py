@@ -17,6 +17,8 @@ from conftest import run
 from shards import structured_text, text_tokens, write_shard
 from slurm_cluster import slurm_factory  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
          "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
 STEPS = 300

@@ -21,6 +21,8 @@ from conftest import ROOT, run
 from shards import structured_text, text_tokens, write_shard
 from slurm_cluster import slurm_factory  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
+
 MODEL = "--layers 2 --heads 2 --dim 32 --seq-len 16 --micro-batch 2 --global-batch 12"
 EXTRA = "--seed 5 --threads 1 --quiet --dp 3"
 GLOBAL_BATCH = 12
