@@ -72,7 +72,7 @@ def test_a_node_whose_slurmd_returns_rejoins_and_the_run_grows_back(
     # rank 0 of the survivors sleeps 9 step times after each step (no CPU): their attempt
     # outlasts the slurmd restart and two probes
     cmd = ["salloc", "-N", 3, "--no-kill", phalanx, "run", "-n", 3, "--elastic",
-           "--ranks-per-node", 1, "--heartbeat-timeout", 5, "--rejoin-every", 1,
+           "--ranks-per-node", 1, "--heartbeat-timeout", 30, "--rejoin-every", 1,
            "--inject", "slow:0*10#1", "--report", out / "report.json", "--",
            *train_args(corpus, out), "--dp", 3]
     env = cluster.env({"OMPI_MCA_btl_tcp_if_include": "127.0.0.0/8"})

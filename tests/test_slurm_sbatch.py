@@ -78,7 +78,7 @@ def submit(cluster, phalanx, data, out, nodes, per_node, **settings):
         "OMPI_MCA_btl_tcp_if_include": "127.0.0.0/8",
         "PHALANX": str(phalanx), "DATA": str(data), "CKPT": str(out / "ckpt"),
         "STEPS": str(STEPS), "MODEL_ARGS": MODEL, "EXTRA_ARGS": EXTRA, "CKPT_EVERY": "1",
-        "HEARTBEAT_TIMEOUT": "5", "REJOIN_EVERY": "1", **settings})
+        "HEARTBEAT_TIMEOUT": "30", "REJOIN_EVERY": "1", **settings})
     r = cluster.run(["sbatch", "--parsable", "-N", nodes, "--ntasks-per-node", per_node,
                      "--chdir", out, "--output", out / "job-%j.out",
                      ROOT / "scripts" / "phalanx.sbatch"], env=env)
