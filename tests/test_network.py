@@ -159,10 +159,22 @@ def drill_reference(phalanx, corpus, tmp_path_factory):
     return rows(out)
 
 
+# With a fault: the fault command runs while training goes on, so attempt 0's rank 0 sleeps 19
+# step times after each step (no CPU) and the host is surely cut before the run could end; a
+# lost host is told by its unacknowledged pings, so the heartbeat timeout then only has to
+# outlast a slowed step.
+SLOW_FIRST_ATTEMPT = "slow:0*20#0"
+
+
 def network_drill(phalanx, cluster, out, events, *launcher, train):
     fault = f"{NETCLUSTER} {{kind}} {cluster.name} {{host}}"
+    if events:
+        events, heartbeat_timeout = [*events, SLOW_FIRST_ATTEMPT], 30
+    else:
+        heartbeat_timeout = 3
     inject = [a for e in events for a in ("--inject", e)]
-    r = run([phalanx, "drill", "-n", 3, "--hostfile", cluster.hostfile, "--heartbeat-timeout", 3,
+    r = run([phalanx, "drill", "-n", 3, "--hostfile", cluster.hostfile,
+             "--heartbeat-timeout", heartbeat_timeout,
              "--fault-command", fault, *inject, "--report", out / "report.json", *launcher,
              "--", *train],
             env=cluster.env(), timeout=HANG_GUARD_S)
