@@ -511,7 +511,10 @@ static inline float exp_small(float x)
     float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
               r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    // a NaN x leaves n NaN, whose conversion to an integer is undefined: 0
+    // stands in (p is NaN then, and so is the result); the shift is unsigned
+    int32_t whole = (int32_t)(n == n ? n : 0.0f);
+    uint32_t bits = (uint32_t)(whole + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
