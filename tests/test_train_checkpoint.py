@@ -8,6 +8,7 @@ reductions, so losses are held to 1e-5 relative, as in test_distributed.py.
 The checkpoint module itself (every byte of every fragment, h5py on the
 index, kills mid-flush, full disks) is tested with tests/ckpt_driver.c in
 test_checkpoint.py; this file checks that training uses it correctly."""
+import contextlib
 import json
 import os
 import shutil
@@ -260,18 +261,29 @@ def test_unwritable_ckpt_dir(phalanx, corpus, tmp_path):
         phalanx, corpus, tmp_path, "--ckpt-dir", tmp_path / "c", "--ckpt-mode", "later")
 
 
-def test_no_space_left_during_a_flush_keeps_training(phalanx, corpus, tmp_path):
+@contextlib.contextmanager
+def small_disk(phalanx, corpus, tmp_path, bytes_for):
+    """A tmpfs whose size is bytes_for(size of one checkpoint of the tests' model), unmounted
+    afterwards even when the test fails; skips where mounting needs a root we are not."""
     probe = tmp_path / "probe"
     train(phalanx, probe, 1, "1x1x1", "--data", corpus, "--steps", 2, "--ckpt-dir",
           probe / "ckpt", "--ckpt-every", 2, "--ckpt-memory-dir", "none")
     size = sum(p.stat().st_size for p in (probe / "ckpt/step_00000002").iterdir())
     full = tmp_path / "full"
     full.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={(5 * size // 2) // 4096 * 4096}",
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={bytes_for(size)}",
                             "tmpfs", str(full)], capture_output=True, text=True)
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()}): needs root")
     try:
+        yield full
+    finally:
+        subprocess.run(["umount", str(full)])
+
+
+def test_no_space_left_during_a_flush_keeps_training(phalanx, corpus, tmp_path):
+    with small_disk(phalanx, corpus, tmp_path, lambda size: (5 * size // 2) // 4096 * 4096) \
+            as full:
         out = tmp_path / "run"
         result = train(phalanx, out, 1, "1x1x1", "--data", corpus, "--steps", 8,
                        "--ckpt-dir", full, "--ckpt-every", 2, "--ckpt-keep", 5,
@@ -282,29 +294,15 @@ def test_no_space_left_during_a_flush_keeps_training(phalanx, corpus, tmp_path):
         assert len(rows(out)) == 8  # training went on to the end
         assert sorted(p.name for p in full.iterdir()) == ["step_00000002", "step_00000004"]
         assert run([phalanx, "ckpt", "verify", full]).returncode == 0
-    finally:
-        subprocess.run(["umount", str(full)])
 
 
 def test_a_run_that_never_committed_fails(phalanx, corpus, tmp_path):
     """Issue 14: a disk too small for any checkpoint said "the newest there is
     step -1" and exited 0."""
-    probe = tmp_path / "probe"
-    train(phalanx, probe, 1, "1x1x1", "--data", corpus, "--steps", 2, "--ckpt-dir",
-          probe / "ckpt", "--ckpt-every", 2, "--ckpt-memory-dir", "none")
-    size = sum(p.stat().st_size for p in (probe / "ckpt/step_00000002").iterdir())
-    full = tmp_path / "full"
-    full.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={max(4096, size // 2)}",
-                            "tmpfs", str(full)], capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()}): needs root")
-    try:
+    with small_disk(phalanx, corpus, tmp_path, lambda size: max(4096, size // 2)) as full:
         result = train(phalanx, tmp_path / "run", 1, "1x1x1", "--data", corpus, "--steps", 4,
                        "--ckpt-dir", full, "--ckpt-every", 2, "--ckpt-memory-dir", "none",
                        check=False)
         assert result.returncode == 1, result.stderr
         assert "this run committed no checkpoint to --ckpt-dir" in result.stderr
         assert "step -1" not in result.stderr
-    finally:
-        subprocess.run(["umount", str(full)])
