@@ -19,6 +19,9 @@ def pytest_configure(config):
         "markers", "cluster: drives emulated hosts (network namespaces, Slurm) or a build of its "
         "own; scripts/test runs these on the release build only (-m 'not cluster' under the "
         "sanitizers, whose checks of the same code the other tests make)")
+    config.addinivalue_line(
+        "markers", "long: a long training run (minutes under the sanitizers); scripts/test runs "
+        "these on the release build only, the short runs check the same code under ASan/UBSan")
 
 
 @pytest.fixture(scope="session")

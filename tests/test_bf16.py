@@ -223,6 +223,7 @@ def default_corpus(phalanx, tmp_path_factory):
     return d
 
 
+@pytest.mark.long
 def test_100_bf16_steps_end_within_2_percent_of_fp32(phalanx, default_corpus, tmp_path):
     args = ["--data", default_corpus / "train_*.bin", "--val-data", default_corpus / "val_000.bin",
             "--layers", "2", "--heads", "4", "--dim", "64", "--seq-len", "64",

@@ -28,6 +28,8 @@ def checked(tmp_path_factory):
     d = tmp_path_factory.mktemp("bundle")
     result = run([GPU_BUNDLE, "--check-here", "--output", d / "phalanx-gpu.tar.gz", d / "logs"],
                  timeout=900)
+    if result.returncode == 3:  # gpu-bundle: this machine's CUDA toolkit is incomplete
+        pytest.skip("no usable CUDA toolkit: " + result.stderr[-1500:])
     return d, result
 
 
