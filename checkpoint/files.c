@@ -11,6 +11,7 @@
  * regular files a checkpoint's layout names, and step directories.
  */
 #include "internal.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -221,19 +222,6 @@ int files_probe(const FilesDir *dir, char *err, size_t err_len)
     return 0;
 }
 
-static int write_all(int fd, const char *data, size_t size)
-{
-    while (size > 0) {
-        ssize_t n = write(fd, data, size);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        data += n;
-        size -= (size_t)n;
-    }
-    return 0;
-}
 
 /* Writes and fsyncs an open file in pieces; fault injection may kill here. */
 static int write_pieces(int fd, const void *data, size_t size, const WriteHooks *hooks)
@@ -243,11 +231,11 @@ static int write_pieces(int fd, const void *data, size_t size, const WriteHooks 
         size_t piece = size - done < WRITE_PIECE ? size - done : WRITE_PIECE;
         if (hooks && hooks->kill_at >= done && hooks->kill_at < done + piece) {
             // fault injection: die with part of the file on disk
-            if (write_all(fd, bytes + done, hooks->kill_at - done) == 0)
+            if (util_write_all(fd, bytes + done, hooks->kill_at - done) == 0)
                 fsync(fd);
             raise(SIGKILL);
         }
-        if (write_all(fd, bytes + done, piece) != 0)
+        if (util_write_all(fd, bytes + done, piece) != 0)
             return -1;
         done += piece;
         if (hooks && hooks->between && done < size)

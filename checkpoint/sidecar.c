@@ -20,6 +20,7 @@
  * waits forever and none commits a checkpoint that lacks a shard.
  */
 #include "internal.h"
+#include "util.h"
 
 #include <limits.h>
 #include <malloc.h>
@@ -89,12 +90,6 @@ struct Checkpointer {
     size_t index_template_size;
 };
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 bool ckpt_mode_parse(const char *text, CkptMode *out)
 {
@@ -327,7 +322,7 @@ static uint64_t new_run_id(void)
  * agreement like a failed write, so that every rank drops it together. */
 static void copy_snapshot(Checkpointer *ck)
 {
-    double start = now_seconds();
+    double start = util_now_seconds();
     ck->source_error[0] = '\0';
     if (ck->source_wait &&
         ck->source_wait(ck->source_context, ck->source_error, sizeof(ck->source_error)) != 0 &&
@@ -352,7 +347,7 @@ static void copy_snapshot(Checkpointer *ck)
     ck->copy_requested = false;
     ck->staged_state = ck->requested;
     ck->staged_durable = ck->requested_durable;
-    ck->stats.last_copy_seconds = now_seconds() - start;
+    ck->stats.last_copy_seconds = util_now_seconds() - start;
     pthread_cond_broadcast(&ck->copied);
     pthread_mutex_unlock(&ck->lock);
 }
@@ -669,7 +664,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
 
 static void flush(Checkpointer *ck, const CkptRunState *state)
 {
-    double start = now_seconds();
+    double start = util_now_seconds();
     void *image = NULL;
     size_t size = 0;
     char err[512];
@@ -699,7 +694,7 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
     free(ck->index_image);
     ck->index_image = NULL;
     ck->stats.last_shard_bytes = size;
-    ck->stats.last_flush_seconds = now_seconds() - start;
+    ck->stats.last_flush_seconds = util_now_seconds() - start;
     pthread_mutex_unlock(&ck->lock);
 }
 
@@ -857,10 +852,10 @@ double ckpt_wait_copied(Checkpointer *ck)
     pthread_mutex_lock(&ck->lock);
     double stalled = 0.0;
     if (ck->copy_requested) {
-        double start = now_seconds();
+        double start = util_now_seconds();
         while (ck->copy_requested)
             pthread_cond_wait(&ck->copied, &ck->lock);
-        stalled = now_seconds() - start;
+        stalled = util_now_seconds() - start;
         ck->stats.stall_seconds += stalled;
     }
     ck->stats.last_stall_seconds = stalled;
@@ -887,11 +882,11 @@ static int snapshot(Checkpointer *ck, const CkptRunState *state, bool durable, c
         return ckpt_fail(err, err_len, "checkpoints stopped after a communication failure");
     if (ck->threaded)
         return 0;
-    double start = now_seconds();
+    double start = util_now_seconds();
     copy_snapshot(ck);
     flush(ck, &ck->staged_state);
     pthread_mutex_lock(&ck->lock);
-    ck->stats.last_stall_seconds = now_seconds() - start;
+    ck->stats.last_stall_seconds = util_now_seconds() - start;
     ck->stats.stall_seconds += ck->stats.last_stall_seconds;
     pthread_mutex_unlock(&ck->lock);
     return 0;

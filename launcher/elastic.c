@@ -1,5 +1,6 @@
 /* The elastic agent (contract in elastic.h). */
 #include "elastic.h"
+#include "util.h"
 
 #include "checkpoint.h"
 #include "runtime.h"
@@ -233,7 +234,7 @@ static void fire_host_fault(Agent *agent, int i, const ElasticEvent *e, long ste
 {
     char command[4096];
     agent->fired[i] = true;
-    agent->fired_at[i] = job_now();
+    agent->fired_at[i] = util_now_seconds();
     if (fault_command_text(agent->options->fault_command, e, command, sizeof(command)) != 0) {
         fprintf(stderr, "phalanx drill: --fault-command is too long; %s of %s not made\n",
                 e->kind, e->host);
@@ -293,9 +294,9 @@ static void reap_fault_commands(Agent *agent)
     for (int i = 0; i < agent->options->event_count; i++) {
         pid_t pid = agent->fault_pid[i];
         int status = 0;
-        double deadline = job_now() + FAULT_COMMAND_SECONDS;
+        double deadline = util_now_seconds() + FAULT_COMMAND_SECONDS;
         while (pid > 0 && waitpid(pid, &status, WNOHANG) == 0) {
-            if (job_now() > deadline) {
+            if (util_now_seconds() > deadline) {
                 kill(-pid, SIGKILL);
                 waitpid(pid, &status, 0);
                 break;
@@ -462,7 +463,7 @@ static void pool_fail(Agent *agent, const JobFailure *f)
     p->answers = 0;
     p->healthy_at = 0;
     p->spare_why[0] = '\0';
-    p->next_probe_at = job_now() + agent->options->rejoin_every;
+    p->next_probe_at = util_now_seconds() + agent->options->rejoin_every;
     pool_write_excluded(agent);
 }
 
@@ -996,11 +997,11 @@ static int run_attempt(Agent *agent, int world)
     job->epoch = agent->first_epoch + index;
     if (raise_fence(agent, job->epoch) != 0)
         return -1;
-    a->launched_at = job_now();
+    a->launched_at = util_now_seconds();
     if (job_start(job) != 0)
         return -1;
     job_watch(job);
-    a->ended_at = job_now();
+    a->ended_at = util_now_seconds();
     reap_fault_commands(agent);
     a->failure = job->failure;
     snprintf(a->resumed_path, sizeof(a->resumed_path), "%s", job->resumed_path);
@@ -1117,7 +1118,7 @@ int elastic_run(Job *job, const ElasticOptions *options)
     agent.nodes_alive = job->plan.ranks / options->ranks_per_node;
     agent.outcome = "completed";
     agent.memory_committed = -1;
-    agent.t0 = job_now();
+    agent.t0 = util_now_seconds();
     agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : job->plan.ranks;
     pool_init(&agent);
     job->detect = true;

@@ -1,5 +1,6 @@
 /* One launch of the ranks and the watch over it (contract in job.h). */
 #include "job.h"
+#include "util.h"
 
 #include "protocol.h"
 #include "runtime.h"
@@ -37,12 +38,6 @@ static void on_signal(int signo)
     (void)ignored;
 }
 
-double job_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int job_install_signals(void)
 {
@@ -178,7 +173,7 @@ static void accept_client(Job *job)
         }
         drop_client(job, oldest);
     }
-    JobClient client = {.fd = fd, .rank = -1, .accepted_at = job_now()};
+    JobClient client = {.fd = fd, .rank = -1, .accepted_at = util_now_seconds()};
     if (peer.sin_family != AF_INET ||
         !inet_ntop(AF_INET, &peer.sin_addr, client.address, sizeof(client.address)))
         snprintf(client.address, sizeof(client.address), "?");
@@ -227,7 +222,7 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
         snprintf(job->failure.node, sizeof(job->failure.node), "%s", client->node);
         snprintf(job->failure.address, sizeof(job->failure.address), "%s", client->address);
     }
-    job->failure.detected_at = job_now();
+    job->failure.detected_at = util_now_seconds();
     job->failure.how = how;
     job->killed_at = job->failure.detected_at;
     // srun's tasks are remote: killing srun would leave them running (stuck
@@ -371,7 +366,7 @@ static bool admit(Job *job, JobClient *client, const ProtocolMessage *m, int par
     }
     if (parsed == 0 && m->kind == PROTOCOL_PROBE && job->on_probe) {
         client->probe = true;
-        job->on_probe(job->event_context, m->node, client->address, job_now());
+        job->on_probe(job->event_context, m->node, client->address, util_now_seconds());
         return false; /* answered: the probe waits for this close */
     }
     return parsed == 0 && m->kind == PROTOCOL_HELLO && on_hello(job, client, m);
@@ -385,7 +380,7 @@ static bool handle_line(Job *job, JobClient *client, const char *line, size_t le
     int parsed = protocol_parse(line, length, &m, err, sizeof(err));
     if (client->rank < 0)
         return admit(job, client, &m, parsed);
-    client->last_seen = job_now();
+    client->last_seen = util_now_seconds();
     if (parsed != 0) {
         fprintf(stderr, "phalanx run: rank %d sent a line that is not of the protocol (%s); "
                         "ignored\n", client->rank, err);
@@ -452,7 +447,7 @@ void job_request_stop(Job *job)
     if (job->stop_requested || job->stop_signal)
         return;
     job->stop_requested = true;
-    job->stop_at = job_now();
+    job->stop_at = util_now_seconds();
     broadcast_stop(job);
 }
 
@@ -480,7 +475,7 @@ static void on_user_signal(Job *job, int signo)
 {
     if (job->stop_signal == 0) {
         job->stop_signal = signo;
-        job->stop_at = job_now();
+        job->stop_at = util_now_seconds();
         broadcast_stop(job);
         fprintf(stderr, "\nphalanx run: stopping: every rank finishes its current step and "
                         "exits (Ctrl-C again to kill the job)\n");
@@ -488,7 +483,7 @@ static void on_user_signal(Job *job, int signo)
     }
     fprintf(stderr, "phalanx run: killing the job\n");
     kill_job(job, SIGTERM);
-    job->term_at = job_now();
+    job->term_at = util_now_seconds();
 }
 
 /* A process of this host in the stopped state ('T' in /proc/PID/stat). */
@@ -564,7 +559,7 @@ static void check_heartbeats(Job *job, double now)
 
 static void check_timeouts(Job *job)
 {
-    double now = job_now();
+    double now = util_now_seconds();
     if (!job->ready && job->term_at == 0 && now - job->started_at > job->startup_timeout) {
         fprintf(stderr,
                 "phalanx run: only %d of %d ranks started within %.0f s; stopping the job "
@@ -629,7 +624,7 @@ int job_start(Job *job)
     else
         unsetenv(CHANNEL_EPOCH_ENV);
     job->failure.rank = -1;
-    job->started_at = job_now();
+    job->started_at = util_now_seconds();
     job->pid = spawn_job(&job->plan, err, sizeof(err));
     if (job->pid < 0) {
         fprintf(stderr, "phalanx run: %s\n", err);
@@ -651,7 +646,7 @@ void job_watch(Job *job)
             job->done = true;
         check_timeouts(job);
         if (job->on_tick && !job->done)
-            job->on_tick(job->event_context, job_now());
+            job->on_tick(job->event_context, util_now_seconds());
     }
     // lines still in flight (not after a failure: recovery is waiting)
     for (int i = 0; i < 5 && job->client_count > 0 && job->failure.kind == FAILURE_NONE; i++)
@@ -661,7 +656,7 @@ void job_watch(Job *job)
         !job->stop_requested && job->ready &&
         job_code(job) != 0) {
         job->failure = (JobFailure){.kind = FAILURE_EXIT, .rank = -1,
-                                    .detected_at = job_now(), .how = "exit status"};
+                                    .detected_at = util_now_seconds(), .how = "exit status"};
     }
 }
 

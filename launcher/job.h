@@ -127,7 +127,6 @@ typedef struct {
     JobFailure failure;
 } Job;
 
-double job_now(void);
 /* Installs the SIGINT/SIGTERM handlers of the launcher (once per process). */
 int job_install_signals(void);
 /* Opens the channel and starts the ranks. 0, or -1 after printing why. */

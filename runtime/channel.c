@@ -1,5 +1,6 @@
 /* The worker's end of the launcher channel (contract in channel.h). */
 #include "channel.h"
+#include "util.h"
 
 #include "runtime.h"
 
@@ -25,12 +26,6 @@
 #define PROBE_WAIT_MS 10000 /* for the launcher to take a probe's line */
 #define TIMEOUT_MAX_SECONDS 86400.0
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 // ----------------------------------------------------------------------------
 // authentication (runtime.h)
@@ -219,7 +214,7 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
         return 0;
     if (connect_authenticated(channel, address, err, err_len))
         return -1;
-    channel->last_heard = now_seconds();
+    channel->last_heard = util_now_seconds();
     char host[128];
     node_name(host, sizeof(host));
     // under srun, the step: the launcher cancels the whole step after a failure
@@ -295,7 +290,7 @@ void channel_beat(Channel *channel, long step)
 {
     if (channel->fd < 0)
         return;
-    double now = now_seconds();
+    double now = util_now_seconds();
     if (now - channel->last_beat < BEAT_INTERVAL_SECONDS)
         return;
     channel->last_beat = now;
@@ -328,7 +323,7 @@ static void poll_launcher(Channel *channel)
                            MSG_DONTWAIT);
         if (got > 0) {
             channel->pending_len += (size_t)got;
-            channel->last_heard = now_seconds();
+            channel->last_heard = util_now_seconds();
             take_lines(channel);
         } else if (got == 0) {
             lose(channel, "the launcher closed the channel");
@@ -341,7 +336,7 @@ static void poll_launcher(Channel *channel)
             break;
         }
     }
-    double silent = now_seconds() - channel->last_heard;
+    double silent = util_now_seconds() - channel->last_heard;
     if (channel->fd >= 0 && silent > channel->timeout) {
         char why[128];
         snprintf(why, sizeof(why), "nothing from the launcher for %.0f s (%s)", silent,

@@ -291,20 +291,6 @@ size_t sampler_window(uint64_t seed, size_t window_count, uint64_t sample)
 
 /* ---- writing ------------------------------------------------------------ */
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 /* Makes the rename durable: the directory entry is data too. */
 static void fsync_parent(const char *path)
@@ -323,9 +309,9 @@ static void fsync_parent(const char *path)
 static int write_file(int fd, const uint16_t *tokens, size_t count)
 {
     int32_t header[SHARD_HEADER_INTS] = {SHARD_MAGIC, SHARD_VERSION, (int32_t)count};
-    if (write_all(fd, header, sizeof(header)) != 0)
+    if (util_write_all(fd, header, sizeof(header)) != 0)
         return -1;
-    if (write_all(fd, tokens, count * sizeof(*tokens)) != 0)
+    if (util_write_all(fd, tokens, count * sizeof(*tokens)) != 0)
         return -1;
     return fsync(fd);
 }

@@ -1,5 +1,6 @@
 /* Failure injection in the worker (contract in fault.h). */
 #include "fault.h"
+#include "util.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -7,12 +8,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* One event "KIND:RANK@STEP" or "slow:RANK*FACTOR"; applies it when it names `rank`. */
 static int parse_event(Faults *f, const char *event, int rank, char *err, size_t err_len)
@@ -56,7 +51,7 @@ int fault_init(Faults *f, int rank, char *err, size_t err_len)
 
 void fault_step_begin(Faults *f)
 {
-    f->step_started = now_seconds();
+    f->step_started = util_now_seconds();
 }
 
 void fault_mid_step(Faults *f, Channel *channel, long step)
@@ -74,7 +69,7 @@ void fault_step_end(Faults *f)
 {
     if (f->slow_factor <= 1.0)
         return;
-    double delay = (now_seconds() - f->step_started) * (f->slow_factor - 1.0);
+    double delay = (util_now_seconds() - f->step_started) * (f->slow_factor - 1.0);
     struct timespec ts = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
     nanosleep(&ts, NULL);
     f->slowed_steps++;

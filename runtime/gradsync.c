@@ -1,15 +1,10 @@
 /* Bucketed, overlapped gradient allreduce (contract in gradsync.h). */
 #include "gradsync.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <time.h>
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void gradsync_init(GradSync *sync, Comm *comm, const Device *dev, float *grads, size_t count,
                    size_t bucket_floats)
@@ -88,7 +83,7 @@ int gradsync_finish(GradSync *sync)
 {
     if (idle(sync))
         return 0;
-    double start = seconds_now();
+    double start = util_now_seconds();
     int status = 0;
     if (sync->launched_from > 0 && launch(sync, 0))
         status = -1;
@@ -100,6 +95,6 @@ int gradsync_finish(GradSync *sync)
         }
     }
     sync->request_count = 0;
-    sync->comm_seconds = seconds_now() - start;
+    sync->comm_seconds = util_now_seconds() - start;
     return status;
 }

@@ -1,16 +1,11 @@
 /* The training loop's side of checkpoints (contract in snapshot.h). */
 #include "snapshot.h"
+#include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* This rank's moments on the device: whole (as large as the parameters) or,
  * under --zero 1, its shard. */
@@ -385,7 +380,7 @@ double snapshot_after_update(Trainer *t, bool last)
     CkptRunState state;
     fill_run_state(t, &state);
     char err[512];
-    double start = now_seconds();
+    double start = util_now_seconds();
     if (t->dev->staged) {
         ckpt_wait_copied(t->ckpt); /* the sidecar is done with the mirror's last version */
         copy_from_device(t);
@@ -396,7 +391,7 @@ double snapshot_after_update(Trainer *t, bool last)
     if (handed != 0)
         fprintf(stderr, "phalanx train: rank %d: checkpoint of step %ld: %s\n", t->rank,
                 t->steps_done, err);
-    return now_seconds() - start;
+    return util_now_seconds() - start;
 }
 
 void snapshot_describe(Trainer *t, char *out, size_t len)

@@ -12,6 +12,7 @@
  * gradients over dp x sp gives the same gradient in every layout.
  */
 #include "runtime.h"
+#include "util.h"
 
 #include "kernels.h"
 #include "modelfile.h"
@@ -45,12 +46,6 @@ static void on_stop_signal(int signo)
     stop_signal = signo;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* rank 0's lines go to the launcher when there is one, else to stdout */
 static void report_line(Trainer *t, long step, const char *line)
@@ -789,7 +784,7 @@ static void update_batch(Trainer *t, StepReport *r)
 static int train_step(Trainer *t, long step_index, StepReport *r)
 {
     const TrainOptions *o = &t->opt;
-    double start = now_seconds();
+    double start = util_now_seconds();
     r->step = step_index + 1;
     r->batch = t->batch.batch;
     r->measured = o->batch_adaptive && step_index % o->batch_check == 0 && r->batch > o->micro_batch;
@@ -835,7 +830,7 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     }
     r->ckpt_stall_seconds += snapshot_after_update(t, last || r->stop);
     fault_step_end(&t->faults);
-    r->seconds = now_seconds() - start;
+    r->seconds = util_now_seconds() - start;
     return 0;
 }
 
@@ -1140,7 +1135,7 @@ static void checkpoint_before_dropped_step(Trainer *t, long first_step)
 static int run_training(Trainer *t)
 {
     print_header(t);
-    double start = now_seconds(), began = run_progress(t);
+    double start = util_now_seconds(), began = run_progress(t);
     long first_step = t->steps_done;
     StepReport report = {.step = t->steps_done};
     for (long s = t->steps_done; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples;
@@ -1155,7 +1150,7 @@ static int run_training(Trainer *t)
         }
         if (t->rank == 0)
             write_metrics(t, &report);
-        print_progress(t, &report, now_seconds() - start, began);
+        print_progress(t, &report, util_now_seconds() - start, began);
         if (t->rank == 0) { /* even under --quiet: the launcher's timeline */
             channel_send(&t->channel, "step %ld", report.step);
             announce_replicated_commit(t);
@@ -1169,7 +1164,7 @@ static int run_training(Trainer *t)
         return 1;
     }
     int saved = snapshot_close(t, !report.stop);
-    int status = finish(t, &report, now_seconds() - start);
+    int status = finish(t, &report, util_now_seconds() - start);
     return status == 0 && saved != 0 ? 1 : status;
 }
 
