@@ -46,7 +46,6 @@ void comm_world_finalize(Comm *world)
 
 int comm_rank(const Comm *comm) { return comm->rank; }
 int comm_size(const Comm *comm) { return comm->size; }
-const char *comm_backend_name(const Comm *comm) { return comm->ops->name; }
 const char *comm_error(const Comm *comm) { return comm->error; }
 
 Comm *comm_split(Comm *parent, int color, int key)

@@ -54,7 +54,6 @@ bool comm_launched_by_mpi(void);
 
 int comm_rank(const Comm *comm);
 int comm_size(const Comm *comm);
-const char *comm_backend_name(const Comm *comm);
 const char *comm_error(const Comm *comm);
 
 Comm *comm_split(Comm *parent, int color, int key);

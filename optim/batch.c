@@ -96,11 +96,6 @@ bool lr_scaling_parse(const char *text, LrScaling *out)
     return false;
 }
 
-const char *lr_scaling_name(LrScaling scaling)
-{
-    return scaling_names[scaling];
-}
-
 double lr_scale(LrScaling scaling, int batch, int base_batch)
 {
     double ratio = (double)batch / base_batch;

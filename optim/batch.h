@@ -64,7 +64,6 @@ int batch_state_check(double batch, double ema_noise, double ema_signal, double 
                       double updates, char *err, size_t err_len);
 
 bool lr_scaling_parse(const char *text, LrScaling *out);
-const char *lr_scaling_name(LrScaling scaling);
 /* Multiplier of the learning rate at `batch` for a schedule tuned at `base_batch`. */
 double lr_scale(LrScaling scaling, int batch, int base_batch);
 
