@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include "checkpoint.h"
+#include "plan.h"
 #include "runtime.h"
 
 #include <errno.h>
@@ -353,8 +354,8 @@ static int plan_world(Agent *agent, int alive, int prefer_pp, int prefer_sp, cha
         argv[argc++] = agent->train_argv[i];
     for (int world = alive; world >= agent->options->min_ranks && world >= 1; world--) {
         char err[2048];
-        if (train_plan_launch(world, prefer_pp, prefer_sp, argc, argv, &agent->plan, err,
-                              sizeof(err)) == 0)
+        if (plan_launch(world, prefer_pp, prefer_sp, argc, argv, &agent->plan, err,
+                        sizeof(err)) == 0)
             return world;
         if (!why[0])
             snprintf(why, why_len, "%d rank(s): %.1900s", world, err);

@@ -7,6 +7,7 @@
 #include "channel.h"
 #include "elastic.h"
 #include "job.h"
+#include "plan.h"
 #include "runtime.h"
 
 #include <errno.h>
@@ -278,7 +279,7 @@ static int launch(int argc, char **argv, bool drill)
     int train_argc = 1;
     for (int i = 0; i < plan->train_argc && train_argc < 511; i++)
         train_argv[train_argc++] = plan->train_argv[i];
-    int check = train_check_launch(plan->ranks, train_argc, train_argv);
+    int check = plan_check_launch(plan->ranks, train_argc, train_argv);
     if (check != 0 || check_worker(&run))
         return check ? check : 2;
     plan->elastic = run.elastic;

@@ -425,3 +425,11 @@ int data_prepare_main(int argc, char **argv)
         return parsed > 0 ? 0 : 2;
     return prepare(&opts, argv + optind, argc - optind) == 0 ? 0 : 1;
 }
+
+int data_main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "prepare") == 0)
+        return data_prepare_main(argc - 1, argv + 1);
+    fprintf(stderr, "usage: phalanx data prepare --out DIR [options] TEXT_FILE...\n");
+    return 2;
+}

@@ -1,6 +1,7 @@
 /*
  * runtime: the training worker. The `phalanx` command (launcher/) calls these
- * entry points; everything else in runtime/ is private to it.
+ * entry points and plans its launches with plan.h; everything else in
+ * runtime/ is private to it.
  *
  *   train_main      `phalanx train [options]`: trains one run (see --help)
  *   data_main       `phalanx data prepare ...`: text to token shards
@@ -15,6 +16,7 @@
 #include <stddef.h>
 
 int train_main(int argc, char **argv);
+int data_main(int argc, char **argv);
 
 /* Models given by path (a checkpoint, a Hugging Face safetensors or an llm.c
  * model file), held whole on one process (runtime/interop.c):
@@ -41,28 +43,6 @@ int parse_flag_int(const char *prog, const char *flag, const char *text, int min
                    int *out);
 int parse_flag_double(const char *prog, const char *flag, const char *text, double min,
                       double max, double *out);
-
-/* For the launcher, before any rank starts: parses the training options and
- * checks that a layout fits `world` ranks. Returns 0 when the run can start,
- * else the exit status, after printing what is wrong. */
-int train_check_launch(int world, int argc, char **argv);
-
-/* What the elastic launcher needs of a run's training options. */
-typedef struct {
-    int dp, pp, sp;             /* a layout for the world asked */
-    char ckpt_dir[4096];        /* "" when checkpoints are off */
-    char ckpt_memory_dir[4096]; /* --ckpt-memory-dir as given, "" for the default */
-    char metrics[4096];         /* --metrics, "" when not given */
-} TrainPlan;
-
-/* Parses training options already checked by train_check_launch and picks a
- * layout for `world` ranks that keeps the run (its global batch and model):
- * pipeline and sequence degrees prefer_pp x prefer_sp with the rest
- * data-parallel when that fits, else the most data-parallel valid layout.
- * prefer_pp = 0: the options' own layout. Returns 0, or -1 with the reason in
- * err; prints nothing. */
-int train_plan_launch(int world, int prefer_pp, int prefer_sp, int argc, char **argv,
-                      TrainPlan *plan, char *err, size_t err_len);
 
 /*
  * The worker <-> launcher channel. `phalanx run` listens on a TCP port and
@@ -107,6 +87,5 @@ void channel_answer(const char *secret, const char *nonce, char out[CHANNEL_TOKE
 bool channel_answer_valid(const char *secret, const char *nonce, const char *answer);
 /* Injected failures for a drill, set by the launcher (runtime/fault.h). */
 #define FAULT_ENV "PHALANX_FAULTS"
-int data_main(int argc, char **argv);
 
 #endif
