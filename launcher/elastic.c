@@ -69,7 +69,8 @@ typedef struct {
 
 typedef struct {
     const ElasticOptions *options;
-    Job *job;
+    JobConfig *config; /* the user's launch, changed here for each attempt */
+    Job *job;          /* the attempt's */
     char **train_argv; /* the user's training options */
     int train_argc;
     double t0;
@@ -382,8 +383,8 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
     if (agent->attempt_count > 1)
         argv[n++] = "--metrics-append";
     argv[n] = NULL;
-    agent->job->plan.train_argv = argv;
-    agent->job->plan.train_argc = n;
+    agent->config->plan.train_argv = argv;
+    agent->config->plan.train_argc = n;
 }
 
 // ----------------------------------------------------------------------------
@@ -392,7 +393,7 @@ static void build_argv(Agent *agent, Attempt *attempt, char **argv, char *layout
 /* The hosts of --hosts/--hostfile ("name[:slots]"); under srun none yet. */
 static void pool_init(Agent *agent)
 {
-    SpawnPlan all = agent->job->plan;
+    SpawnPlan all = agent->config->plan;
     all.exclude = NULL;
     char hosts[4096];
     agent->pool_listed = (all.hosts || all.hostfile) &&
@@ -494,7 +495,7 @@ static void probe_start(Agent *agent, PoolHost *p, double now)
     char err[256];
     p->probe_answered = false;
     p->next_probe_at = now + agent->options->rejoin_every;
-    p->probe_pid = spawn_probe(&agent->job->plan, p->name, err, sizeof(err));
+    p->probe_pid = spawn_probe(&agent->config->plan, p->name, err, sizeof(err));
     if (p->probe_pid < 0) {
         fprintf(stderr, "phalanx run: cannot probe host %s: %s\n", p->name, err);
         p->probe_pid = 0;
@@ -681,7 +682,7 @@ static int remove_failed_node(Agent *agent, Attempt *a)
     agent->nodes_alive--;
     // real hosts (srun, or mpirun across hosts) are left out of the relaunch;
     // mpirun's hosts may be named by address (what the channel saw)
-    if (spawn_is_multi_host(&agent->job->plan) && a->failure.node[0])
+    if (spawn_is_multi_host(&agent->config->plan) && a->failure.node[0])
         pool_fail(agent, &a->failure);
     return agent->nodes_alive * per_node;
 }
@@ -984,22 +985,23 @@ static int run_attempt(Agent *agent, int world)
     a->dp = agent->plan.dp;
     a->pp = agent->plan.pp;
     a->sp = agent->plan.sp;
-    static char *argv[MAX_TRAIN_ARGS]; /* job->plan points here until the next attempt */
+    static char *argv[MAX_TRAIN_ARGS]; /* config->plan points here until the next attempt */
     static char layout[64];
     build_argv(agent, a, argv, layout, sizeof(layout));
     int index = agent->attempt_count - 1;
     corrupt_shards(agent, index);
     set_fault_env(agent, index);
-    job->plan.ranks = world;
-    job->plan.exclude = agent->excluded[0] ? agent->excluded : NULL;
-    job->plan.ranks_per_node = agent->options->ranks_per_node;
+    JobConfig *config = agent->config;
+    config->plan.ranks = world;
+    config->plan.exclude = agent->excluded[0] ? agent->excluded : NULL;
+    config->plan.ranks_per_node = agent->options->ranks_per_node;
     fprintf(stderr, "phalanx run: attempt %d: %d rank(s), layout %s%s\n", index, world, layout,
             a->resumed_flag ? ", resuming from the newest checkpoint" : "");
-    job->epoch = agent->first_epoch + index;
-    if (raise_fence(agent, job->epoch) != 0)
+    config->epoch = agent->first_epoch + index;
+    if (raise_fence(agent, config->epoch) != 0)
         return -1;
     a->launched_at = util_now_seconds();
-    if (job_start(job) != 0)
+    if (job_start(job, config) != 0)
         return -1;
     job_watch(job);
     a->ended_at = util_now_seconds();
@@ -1011,28 +1013,6 @@ static int run_attempt(Agent *agent, int world)
     a->last_step = job->last_step;
     probes_cancel(agent);
     return 0;
-}
-
-static void reset_job(Job *job)
-{
-    job_close(job);
-    SpawnPlan plan = job->plan;
-    const char *channel_address = job->channel_address;
-    double startup = job->startup_timeout, heartbeat = job->heartbeat_timeout;
-    JobEventHook hook = job->on_event;
-    JobProbeHook probe = job->on_probe;
-    JobTickHook tick = job->on_tick;
-    void *context = job->event_context;
-    memset(job, 0, sizeof(*job));
-    job->plan = plan;
-    job->channel_address = channel_address;
-    job->startup_timeout = startup;
-    job->heartbeat_timeout = heartbeat;
-    job->detect = true;
-    job->on_event = hook;
-    job->on_probe = probe;
-    job->on_tick = tick;
-    job->event_context = context;
 }
 
 /* After an attempt that ended without a failure: the larger world of a grow
@@ -1081,14 +1061,14 @@ static int next_world(Agent *agent, int *status)
         return -1;
     }
     char hosts[4096];
-    bool mpirun_hosts = agent->job->plan.hosts || agent->job->plan.hostfile;
-    SpawnPlan next = agent->job->plan;
+    bool mpirun_hosts = agent->config->plan.hosts || agent->config->plan.hostfile;
+    SpawnPlan next = agent->config->plan;
     next.exclude = agent->excluded;
     int kept = mpirun_hosts ? spawn_filtered_hosts(&next, hosts, sizeof(hosts)) : -1;
     if (kept == 0) {
         fprintf(stderr, "phalanx run: giving up: every host of %s is lost (%s); the newest "
                         "complete checkpoint is intact\n",
-                agent->job->plan.hostfile ? "--hostfile" : "--hosts", agent->excluded);
+                agent->config->plan.hostfile ? "--hostfile" : "--hosts", agent->excluded);
         agent->outcome = "too few ranks";
         *status = EXIT_TOO_FEW_RANKS;
         return -1;
@@ -1108,30 +1088,32 @@ static int next_world(Agent *agent, int *status)
     return world;
 }
 
-int elastic_run(Job *job, const ElasticOptions *options)
+int elastic_run(JobConfig *config, const ElasticOptions *options)
 {
     static Agent agent;
+    static Job job;
     memset(&agent, 0, sizeof(agent));
     agent.options = options;
-    agent.job = job;
-    agent.train_argv = job->plan.train_argv;
-    agent.train_argc = job->plan.train_argc;
-    agent.nodes_alive = job->plan.ranks / options->ranks_per_node;
+    agent.config = config;
+    agent.job = &job;
+    agent.train_argv = config->plan.train_argv;
+    agent.train_argc = config->plan.train_argc;
+    agent.nodes_alive = config->plan.ranks / options->ranks_per_node;
     agent.outcome = "completed";
     agent.memory_committed = -1;
     agent.t0 = util_now_seconds();
-    agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : job->plan.ranks;
+    agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : config->plan.ranks;
     pool_init(&agent);
-    job->detect = true;
-    job->heartbeat_timeout = options->heartbeat_timeout;
-    job->on_event = on_job_event;
-    job->on_probe = on_probe;
-    job->on_tick = on_tick;
-    job->event_context = &agent;
+    config->detect = true;
+    config->heartbeat_timeout = options->heartbeat_timeout;
+    config->on_event = on_job_event;
+    config->on_probe = on_probe;
+    config->on_tick = on_tick;
+    config->event_context = &agent;
     char why[2048];
-    int world = plan_world(&agent, job->plan.ranks, 0, 0, why, sizeof(why));
-    if (world != job->plan.ranks) {
-        fprintf(stderr, "phalanx run: no layout for %d rank(s): %s\n", job->plan.ranks, why);
+    int world = plan_world(&agent, config->plan.ranks, 0, 0, why, sizeof(why));
+    if (world != config->plan.ranks) {
+        fprintf(stderr, "phalanx run: no layout for %d rank(s): %s\n", config->plan.ranks, why);
         return 2;
     }
     agent.first_epoch = agent.plan.ckpt_dir[0] ? ckpt_fence_epoch(agent.plan.ckpt_dir) + 1 : 0;
@@ -1148,19 +1130,19 @@ int elastic_run(Job *job, const ElasticOptions *options)
         int grown = retry ? 0 : grown_world(&agent);
         if (grown > 0) {
             world = grown;
-            reset_job(job);
+            job_close(&job);
             continue;
         }
         if (!retry) {
-            status = job_exit_status(job);
+            status = job_exit_status(&job);
             if (status != 0)
-                agent.outcome = job->stop_signal ? "stopped" : "failed (not retried)";
+                agent.outcome = job.stop_signal ? "stopped" : "failed (not retried)";
             break;
         }
         world = next_world(&agent, &status);
-        reset_job(job);
+        job_close(&job);
     }
-    job_close(job);
+    job_close(&job);
     write_report(&agent, status);
     return status;
 }

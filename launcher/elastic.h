@@ -98,8 +98,9 @@ int elastic_event_parse(const char *text, ElasticEvent *event);
 /* Checks the options against the job's size; 0, or -1 after printing why. */
 int elastic_check(const ElasticOptions *options, int ranks);
 
-/* Runs the job elastically; returns the exit status. `job` has the plan of
- * the first attempt (ranks, via, worker, training options). */
-int elastic_run(Job *job, const ElasticOptions *options);
+/* Runs the job elastically; returns the exit status. `config` has the plan
+ * of the first attempt (ranks, via, worker, training options); the agent
+ * changes it for each attempt after that. */
+int elastic_run(JobConfig *config, const ElasticOptions *options);
 
 #endif

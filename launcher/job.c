@@ -92,17 +92,17 @@ static int listen_address(const Job *job, struct in_addr *out, char *err, size_t
 {
     char first[256];
     out->s_addr = htonl(INADDR_LOOPBACK);
-    if (job->channel_address) {
-        if (inet_pton(AF_INET, job->channel_address, out) == 1)
+    if (job->config->channel_address) {
+        if (inet_pton(AF_INET, job->config->channel_address, out) == 1)
             return 0;
         snprintf(err, err_len, "--channel-address '%s' is not an IPv4 address (give one of "
                                "this host's addresses, e.g. from `ip -4 addr`)",
-                 job->channel_address);
+                 job->config->channel_address);
         return -1;
     }
-    if (!spawn_is_multi_host(&job->plan))
+    if (!spawn_is_multi_host(&job->config->plan))
         return 0;
-    if (spawn_first_host(&job->plan, first, sizeof(first)) == 0)
+    if (spawn_first_host(&job->config->plan, first, sizeof(first)) == 0)
         return route_source(first, out, err, err_len);
     out->s_addr = htonl(INADDR_ANY);
     return 0;
@@ -124,7 +124,7 @@ static int open_listener(Job *job)
         char shown[INET_ADDRSTRLEN] = "?";
         inet_ntop(AF_INET, &addr.sin_addr, shown, sizeof(shown));
         fprintf(stderr, "phalanx run: cannot open the launcher channel on %s: %s%s\n", shown,
-                strerror(errno), job->channel_address ? " (is --channel-address an address "
+                strerror(errno), job->config->channel_address ? " (is --channel-address an address "
                                                         "of this host?)" : "");
         if (fd >= 0)
             close(fd);
@@ -214,7 +214,7 @@ static void cancel_step(const char *step)
 /* The first failure counts; the job is killed at once. */
 static void fail(Job *job, FailureKind kind, const JobClient *client, const char *how)
 {
-    if (!job->detect || job->failure.kind != FAILURE_NONE || job->stop_signal)
+    if (!job->config->detect || job->failure.kind != FAILURE_NONE || job->stop_signal)
         return;
     job->failure.kind = kind;
     job->failure.rank = client ? client->rank : -1;
@@ -236,18 +236,18 @@ static void fail(Job *job, FailureKind kind, const JobClient *client, const char
 static void print_placement(const Job *job)
 {
     const char *node_of[JOB_MAX_CLIENTS];
-    for (int r = 0; r < job->plan.ranks; r++)
+    for (int r = 0; r < job->config->plan.ranks; r++)
         node_of[r] = "?"; /* a rank may have finished and closed already */
     for (int i = 0; i < job->client_count; i++)
         if (job->clients[i].rank >= 0)
             node_of[job->clients[i].rank] = job->clients[i].node;
     char line[4096];
     size_t used = 0;
-    for (int r = 0; r < job->plan.ranks && used < sizeof(line) - 80; r++) {
+    for (int r = 0; r < job->config->plan.ranks && used < sizeof(line) - 80; r++) {
         if (r > 0 && strcmp(node_of[r], node_of[r - 1]) == 0)
             continue;
         int last = r;
-        while (last + 1 < job->plan.ranks && strcmp(node_of[last + 1], node_of[r]) == 0)
+        while (last + 1 < job->config->plan.ranks && strcmp(node_of[last + 1], node_of[r]) == 0)
             last++;
         used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%.63s %d", used ? ", " : "",
                                  node_of[r], r);
@@ -263,16 +263,16 @@ static void print_placement(const Job *job)
  * false closes the connection. */
 static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
 {
-    if (job->epoch >= 0 && m->epoch != job->epoch) {
+    if (job->config->epoch >= 0 && m->epoch != job->config->epoch) {
         fprintf(stderr, "phalanx run: refused a hello from rank %d of attempt %d: this is "
                         "attempt %d (a process of an attempt given up on stops by itself)\n",
-                m->rank, m->epoch, job->epoch);
+                m->rank, m->epoch, job->config->epoch);
         return false;
     }
-    if (m->world != job->plan.ranks || m->rank >= job->plan.ranks || m->rank >= JOB_MAX_CLIENTS ||
+    if (m->world != job->config->plan.ranks || m->rank >= job->config->plan.ranks || m->rank >= JOB_MAX_CLIENTS ||
         job->claimed[m->rank]) {
         fprintf(stderr, "phalanx run: refused a hello for rank %d of %d: this job has %d "
-                        "rank(s)%s\n", m->rank, m->world, job->plan.ranks,
+                        "rank(s)%s\n", m->rank, m->world, job->config->plan.ranks,
                 m->rank < JOB_MAX_CLIENTS && job->claimed[m->rank] ? ", and that one said hello"
                                                                   : "");
         return false;
@@ -288,12 +288,12 @@ static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
         fprintf(stderr, "phalanx run: rank %d named Slurm step '%.63s', not one of job %s; it "
                         "will not be cancelled\n", m->rank, m->slurm_step,
                 getenv("SLURM_JOB_ID") ? getenv("SLURM_JOB_ID") : "(none: no SLURM_JOB_ID)");
-    if (++job->hello_count == job->plan.ranks) {
+    if (++job->hello_count == job->config->plan.ranks) {
         job->ready = true;
-        if (spawn_is_multi_host(&job->plan))
+        if (spawn_is_multi_host(&job->config->plan))
             print_placement(job);
-        if (job->on_event)
-            job->on_event(job->event_context, "ranks_up", 0, client->last_seen);
+        if (job->config->on_event)
+            job->config->on_event(job->config->event_context, "ranks_up", 0, client->last_seen);
     }
     return true;
 }
@@ -301,12 +301,12 @@ static bool on_hello(Job *job, JobClient *client, const ProtocolMessage *m)
 static void on_step(Job *job, long step, double at)
 {
     job->last_step = step;
-    if (job->on_event)
-        job->on_event(job->event_context, "step", step, at);
+    if (job->config->on_event)
+        job->config->on_event(job->config->event_context, "step", step, at);
     if (job->first_step == 0) {
         job->first_step = step;
-        if (job->on_event)
-            job->on_event(job->event_context, "first_step", step, at);
+        if (job->config->on_event)
+            job->config->on_event(job->config->event_context, "first_step", step, at);
     }
 }
 
@@ -341,14 +341,14 @@ static void handle_message(Job *job, JobClient *client, const ProtocolMessage *m
         client->faulted = true;
         break;
     case PROTOCOL_COMMITTED:
-        if (job->on_event)
-            job->on_event(job->event_context, "committed", m->step, client->last_seen);
+        if (job->config->on_event)
+            job->config->on_event(job->config->event_context, "committed", m->step, client->last_seen);
         break;
     case PROTOCOL_RESUMED:
         protocol_sanitize_text(m->text, m->text_length, job->resumed_path,
                                sizeof(job->resumed_path));
-        if (job->on_event)
-            job->on_event(job->event_context, "resumed", m->step, client->last_seen);
+        if (job->config->on_event)
+            job->config->on_event(job->config->event_context, "resumed", m->step, client->last_seen);
         break;
     default: /* beat: last_seen is all; auth and hello once only */
         break;
@@ -364,9 +364,9 @@ static bool admit(Job *job, JobClient *client, const ProtocolMessage *m, int par
                                 channel_answer_valid(job->secret, client->nonce, m->answer);
         return client->authenticated;
     }
-    if (parsed == 0 && m->kind == PROTOCOL_PROBE && job->on_probe) {
+    if (parsed == 0 && m->kind == PROTOCOL_PROBE && job->config->on_probe) {
         client->probe = true;
-        job->on_probe(job->event_context, m->node, client->address, util_now_seconds());
+        job->config->on_probe(job->config->event_context, m->node, client->address, util_now_seconds());
         return false; /* answered: the probe waits for this close */
     }
     return parsed == 0 && m->kind == PROTOCOL_HELLO && on_hello(job, client, m);
@@ -541,7 +541,7 @@ static const JobClient *unreachable_rank(const Job *job)
  * --heartbeat-timeout for slow steps does not delay the recovery of a host. */
 static void check_heartbeats(Job *job, double now)
 {
-    if (!job->detect || !job->ready || job->failure.kind != FAILURE_NONE)
+    if (!job->config->detect || !job->ready || job->failure.kind != FAILURE_NONE)
         return;
     const JobClient *lost = unreachable_rank(job);
     if (lost) {
@@ -550,7 +550,7 @@ static void check_heartbeats(Job *job, double now)
     }
     for (int i = 0; i < job->client_count; i++) {
         const JobClient *c = &job->clients[i];
-        if (c->rank >= 0 && !c->done && now - c->last_seen > job->heartbeat_timeout) {
+        if (c->rank >= 0 && !c->done && now - c->last_seen > job->config->heartbeat_timeout) {
             fail(job, FAILURE_HANG, hung_rank(job), "no heartbeat");
             return;
         }
@@ -560,11 +560,11 @@ static void check_heartbeats(Job *job, double now)
 static void check_timeouts(Job *job)
 {
     double now = util_now_seconds();
-    if (!job->ready && job->term_at == 0 && now - job->started_at > job->startup_timeout) {
+    if (!job->ready && job->term_at == 0 && now - job->started_at > job->config->startup_timeout) {
         fprintf(stderr,
                 "phalanx run: only %d of %d ranks started within %.0f s; stopping the job "
                 "(see the messages above; --startup-timeout sets the limit)\n",
-                job->hello_count, job->plan.ranks, job->startup_timeout);
+                job->hello_count, job->config->plan.ranks, job->config->startup_timeout);
         job->startup_timed_out = true;
         kill_job(job, SIGTERM);
         job->term_at = now;
@@ -604,8 +604,10 @@ static void poll_once(Job *job, int timeout_ms)
         accept_client(job);
 }
 
-int job_start(Job *job)
+int job_start(Job *job, const JobConfig *config)
 {
+    memset(job, 0, sizeof(*job));
+    job->config = config;
     char err[512];
     if (job_install_signals() || open_listener(job))
         return -1;
@@ -618,14 +620,14 @@ int job_start(Job *job)
     // the environment, not argv: a command line is visible to every user
     setenv(CHANNEL_SECRET_ENV, job->secret, 1);
     char epoch[32];
-    snprintf(epoch, sizeof(epoch), "%d", job->epoch);
-    if (job->epoch >= 0)
+    snprintf(epoch, sizeof(epoch), "%d", job->config->epoch);
+    if (job->config->epoch >= 0)
         setenv(CHANNEL_EPOCH_ENV, epoch, 1);
     else
         unsetenv(CHANNEL_EPOCH_ENV);
     job->failure.rank = -1;
     job->started_at = util_now_seconds();
-    job->pid = spawn_job(&job->plan, err, sizeof(err));
+    job->pid = spawn_job(&job->config->plan, err, sizeof(err));
     if (job->pid < 0) {
         fprintf(stderr, "phalanx run: %s\n", err);
         return -1;
@@ -645,14 +647,14 @@ void job_watch(Job *job)
         if (waitpid(job->pid, &job->status, WNOHANG) == job->pid)
             job->done = true;
         check_timeouts(job);
-        if (job->on_tick && !job->done)
-            job->on_tick(job->event_context, util_now_seconds());
+        if (job->config->on_tick && !job->done)
+            job->config->on_tick(job->config->event_context, util_now_seconds());
     }
     // lines still in flight (not after a failure: recovery is waiting)
     for (int i = 0; i < 5 && job->client_count > 0 && job->failure.kind == FAILURE_NONE; i++)
         poll_once(job, 20);
     // a failure the channel did not show: a rank exited non-zero after saying done
-    if (job->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal &&
+    if (job->config->detect && job->failure.kind == FAILURE_NONE && !job->stop_signal &&
         !job->stop_requested && job->ready &&
         job_code(job) != 0) {
         job->failure = (JobFailure){.kind = FAILURE_EXIT, .rank = -1,
@@ -665,7 +667,7 @@ int job_exit_status(const Job *job)
     int code = job_code(job);
     if (!job->ready) {
         fprintf(stderr, "phalanx run: the job ended before all ranks started (%d of %d; "
-                        "exit status %d)\n", job->hello_count, job->plan.ranks, code);
+                        "exit status %d)\n", job->hello_count, job->config->plan.ranks, code);
         return job->startup_timed_out || code == 0 ? 3 : code;
     }
     if (job->stop_signal) {

@@ -94,10 +94,13 @@ typedef void (*JobProbeHook)(void *context, const char *node, const char *addres
 /* Called between polls (about every 20 ms) while the job runs. */
 typedef void (*JobTickHook)(void *context, double now);
 
+/* What a launch is asked to do: set by `phalanx run` from the command line,
+ * and by the elastic agent before each attempt (ranks, hosts left out,
+ * training options, epoch). job_start reads it and changes nothing in it. */
 typedef struct {
     SpawnPlan plan;
     const char *channel_address; /* --channel-address: listen and advertise; NULL: chosen */
-    int epoch; /* the elastic agent's attempt (PHALANX_EPOCH); -1: not elastic. A hello
+    int epoch; /* the elastic agent's attempt (CKPT_EPOCH_ENV); -1: not elastic. A hello
                   of another epoch is refused (a rank of an attempt given up on) */
     double startup_timeout;
     bool detect;              /* crash and hang detection (elastic) */
@@ -106,7 +109,12 @@ typedef struct {
     JobProbeHook on_probe; /* NULL: probes are refused like strangers */
     JobTickHook on_tick;
     void *event_context; /* for all three hooks */
-    /* state */
+} JobConfig;
+
+/* One launch: its configuration and what it has seen so far. job_start
+ * clears everything else, so a Job is reused for the next attempt as is. */
+typedef struct {
+    const JobConfig *config; /* outlives the job */
     int listen_fd;
     char address[300];
     char secret[CHANNEL_TOKEN_HEX + 1]; /* never printed */
@@ -129,8 +137,10 @@ typedef struct {
 
 /* Installs the SIGINT/SIGTERM handlers of the launcher (once per process). */
 int job_install_signals(void);
-/* Opens the channel and starts the ranks. 0, or -1 after printing why. */
-int job_start(Job *job);
+/* Clears the job's state, opens the channel and starts the ranks as `config`
+ * says (job_close first when the job was started before). 0, or -1 after
+ * printing why. */
+int job_start(Job *job, const JobConfig *config);
 /* Watches until the job has ended (and, after a failure, been killed). */
 void job_watch(Job *job);
 /* The exit status to report for a job that was not retried. */

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 typedef struct {
-    Job job;
+    JobConfig config;
     bool elastic;
     ElasticOptions elastic_options;
 } Run;
@@ -146,15 +146,15 @@ static int add_event(ElasticOptions *e, const char *event)
 
 static int apply_run_option(Run *run, int code, int *ranks)
 {
-    SpawnPlan *plan = &run->job.plan;
+    SpawnPlan *plan = &run->config.plan;
     ElasticOptions *e = &run->elastic_options;
     switch (code) {
     case 'n': return parse_count("-n/--ranks", optarg, 1, JOB_MAX_CLIENTS, ranks);
     case 'v': return parse_via(optarg, &plan->via);
     case 'f': plan->hostfile = optarg; return 0;
     case 'H': plan->hosts = optarg; return 0;
-    case OPT_CHANNEL_ADDRESS: run->job.channel_address = optarg; return 0;
-    case 't': return parse_seconds("--startup-timeout", optarg, &run->job.startup_timeout);
+    case OPT_CHANNEL_ADDRESS: run->config.channel_address = optarg; return 0;
+    case 't': return parse_seconds("--startup-timeout", optarg, &run->config.startup_timeout);
     case 'w': plan->worker = optarg; return 0;
     case OPT_ELASTIC: run->elastic = true; return 0;
     case OPT_MIN_RANKS:
@@ -222,9 +222,9 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
                 JOB_MAX_CLIENTS);
         return -1;
     }
-    run->job.plan.ranks = ranks;
-    run->job.plan.train_argc = argc - optind;
-    run->job.plan.train_argv = argv + optind;
+    run->config.plan.ranks = ranks;
+    run->config.plan.train_argc = argc - optind;
+    run->config.plan.train_argv = argv + optind;
     if (drill) {
         run->elastic = true;
         if (!run->elastic_options.report_path)
@@ -234,14 +234,14 @@ static int parse_run_options(Run *run, int argc, char **argv, bool drill)
         fprintf(stderr, "phalanx run: --report needs --elastic (or phalanx drill)\n");
         return -1;
     }
-    return run->elastic ? elastic_check(&run->elastic_options, run->job.plan.ranks) : 0;
+    return run->elastic ? elastic_check(&run->elastic_options, run->config.plan.ranks) : 0;
 }
 
 /* The worker must exist before anything starts (locally: remote hosts are
  * covered by the start-up timeout). */
 static int check_worker(const Run *run)
 {
-    const SpawnPlan *plan = &run->job.plan;
+    const SpawnPlan *plan = &run->config.plan;
     if (spawn_is_multi_host(plan) || access(plan->worker, X_OK) == 0)
         return 0;
     fprintf(stderr, "phalanx run: the worker binary '%s' cannot be run: %s; build it "
@@ -253,8 +253,8 @@ static int check_worker(const Run *run)
 static void set_defaults(Run *run)
 {
     memset(run, 0, sizeof(*run));
-    run->job.startup_timeout = 60;
-    run->job.epoch = -1;
+    run->config.startup_timeout = 60;
+    run->config.epoch = -1;
     const char *fault_command = getenv("PHALANX_FAULT_COMMAND");
     run->elastic_options = (ElasticOptions){
         .min_ranks = 1, .max_restarts = 3, .ranks_per_node = 1, .heartbeat_timeout = 30,
@@ -263,7 +263,7 @@ static void set_defaults(Run *run)
     static char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     self[n > 0 ? n : 0] = '\0';
-    run->job.plan.worker = n > 0 ? self : "/proc/self/exe";
+    run->config.plan.worker = n > 0 ? self : "/proc/self/exe";
 }
 
 static int launch(int argc, char **argv, bool drill)
@@ -274,7 +274,7 @@ static int launch(int argc, char **argv, bool drill)
     if (parsed != 0)
         return parsed > 0 ? 0 : 2;
     // the layout is checked here, before any rank starts (argv[-1] is `--` or a flag: reuse a name)
-    SpawnPlan *plan = &run.job.plan;
+    SpawnPlan *plan = &run.config.plan;
     char *train_argv[512] = {"train"};
     int train_argc = 1;
     for (int i = 0; i < plan->train_argc && train_argc < 511; i++)
@@ -283,18 +283,19 @@ static int launch(int argc, char **argv, bool drill)
     if (check != 0 || check_worker(&run))
         return check ? check : 2;
     plan->elastic = run.elastic;
-    const char *job = getenv("SLURM_JOB_ID");
+    const char *slurm_job = getenv("SLURM_JOB_ID");
     bool srun = spawn_resolve_via(plan->via) == VIA_SRUN;
     fprintf(stderr, "phalanx run: starting %d rank(s) with %s%s%s%s\n", plan->ranks,
-            srun ? "srun in Slurm job " : "mpirun", srun && job ? job : "",
-            srun && !job ? "(no job)" : "", run.elastic ? " (elastic)" : "");
+            srun ? "srun in Slurm job " : "mpirun", srun && slurm_job ? slurm_job : "",
+            srun && !slurm_job ? "(no job)" : "", run.elastic ? " (elastic)" : "");
     if (run.elastic)
-        return elastic_run(&run.job, &run.elastic_options);
-    if (job_start(&run.job) != 0)
+        return elastic_run(&run.config, &run.elastic_options);
+    static Job job;
+    if (job_start(&job, &run.config) != 0)
         return 1;
-    job_watch(&run.job);
-    int status = job_exit_status(&run.job);
-    job_close(&run.job);
+    job_watch(&job);
+    int status = job_exit_status(&job);
+    job_close(&job);
     return status;
 }
 
