@@ -24,6 +24,31 @@ int layout_rank(Layout l, GridCoord c)
     return c.sp + l.sp * (c.dp + l.dp * c.pp);
 }
 
+/* A group's colour is the rank its members would have with their own axis
+ * (or axes) at 0, which the other axes tell apart; the key is the rank along
+ * the group's axes. */
+GroupSplit layout_group_split(Layout l, GridCoord c, LayoutGroup group)
+{
+    switch (group) {
+    case LAYOUT_GROUP_DP:
+        return (GroupSplit){layout_rank(l, (GridCoord){0, c.pp, c.sp}), c.dp};
+    case LAYOUT_GROUP_PP:
+        return (GroupSplit){layout_rank(l, (GridCoord){c.dp, 0, c.sp}), c.pp};
+    case LAYOUT_GROUP_SP:
+        return (GroupSplit){layout_rank(l, (GridCoord){c.dp, c.pp, 0}), c.sp};
+    case LAYOUT_GROUP_DPSP:
+        return (GroupSplit){layout_rank(l, (GridCoord){0, c.pp, 0}),
+                            layout_rank(l, (GridCoord){c.dp, 0, c.sp})};
+    case LAYOUT_GROUP_TIED:
+        break;
+    }
+    // the first and last stage of a pipeline share their dp x sp position;
+    // the colours of the ranks between lie past every such position
+    bool holds_wte = c.pp == 0 || c.pp == l.pp - 1;
+    int position = layout_rank(l, (GridCoord){c.dp, 0, c.sp});
+    return (GroupSplit){holds_wte ? position : l.dp * l.sp + layout_rank(l, c), c.pp};
+}
+
 /* The first rule a --pp-split breaks for `pp` stages, or NULL. */
 static const char *broken_split(int pp, const LayoutNeeds *n, char *buf, size_t len)
 {

@@ -38,6 +38,24 @@ typedef struct {
 GridCoord layout_coord(Layout layout, int rank);
 int layout_rank(Layout layout, GridCoord coord);
 
+/* The communicator groups of a rank (comm_split): ranks that get the same
+ * colour form one group, ordered by key. LAYOUT_GROUP_TIED joins the first
+ * and last stage of one pipeline (the two copies of wte); every rank of the
+ * stages between gets a group of its own. */
+typedef enum {
+    LAYOUT_GROUP_DP,
+    LAYOUT_GROUP_PP,
+    LAYOUT_GROUP_SP,
+    LAYOUT_GROUP_DPSP,
+    LAYOUT_GROUP_TIED,
+} LayoutGroup;
+
+typedef struct {
+    int colour, key;
+} GroupSplit;
+
+GroupSplit layout_group_split(Layout layout, GridCoord coord, LayoutGroup group);
+
 /* 0 when `layout` fits; -1 with the broken rule and the valid layouts in err. */
 int layout_check(Layout layout, int world, const LayoutNeeds *needs, char *err, size_t err_len);
 

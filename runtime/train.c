@@ -148,18 +148,20 @@ static int setup_optimizer(Trainer *t)
     return 0;
 }
 
+static Comm *split_group(Trainer *t, LayoutGroup group)
+{
+    GroupSplit split = layout_group_split(t->layout, t->coord, group);
+    return comm_split(t->world, split.colour, split.key);
+}
+
 /* The dp, pp, sp and dp x sp groups of this rank (DESIGN.md "Rank grid"). */
 static int setup_groups(Trainer *t)
 {
-    Layout l = t->layout;
-    GridCoord c = t->coord;
-    t->dp = comm_split(t->world, c.pp * l.sp + c.sp, c.dp);
-    t->pp = comm_split(t->world, c.dp * l.sp + c.sp, c.pp);
-    t->sp = comm_split(t->world, c.pp * l.dp + c.dp, c.sp);
-    t->dpsp = comm_split(t->world, c.pp, c.dp * l.sp + c.sp);
-    // ranks outside the first and last stage get a group of their own
-    bool holds_wte = c.pp == 0 || c.pp == l.pp - 1;
-    t->tied = comm_split(t->world, holds_wte ? c.dp * l.sp + c.sp : l.dp * l.sp + t->rank, c.pp);
+    t->dp = split_group(t, LAYOUT_GROUP_DP);
+    t->pp = split_group(t, LAYOUT_GROUP_PP);
+    t->sp = split_group(t, LAYOUT_GROUP_SP);
+    t->dpsp = split_group(t, LAYOUT_GROUP_DPSP);
+    t->tied = split_group(t, LAYOUT_GROUP_TIED);
     if (t->dp && t->pp && t->sp && t->dpsp && t->tied)
         return 0;
     fprintf(stderr, "phalanx train: rank %d: cannot build the rank groups: %s\n", t->rank,
