@@ -1,4 +1,4 @@
-/* Private to runtime/cuda/: what device.c shares with kernels.cu. */
+/* Private to runtime/cuda/: what device.c shares with the kernels (*.cu). */
 #ifndef PHALANX_CUDA_INTERNAL_H
 #define PHALANX_CUDA_INTERNAL_H
 
@@ -18,7 +18,7 @@ int cuda_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
 int cuda_check(cudaError_t code, const char *what);
 int cuda_blas_check(cublasStatus_t status, const char *what);
 
-/* kernels.cu's scratch buffers, freed by cuda_kernels_shutdown(). */
+/* The kernels' scratch buffers, freed by cuda_kernels_shutdown(). */
 void cuda_scratch_release(void);
 
 #ifdef __cplusplus
