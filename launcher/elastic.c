@@ -1,105 +1,26 @@
-/* The elastic agent (contract in elastic.h). */
-#include "elastic.h"
+/* The elastic agent (contract in elastic.h; its state in agent.h). */
+#include "agent.h"
+#include "drill.h"
 #include "util.h"
 
 #include "checkpoint.h"
 #include "plan.h"
 #include "runtime.h"
 
-#include <errno.h>
 #include <limits.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAX_ATTEMPTS (ELASTIC_MAX_RESTARTS + 1)
 #define MAX_TRAIN_ARGS 512
-#define FAULT_COMMAND_SECONDS 30.0 /* a fault command still running then is killed */
-#define MAX_POOL_HOSTS 256
 #define PROBE_SECONDS 30.0 /* a probe still running then is killed: not answered */
 #define PROBES_TO_HEAL 2   /* answered in a row: the host is healthy */
 
-/* What one attempt saw, for the report. */
-typedef struct {
-    int world, dp, pp, sp;
-    bool resumed_flag;
-    double launched_at, ranks_up_at, first_step_at, resumed_at, ended_at;
-    long first_step, last_step, resumed_step;
-    JobFailure failure;
-    int node_lost; /* -1: none removed */
-    char excluded[256];
-    char resumed_path[512];
-    const char *cause; /* the injected host fault behind the failure, or NULL */
-    char cause_host[64];
-    double last_step_at; /* when rank 0 completed last_step (its throughput) */
-    bool grown;          /* it ended by the agent's stop, to grow */
-    /* replication of tier 1 (rank 0's committed lines): the newest memory
-     * checkpoint on two hosts (0: none) and how many steps it trailed the
-     * step rank 0 had completed, at most */
-    long step_heard, replicated_step, replication_lag_max;
-} Attempt;
-
-/* A host the job may use (the host list's, or a Slurm node left out). */
-typedef struct {
-    char name[256];   /* as the host list names it; under srun, the node's name */
-    char node[64];    /* the name its ranks gave in their hello, once one failed */
-    char address[64]; /* their address as the channel saw it */
-    int slots;
-    bool failed;      /* left out of the launches until it answers probes again */
-    int answers;      /* probes answered in a row */
-    pid_t probe_pid;  /* a probe in flight, or 0 */
-    bool probe_answered;
-    double next_probe_at;
-    double healthy_at; /* when it was healthy again (0: not yet) */
-    char spare_why[600]; /* healthy but not used: why ("" otherwise) */
-} PoolHost;
-
-/* A grow: the attempt that stopped for it, and what made it. */
-typedef struct {
-    int attempt;
-    char hosts[256];
-    double healthy_at, stop_at;
-    int world_before, world_after;
-} Grow;
-
-typedef struct {
-    const ElasticOptions *options;
-    JobConfig *config; /* the user's launch, changed here for each attempt */
-    Job *job;          /* the attempt's */
-    char **train_argv; /* the user's training options */
-    int train_argc;
-    double t0;
-    Attempt attempts[MAX_ATTEMPTS];
-    int attempt_count;
-    int nodes_alive; /* of ranks_per_node ranks each (virtual nodes) */
-    char excluded[1024]; /* Slurm: nodes left out, comma-separated */
-    TrainPlan plan;
-    const char *outcome;
-    /* host faults (partition, poweroff): fired once, their commands reaped */
-    bool fired[ELASTIC_MAX_EVENTS];
-    double fired_at[ELASTIC_MAX_EVENTS];
-    pid_t fault_pid[ELASTIC_MAX_EVENTS];
-    int first_epoch; /* above any fence an earlier job left in --ckpt-dir */
-    /* growing back */
-    PoolHost pool[MAX_POOL_HOSTS];
-    int pool_count;
-    bool pool_listed; /* the pool is --hosts/--hostfile (else Slurm nodes left out) */
-    int max_ranks;
-    Grow grows[MAX_ATTEMPTS];
-    int grow_count;
-    int grow_world; /* the world asked for by a stop to grow, 0: none */
-    /* the newest memory checkpoint rank 0 said is on two hosts (-1: none):
-     * the survivors of one lost host still hold it, where the agent cannot look */
-    long memory_committed;
-} Agent;
-
 // ----------------------------------------------------------------------------
-// events (parsed by elastic_event_parse, inject.c)
+// the options (events are parsed by elastic_event_parse, inject.c)
 
 int elastic_check(const ElasticOptions *o, int ranks)
 {
@@ -141,192 +62,6 @@ int elastic_check(const ElasticOptions *o, int ranks)
         }
     }
     return 0;
-}
-
-/* The worker's environment for attempt `a`: PHALANX_FAULTS and the
- * checkpoint module's kill-during-flush hook. */
-static void set_fault_env(const Agent *agent, int a)
-{
-    char faults[1024] = "", flush[64] = "";
-    size_t used = 0;
-    for (int i = 0; i < agent->options->event_count; i++) {
-        ElasticEvent e;
-        elastic_event_parse(agent->options->events[i], &e);
-        if (e.attempt != a)
-            continue;
-        int first = e.who, last = e.who;
-        if (strcmp(e.kind, "node") == 0) {
-            first = e.who * agent->options->ranks_per_node;
-            last = first + agent->options->ranks_per_node - 1;
-        }
-        for (int r = first; r <= last && used < sizeof(faults) - 64; r++) {
-            if (strcmp(e.kind, "slow") == 0)
-                used += (size_t)snprintf(faults + used, sizeof(faults) - used, "slow:%d*%g;", r,
-                                         e.factor);
-            else if (strcmp(e.kind, "crash") == 0 || strcmp(e.kind, "node") == 0 ||
-                     strcmp(e.kind, "hang") == 0)
-                used += (size_t)snprintf(faults + used, sizeof(faults) - used, "%s:%d@%ld;",
-                                         strcmp(e.kind, "hang") ? "crash" : "hang", r, e.step);
-        }
-        if (strcmp(e.kind, "flushkill") == 0)
-            snprintf(flush, sizeof(flush), "%ld@%d", e.step, e.who);
-    }
-    setenv(FAULT_ENV, faults, 1);
-    setenv("PHALANX_FAULT_KILL_DURING_FLUSH", flush, 1);
-}
-
-/* corrupt:S events of attempt `a`: one flipped byte in the middle of the
- * step-S checkpoint's rank-0 shard, in every tier that has it. */
-static void corrupt_shards(const Agent *agent, int a)
-{
-    for (int i = 0; i < agent->options->event_count; i++) {
-        ElasticEvent e;
-        elastic_event_parse(agent->options->events[i], &e);
-        if (e.attempt != a || strcmp(e.kind, "corrupt") != 0 || !agent->plan.ckpt_dir[0])
-            continue;
-        CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
-        char tiers[2][4096], shard[8300];
-        ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
-        // the step's directory of each earlier attempt (its epoch), in each tier
-        for (int k = 0; k < 2 * a; k++) {
-            int t = k % 2, epoch = agent->first_epoch + k / 2;
-            char step_dir[4200];
-            ckpt_step_dir(step_dir, sizeof(step_dir), tiers[t], e.step, epoch);
-            snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_dir);
-            int fd = tiers[t][0] ? open(shard, O_RDWR) : -1;
-            struct stat st;
-            if (fd < 0 || fstat(fd, &st) != 0) {
-                if (fd >= 0)
-                    close(fd);
-                continue;
-            }
-            unsigned char byte = 0;
-            off_t middle = st.st_size / 2;
-            if (pread(fd, &byte, 1, middle) == 1) {
-                byte ^= 0xFF;
-                if (pwrite(fd, &byte, 1, middle) == 1)
-                    fprintf(stderr, "phalanx drill: corrupted one byte of %s\n", shard);
-            }
-            close(fd);
-        }
-    }
-}
-
-/* The fault command with {kind} and {host} filled in; -1 when too long. */
-static int fault_command_text(const char *format, const ElasticEvent *e, char *out, size_t len)
-{
-    size_t used = 0;
-    for (const char *p = format; *p;) {
-        const char *value = strncmp(p, "{kind}", 6) == 0 ? e->kind
-                            : strncmp(p, "{host}", 6) == 0 ? e->host : NULL;
-        size_t n = value ? strlen(value) : 1;
-        if (used + n >= len)
-            return -1;
-        memcpy(out + used, value ? value : p, n);
-        used += n;
-        p += value ? 6 : 1;
-    }
-    out[used] = '\0';
-    return 0;
-}
-
-/* Asks for host fault i (the agent cannot make a network fault itself): its
- * command runs in the background, in a process group of its own. */
-static void fire_host_fault(Agent *agent, int i, const ElasticEvent *e, long step)
-{
-    char command[4096];
-    agent->fired[i] = true;
-    agent->fired_at[i] = util_now_seconds();
-    if (fault_command_text(agent->options->fault_command, e, command, sizeof(command)) != 0) {
-        fprintf(stderr, "phalanx drill: --fault-command is too long; %s of %s not made\n",
-                e->kind, e->host);
-        return;
-    }
-    fprintf(stderr, "phalanx drill: %s of host %s after step %ld: %s\n", e->kind, e->host,
-            step, command);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
-        _exit(127);
-    }
-    agent->fault_pid[i] = pid > 0 ? pid : 0;
-}
-
-/* What restores `host`: the opposite of the last fault fired on it (netcluster
- * names them heal and poweron), else "restore" for the command to decide. */
-static const char *restore_kind(const Agent *agent, const char *host)
-{
-    const char *kind = "restore";
-    double latest = -1;
-    for (int i = 0; i < agent->options->event_count; i++) {
-        ElasticEvent e;
-        elastic_event_parse(agent->options->events[i], &e);
-        if (!agent->fired[i] || strcmp(e.host, host) != 0 || agent->fired_at[i] < latest ||
-            strcmp(e.kind, "restore") == 0)
-            continue;
-        latest = agent->fired_at[i];
-        kind = strcmp(e.kind, "partition") == 0 ? "heal" : "poweron";
-    }
-    return kind;
-}
-
-/* Rank 0 completed `step`: host faults of this attempt that are due, and
- * restores of this attempt or an earlier one (a restore comes after the
- * recovery from the fault it undoes). */
-static void fire_due_host_faults(Agent *agent, long step)
-{
-    int current = agent->attempt_count - 1;
-    for (int i = 0; i < agent->options->event_count; i++) {
-        ElasticEvent e;
-        elastic_event_parse(agent->options->events[i], &e);
-        bool restore = strcmp(e.kind, "restore") == 0;
-        if (!e.host[0] || agent->fired[i] || step < e.step ||
-            (restore ? e.attempt > current : e.attempt != current))
-            continue;
-        if (restore)
-            snprintf(e.kind, sizeof(e.kind), "%s", restore_kind(agent, e.host));
-        fire_host_fault(agent, i, &e, step);
-    }
-}
-
-/* Waits for the fault commands (bounded: a stuck one is killed). */
-static void reap_fault_commands(Agent *agent)
-{
-    for (int i = 0; i < agent->options->event_count; i++) {
-        pid_t pid = agent->fault_pid[i];
-        int status = 0;
-        double deadline = util_now_seconds() + FAULT_COMMAND_SECONDS;
-        while (pid > 0 && waitpid(pid, &status, WNOHANG) == 0) {
-            if (util_now_seconds() > deadline) {
-                kill(-pid, SIGKILL);
-                waitpid(pid, &status, 0);
-                break;
-            }
-            usleep(20000);
-        }
-        if (pid > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-            fprintf(stderr, "phalanx drill: the fault command of '%s' failed (status %d)\n",
-                    agent->options->events[i], WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        agent->fault_pid[i] = 0;
-    }
-}
-
-/* A host fault of this attempt on the failed rank's host (by name or address). */
-static void attribute_failure(Agent *agent, Attempt *a)
-{
-    for (int i = 0; i < agent->options->event_count && a->failure.kind != FAILURE_NONE; i++) {
-        ElasticEvent e;
-        elastic_event_parse(agent->options->events[i], &e);
-        if (!agent->fired[i] || e.attempt != agent->attempt_count - 1 ||
-            strcmp(e.kind, "restore") == 0 ||
-            (strcmp(e.host, a->failure.node) != 0 && strcmp(e.host, a->failure.address) != 0))
-            continue;
-        a->cause = strcmp(e.kind, "partition") == 0 ? "partition" : "poweroff";
-        snprintf(a->cause_host, sizeof(a->cause_host), "%s", e.host);
-        if (a->failure.fault_at == 0)
-            a->failure.fault_at = agent->fired_at[i];
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -607,8 +342,6 @@ static void on_tick(void *context, double now)
 // ----------------------------------------------------------------------------
 // the timeline
 
-static const char *resumed_tier(const Agent *agent, const char *path);
-
 /* The fence goes up before a launch (checkpoint.h, "Fencing"): from then on
  * whatever a rank of an earlier attempt still alive (a partitioned host)
  * commits beyond the newest valid step of now is invalid, whenever it
@@ -637,7 +370,7 @@ static void on_job_event(void *context, const char *event, long step, double at)
     } else if (strcmp(event, "step") == 0) {
         a->last_step_at = at;
         a->step_heard = step;
-        fire_due_host_faults(agent, step);
+        drill_fire_due_host_faults(agent, step);
     } else if (strcmp(event, "committed") == 0) {
         if (step > agent->memory_committed)
             agent->memory_committed = step;
@@ -648,15 +381,9 @@ static void on_job_event(void *context, const char *event, long step, double at)
         a->resumed_at = at;
         a->resumed_step = step;
         fprintf(stderr, "phalanx run: attempt %d resumed step %ld from the %s tier (%s)\n",
-                agent->attempt_count - 1, step, resumed_tier(agent, agent->job->resumed_path),
+                agent->attempt_count - 1, step, report_resumed_tier(agent, agent->job->resumed_path),
                 agent->job->resumed_path);
     }
-}
-
-static const char *failure_name(FailureKind kind)
-{
-    static const char *const names[] = {"none", "crash", "hang", "exit", "unreachable"};
-    return names[kind];
 }
 
 static void print_failure(const Agent *agent, const Attempt *a)
@@ -666,7 +393,7 @@ static void print_failure(const Agent *agent, const Attempt *a)
     if (f->rank >= 0)
         snprintf(who, sizeof(who), "rank %d (node %s)", f->rank, f->node[0] ? f->node : "?");
     fprintf(stderr, "phalanx run: %s of %s detected (%s) %.2f s after launch, after step %ld%s%s\n",
-            failure_name(f->kind), who, f->how ? f->how : "", f->detected_at - a->launched_at,
+            job_failure_name(f->kind), who, f->how ? f->how : "", f->detected_at - a->launched_at,
             a->last_step, a->cause ? "; injected: " : "", a->cause ? a->cause : "");
     (void)agent;
 }
@@ -688,292 +415,6 @@ static int remove_failed_node(Agent *agent, Attempt *a)
 }
 
 // ----------------------------------------------------------------------------
-// the report
-
-typedef struct {
-    long steps;
-    long long consumed, lost, duplicated;
-} SampleAccount;
-
-/* The committed trajectory: rows in file order, a row for step s replacing
- * every row from s on (a recomputed step after a resume). */
-static int account_samples(const char *metrics, SampleAccount *acc)
-{
-    memset(acc, 0, sizeof(*acc));
-    FILE *f = metrics[0] ? fopen(metrics, "r") : NULL;
-    if (!f)
-        return -1;
-    long long *ends = NULL, *starts = NULL;
-    long cap = 0, count = 0;
-    char line[8192];
-    while (fgets(line, sizeof(line), f)) {
-        long step;
-        long long samples;
-        int batch;
-        const char *s = strstr(line, "\"step\": "), *c = strstr(line, "\"samples\": "),
-                   *b = strstr(line, "\"global_batch\": ");
-        if (!s || !c || !b || sscanf(s + 8, "%ld", &step) != 1 ||
-            sscanf(c + 11, "%lld", &samples) != 1 || sscanf(b + 16, "%d", &batch) != 1 ||
-            step < 1)
-            continue;
-        if (step > cap) {
-            long grown = step * 2;
-            long long *e = realloc(ends, (size_t)grown * sizeof(*ends));
-            long long *b2 = e ? realloc(starts, (size_t)grown * sizeof(*starts)) : NULL;
-            ends = e ? e : ends;
-            if (!b2) {
-                count = -1; /* out of memory: no account */
-                break;
-            }
-            starts = b2;
-            cap = grown;
-        }
-        count = step; /* drops later rows: the resumed run replaced them */
-        ends[step - 1] = samples;
-        starts[step - 1] = samples - batch;
-    }
-    fclose(f);
-    if (count < 0) {
-        free(ends);
-        free(starts);
-        return -1;
-    }
-    acc->steps = count;
-    long long cursor = 0;
-    for (long i = 0; i < count; i++) {
-        if (starts[i] > cursor)
-            acc->lost += starts[i] - cursor;
-        if (starts[i] < cursor)
-            acc->duplicated += cursor - starts[i];
-        cursor = ends[i];
-    }
-    acc->consumed = cursor;
-    free(ends);
-    free(starts);
-    return 0;
-}
-
-/* A JSON string: names and paths come from ranks and users. */
-static void write_json_text(FILE *out, const char *text)
-{
-    fputc('"', out);
-    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            fprintf(out, "\\%c", *c);
-        else if (*c < 0x20)
-            fprintf(out, "\\u%04x", *c);
-        else
-            fputc(*c, out);
-    }
-    fputc('"', out);
-}
-
-/* Which tier a resumed checkpoint came from: "memory" (tier 1), "durable". */
-static const char *resumed_tier(const Agent *agent, const char *path)
-{
-    CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
-    char tiers[2][4096];
-    ckpt_tier_dirs(&ck, tiers[0], sizeof(tiers[0]), tiers[1], sizeof(tiers[1]));
-    size_t memory = strlen(tiers[0]);
-    return memory && strncmp(path, tiers[0], memory) == 0 && path[memory] == '/' ? "memory"
-                                                                                 : "durable";
-}
-
-/* Rank 0's steps per second in an attempt, from its first step to its last
- * (0 when it made fewer than two). */
-static double steps_per_second(const Attempt *a)
-{
-    double seconds = a->last_step_at - a->first_step_at;
-    return a->last_step > a->first_step && seconds > 0
-               ? (double)(a->last_step - a->first_step) / seconds
-               : 0;
-}
-
-static void write_attempt(FILE *out, const Agent *agent, int i)
-{
-    const Attempt *a = &agent->attempts[i];
-    double t0 = agent->t0;
-    fprintf(out, "    {\"attempt\": %d, \"world\": %d, \"layout\": \"%dx%dx%d\", "
-                 "\"resume\": %s, \"launched_s\": %.3f",
-            i, a->world, a->dp, a->pp, a->sp, a->resumed_flag ? "true" : "false",
-            a->launched_at - t0);
-    if (a->ranks_up_at > 0)
-        fprintf(out, ", \"ranks_up_s\": %.3f", a->ranks_up_at - t0);
-    if (a->resumed_at > 0) {
-        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld, \"resumed_tier\": \"%s\", "
-                     "\"resumed_from\": ", a->resumed_at - t0, a->resumed_step,
-                resumed_tier(agent, a->resumed_path));
-        write_json_text(out, a->resumed_path);
-    }
-    if (a->first_step_at > 0)
-        fprintf(out, ", \"first_step_s\": %.3f, \"first_step\": %ld", a->first_step_at - t0,
-                a->first_step);
-    fprintf(out, ", \"last_step\": %ld, \"ended_s\": %.3f", a->last_step, a->ended_at - t0);
-    double rate = steps_per_second(a);
-    if (rate > 0)
-        fprintf(out, ", \"steps_per_s\": %.3f", rate);
-    if (a->grown)
-        fprintf(out, ", \"ended_by\": \"grow\"");
-    if (a->replicated_step > 0)
-        fprintf(out, ", \"replicated_step\": %ld, \"replication_lag_max\": %ld",
-                a->replicated_step, a->replication_lag_max);
-    const JobFailure *f = &a->failure;
-    if (f->kind != FAILURE_NONE) {
-        fprintf(out, ", \"failure\": {\"kind\": \"%s\", \"rank\": %d, \"node\": ",
-                failure_name(f->kind), f->rank);
-        write_json_text(out, f->node);
-        fprintf(out, ", \"address\": ");
-        write_json_text(out, f->address);
-        fprintf(out, ", \"how\": \"%s\", \"detected_s\": %.3f", f->how ? f->how : "",
-                f->detected_at - t0);
-        if (a->cause) {
-            fprintf(out, ", \"cause\": \"%s\", \"host\": ", a->cause);
-            write_json_text(out, a->cause_host);
-        }
-        if (f->fault_at > 0)
-            fprintf(out, ", \"fault_s\": %.3f", f->fault_at - t0);
-        fprintf(out, ", \"node_removed\": %d}", a->node_lost);
-    }
-    fprintf(out, "}%s\n", i + 1 < agent->attempt_count ? "," : "");
-}
-
-/* Per failure: detection, teardown, relaunch, load and first step, MTTR. */
-static void write_recoveries(FILE *out, const Agent *agent)
-{
-    bool first = true;
-    for (int i = 0; i + 1 < agent->attempt_count; i++) {
-        const Attempt *a = &agent->attempts[i], *next = &agent->attempts[i + 1];
-        const JobFailure *f = &a->failure;
-        if (f->kind == FAILURE_NONE)
-            continue; /* a grow (write_grows) */
-        double failed = f->fault_at > 0 ? f->fault_at : f->detected_at;
-        long resumed = next->resumed_at > 0 ? next->resumed_step : 0;
-        fprintf(out, "%s    {\"attempt\": %d, \"kind\": \"%s\", \"rank\": %d, \"detect_s\": %.3f, "
-                     "\"teardown_s\": %.3f, \"relaunch_s\": %.3f",
-                first ? "" : ",\n", i, failure_name(f->kind), f->rank, f->detected_at - failed,
-                a->ended_at - f->detected_at, next->launched_at - a->ended_at);
-        // relaunch -> ranks up (processes, MPI) -> checkpoint loaded -> first step
-        if (next->ranks_up_at > 0)
-            fprintf(out, ", \"startup_s\": %.3f", next->ranks_up_at - next->launched_at);
-        if (next->resumed_at > 0 && next->ranks_up_at > 0)
-            fprintf(out, ", \"ckpt_load_s\": %.3f", next->resumed_at - next->ranks_up_at);
-        if (next->first_step_at > 0)
-            fprintf(out, ", \"mttr_s\": %.3f", next->first_step_at - failed);
-        long recomputed = a->last_step - resumed;
-        fprintf(out, ", \"last_step_before\": %ld, \"resumed_step\": %ld, \"steps_recomputed\": %ld}",
-                a->last_step, resumed, recomputed > 0 ? recomputed : 0);
-        first = false;
-    }
-    fprintf(out, "\n");
-}
-
-/* The steps per second of the attempt before the first failure, of the one
- * a grow stopped (on the survivors), and of the one after it. */
-static void write_throughput(FILE *out, const Agent *agent, const Grow *g)
-{
-    int before = 0;
-    while (before + 1 < agent->attempt_count &&
-           agent->attempts[before].failure.kind == FAILURE_NONE)
-        before++;
-    double rates[3] = {steps_per_second(&agent->attempts[before]),
-                       steps_per_second(&agent->attempts[g->attempt]),
-                       g->attempt + 1 < agent->attempt_count
-                           ? steps_per_second(&agent->attempts[g->attempt + 1]) : 0};
-    const char *names[3] = {"before_loss", "survivors", "after_grow"};
-    fprintf(out, ", \"steps_per_s\": {");
-    for (int k = 0; k < 3; k++)
-        fprintf(out, "%s\"%s\": %.3f", k ? ", " : "", names[k], rates[k]);
-    fprintf(out, "}");
-}
-
-/* Per grow: host healthy, stop began, first step in the larger layout. */
-static void write_grows(FILE *out, const Agent *agent)
-{
-    for (int i = 0; i < agent->grow_count; i++) {
-        const Grow *g = &agent->grows[i];
-        const Attempt *a = &agent->attempts[g->attempt];
-        const Attempt *next = g->attempt + 1 < agent->attempt_count
-                                  ? &agent->attempts[g->attempt + 1] : NULL;
-        fprintf(out, "%s    {\"attempt\": %d, \"hosts\": ", i ? ",\n" : "", g->attempt);
-        write_json_text(out, g->hosts);
-        fprintf(out, ", \"world_before\": %d, \"world_after\": %d, \"healthy_s\": %.3f, "
-                     "\"stop_s\": %.3f, \"stopped_after_step\": %ld",
-                g->world_before, g->world_after, g->healthy_at - agent->t0,
-                g->stop_at - agent->t0, a->last_step);
-        if (next && next->first_step_at > 0) {
-            long resumed = next->resumed_at > 0 ? next->resumed_step : 0;
-            long recomputed = a->last_step - resumed;
-            fprintf(out, ", \"layout_after\": \"%dx%dx%d\", \"first_step_after\": %ld, "
-                         "\"first_step_after_s\": %.3f, \"grow_s\": %.3f, "
-                         "\"steps_recomputed\": %ld",
-                    next->dp, next->pp, next->sp, next->first_step,
-                    next->first_step_at - agent->t0, next->first_step_at - g->healthy_at,
-                    recomputed > 0 ? recomputed : 0);
-        }
-        write_throughput(out, agent, g);
-        fprintf(out, "}");
-    }
-    fprintf(out, "\n");
-}
-
-/* Healthy hosts not used, and why. */
-static void write_spares(FILE *out, const Agent *agent)
-{
-    bool first = true;
-    for (int i = 0; i < agent->pool_count; i++) {
-        const PoolHost *p = &agent->pool[i];
-        if (!p->spare_why[0])
-            continue;
-        fprintf(out, "%s    {\"host\": ", first ? "" : ",\n");
-        write_json_text(out, p->name);
-        fprintf(out, ", \"why\": ");
-        write_json_text(out, p->spare_why);
-        fprintf(out, "}");
-        first = false;
-    }
-    fprintf(out, "\n");
-}
-
-static void write_report(const Agent *agent, int status)
-{
-    const char *path = agent->options->report_path;
-    if (!path)
-        return;
-    FILE *out = fopen(path, "w");
-    if (!out) {
-        fprintf(stderr, "phalanx run: --report: cannot write '%s': %s\n", path, strerror(errno));
-        return;
-    }
-    fprintf(out, "{\n  \"outcome\": \"%s\", \"exit_status\": %d, \"restarts\": %d,\n",
-            agent->outcome, status, agent->attempt_count - 1 - agent->grow_count);
-    fprintf(out, "  \"min_ranks\": %d, \"max_ranks\": %d, \"ranks_per_node\": %d, "
-                 "\"heartbeat_timeout_s\": %g, \"rejoin_every_s\": %g,\n",
-            agent->options->min_ranks, agent->max_ranks, agent->options->ranks_per_node,
-            agent->options->heartbeat_timeout, agent->options->rejoin_every);
-    fprintf(out, "  \"injected\": [");
-    for (int i = 0; i < agent->options->event_count; i++)
-        fprintf(out, "%s\"%s\"", i ? ", " : "", agent->options->events[i]);
-    fprintf(out, "],\n  \"attempts\": [\n");
-    for (int i = 0; i < agent->attempt_count; i++)
-        write_attempt(out, agent, i);
-    fprintf(out, "  ],\n  \"recoveries\": [\n");
-    write_recoveries(out, agent);
-    fprintf(out, "  ],\n  \"grows\": [\n");
-    write_grows(out, agent);
-    fprintf(out, "  ],\n  \"spares\": [\n");
-    write_spares(out, agent);
-    fprintf(out, "  ]");
-    SampleAccount acc;
-    if (account_samples(agent->plan.metrics, &acc) == 0)
-        fprintf(out, ",\n  \"samples\": {\"metrics\": \"%s\", \"committed_steps\": %ld, "
-                     "\"consumed\": %lld, \"lost\": %lld, \"duplicated\": %lld}",
-                agent->plan.metrics, acc.steps, acc.consumed, acc.lost, acc.duplicated);
-    fprintf(out, "\n}\n");
-    fclose(out);
-    fprintf(stderr, "phalanx run: drill report in %s\n", path);
-}
-
-// ----------------------------------------------------------------------------
 // the loop
 
 static int run_attempt(Agent *agent, int world)
@@ -989,8 +430,8 @@ static int run_attempt(Agent *agent, int world)
     static char layout[64];
     build_argv(agent, a, argv, layout, sizeof(layout));
     int index = agent->attempt_count - 1;
-    corrupt_shards(agent, index);
-    set_fault_env(agent, index);
+    drill_corrupt_shards(agent, index);
+    drill_set_fault_env(agent, index);
     JobConfig *config = agent->config;
     config->plan.ranks = world;
     config->plan.exclude = agent->excluded[0] ? agent->excluded : NULL;
@@ -1005,10 +446,10 @@ static int run_attempt(Agent *agent, int world)
         return -1;
     job_watch(job);
     a->ended_at = util_now_seconds();
-    reap_fault_commands(agent);
+    drill_reap_fault_commands(agent);
     a->failure = job->failure;
     snprintf(a->resumed_path, sizeof(a->resumed_path), "%s", job->resumed_path);
-    attribute_failure(agent, a);
+    drill_attribute_failure(agent, a);
     a->first_step = job->first_step;
     a->last_step = job->last_step;
     probes_cancel(agent);
@@ -1143,6 +584,6 @@ int elastic_run(JobConfig *config, const ElasticOptions *options)
         job_close(&job);
     }
     job_close(&job);
-    write_report(&agent, status);
+    report_write(&agent, status);
     return status;
 }

@@ -640,6 +640,12 @@ int job_code(const Job *job)
     return WIFEXITED(job->status) ? WEXITSTATUS(job->status) : 128 + WTERMSIG(job->status);
 }
 
+const char *job_failure_name(FailureKind kind)
+{
+    static const char *const names[] = {"none", "crash", "hang", "exit", "unreachable"};
+    return names[kind];
+}
+
 void job_watch(Job *job)
 {
     while (!job->done) {

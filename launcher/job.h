@@ -153,5 +153,7 @@ void job_request_stop(Job *job);
 void job_close(Job *job);
 /* The job's raw exit code (128 + signal for a signal). */
 int job_code(const Job *job);
+/* "none", "crash", "hang", "exit" or "unreachable". */
+const char *job_failure_name(FailureKind kind);
 
 #endif
