@@ -17,6 +17,8 @@
 #include "kernels.h"
 #include "modelfile.h"
 #include "outfile.h"
+#include "dump.h"
+#include "report.h"
 #include "snapshot.h"
 #include "trainer.h"
 
@@ -28,17 +30,6 @@
 #include <string.h>
 #include <time.h>
 
-typedef struct {
-    long step; /* 1-based: optimizer steps completed */
-    double loss, lr, grad_norm, val_loss, seconds, comm_seconds;
-    int batch;            /* the global batch of this step */
-    bool measured;        /* the noise scale was estimated at this step */
-    int live_activations[MAX_STAGES]; /* most activation sets alive, per stage */
-    double ckpt_stall_seconds; /* the training thread blocked by checkpoints */
-    bool has_val, stop;
-    bool abandoned; /* a stop came between its micro-batches: nothing of it applied */
-} StepReport;
-
 static volatile sig_atomic_t stop_signal;
 
 static void on_stop_signal(int signo)
@@ -46,22 +37,6 @@ static void on_stop_signal(int signo)
     stop_signal = signo;
 }
 
-
-/* rank 0's lines go to the launcher when there is one, else to stdout */
-static void report_line(Trainer *t, long step, const char *line)
-{
-    if (t->rank != 0 || t->opt.quiet)
-        return;
-    if (channel_connected(&t->channel)) {
-        if (step > 0)
-            channel_send(&t->channel, "progress %ld %s", step, line);
-        else
-            channel_send(&t->channel, "log %s", line);
-        return;
-    }
-    printf("%s\n", line);
-    fflush(stdout);
-}
 
 // ----------------------------------------------------------------------------
 // set-up
@@ -288,18 +263,6 @@ static double world_sum(Trainer *t, double value)
     return value;
 }
 
-/* Where an output file may go: never into a checkpoint tier, whose files
- * pruning removes. `tiers` holds the directories the policy points to. */
-static OutfilePolicy output_policy(const Trainer *t, const char *flag, OutfileMode mode,
-                                   char tiers[2][PATH_MAX])
-{
-    ckpt_tier_dirs(&t->opt.ckpt, tiers[0], PATH_MAX, tiers[1], PATH_MAX);
-    return (OutfilePolicy){flag, mode,
-                           "pass --metrics-overwrite to replace it, --metrics-append (or "
-                           "--resume) to continue it, or name another file",
-                           {tiers[0], tiers[1]}};
-}
-
 /* A resumed run continues the metrics of the run it resumes; a fresh one
  * replaces an existing file only when told to. */
 static OutfileMode metrics_mode(const TrainOptions *o)
@@ -318,11 +281,11 @@ static int open_outputs(Trainer *t)
     char tiers[2][PATH_MAX], err[2 * PATH_MAX + 256];
     bool failed = false;
     if (t->rank == 0 && o->dump_params_path) {
-        OutfilePolicy dump = output_policy(t, "--dump-params", OUTFILE_OVERWRITE, tiers);
+        OutfilePolicy dump = report_output_policy(t, "--dump-params", OUTFILE_OVERWRITE, tiers);
         failed = outfile_check(&dump, o->dump_params_path, err, sizeof(err)) != 0;
     }
     if (t->rank == 0 && !failed && o->metrics_path) {
-        OutfilePolicy metrics = output_policy(t, "--metrics", metrics_mode(o), tiers);
+        OutfilePolicy metrics = report_output_policy(t, "--metrics", metrics_mode(o), tiers);
         failed = !(t->metrics = outfile_open(&metrics, o->metrics_path, err, sizeof(err)));
     }
     if (failed)
@@ -428,7 +391,7 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
 }
 
 /* Drains the device queue; after a failed kernel, says where and returns -1. */
-static int device_failed(Trainer *t, const char *when)
+int trainer_device_failed(Trainer *t, const char *when)
 {
     char why[512];
     if (device_ready(t->dev, why, sizeof(why)) == 0)
@@ -449,7 +412,7 @@ static int sum_tied_gradients(Trainer *t)
     const ParamTensor *wte = tied_embedding(t);
     if (!wte || comm_size(t->tied) == 1)
         return 0;
-    if (device_failed(t, "tied embedding gradients"))
+    if (trainer_device_failed(t, "tied embedding gradients"))
         return -1;
     if (comm_allreduce(t->tied_data, t->gpt.grads + wte->offset, wte->numel, COMM_F32) == 0)
         return 0;
@@ -652,7 +615,7 @@ static int compute_gradients(Trainer *t, StepReport *r, double *loss_share)
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->sync.error);
         return -1;
     }
-    if (sum_tied_gradients(t) || device_failed(t, "forward and backward"))
+    if (sum_tied_gradients(t) || trainer_device_failed(t, "forward and backward"))
         return -1;
     if (t->sharded && zero_reduce_scatter(&t->zero)) {
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
@@ -674,7 +637,7 @@ static bool evaluate_group(Trainer *t, long first, long end, double *share)
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->pipe.error);
         return false;
     }
-    return device_failed(t, "validation") == 0;
+    return trainer_device_failed(t, "validation") == 0;
 }
 
 /* Validation loss into *val_loss, summed over the world (NaN when a rank
@@ -837,88 +800,8 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
 }
 
 // ----------------------------------------------------------------------------
-// reporting
+// the loop
 
-/* Closes the metrics file; -1 when it is, or was earlier, lost to a write
- * error (the message is printed once, when that happens). */
-static int close_metrics(Trainer *t)
-{
-    char err[PATH_MAX + 256];
-    if (t->metrics && outfile_close(t->metrics, t->opt.metrics_path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "phalanx train: --metrics: %s; no further rows are written and the "
-                        "run ends with status 1\n", err);
-        t->metrics_lost = true;
-    }
-    t->metrics = NULL;
-    return t->metrics_lost ? -1 : 0;
-}
-
-/* The moments m and v this rank holds: its shard under --zero 1. */
-static size_t optimizer_bytes(const Trainer *t)
-{
-    return t->sharded ? zero_state_bytes(&t->zero) : 2 * t->gpt.param_count * sizeof(float);
-}
-
-static void write_metrics(Trainer *t, const StepReport *r)
-{
-    FILE *f = t->metrics;
-    if (!f)
-        return;
-    double tokens = (double)r->batch * t->opt.model.seq_len;
-    // JSON has no NaN or infinity: a value that is not finite is null
-    fprintf(f, "{\"step\": %ld, \"samples\": %llu", r->step, (unsigned long long)t->cursor);
-    outfile_json_number(f, "loss", r->loss, -1);
-    outfile_json_number(f, "lr", r->lr, -1);
-    fprintf(f, ", \"global_batch\": %d", r->batch);
-    // the elastic agent shrinks and grows the run: its size at every step
-    const Layout *l = &t->layout;
-    fprintf(f, ", \"world\": %d, \"layout\": \"%dx%dx%d\"", l->dp * l->pp * l->sp, l->dp, l->pp,
-            l->sp);
-    outfile_json_number(f, "tokens_per_s", tokens / r->seconds, 1);
-    outfile_json_number(f, "grad_norm", r->grad_norm, -1);
-    outfile_json_number(f, "step_ms", r->seconds * 1e3, 3);
-    outfile_json_number(f, "grad_comm_ms", r->comm_seconds * 1e3, 3);
-    outfile_json_number(f, "ckpt_stall_ms", r->ckpt_stall_seconds * 1e3, 3);
-    outfile_json_number(f, "activation_mib", pipeline_activation_bytes(&t->pipe) / 1048576.0, 3);
-    outfile_json_number(f, "optimizer_mib", optimizer_bytes(t) / 1048576.0, 3);
-    fprintf(f, ", \"live_activations\": [");
-    for (int i = 0; i < t->layout.pp; i++)
-        fprintf(f, "%s%d", i ? ", " : "", r->live_activations[i]);
-    fprintf(f, "]");
-    // the controller's current estimate at every step; "noise_measured" marks
-    // the steps that fed it a new measurement
-    double noise = t->opt.batch_adaptive ? batch_noise_scale(&t->batch) : NAN;
-    if (isfinite(noise))
-        outfile_json_number(f, "noise_scale", noise, -1);
-    if (r->measured)
-        fprintf(f, ", \"noise_measured\": true");
-    long tier2, tier1;
-    snapshot_committed(t, &tier2, &tier1);
-    if (t->ckpt) /* how far the background flushes are behind: timing, not the run */
-        fprintf(f, ", \"ckpt_committed\": [%ld, %ld]", tier1, tier2);
-    if (r->has_val)
-        outfile_json_number(f, "val_loss", r->val_loss, -1);
-    fprintf(f, "}\n");
-    char err[PATH_MAX + 256];
-    if (outfile_flush(f, t->opt.metrics_path, err, sizeof(err)) != 0) {
-        // training goes on (its checkpoints are what count); the exit status tells
-        fprintf(stderr, "phalanx train: --metrics: %s; no further rows are written and the "
-                        "run ends with status 1\n", err);
-        fclose(f);
-        t->metrics = NULL;
-        t->metrics_lost = true;
-    }
-}
-
-/* The share of the run done, by whichever limit comes first. */
-static double run_progress(const Trainer *t)
-{
-    double by_samples = (double)t->cursor / t->opt.train_samples;
-    double by_steps = (double)t->steps_done / t->opt.steps;
-    return by_steps > by_samples ? by_steps : by_samples;
-}
-
-/* `elapsed` seconds took this process from progress `began` to now. */
 /* Rank 0 tells the launcher the newest memory checkpoint that is on two
  * hosts: after a host loss only the survivors' memory holds it, which the
  * launcher cannot see, and it must relaunch with --resume latest. */
@@ -932,182 +815,6 @@ static void announce_replicated_commit(Trainer *t)
         channel_send(&t->channel, "committed %ld", tier1);
 }
 
-static void print_progress(Trainer *t, const StepReport *r, double elapsed, double began)
-{
-    char line[512], ckpt[64];
-    double tokens = (double)r->batch * t->opt.model.seq_len;
-    double done = run_progress(t);
-    double eta = done > began ? elapsed / (done - began) * (1.0 - done) : 0.0;
-    snapshot_describe(t, ckpt, sizeof(ckpt));
-    int used = snprintf(line, sizeof(line),
-                        "step %5ld/%ld | loss %.4f | lr %.2e | batch %d | %.0f tok/s | "
-                        "grad %.3f | %s | ETA %dm%02ds",
-                        r->step, t->opt.steps, r->loss, r->lr, r->batch,
-                        tokens / r->seconds, r->grad_norm, ckpt, (int)(eta / 60), (int)eta % 60);
-    if (r->has_val)
-        snprintf(line + used, sizeof(line) - (size_t)used, " | val %.4f", r->val_loss);
-    report_line(t, r->step, line);
-}
-
-static void print_header(Trainer *t)
-{
-    const TrainOptions *o = &t->opt;
-    char line[768];
-    snprintf(line, sizeof(line),
-             "phalanx train: %zu parameters (%d layers, %d heads, width %d, seq %d, vocab %d); "
-             "%s, global batch %d (micro-batch %d); layout dp=%d pp=%d sp=%d on %d rank(s); "
-             "%zu training windows; activation memory %.1f MiB, optimizer state %.1f MiB%s "
-             "per rank; device %s",
-             t->gpt.param_count, o->model.layers, o->model.heads, o->model.dim,
-             o->model.seq_len, o->model.vocab, optim_kind_name(o->optim.kind), o->global_batch,
-             o->micro_batch, t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world),
-             t->train_windows, pipeline_activation_bytes(&t->pipe) / 1048576.0,
-             optimizer_bytes(t) / 1048576.0, t->sharded ? " (ZeRO-1)" : "", t->dev->name);
-    report_line(t, 0, line);
-}
-
-/* One file of --dump-params (checked as outfile.h says); NULL after a message. */
-static FILE *open_dump(const Trainer *t, const char *path)
-{
-    char tiers[2][PATH_MAX], err[2 * PATH_MAX + 256];
-    OutfilePolicy policy = output_policy(t, "--dump-params", OUTFILE_OVERWRITE, tiers);
-    FILE *file = outfile_open(&policy, path, err, sizeof(err));
-    if (!file)
-        fprintf(stderr, "phalanx train: %s\n", err);
-    return file;
-}
-
-/* Closes a dump file; -1 after a message when any write to it failed. */
-static int close_dump(FILE *file, const char *path)
-{
-    char err[PATH_MAX + 256];
-    if (outfile_close(file, path, err, sizeof(err)) == 0)
-        return 0;
-    fprintf(stderr, "phalanx train: --dump-params: %s\n", err);
-    return -1;
-}
-
-static int dump_floats(const Trainer *t, const char *path, const float *data, size_t count)
-{
-    FILE *file = open_dump(t, path);
-    if (!file)
-        return -1;
-    fwrite(data, sizeof(float), count, file); // a short write shows in close_dump
-    return close_dump(file, path);
-}
-
-/* Final parameters as raw float32 plus a JSON manifest (tests, inspection);
- * `params` is host memory in gpt's layout. */
-static int write_params(const Trainer *t, const GPT *gpt, const float *params, const char *path)
-{
-    char manifest[PATH_MAX + 8];
-    snprintf(manifest, sizeof(manifest), "%s.json", path);
-    if (dump_floats(t, path, params, gpt->param_count) != 0)
-        return -1;
-    FILE *json = open_dump(t, manifest);
-    if (!json)
-        return -1;
-    gpt_write_manifest(gpt, json);
-    return close_dump(json, manifest);
-}
-
-/* This stage's parameters in host memory (a copy: malloc'd), or NULL. */
-static float *host_params(Trainer *t)
-{
-    size_t bytes = t->gpt.param_count * sizeof(float);
-    float *host = malloc(bytes);
-    if (!host) {
-        fprintf(stderr, "phalanx train: rank %d: --dump-params: out of memory\n", t->rank);
-        return NULL;
-    }
-    t->dev->download(host, t->gpt.params, bytes);
-    if (device_failed(t, "--dump-params: copying the parameters")) {
-        free(host);
-        return NULL;
-    }
-    return host;
-}
-
-enum { TAG_DUMP = 77 };
-
-/* Copies stage `stage`'s parameters (received from its first replica) into
- * the whole model; the last stage's copy of wte goes to *tied_copy. */
-static int receive_stage(Trainer *t, GPT *full, int stage, float *tied_copy)
-{
-    LayoutNeeds needs = options_layout_needs(&t->opt);
-    int begin, end, source = layout_rank(t->layout, (GridCoord){0, stage, 0});
-    layout_stage_layers(t->layout, &needs, stage, &begin, &end);
-    GPT part;
-    if (gpt_init(&part, device_cpu(), &t->opt.model, begin, end, false,
-                 stage == t->layout.pp - 1))
-        return -1;
-    int status = comm_recv(t->world, part.params, part.param_count, COMM_F32, source, TAG_DUMP);
-    for (int i = 0; status == 0 && i < part.tensor_count; i++) {
-        const ParamTensor *from = &part.tensors[i];
-        float *to = strcmp(from->name, "wte") == 0
-                        ? tied_copy
-                        : full->params + gpt_find_tensor(full, from->name)->offset;
-        memcpy(to, part.params + from->offset, from->numel * sizeof(float));
-    }
-    gpt_free(&part);
-    return status;
-}
-
-static int write_tied_copy(const Trainer *t, const float *tied, size_t count, const char *path)
-{
-    char tied_path[PATH_MAX + 8];
-    snprintf(tied_path, sizeof(tied_path), "%s.tied", path);
-    return dump_floats(t, tied_path, tied, count);
-}
-
-/* Rank 0 puts the stages together: its own, then each later stage's. */
-static int gather_stages(Trainer *t, const float *own_params, const char *path)
-{
-    GPT full;
-    if (gpt_init_full(&full, device_cpu(), &t->opt.model))
-        return -1;
-    const ParamTensor *wte = gpt_find_tensor(&full, "wte");
-    float *tied = malloc(wte->numel * sizeof(float));
-    int status = tied ? 0 : -1;
-    for (int i = 0; status == 0 && i < t->gpt.tensor_count; i++) {
-        const ParamTensor *own = &t->gpt.tensors[i];
-        memcpy(full.params + gpt_find_tensor(&full, own->name)->offset,
-               own_params + own->offset, own->numel * sizeof(float));
-    }
-    for (int stage = 1; status == 0 && stage < t->layout.pp; stage++)
-        status = receive_stage(t, &full, stage, tied);
-    if (status == 0)
-        status = write_params(t, &full, full.params, path);
-    if (status == 0)
-        status = write_tied_copy(t, tied, wte->numel, path);
-    free(tied);
-    gpt_free(&full);
-    return status;
-}
-
-/* Gathers the whole model on rank 0 and writes it; with pp > 1 the last
- * stage's copy of the tied embedding goes to PATH.tied, for comparison. */
-static int dump_params(Trainer *t, const char *path)
-{
-    bool writer = t->layout.pp == 1 ? t->rank == 0 : t->coord.dp == 0 && t->coord.sp == 0;
-    if (!writer)
-        return 0;
-    float *params = host_params(t);
-    if (!params)
-        return -1;
-    int status;
-    if (t->layout.pp == 1)
-        status = write_params(t, &t->gpt, params, path);
-    else if (t->rank != 0)
-        status = comm_send(t->world, params, t->gpt.param_count, COMM_F32, 0, TAG_DUMP);
-    else
-        status = gather_stages(t, params, path);
-    free(params);
-    return status;
-}
-
-// ----------------------------------------------------------------------------
-
 static int finish(Trainer *t, const StepReport *r, double seconds)
 {
     char line[256];
@@ -1117,7 +824,7 @@ static int finish(Trainer *t, const StepReport *r, double seconds)
         snprintf(line + used, sizeof(line) - (size_t)used, ", validation loss %.4f", r->val_loss);
     report_line(t, 0, line);
     bool dumped = !t->opt.dump_params_path || dump_params(t, t->opt.dump_params_path) == 0;
-    if (close_metrics(t) != 0 || !dumped)
+    if (report_close_metrics(t) != 0 || !dumped)
         return 1;
     if (r->stop)
         return 128 + (stop_signal ? stop_signal : SIGTERM);
@@ -1136,8 +843,8 @@ static void checkpoint_before_dropped_step(Trainer *t, long first_step)
 
 static int run_training(Trainer *t)
 {
-    print_header(t);
-    double start = util_now_seconds(), began = run_progress(t);
+    report_header(t);
+    double start = util_now_seconds(), began = report_run_progress(t);
     long first_step = t->steps_done;
     StepReport report = {.step = t->steps_done};
     for (long s = t->steps_done; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples;
@@ -1151,8 +858,8 @@ static int run_training(Trainer *t)
             break;
         }
         if (t->rank == 0)
-            write_metrics(t, &report);
-        print_progress(t, &report, util_now_seconds() - start, began);
+            report_metrics_row(t, &report);
+        report_progress(t, &report, util_now_seconds() - start, began);
         if (t->rank == 0) { /* even under --quiet: the launcher's timeline */
             channel_send(&t->channel, "step %ld", report.step);
             announce_replicated_commit(t);
@@ -1161,7 +868,7 @@ static int run_training(Trainer *t)
         if (report.stop)
             break;
     }
-    if (device_failed(t, "the last optimizer step")) {
+    if (trainer_device_failed(t, "the last optimizer step")) {
         snapshot_close(t, false);
         return 1;
     }

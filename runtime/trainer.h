@@ -1,7 +1,7 @@
 /*
- * trainer: the state of one training worker, shared by the files of the
- * training loop (train.c) and its checkpoint glue (snapshot.c). Private to
- * runtime/.
+ * trainer: the state of one training worker, shared by the training loop
+ * (train.c), its checkpoint glue (snapshot.c), its reports (report.c) and
+ * its parameter dump (dump.c). Private to runtime/.
  */
 #ifndef PHALANX_TRAINER_H
 #define PHALANX_TRAINER_H
@@ -62,5 +62,9 @@ typedef struct {
     int ckpt_tensor_count;
     Faults faults; /* injected failures of drills (fault.h) */
 } Trainer;
+
+/* Drains the device queue; after a failed kernel, says where (`when`) and
+ * returns -1 (runtime/train.c). */
+int trainer_device_failed(Trainer *t, const char *when);
 
 #endif
