@@ -1,7 +1,8 @@
 /*
- * The training loop of one worker: data -> forward/backward over this
- * replica's micro-batches -> gradient sum over dp x sp -> clip -> optimizer,
- * with progress, metrics and validation.
+ * The training loop of one worker: set-up and tear-down, the step (data ->
+ * forward/backward over this replica's micro-batches -> gradient sum over
+ * dp x sp -> clip -> optimizer, then validation) and the loop over steps.
+ * Its lines and metrics rows are report.c's, its checkpoints snapshot.c's.
  *
  * Step s (0-based) consumes global samples [s * B, (s + 1) * B) with B the
  * global batch, in B / micro micro-batches; data-parallel replica r takes the
@@ -14,10 +15,10 @@
 #include "runtime.h"
 #include "util.h"
 
+#include "dump.h"
 #include "kernels.h"
 #include "modelfile.h"
 #include "outfile.h"
-#include "dump.h"
 #include "report.h"
 #include "snapshot.h"
 #include "trainer.h"
