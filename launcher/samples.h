@@ -1,8 +1,10 @@
 /*
  * samples: the samples a run consumed, lost and duplicated, from its
  * metrics file (private to launcher/; the drill report's "samples").
- * A line without "step" (>= 1), "samples" and "global_batch" is skipped
- * (a rank killed mid-write leaves a torn last line).
+ * Rows are JSON objects, one a line, read with a JSON parser (whatever the
+ * spacing or the order of the keys); a line that is not one, or lacks an
+ * integer "step" (>= 1), "samples" or "global_batch", is skipped (a rank
+ * killed mid-write leaves a torn last line).
  */
 #ifndef PHALANX_SAMPLES_H
 #define PHALANX_SAMPLES_H
