@@ -391,16 +391,6 @@ static void load_val_micro_batch(void *context, int index, Activations *acts)
         load_window(t, &t->val, (batch * (size_t)acts->B + (size_t)b) % t->val_windows, acts, b);
 }
 
-/* Drains the device queue; after a failed kernel, says where and returns -1. */
-int trainer_device_failed(Trainer *t, const char *when)
-{
-    char why[512];
-    if (device_ready(t->dev, why, sizeof(why)) == 0)
-        return 0;
-    fprintf(stderr, "phalanx train: rank %d: %s: %s\n", t->rank, when, why);
-    return -1;
-}
-
 static const ParamTensor *tied_embedding(const Trainer *t)
 {
     return t->layout.pp > 1 ? gpt_find_tensor(&t->gpt, "wte") : NULL;

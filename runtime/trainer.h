@@ -64,7 +64,7 @@ typedef struct {
 } Trainer;
 
 /* Drains the device queue; after a failed kernel, says where (`when`) and
- * returns -1 (runtime/train.c). */
+ * returns -1 (trainer.c). */
 int trainer_device_failed(Trainer *t, const char *when);
 
 #endif
