@@ -280,9 +280,15 @@ int ckpt_fence_raise(const char *dir, int epoch, int64_t after, char *err, size_
 /* The newest entry's epoch; -1 when there is no fence (or it is unreadable). */
 int ckpt_fence_epoch(const char *dir);
 #define CKPT_EPOCH_ENV "PHALANX_EPOCH"
+/* The kill-during-flush hook above (the drill's flushkill events set it). */
+#define CKPT_FLUSH_KILL_ENV "PHALANX_FAULT_KILL_DURING_FLUSH"
 
 /* "<tier>/step_%08lld", or "<tier>/step_%08lld.e%d" when epoch >= 0. */
 void ckpt_step_dir(char *out, size_t len, const char *tier, int64_t step, int epoch);
+
+/* "<step_dir>/rank_%05d.h5": the shard that `rank` writes in a step's
+ * directory (the elastic agent's drill corrupts one). */
+void ckpt_shard_path(char *out, size_t len, const char *step_dir, int rank);
 
 /* The tier directories for `options`: tier1 is "" when tier 1 is off. */
 void ckpt_tier_dirs(const CkptOptions *options, char *tier1, size_t tier1_len, char *tier2,

@@ -72,7 +72,7 @@ void ckpt_step_dir(char *out, size_t len, const char *tier, int64_t step, int ep
     snprintf(out, len, "%s/%s", tier, name);
 }
 
-void files_shard_path(char *out, size_t len, const char *step_dir, int rank)
+void ckpt_shard_path(char *out, size_t len, const char *step_dir, int rank)
 {
     snprintf(out, len, "%s/" SHARD_FORMAT, step_dir, rank);
 }

@@ -115,7 +115,6 @@ typedef struct {
 /* step_%08lld, and step_%08lld.e%d for an epoch >= 0 (checkpoint.h, "Files") */
 void files_step_name(char *out, size_t len, int64_t step, int epoch);
 void files_shard_name(char *out, size_t len, int rank); /* rank_%05d.h5 */
-void files_shard_path(char *out, size_t len, const char *step_dir, int rank);
 void files_index_path(char *out, size_t len, const char *step_dir);
 
 /* Creates a directory and its parents (0755). */

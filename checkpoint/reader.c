@@ -189,7 +189,7 @@ static const CkptShard *find_shard(const CkptIndex *x, int rank)
 static CkptStatus shard_present(const char *dir, const CkptShard *s, char *err, size_t err_len)
 {
     char path[PATH_MAX];
-    files_shard_path(path, sizeof(path), dir, s->rank);
+    ckpt_shard_path(path, sizeof(path), dir, s->rank);
     int64_t size = files_size(path);
     if (size < 0) {
         ckpt_fail_at(err, err_len, path, "is missing");
@@ -215,7 +215,7 @@ static CkptStatus shard_get(ShardSet *set, int rank, hid_t *out, char *err, size
     }
     if (set->open[rank] < 0) {
         char path[PATH_MAX];
-        files_shard_path(path, sizeof(path), set->dir, rank);
+        ckpt_shard_path(path, sizeof(path), set->dir, rank);
         CkptStatus status = shard_present(set->dir, s, err, err_len);
         if (status == CKPT_OK)
             status = format_shard_open(path, set->index, rank, &set->open[rank], err, err_len);
@@ -300,7 +300,7 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
                                           sizeof(why));
             if (status != CKPT_OK) {
                 char shard_path[PATH_MAX];
-                files_shard_path(shard_path, sizeof(shard_path), set->dir, f->rank);
+                ckpt_shard_path(shard_path, sizeof(shard_path), set->dir, f->rank);
                 ckpt_fail_at(err, err_len, shard_path, "%s", why);
             }
         }

@@ -108,7 +108,7 @@ bool ckpt_mode_parse(const char *text, CkptMode *out)
 static Fault fault_parse(int rank)
 {
     Fault f = {-1, TIER_DIR, -1};
-    const char *text = getenv("PHALANX_FAULT_KILL_DURING_FLUSH");
+    const char *text = getenv(CKPT_FLUSH_KILL_ENV);
     if (!text || !*text)
         return f;
     char *end;
@@ -121,7 +121,7 @@ static Fault fault_parse(int rank)
     if (end == text || *end != '\0' || step < 1 || (tier != 1 && tier != 2)) {
         if (rank == 0)
             fprintf(stderr,
-                    "phalanx ckpt: PHALANX_FAULT_KILL_DURING_FLUSH='%s' ignored: the form is "
+                    "phalanx ckpt: " CKPT_FLUSH_KILL_ENV "='%s' ignored: the form is "
                     "STEP[:TIER][@RANK], e.g. 20, 20:1 or 20:2@3\n",
                     text);
         return f;

@@ -18,8 +18,8 @@
 
 #define FAULT_COMMAND_SECONDS 30.0 /* a fault command still running then is killed */
 
-/* The worker's environment for attempt `a`: PHALANX_FAULTS and the
- * checkpoint module's kill-during-flush hook. */
+/* The worker's environment for attempt `a`: FAULT_ENV and the checkpoint
+ * module's kill-during-flush hook (CKPT_FLUSH_KILL_ENV). */
 void drill_set_fault_env(const Agent *agent, int a)
 {
     char faults[1024] = "", flush[64] = "";
@@ -47,7 +47,7 @@ void drill_set_fault_env(const Agent *agent, int a)
             snprintf(flush, sizeof(flush), "%ld@%d", e.step, e.who);
     }
     setenv(FAULT_ENV, faults, 1);
-    setenv("PHALANX_FAULT_KILL_DURING_FLUSH", flush, 1);
+    setenv(CKPT_FLUSH_KILL_ENV, flush, 1);
 }
 
 /* corrupt:S events of attempt `a`: one flipped byte in the middle of the
@@ -67,7 +67,7 @@ void drill_corrupt_shards(const Agent *agent, int a)
             int t = k % 2, epoch = agent->first_epoch + k / 2;
             char step_dir[4200];
             ckpt_step_dir(step_dir, sizeof(step_dir), tiers[t], e.step, epoch);
-            snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_dir);
+            ckpt_shard_path(shard, sizeof(shard), step_dir, 0);
             int fd = tiers[t][0] ? open(shard, O_RDWR) : -1;
             struct stat st;
             if (fd < 0 || fstat(fd, &st) != 0) {

@@ -55,7 +55,7 @@ int elastic_check(const ElasticOptions *o, int ranks)
         }
         if (e.host[0] && !o->fault_command) {
             fprintf(stderr, "phalanx run: --inject '%s' needs a command that makes the fault: "
-                            "--fault-command CMD (or PHALANX_FAULT_COMMAND), with {kind} and "
+                            "--fault-command CMD (or " FAULT_COMMAND_ENV "), with {kind} and "
                             "{host} in it, e.g. 'scripts/netcluster {kind} NAME {host}'\n",
                     o->events[i]);
             return -1;

@@ -64,6 +64,9 @@
 /* Every attempt is kept for the report: at most this many relaunches. */
 #define ELASTIC_MAX_RESTARTS 63
 
+/* The default of --fault-command. */
+#define FAULT_COMMAND_ENV "PHALANX_FAULT_COMMAND"
+
 /* Exit statuses besides the job's own (0 success, 2 usage, 3 start-up). */
 enum { EXIT_RESTARTS_USED_UP = 4, EXIT_TOO_FEW_RANKS = 5 };
 

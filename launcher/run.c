@@ -77,7 +77,7 @@ static void usage(FILE *out, bool drill)
           "                           #A after an event puts it in attempt A (0: the first one)\n"
           "      --fault-command CMD  how partition, poweroff and restore are made: a shell\n"
           "                           command with {kind} (partition, poweroff, heal, poweron)\n"
-          "                           and {host} replaced (default $PHALANX_FAULT_COMMAND),\n"
+          "                           and {host} replaced (default $" FAULT_COMMAND_ENV "),\n"
           "                           e.g. 'scripts/netcluster {kind} NAME {host}'; the agent\n"
           "                           detects the lost host by itself (unacknowledged pings)\n"
           "      --report FILE        write the drill report (JSON: timeline, MTTR, steps\n"
@@ -89,9 +89,9 @@ static void usage(FILE *out, bool drill)
           "Ranks stop by themselves, at a step boundary (or between groups of micro-\n"
           "batches of a long step) and without another checkpoint,\n"
           "when this launcher is gone: its channel closed, or silent for\n"
-          "PHALANX_LAUNCHER_TIMEOUT seconds (environment; default 10, 1 to 86400).\n"
+          CHANNEL_TIMEOUT_ENV " seconds (environment; default 10, 1 to 86400).\n"
           "The channel is opened by a secret drawn for each job and given to the ranks in\n"
-          "their environment (PHALANX_CHANNEL_SECRET); other connections are ignored.\n"
+          "their environment (" CHANNEL_SECRET_ENV "); other connections are ignored.\n"
           "\n"
           "Exit status: 0 every rank finished; 1 the job could not be started, or a rank\n"
           "failed (a rank's or mpirun's own non-zero status is passed on); 2 bad options;\n"
@@ -255,7 +255,7 @@ static void set_defaults(Run *run)
     memset(run, 0, sizeof(*run));
     run->config.startup_timeout = 60;
     run->config.epoch = -1;
-    const char *fault_command = getenv("PHALANX_FAULT_COMMAND");
+    const char *fault_command = getenv(FAULT_COMMAND_ENV);
     run->elastic_options = (ElasticOptions){
         .min_ranks = 1, .max_restarts = 3, .ranks_per_node = 1, .heartbeat_timeout = 30,
         .rejoin_every = 10,
@@ -316,7 +316,7 @@ int probe_main(int argc, char **argv)
         fprintf(help ? stdout : stderr,
                 "usage: phalanx probe (no options)\n\nStarted by the elastic agent of "
                 "`phalanx run` on a host it wants back: reaches the agent's channel\n"
-                "($PHALANX_CHANNEL), authenticates and names this host.\n");
+                "($" CHANNEL_ENV "), authenticates and names this host.\n");
         return help ? 0 : 2;
     }
     char err[512];

@@ -1,6 +1,10 @@
 /* Starting the ranks with mpirun or srun (contract in spawn.h). */
 #include "spawn.h"
 
+#include "channel.h"
+#include "checkpoint.h"
+#include "runtime.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -184,10 +188,10 @@ static void build_mpirun(const SpawnPlan *plan, Argv *a)
         add(a, "--allow-run-as-root");
     // -x NAME without a value exports it from the environment: the channel's
     // secret never appears on a command line (srun passes the environment)
-    static const char *const forwarded[] = {"PHALANX_CHANNEL", "PHALANX_CHANNEL_SECRET",
-                                            "PHALANX_LAUNCHER_TIMEOUT", "PHALANX_EPOCH",
+    static const char *const forwarded[] = {CHANNEL_ENV, CHANNEL_SECRET_ENV,
+                                            CHANNEL_TIMEOUT_ENV, CKPT_EPOCH_ENV,
                                             "OMP_NUM_THREADS",
-                                            "PHALANX_FAULTS", "PHALANX_FAULT_KILL_DURING_FLUSH"};
+                                            FAULT_ENV, CKPT_FLUSH_KILL_ENV};
     for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
         if (getenv(forwarded[i])) {
             add(a, "-x");
