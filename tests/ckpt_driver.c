@@ -14,6 +14,7 @@
  * (wte is held by the first and the last stage when pp > 1).
  */
 #include "checkpoint.h"
+#include "ckpt_tensors.h"
 #include "comm.h"
 
 #include <getopt.h>
@@ -56,18 +57,7 @@ static float value(const char *name, int kind, long step, size_t i)
 
 static void add(Table *t, const char *name, int64_t rows, int64_t cols, int index, int count)
 {
-    CkptTensor *x = &t->tensors[t->count++];
-    memset(x, 0, sizeof(*x));
-    snprintf(x->name, sizeof(x->name), "%s", name);
-    x->ndim = cols ? 2 : 1;
-    x->shape[0] = rows;
-    x->shape[1] = cols;
-    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
-    x->param = calloc(n, sizeof(float));
-    x->m = calloc(n, sizeof(float));
-    x->v = calloc(n, sizeof(float));
-    x->replica_index = index;
-    x->replica_count = count;
+    test_tensor_make(&t->tensors[t->count++], name, rows, cols, index, count);
 }
 
 /* The tensors of this rank's stage, in the order of runtime/gpt.c. */
@@ -304,11 +294,8 @@ int main(int argc, char **argv)
     Table t = build_table(&a, comm_rank(world));
     int status = strcmp(argv[1], "write") == 0 ? run_write(&a, world, &t)
                                                : run_read(&a, world, &t);
-    for (int k = 0; k < t.count; k++) {
-        free(t.tensors[k].param);
-        free(t.tensors[k].m);
-        free(t.tensors[k].v);
-    }
+    for (int k = 0; k < t.count; k++)
+        test_tensor_free(&t.tensors[k]);
     free(t.tensors);
     comm_world_finalize(world);
     return status;

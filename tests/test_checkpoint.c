@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "ckpt_tensors.h"
 #include "comm.h"
 
 #define TENSORS 3
@@ -30,20 +31,6 @@ typedef struct {
 } Fixture;
 
 static const CkptModel MODEL = {256, 2, 2, 32, 32};
-
-static void make_tensor(CkptTensor *t, const char *name, int64_t rows, int64_t cols)
-{
-    memset(t, 0, sizeof(*t));
-    snprintf(t->name, sizeof(t->name), "%s", name);
-    t->ndim = cols ? 2 : 1;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
-    t->param = calloc(n, sizeof(float));
-    t->m = calloc(n, sizeof(float));
-    t->v = calloc(n, sizeof(float));
-    t->replica_count = 1;
-}
 
 static size_t numel(const CkptTensor *t)
 {
@@ -89,9 +76,9 @@ static int setup(void **state)
     snprintf(f->tier2, sizeof(f->tier2), "%s/ckpt", f->dir);
     snprintf(f->tier1, sizeof(f->tier1), "%s/shm", f->dir);
     f->world = comm_world_init(NULL, NULL, f->err, sizeof(f->err));
-    make_tensor(&f->t[0], "wte", 16, 8);
-    make_tensor(&f->t[1], "h.0.attn.qkv.weight", 24, 8);
-    make_tensor(&f->t[2], "lnf.bias", 8, 0);
+    test_tensor_make(&f->t[0], "wte", 16, 8, 0, 1);
+    test_tensor_make(&f->t[1], "h.0.attn.qkv.weight", 24, 8, 0, 1);
+    test_tensor_make(&f->t[2], "lnf.bias", 8, 0, 0, 1);
     *state = f;
     return f->world ? 0 : -1;
 }
@@ -105,11 +92,8 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 static int teardown(void **state)
 {
     Fixture *f = *state;
-    for (int k = 0; k < TENSORS; k++) {
-        free(f->t[k].param);
-        free(f->t[k].m);
-        free(f->t[k].v);
-    }
+    for (int k = 0; k < TENSORS; k++)
+        test_tensor_free(&f->t[k]);
     comm_world_finalize(f->world);
     int rc = nftw(f->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
@@ -301,7 +285,7 @@ static void test_tensor_shape_mismatch(void **state)
     Fixture *f = *state;
     train(f, options(f, CKPT_SYNC, 1, 1), 1);
     CkptTensor wider;
-    make_tensor(&wider, "wte", 16, 9);
+    test_tensor_make(&wider, "wte", 16, 9, 0, 1);
     CkptRunState s;
     assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
@@ -317,9 +301,7 @@ static void test_tensor_shape_mismatch(void **state)
     assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "the checkpoint has shape [8], this run [8, 1]"));
-    free(wider.param);
-    free(wider.m);
-    free(wider.v);
+    test_tensor_free(&wider);
 }
 
 static void test_missing_and_partial_checkpoints(void **state)
