@@ -36,22 +36,6 @@
 /* Below a tier's root nothing is reached through a link. */
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
-int ckpt_fail(char *err, size_t err_len, const char *format, ...)
-{
-    if (err && err_len) {
-        va_list args;
-        va_start(args, format);
-        vsnprintf(err, err_len, format, args);
-        va_end(args);
-    }
-    return -1;
-}
-
-int64_t ckpt_row_length(int ndim, const int64_t shape[2])
-{
-    return ndim == 2 ? shape[1] : 1;
-}
-
 void files_step_name(char *out, size_t len, int64_t step, int epoch)
 {
     if (epoch < 0)
@@ -82,6 +66,22 @@ void files_index_path(char *out, size_t len, const char *step_dir)
     snprintf(out, len, "%s/%s", step_dir, CKPT_INDEX_FILE);
 }
 
+void files_locate(const char *path, char *dir, char *index)
+{
+    if (files_is_dir(path)) {
+        snprintf(dir, PATH_MAX, "%s", path);
+        files_index_path(index, PATH_MAX, path);
+        return;
+    }
+    snprintf(index, PATH_MAX, "%s", path);
+    snprintf(dir, PATH_MAX, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, PATH_MAX, ".");
+}
+
 bool files_exists(const char *path)
 {
     struct stat st;
@@ -104,7 +104,7 @@ static int make_dir(const char *path, mode_t mode, char *err, size_t err_len)
 {
     if (mkdir(path, mode) == 0 || (errno == EEXIST && files_is_dir(path)))
         return 0;
-    return ckpt_fail(err, err_len, "cannot create directory '%s': %s", path,
+    return util_fail(err, err_len, "cannot create directory '%s': %s", path,
                      errno == EEXIST ? "a file of that name exists" : strerror(errno));
 }
 
@@ -113,7 +113,7 @@ static int make_dirs(const char *path, mode_t mode, char *err, size_t err_len)
 {
     char partial[PATH_MAX];
     if (snprintf(partial, sizeof(partial), "%s", path) >= (int)sizeof(partial))
-        return ckpt_fail(err, err_len, "path too long: '%s'", path);
+        return util_fail(err, err_len, "path too long: '%s'", path);
     for (char *p = partial + 1; *p; p++) {
         if (*p != '/')
             continue;
@@ -145,7 +145,7 @@ int files_open_tier(FilesDir *tier, char *err, size_t err_len)
     // the user named this directory: a link to it is theirs to make
     tier->fd = open(tier->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (tier->fd < 0)
-        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", tier->path,
+        return util_fail(err, err_len, "cannot open directory '%s': %s", tier->path,
                          strerror(errno));
     return 0;
 }
@@ -173,7 +173,7 @@ int files_open_private(FilesDir *tier, char *err, size_t err_len)
     const char *path = tier->path;
     struct stat st;
     if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
-        ckpt_fail(err, err_len, "'%s' is %s", path,
+        util_fail(err, err_len, "'%s' is %s", path,
                   S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory");
         return FILES_UNSAFE;
     }
@@ -182,12 +182,12 @@ int files_open_private(FilesDir *tier, char *err, size_t err_len)
     // checked on the handle, not the name: it cannot be swapped in between
     tier->fd = open(path, DIR_FLAGS);
     if (tier->fd < 0 && errno != ELOOP && errno != ENOTDIR)
-        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", path, strerror(errno));
+        return util_fail(err, err_len, "cannot open directory '%s': %s", path, strerror(errno));
     char why[128] = "is a symbolic link or not a directory";
     if (tier->fd >= 0 && !unsafe_dir(tier->fd, why, sizeof(why)))
         return 0;
     files_close(tier);
-    ckpt_fail(err, err_len, "'%s' %s", path, why);
+    util_fail(err, err_len, "'%s' %s", path, why);
     return FILES_UNSAFE;
 }
 
@@ -198,11 +198,11 @@ int files_open_step(const FilesDir *tier, int64_t step, int epoch, bool create, 
     files_step_name(name, sizeof(name), step, epoch);
     ckpt_step_dir(out->path, sizeof(out->path), tier->path, step, epoch);
     if (create && mkdirat(tier->fd, name, 0755) != 0 && errno != EEXIST)
-        return ckpt_fail(err, err_len, "cannot create directory '%s': %s", out->path,
+        return util_fail(err, err_len, "cannot create directory '%s': %s", out->path,
                          strerror(errno));
     out->fd = openat(tier->fd, name, DIR_FLAGS);
     if (out->fd < 0)
-        return ckpt_fail(err, err_len, "cannot open directory '%s': %s", out->path,
+        return util_fail(err, err_len, "cannot open directory '%s': %s", out->path,
                          errno == ELOOP || errno == ENOTDIR
                              ? "it is a symbolic link or not a directory"
                              : strerror(errno));
@@ -216,7 +216,7 @@ int files_probe(const FilesDir *dir, char *err, size_t err_len)
     unlinkat(dir->fd, probe, 0); // a stale one of a pid that ran before
     int fd = openat(dir->fd, probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return ckpt_fail(err, err_len, "cannot write in '%s': %s", dir->path, strerror(errno));
+        return util_fail(err, err_len, "cannot write in '%s': %s", dir->path, strerror(errno));
     close(fd);
     unlinkat(dir->fd, probe, 0);
     return 0;
@@ -266,12 +266,12 @@ static int write_durably(const FilesDir *dir, const char *name, const void *data
 {
     char temp[NAME_MAX + 1];
     if (snprintf(temp, sizeof(temp), "%s" TEMP_SUFFIX, name) >= (int)sizeof(temp))
-        return ckpt_fail(err, err_len, "name too long: '%s'", name);
+        return util_fail(err, err_len, "name too long: '%s'", name);
     // a temporary file of a writer that was killed: ours to replace, never to follow
     unlinkat(dir->fd, temp, 0);
     int fd = openat(dir->fd, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0)
-        return ckpt_fail(err, err_len, "cannot create '%s/%s': %s", dir->path, temp,
+        return util_fail(err, err_len, "cannot create '%s/%s': %s", dir->path, temp,
                          strerror(errno));
     int written = write_pieces(fd, data, size, hooks);
     int saved = errno;
@@ -284,18 +284,18 @@ static int write_durably(const FilesDir *dir, const char *name, const void *data
                                    : renameat(dir->fd, temp, dir->fd, name)) != 0) {
         saved = errno;
         unlinkat(dir->fd, temp, 0);
-        return ckpt_fail(err, err_len, "cannot rename '%s/%s' into place: %s", dir->path, temp,
+        return util_fail(err, err_len, "cannot rename '%s/%s' into place: %s", dir->path, temp,
                          saved == EEXIST ? "a file of that name is there (never replaced)"
                                          : strerror(saved));
     }
     if (written != 0) {
         unlinkat(dir->fd, temp, 0);
-        return ckpt_fail(err, err_len, "cannot write '%s/%s': %s", dir->path, name,
+        return util_fail(err, err_len, "cannot write '%s/%s': %s", dir->path, name,
                          strerror(saved));
     }
     // the rename is durable only once the directory entry is
     if (fsync(dir->fd) != 0)
-        return ckpt_fail(err, err_len, "cannot fsync directory '%s': %s", dir->path,
+        return util_fail(err, err_len, "cannot fsync directory '%s': %s", dir->path,
                          strerror(errno));
     return 0;
 }
@@ -500,7 +500,7 @@ static int list_steps(DIR *d, const char *path, FilesStep **steps, int *count, c
             FilesStep *grown = realloc(list, (size_t)capacity * sizeof(*list));
             if (!grown) {
                 free(list);
-                return ckpt_fail(err, err_len, "out of memory listing '%s'", path);
+                return util_fail(err, err_len, "out of memory listing '%s'", path);
             }
             list = grown;
         }
@@ -519,7 +519,7 @@ int files_list_steps(const char *dir, FilesStep **steps, int *count, char *err, 
     *count = 0;
     DIR *d = opendir(dir);
     if (!d)
-        return ckpt_fail(err, err_len, "cannot read directory '%s': %s", dir, strerror(errno));
+        return util_fail(err, err_len, "cannot read directory '%s': %s", dir, strerror(errno));
     int rc = list_steps(d, dir, steps, count, err, err_len);
     closedir(d);
     return rc;
@@ -591,7 +591,7 @@ static int read_fence_text(const char *dir, char **text, char *err, size_t err_l
     if (dir_fd >= 0)
         close(dir_fd);
     if (fd < 0 && saved != ENOENT)
-        return ckpt_fail(err, err_len, "%s/%s: cannot be read: %s", dir, FENCE_FILE,
+        return util_fail(err, err_len, "%s/%s: cannot be read: %s", dir, FENCE_FILE,
                          strerror(saved));
     char *buffer = malloc(FENCE_MAX_BYTES + 1);
     ssize_t got = 0;
@@ -609,7 +609,7 @@ static int read_fence_text(const char *dir, char **text, char *err, size_t err_l
         close(fd);
     if (!buffer || got < 0) {
         free(buffer);
-        return ckpt_fail(err, err_len, "%s/%s: cannot be read", dir, FENCE_FILE);
+        return util_fail(err, err_len, "%s/%s: cannot be read", dir, FENCE_FILE);
     }
     buffer[got] = '\0';
     *text = buffer;
@@ -642,7 +642,7 @@ static int parse_fence(const char *dir, char *text, CkptFence *fence, char *err,
         lines += *c == '\n';
     fence->entries = calloc((size_t)lines + 2, sizeof(CkptFenceEntry));
     if (!fence->entries)
-        return ckpt_fail(err, err_len, "out of memory reading %s/%s", dir, FENCE_FILE);
+        return util_fail(err, err_len, "out of memory reading %s/%s", dir, FENCE_FILE);
     int number = 0;
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');
@@ -652,7 +652,7 @@ static int parse_fence(const char *dir, char *text, CkptFence *fence, char *err,
         CkptFenceEntry *entry = &fence->entries[fence->count];
         if (!parse_fence_line(line, entry) ||
             (fence->count > 0 && entry->epoch <= entry[-1].epoch))
-            return ckpt_fail(err, err_len,
+            return util_fail(err, err_len,
                              "%s/%s: line %d is not 'epoch F after K' with F above the line "
                              "before; the file is the agent's alone: restore it, or remove it "
                              "only when no process of an earlier attempt can still be running",
@@ -689,7 +689,7 @@ bool ckpt_fence_allows(const CkptFence *fence, int epoch, int64_t step, char *wh
     for (int i = 0; i < fence->count; i++) {
         const CkptFenceEntry *f = &fence->entries[i];
         if (f->epoch > epoch && step > f->after) {
-            ckpt_fail(why, why_len,
+            util_fail(why, why_len,
                       "fenced: attempt %d wrote step %lld after attempt %d fenced it off at "
                       "step %lld; no reader uses it", epoch, (long long)step, f->epoch,
                       (long long)f->after);
@@ -730,12 +730,12 @@ int ckpt_fence_raise(const char *dir, int epoch, int64_t after, char *err, size_
     }
     int rc = 0;
     if (fence.count > 0 && fence.entries[fence.count - 1].epoch >= epoch)
-        rc = ckpt_fail(err, err_len, "%s/%s already fences epoch %d: a new attempt needs a "
+        rc = util_fail(err, err_len, "%s/%s already fences epoch %d: a new attempt needs a "
                        "higher one", dir, FENCE_FILE, fence.entries[fence.count - 1].epoch);
     const size_t line_max = 64;
     char *text = rc == 0 ? malloc(((size_t)fence.count + 1) * line_max) : NULL;
     if (rc == 0 && !text)
-        rc = ckpt_fail(err, err_len, "out of memory");
+        rc = util_fail(err, err_len, "out of memory");
     if (rc == 0) {
         size_t used = 0;
         for (int i = 0; i < fence.count; i++)

@@ -1,25 +1,12 @@
 /*
- * The HDF5 side of checkpoints: shard and index files built as in-memory
- * images (the core driver), and reading them back.
- *
- * Why images: HDF5 1.10.8 does not survive a failed write cleanly (after
- * ENOSPC its close calls fail and leave state behind that crashes the
- * library at exit), so HDF5 never touches a real file while writing; the
- * sidecar writes the image with write() and sees a full disk as an errno.
- *
- * Files use the 1.8+ format (superblock 2, object headers 2), which puts a
- * checksum on all metadata; Fletcher32 covers the data. H5Fget_file_image in
- * 1.10.8 leaves a stale superblock checksum in images of that format, so
- * core_image() recomputes it (Jenkins' lookup3, as HDF5 does).
- *
- * What HDF5 does not checksum, we keep out of reach: every string attribute
- * is fixed-length (a variable-length one lives in the global heap, whose
- * records HDF5 1.10.8 trusts: a damaged one crashed or hung the reader), and
- * index.h5, whose virtual datasets keep their mappings in that heap, starts
- * with a seal (a user block, below) checked over the raw bytes before HDF5
- * parses any of them.
+ * The checkpoint schema: what a shard and an index hold (groups, datasets,
+ * the fragment and shard tables, virtual datasets, the run state's
+ * attributes), built as in-memory images and read back with every part
+ * checked. The HDF5 plumbing under it (images, checksums, the index seal,
+ * attributes; and why files are built as images) is h5util.c's.
  */
 #include "internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,17 +23,6 @@ const char *const ckpt_kind_group[KIND_COUNT] = {"params", "optim/m", "optim/v"}
 /* Chunks of at most 4 MiB: big enough for fast I/O, small enough that a
  * checksum error names a small region and reading needs little scratch. */
 #define CHUNK_BYTES ((size_t)4 << 20)
-
-static void close_id(hid_t id)
-{
-    if (id >= 0)
-        H5Idec_ref(id);
-}
-
-void format_quiet(void)
-{
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-}
 
 // ----------------------------------------------------------------------------
 // the fragment table
@@ -77,7 +53,7 @@ int format_fragments_check(const CkptFragment *f, int count, char *err, size_t e
         bool first = i == 0 || strcmp(f[i].name, f[i - 1].name) != 0;
         bool last = i == count - 1 || strcmp(f[i].name, f[i + 1].name) != 0;
         if (!first && !same_shape(&f[i], &f[i - 1]))
-            return ckpt_fail(err, err_len,
+            return util_fail(err, err_len,
                              "tensor '%s': rank %d holds shape [%lld, %lld], rank %d holds "
                              "[%lld, %lld]",
                              f[i].name, f[i].rank, (long long)f[i].shape[0],
@@ -86,489 +62,19 @@ int format_fragments_check(const CkptFragment *f, int count, char *err, size_t e
                              (long long)ckpt_row_length(f[i - 1].ndim, f[i - 1].shape));
         int64_t expected = first ? 0 : f[i - 1].row_end;
         if (f[i].row_begin > expected)
-            return ckpt_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
+            return util_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
                              f[i].name, (long long)expected, (long long)f[i].row_begin);
         if (f[i].row_begin < expected)
-            return ckpt_fail(err, err_len,
+            return util_fail(err, err_len,
                              "tensor '%s': rows [%lld, %lld) of rank %d overlap rows up to %lld "
                              "of rank %d (replica_index/replica_count disagree)",
                              f[i].name, (long long)f[i].row_begin, (long long)f[i].row_end,
                              f[i].rank, (long long)expected, f[i - 1].rank);
         if (last && f[i].row_end != f[i].shape[0])
-            return ckpt_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
+            return util_fail(err, err_len, "tensor '%s': rows [%lld, %lld) are written by no rank",
                              f[i].name, (long long)f[i].row_end, (long long)f[i].shape[0]);
     }
     return 0;
-}
-
-// ----------------------------------------------------------------------------
-// errors
-
-typedef struct {
-    char *buf;
-    size_t len;
-} ErrorText;
-
-/* Some entries of HDF5's stack carry an empty description: the minor
- * error's name ("wrong B-tree signature") is the text then. */
-static void error_name(const H5E_error2_t *e, char *buf, size_t len)
-{
-    H5E_type_t type;
-    if (H5Eget_msg(e->min_num, &type, buf, len) <= 0 || !buf[0])
-        snprintf(buf, len, "HDF5 failed in %s", e->func_name ? e->func_name : "a call");
-}
-
-static herr_t innermost_error(unsigned n, const H5E_error2_t *e, void *data)
-{
-    ErrorText *t = data;
-    if (n > 0)
-        return 0;
-    if (!e->desc || !e->desc[0]) {
-        error_name(e, t->buf, t->len);
-        return 0;
-    }
-    const char *desc = e->desc;
-    // low-level I/O errors carry the system's text inside a long description
-    const char *sys = strstr(desc, "error message = '");
-    if (sys) {
-        sys += strlen("error message = '");
-        snprintf(t->buf, t->len, "%.*s", (int)strcspn(sys, "'"), sys);
-    } else {
-        snprintf(t->buf, t->len, "%s", desc);
-    }
-    return 0;
-}
-
-/* The most specific message on this thread's HDF5 error stack. */
-static const char *h5_error(char *buf, size_t len)
-{
-    ErrorText text = {buf, len};
-    snprintf(buf, len, "unknown HDF5 error");
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, &text);
-    H5Eclear2(H5E_DEFAULT);
-    return buf;
-}
-
-static int h5_fail(char *err, size_t err_len, const char *what)
-{
-    char why[256];
-    return ckpt_fail(err, err_len, "%s: %s", what, h5_error(why, sizeof(why)));
-}
-
-// ----------------------------------------------------------------------------
-// in-memory files
-
-static const uint8_t HDF5_SIGNATURE[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-
-#define ROT(x, k) (((x) << (k)) | ((x) >> (32 - (k))))
-
-/* Bob Jenkins' lookup3 hashlittle(), byte by byte: HDF5's metadata checksum. */
-static uint32_t lookup3(const uint8_t *k, size_t length)
-{
-    uint32_t a, b, c;
-    a = b = c = 0xdeadbeefu + (uint32_t)length;
-    while (length > 12) {
-        a += k[0] + ((uint32_t)k[1] << 8) + ((uint32_t)k[2] << 16) + ((uint32_t)k[3] << 24);
-        b += k[4] + ((uint32_t)k[5] << 8) + ((uint32_t)k[6] << 16) + ((uint32_t)k[7] << 24);
-        c += k[8] + ((uint32_t)k[9] << 8) + ((uint32_t)k[10] << 16) + ((uint32_t)k[11] << 24);
-        a -= c; a ^= ROT(c, 4);  c += b;
-        b -= a; b ^= ROT(a, 6);  a += c;
-        c -= b; c ^= ROT(b, 8);  b += a;
-        a -= c; a ^= ROT(c, 16); c += b;
-        b -= a; b ^= ROT(a, 19); a += c;
-        c -= b; c ^= ROT(b, 4);  b += a;
-        length -= 12;
-        k += 12;
-    }
-    if (length == 0)
-        return c;
-    uint32_t *word[3] = {&a, &b, &c};
-    for (size_t i = 0; i < length; i++)
-        *word[i / 4] += (uint32_t)k[i] << (8 * (i % 4));
-    c ^= b; c -= ROT(b, 14);
-    a ^= c; a -= ROT(c, 11);
-    b ^= a; b -= ROT(a, 25);
-    c ^= b; c -= ROT(b, 16);
-    a ^= c; a -= ROT(c, 4);
-    b ^= a; b -= ROT(a, 14);
-    c ^= b; c -= ROT(b, 24);
-    return c;
-}
-
-/* Superblock 2/3: signature, version, sizes of offsets and lengths, flags,
- * four addresses, then the checksum of everything before it. */
-static void fix_superblock_checksum(uint8_t *image, size_t size)
-{
-    if (size < 12 || memcmp(image, HDF5_SIGNATURE, 8) != 0 || image[8] < 2)
-        return;
-    size_t end = 12 + 4 * (size_t)image[9];
-    if (end + 4 > size)
-        return;
-    uint32_t sum = lookup3(image, end);
-    for (int i = 0; i < 4; i++)
-        image[end + (size_t)i] = (uint8_t)(sum >> (8 * i));
-}
-
-/* `userblock`: bytes reserved before the superblock (0 or SEAL_BYTES). */
-static hid_t core_create(size_t increment, hsize_t userblock)
-{
-    static atomic_ulong serial;
-    char name[64];
-    // names of open core files must differ, and several sidecars may run
-    snprintf(name, sizeof(name), "phalanx-image-%lu", atomic_fetch_add(&serial, 1));
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
-    hid_t file = H5I_INVALID_HID;
-    if (fapl >= 0 && fcpl >= 0 && H5Pset_fapl_core(fapl, increment, 0) >= 0 &&
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0 &&
-        (userblock == 0 || H5Pset_userblock(fcpl, userblock) >= 0))
-        file = H5Fcreate(name, H5F_ACC_TRUNC, fcpl, fapl);
-    close_id(fcpl);
-    close_id(fapl);
-    return file;
-}
-
-/* An in-memory copy of `image` open for writing (the core driver copies it). */
-static hid_t core_open(const void *image, size_t size)
-{
-    static atomic_ulong serial;
-    char name[64];
-    snprintf(name, sizeof(name), "phalanx-template-%lu", atomic_fetch_add(&serial, 1));
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    hid_t file = H5I_INVALID_HID;
-    if (fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 &&
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110) >= 0 &&
-        H5Pset_file_image(fapl, (void *)image, size) >= 0)
-        file = H5Fopen(name, H5F_ACC_RDWR, fapl);
-    close_id(fapl);
-    return file;
-}
-
-/* The file's bytes. H5Fget_file_image gives them from the superblock on:
- * a file with a user block of `userblock` bytes gets that many zeros first. */
-static int core_image(hid_t file, size_t userblock, void **image, size_t *size, char *err,
-                      size_t err_len)
-{
-    if (H5Fflush(file, H5F_SCOPE_LOCAL) < 0)
-        return h5_fail(err, err_len, "cannot flush the in-memory file");
-    ssize_t n = H5Fget_file_image(file, NULL, 0);
-    if (n <= 0)
-        return h5_fail(err, err_len, "cannot size the in-memory file");
-    uint8_t *buf = calloc(1, userblock + (size_t)n);
-    if (!buf)
-        return ckpt_fail(err, err_len, "out of memory for a %zd-byte file image", n);
-    if (H5Fget_file_image(file, buf + userblock, (size_t)n) != n) {
-        free(buf);
-        return h5_fail(err, err_len, "cannot copy the in-memory file");
-    }
-    fix_superblock_checksum(buf + userblock, (size_t)n);
-    *image = buf;
-    *size = userblock + (size_t)n;
-    return 0;
-}
-
-// ----------------------------------------------------------------------------
-// the index seal: index.h5 starts with a 512-byte HDF5 user block (HDF5, h5py
-// and h5dump skip it) holding
-//   bytes 0-7    SEAL_MAGIC
-//   bytes 8-11   zlib's crc32 (little-endian) of every byte from 12 to the end
-//   bytes 12-19  the file's size in bytes (little-endian)
-//   the rest     zeros
-// so that every byte HDF5 would parse (the virtual datasets' mappings in the
-// unchecksummed global heap among them) is checked before HDF5 sees it. A
-// CRC-32 catches every burst of damage up to 32 bits and any other with
-// probability 1 - 2^-32: accidental damage is what it is for, not forgery.
-// Python checks it with zlib.crc32(data[12:]).
-
-#define SEAL_BYTES 512
-#define SEAL_CRC_AT 8
-#define SEAL_SIZE_AT 12
-#define SEAL_COVERED_FROM 12
-/* far above a real index (a few MB for thousands of tensors), small enough to read whole */
-#define INDEX_BYTES_MAX ((size_t)1 << 30)
-static const uint8_t SEAL_MAGIC[8] = CKPT_INDEX_MAGIC; // without the NUL
-
-static void put_le(uint8_t *at, uint64_t value, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        at[i] = (uint8_t)(value >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *at, int bytes)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < bytes; i++)
-        value |= (uint64_t)at[i] << (8 * i);
-    return value;
-}
-
-static uint32_t seal_crc(const uint8_t *image, size_t size)
-{
-    uLong crc = crc32(0L, Z_NULL, 0);
-    // zlib takes lengths as uInt: feed it in pieces
-    for (size_t at = SEAL_COVERED_FROM; at < size;) {
-        uInt n = size - at > (1u << 30) ? (1u << 30) : (uInt)(size - at);
-        crc = crc32(crc, image + at, n);
-        at += n;
-    }
-    return (uint32_t)crc;
-}
-
-/* Writes the seal into the user block of an index image. */
-static void seal_write(uint8_t *image, size_t size)
-{
-    memset(image, 0, SEAL_BYTES);
-    memcpy(image, SEAL_MAGIC, sizeof(SEAL_MAGIC));
-    put_le(image + SEAL_SIZE_AT, size, 8);
-    put_le(image + SEAL_CRC_AT, seal_crc(image, size), 4);
-}
-
-/* The raw bytes of an index against its seal; err says what is wrong. */
-static int seal_check(const uint8_t *image, size_t size, char *err, size_t err_len)
-{
-    if (size >= sizeof(HDF5_SIGNATURE) &&
-        memcmp(image, HDF5_SIGNATURE, sizeof(HDF5_SIGNATURE)) == 0)
-        return ckpt_fail(err, err_len, "corrupt: an HDF5 file without the seal of a Phalanx "
-                                       "index (written by an older Phalanx, or by another "
-                                       "program)");
-    if (size < SEAL_BYTES || memcmp(image, SEAL_MAGIC, sizeof(SEAL_MAGIC)) != 0)
-        return ckpt_fail(err, err_len, "is not an HDF5 file (it does not start with the seal "
-                                       "of a Phalanx index or the HDF5 signature)");
-    uint64_t recorded = get_le(image + SEAL_SIZE_AT, 8);
-    if (recorded != size)
-        return ckpt_fail(err, err_len, "corrupt: the index seal records %llu bytes, the file "
-                                       "has %zu (truncated or extended)",
-                         (unsigned long long)recorded, size);
-    uint32_t stored = (uint32_t)get_le(image + SEAL_CRC_AT, 4), computed = seal_crc(image, size);
-    if (stored != computed)
-        return ckpt_fail(err, err_len, "corrupt: the index checksum (crc32) is %08x, its bytes "
-                                       "sum to %08x (damaged or edited after it was written)",
-                         stored, computed);
-    return 0;
-}
-
-/* What HDF5 would say "unknown error" or block on, named first: a FIFO is
- * opened without blocking and refused, like a directory, a device or an
- * empty file. Returns the open descriptor and the file's size, or -1. */
-static int open_regular(const char *path, size_t *size, char *err, size_t err_len)
-{
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return ckpt_fail(err, err_len, "cannot open it: %s", strerror(errno));
-    struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) != 0)
-        rc = ckpt_fail(err, err_len, "cannot stat it: %s", strerror(errno));
-    else if (S_ISDIR(st.st_mode))
-        rc = ckpt_fail(err, err_len, "is a directory, not an HDF5 file");
-    else if (!S_ISREG(st.st_mode))
-        rc = ckpt_fail(err, err_len, "is not a regular file (a FIFO, socket or device)");
-    else if (st.st_size == 0)
-        rc = ckpt_fail(err, err_len, "is empty (0 bytes), not an HDF5 file");
-    if (rc != 0) {
-        close(fd);
-        return -1;
-    }
-    *size = (size_t)st.st_size;
-    return fd;
-}
-
-/* A shard: a regular file that starts with the HDF5 signature (shards
- * have no user block). */
-static int check_hdf5_file(const char *path, char *err, size_t err_len)
-{
-    size_t size;
-    int fd = open_regular(path, &size, err, err_len);
-    if (fd < 0)
-        return -1;
-    uint8_t head[8];
-    int rc = 0;
-    if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
-        memcmp(head, HDF5_SIGNATURE, sizeof(head)) != 0)
-        rc = ckpt_fail(err, err_len, "is not an HDF5 file (it does not start with the HDF5 "
-                                     "signature)");
-    close(fd);
-    return rc;
-}
-
-/* The whole index file read into memory (malloc'd) and checked against its
- * seal, so that HDF5 only ever parses the bytes that were checked. */
-static int read_sealed_index(const char *path, uint8_t **image, size_t *size, char *err,
-                             size_t err_len)
-{
-    int fd = open_regular(path, size, err, err_len);
-    if (fd < 0)
-        return -1;
-    uint8_t *buf = NULL;
-    int rc = 0;
-    if (*size > INDEX_BYTES_MAX)
-        rc = ckpt_fail(err, err_len, "corrupt: %zu bytes, more than any index (%zu)", *size,
-                       INDEX_BYTES_MAX);
-    else if (!(buf = malloc(*size)))
-        rc = ckpt_fail(err, err_len, "out of memory for its %zu bytes", *size);
-    for (size_t done = 0; rc == 0 && done < *size;) {
-        ssize_t n = pread(fd, buf + done, *size - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            rc = ckpt_fail(err, err_len, "cannot read it: %s",
-                           n < 0 ? strerror(errno) : "it shrank while being read");
-        else
-            done += (size_t)n;
-    }
-    close(fd);
-    if (rc == 0)
-        rc = seal_check(buf, *size, err, err_len);
-    if (rc != 0) {
-        free(buf);
-        return -1;
-    }
-    *image = buf;
-    return 0;
-}
-
-/* Checkpoint files never change once committed, so readers take no lock:
- * HDF5 1.10 flocks by default, which fails on some parallel file systems.
- * On failure err holds the reason (without the path). */
-static hid_t open_read(const char *path, char *err, size_t err_len)
-{
-    if (check_hdf5_file(path, err, err_len) != 0)
-        return H5I_INVALID_HID;
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    hid_t file = H5I_INVALID_HID;
-    if (fapl >= 0 && H5Pset_file_locking(fapl, 0, 1) >= 0)
-        file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    close_id(fapl);
-    if (file < 0)
-        h5_error(err, err_len);
-    return file;
-}
-
-/* An index opened read-only from its checked bytes in memory (the core
- * driver copies them): what HDF5 parses is what the seal covered, even if
- * the file changes meanwhile. */
-static hid_t open_sealed_index(const char *path, char *err, size_t err_len)
-{
-    static atomic_ulong serial;
-    uint8_t *image;
-    size_t size;
-    if (read_sealed_index(path, &image, &size, err, err_len) != 0)
-        return H5I_INVALID_HID;
-    char name[64];
-    snprintf(name, sizeof(name), "phalanx-index-%lu", atomic_fetch_add(&serial, 1));
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    hid_t file = H5I_INVALID_HID;
-    if (fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 &&
-        H5Pset_file_image(fapl, image, size) >= 0)
-        file = H5Fopen(name, H5F_ACC_RDONLY, fapl);
-    close_id(fapl);
-    free(image);
-    if (file < 0)
-        h5_error(err, err_len);
-    return file;
-}
-
-// ----------------------------------------------------------------------------
-// attributes
-
-static int attr_write(hid_t obj, const char *name, hid_t file_type, hid_t mem_type,
-                      hsize_t count, const void *value)
-{
-    hid_t space = count ? H5Screate_simple(1, &count, NULL) : H5Screate(H5S_SCALAR);
-    hid_t attr = space < 0 ? H5I_INVALID_HID
-                           : H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
-    int rc = attr >= 0 && H5Awrite(attr, mem_type, value) >= 0 ? 0 : -1;
-    close_id(attr);
-    close_id(space);
-    return rc;
-}
-
-static int attr_i64(hid_t obj, const char *name, hsize_t count, const int64_t *v)
-{
-    return attr_write(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, count, v);
-}
-
-/* A fixed-length string of the text's bytes (at most `max` - 1), NUL-padded:
- * never variable-length, whose bytes HDF5 keeps in its unchecksummed global
- * heap. h5py reads it as bytes (b"lamb"). */
-static int attr_string(hid_t obj, const char *name, const char *text, size_t max)
-{
-    size_t length = strnlen(text, max - 1);
-    char *padded = calloc(1, length + 1);
-    hid_t type = H5Tcopy(H5T_C_S1);
-    int rc = -1;
-    if (padded && type >= 0 && H5Tset_size(type, length ? length : 1) >= 0 &&
-        H5Tset_strpad(type, H5T_STR_NULLPAD) >= 0) {
-        memcpy(padded, text, length);
-        rc = attr_write(obj, name, type, type, 0, padded);
-    }
-    close_id(type);
-    free(padded);
-    return rc;
-}
-
-/* A stored type that converts to `mem_type` without loss: the same class,
- * no wider (HDF5 would clamp 1e12 into an int, or round a double). */
-static bool type_fits(hid_t stored, hid_t mem_type)
-{
-    return stored >= 0 && H5Tget_class(stored) == H5Tget_class(mem_type) &&
-           H5Tget_size(stored) <= H5Tget_size(mem_type);
-}
-
-static int attr_read(hid_t obj, const char *name, hid_t mem_type, hssize_t count, void *out)
-{
-    if (H5Aexists(obj, name) <= 0)
-        return -1;
-    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t space = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
-    hid_t type = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
-    int rc = -1;
-    if (space >= 0 && H5Sget_simple_extent_npoints(space) == (count ? count : 1) &&
-        type_fits(type, mem_type))
-        rc = H5Aread(attr, mem_type, out) >= 0 ? 0 : -1;
-    close_id(type);
-    close_id(space);
-    close_id(attr);
-    return rc;
-}
-
-/* What is wrong with a string attribute's stored type and space for a
- * buffer of `len` bytes (NULL: nothing). Checked before H5Aread: reading a
- * variable-length string makes HDF5 follow the record sizes of its global
- * heap, which carries no checksum (a damaged one crashed or hung HDF5). */
-static const char *string_problem(hid_t type, hid_t space, size_t len)
-{
-    if (type < 0 || space < 0)
-        return "is unreadable";
-    if (H5Tget_class(type) != H5T_STRING)
-        return "is not a string";
-    if (H5Tis_variable_str(type) != 0)
-        return "is a variable-length string (Phalanx writes fixed-length ones)";
-    if (H5Tget_size(type) < 1 || H5Tget_size(type) >= len)
-        return "is a string longer than any Phalanx writes";
-    if (H5Sget_simple_extent_npoints(space) != 1)
-        return "is not a single string";
-    return NULL;
-}
-
-/* Reads a fixed-length string attribute of at most `len` - 1 bytes into out.
- * Returns NULL, or what is wrong with it. */
-static const char *attr_read_string(hid_t obj, const char *name, char *out, size_t len)
-{
-    if (H5Aexists(obj, name) <= 0)
-        return "is missing";
-    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t type = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
-    hid_t space = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
-    const char *problem = string_problem(type, space, len);
-    if (!problem) {
-        memset(out, 0, len); // NUL-padded or not, the text ends within out
-        if (H5Aread(attr, type, out) < 0)
-            problem = "is unreadable";
-    }
-    close_id(space);
-    close_id(type);
-    close_id(attr);
-    return problem;
 }
 
 // ----------------------------------------------------------------------------
@@ -653,16 +159,16 @@ static int run_state_write(hid_t file, const CkptRunState *state)
     for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
         const Field *f = &RUN_FIELDS[i];
         const char *at = (const char *)state + f->offset;
-        rc = f->type == F_STR ? attr_string(run, f->name, at, f->size)
-                              : attr_write(run, f->name, field_file_type(f->type),
-                                           field_mem_type(f->type), 0, at);
+        rc = f->type == F_STR ? h5_attr_string(run, f->name, at, f->size)
+                              : h5_attr_write(run, f->name, field_file_type(f->type),
+                                              field_mem_type(f->type), 0, at);
     }
     for (int i = 0; rc == 0 && i < state->extra_count; i++)
-        rc = attr_write(extra, state->extra[i].key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0,
-                        &state->extra[i].value);
-    close_id(extra);
-    close_id(run);
-    close_id(lcpl);
+        rc = h5_attr_write(extra, state->extra[i].key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0,
+                           &state->extra[i].value);
+    h5_close(extra);
+    h5_close(run);
+    h5_close(lcpl);
     return rc;
 }
 
@@ -671,7 +177,7 @@ static herr_t read_extra(hid_t obj, const char *name, const H5A_info_t *info, vo
     (void)info;
     CkptRunState *state = data;
     double value;
-    if (attr_read(obj, name, H5T_NATIVE_DOUBLE, 0, &value) != 0 ||
+    if (h5_attr_read(obj, name, H5T_NATIVE_DOUBLE, 0, &value) != 0 ||
         ckpt_state_set(state, name, value) != 0)
         return -1;
     return 0;
@@ -681,7 +187,7 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
 {
     memset(state, 0, sizeof(*state));
     if (H5Lexists(file, "run", H5P_DEFAULT) <= 0 || H5Lexists(file, "run/extra", H5P_DEFAULT) <= 0)
-        return ckpt_fail(err, err_len, "no run state (group 'run')");
+        return util_fail(err, err_len, "no run state (group 'run')");
     hid_t run = H5Gopen2(file, "run", H5P_DEFAULT);
     hid_t extra = H5Gopen2(file, "run/extra", H5P_DEFAULT);
     int rc = run >= 0 && extra >= 0 ? 0 : -1;
@@ -690,17 +196,17 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
         char *at = (char *)state + f->offset;
         const char *problem = NULL;
         if (f->type == F_STR)
-            problem = attr_read_string(run, f->name, at, f->size);
-        else if (attr_read(run, f->name, field_mem_type(f->type), 0, at) != 0)
+            problem = h5_attr_read_string(run, f->name, at, f->size);
+        else if (h5_attr_read(run, f->name, field_mem_type(f->type), 0, at) != 0)
             problem = "is missing, unreadable or of the wrong type";
         if (problem)
-            rc = ckpt_fail(err, err_len, "corrupt run state: attribute '%s' %s", f->name,
+            rc = util_fail(err, err_len, "corrupt run state: attribute '%s' %s", f->name,
                            problem);
     }
     if (rc == 0 && H5Aiterate2(extra, H5_INDEX_NAME, H5_ITER_INC, NULL, read_extra, state) < 0)
-        rc = ckpt_fail(err, err_len, "run state: unreadable key-value pairs in run/extra");
-    close_id(extra);
-    close_id(run);
+        rc = util_fail(err, err_len, "run state: unreadable key-value pairs in run/extra");
+    h5_close(extra);
+    h5_close(run);
     return rc;
 }
 
@@ -744,36 +250,10 @@ static hid_t fragment_dcpl(const CkptFragment *f)
     chunk[1] = dims[1];
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     if (dcpl >= 0 && (H5Pset_chunk(dcpl, f->ndim, chunk) < 0 || H5Pset_fletcher32(dcpl) < 0)) {
-        close_id(dcpl);
+        h5_close(dcpl);
         return H5I_INVALID_HID;
     }
     return dcpl;
-}
-
-/* HDF5's Fletcher32 (H5_checksum_fletcher32, for an even length): sums of
- * big-endian 16-bit words, folded to 17 bits after every 360 words. Over a
- * block of n words sum2 gains n*sum1 + sum((n - i) * w_i), the same value
- * modulo 2^32 as the word-by-word loop, in a form the compiler vectorises. */
-static uint32_t fletcher32(const uint8_t *data, size_t bytes)
-{
-    uint32_t sum1 = 0, sum2 = 0;
-    for (size_t words = bytes / 2; words > 0;) {
-        uint32_t n = words > 360 ? 360 : (uint32_t)words, s = 0, t = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t w = (uint32_t)data[2 * i] << 8 | data[2 * i + 1];
-            s += w;
-            t += (n - i) * w;
-        }
-        sum2 += n * sum1 + t;
-        sum1 += s;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-        data += 2 * (size_t)n;
-        words -= n;
-    }
-    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    return sum2 << 16 | sum1;
 }
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -791,7 +271,7 @@ static int write_chunks(hid_t ds, const CkptFragment *f, const float *data, uint
         size_t bytes = (size_t)(dims[0] - r < rows ? dims[0] - r : rows) * dims[1] * sizeof(float);
         memcpy(scratch, data + r * dims[1], bytes);
         memset(scratch + bytes, 0, whole - bytes);
-        uint32_t sum = fletcher32(scratch, whole);
+        uint32_t sum = h5_fletcher32(scratch, whole);
         for (int i = 0; i < 4; i++)
             scratch[whole + (size_t)i] = (uint8_t)(sum >> (8 * i)); // stored little-endian
         hsize_t offset[2] = {r, 0};
@@ -816,23 +296,23 @@ static int write_piece(hid_t file, hid_t lcpl, const ShardPiece *piece, int kind
                    ? H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT)
                    : H5I_INVALID_HID;
     int rc = ds >= 0 && write_chunks(ds, f, piece->data[kind], scratch) == 0 &&
-                     attr_string(ds, "logical_name", f->name, CKPT_NAME_MAX) == 0 &&
-                     attr_i64(ds, "logical_shape", (hsize_t)f->ndim, f->shape) == 0 &&
-                     attr_i64(ds, "offset", (hsize_t)f->ndim, offset) == 0
+                     h5_attr_string(ds, "logical_name", f->name, CKPT_NAME_MAX) == 0 &&
+                     h5_attr_i64(ds, "logical_shape", (hsize_t)f->ndim, f->shape) == 0 &&
+                     h5_attr_i64(ds, "offset", (hsize_t)f->ndim, offset) == 0
                  ? 0
                  : -1;
-    close_id(ds);
-    close_id(dcpl);
-    close_id(space);
+    h5_close(ds);
+    h5_close(dcpl);
+    h5_close(space);
     return rc;
 }
 
 static int write_root_attrs(hid_t file, int64_t step, uint64_t run_id)
 {
     int version = CKPT_FORMAT_VERSION;
-    return attr_write(file, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT, 0, &version) ||
-                   attr_i64(file, "step", 0, &step) ||
-                   attr_write(file, "run_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &run_id)
+    return h5_attr_write(file, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT, 0, &version) ||
+                   h5_attr_i64(file, "step", 0, &step) ||
+                   h5_attr_write(file, "run_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &run_id)
                ? -1
                : 0;
 }
@@ -840,7 +320,7 @@ static int write_root_attrs(hid_t file, int64_t step, uint64_t run_id)
 int format_shard_image(const ShardContent *c, void **image, size_t *size, char *err,
                        size_t err_len)
 {
-    format_quiet();
+    h5_quiet();
     size_t bytes = 1 << 16, largest_chunk = 0;
     for (int i = 0; i < c->piece_count; i++) {
         const CkptFragment *f = c->pieces[i].fragment;
@@ -851,14 +331,14 @@ int format_shard_image(const ShardContent *c, void **image, size_t *size, char *
     }
     uint8_t *scratch = malloc(largest_chunk + 4);
     if (!scratch)
-        return ckpt_fail(err, err_len, "out of memory for a chunk of %zu bytes", largest_chunk);
-    hid_t file = core_create(bytes, 0);
+        return util_fail(err, err_len, "out of memory for a chunk of %zu bytes", largest_chunk);
+    hid_t file = h5_core_create(bytes, 0);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     int64_t rank = c->rank, world = c->world;
     int rc = file >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0 &&
                      write_root_attrs(file, c->step, c->run_id) == 0 &&
-                     attr_i64(file, "rank", 0, &rank) == 0 &&
-                     attr_i64(file, "world", 0, &world) == 0
+                     h5_attr_i64(file, "rank", 0, &rank) == 0 &&
+                     h5_attr_i64(file, "world", 0, &world) == 0
                  ? 0
                  : -1;
     for (int i = 0; rc == 0 && i < c->piece_count; i++)
@@ -867,9 +347,9 @@ int format_shard_image(const ShardContent *c, void **image, size_t *size, char *
     if (rc != 0)
         h5_fail(err, err_len, "cannot build the shard");
     else
-        rc = core_image(file, 0, image, size, err, err_len);
-    close_id(lcpl);
-    close_id(file);
+        rc = h5_core_image(file, 0, image, size, err, err_len);
+    h5_close(lcpl);
+    h5_close(file);
     free(scratch);
     return rc;
 }
@@ -890,11 +370,11 @@ static hid_t fragment_type(void)
         H5Tinsert(t, "rank", offsetof(CkptFragment, rank), H5T_NATIVE_INT) < 0 ||
         H5Tinsert(t, "row_begin", offsetof(CkptFragment, row_begin), H5T_NATIVE_INT64) < 0 ||
         H5Tinsert(t, "row_end", offsetof(CkptFragment, row_end), H5T_NATIVE_INT64) < 0) {
-        close_id(t);
+        h5_close(t);
         t = H5I_INVALID_HID;
     }
-    close_id(shape);
-    close_id(name);
+    h5_close(shape);
+    h5_close(name);
     return t;
 }
 
@@ -903,7 +383,7 @@ static hid_t shard_type(void)
     hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(CkptShard));
     if (t >= 0 && (H5Tinsert(t, "rank", offsetof(CkptShard, rank), H5T_NATIVE_INT) < 0 ||
                    H5Tinsert(t, "bytes", offsetof(CkptShard, bytes), H5T_NATIVE_INT64) < 0)) {
-        close_id(t);
+        h5_close(t);
         return H5I_INVALID_HID;
     }
     return t;
@@ -926,10 +406,10 @@ static int table_write(hid_t file, const char *name, hid_t mem_type, size_t coun
                                                 records) >= 0)
                  ? 0
                  : -1;
-    close_id(ds);
-    close_id(dcpl);
-    close_id(space);
-    close_id(file_type);
+    h5_close(ds);
+    h5_close(dcpl);
+    h5_close(space);
+    h5_close(file_type);
     return rc;
 }
 
@@ -959,15 +439,15 @@ static int write_virtual(hid_t file, hid_t lcpl, int kind, const CkptFragment *f
                      H5Pset_virtual(dcpl, space, source, path, src) >= 0
                  ? 0
                  : -1;
-        close_id(src);
+        h5_close(src);
     }
     hid_t ds = H5I_INVALID_HID;
     if (rc == 0 && H5Sselect_all(space) >= 0)
         ds = H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT);
-    rc = ds >= 0 && attr_i64(ds, "logical_shape", (hsize_t)t->ndim, t->shape) == 0 ? 0 : -1;
-    close_id(ds);
-    close_id(dcpl);
-    close_id(space);
+    rc = ds >= 0 && h5_attr_i64(ds, "logical_shape", (hsize_t)t->ndim, t->shape) == 0 ? 0 : -1;
+    h5_close(ds);
+    h5_close(dcpl);
+    h5_close(space);
     return rc;
 }
 
@@ -982,15 +462,15 @@ static int write_virtuals(hid_t file, const CkptFragment *fragments, int count)
         for (int kind = 0; rc == 0 && kind < KIND_COUNT; kind++)
             rc = write_virtual(file, lcpl, kind, &fragments[first], end - first);
     }
-    close_id(lcpl);
+    h5_close(lcpl);
     return rc;
 }
 
 int format_index_image(const IndexContent *c, void **image, size_t *size, char *err,
                        size_t err_len)
 {
-    format_quiet();
-    hid_t file = core_create(1 << 20, SEAL_BYTES);
+    h5_quiet();
+    hid_t file = h5_core_create(1 << 20, SEAL_BYTES);
     hid_t ftype = fragment_type(), stype = shard_type();
     int rc = file >= 0 && ftype >= 0 && stype >= 0 &&
                      write_root_attrs(file, c->state->step, c->run_id) == 0 &&
@@ -1003,11 +483,11 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
                  : -1;
     if (rc != 0)
         h5_fail(err, err_len, "cannot build the index");
-    else if ((rc = core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
-        seal_write(*image, *size);
-    close_id(stype);
-    close_id(ftype);
-    close_id(file);
+    else if ((rc = h5_core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
+        h5_seal_write(*image, *size);
+    h5_close(stype);
+    h5_close(ftype);
+    h5_close(file);
     return rc;
 }
 
@@ -1017,8 +497,8 @@ int format_index_image(const IndexContent *c, void **image, size_t *size, char *
 int format_index_update(const void *template, size_t template_size, const IndexContent *c,
                         void **image, size_t *size, char *err, size_t err_len)
 {
-    format_quiet();
-    hid_t file = core_open(template, template_size);
+    h5_quiet();
+    hid_t file = h5_core_open(template, template_size);
     hid_t stype = shard_type();
     hid_t shards = file >= 0 ? H5Dopen2(file, "shards", H5P_DEFAULT) : H5I_INVALID_HID;
     hid_t space = shards >= 0 ? H5Dget_space(shards) : H5I_INVALID_HID;
@@ -1033,12 +513,12 @@ int format_index_update(const void *template, size_t template_size, const IndexC
                  : -1;
     if (rc != 0)
         h5_fail(err, err_len, "cannot update the index");
-    else if ((rc = core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
-        seal_write(*image, *size);
-    close_id(space);
-    close_id(shards);
-    close_id(stype);
-    close_id(file);
+    else if ((rc = h5_core_image(file, SEAL_BYTES, image, size, err, err_len)) == 0)
+        h5_seal_write(*image, *size);
+    h5_close(space);
+    h5_close(shards);
+    h5_close(stype);
+    h5_close(file);
     return rc;
 }
 
@@ -1056,8 +536,8 @@ static bool record_type_is(hid_t ds, hid_t mem_type)
     hid_t stored = H5Dget_type(ds), packed = H5Tcopy(mem_type);
     bool same = stored >= 0 && packed >= 0 && H5Tpack(packed) >= 0 &&
                 H5Tequal(stored, packed) > 0;
-    close_id(packed);
-    close_id(stored);
+    h5_close(packed);
+    h5_close(stored);
     return same;
 }
 
@@ -1067,12 +547,12 @@ static int table_read(hid_t file, const char *name, hid_t mem_type, size_t recor
                       void **out, int *count, char *err, size_t err_len)
 {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
-        return ckpt_fail(err, err_len, "no table '%s'", name);
+        return util_fail(err, err_len, "no table '%s'", name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
     if (ds >= 0 && !record_type_is(ds, mem_type)) {
-        close_id(ds);
+        h5_close(ds);
         H5Eclear2(H5E_DEFAULT);
-        return ckpt_fail(err, err_len, "corrupt: table '%s' has another record type than the "
+        return util_fail(err, err_len, "corrupt: table '%s' has another record type than the "
                                        "one Phalanx writes", name);
     }
     hid_t space = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
@@ -1082,12 +562,12 @@ static int table_read(hid_t file, const char *name, hid_t mem_type, size_t recor
                                            records) >= 0)
                  ? 0
                  : -1;
-    close_id(space);
-    close_id(ds);
+    h5_close(space);
+    h5_close(ds);
     if (rc != 0) {
         free(records);
         if (n > TABLE_RECORDS_MAX)
-            return ckpt_fail(err, err_len, "table '%s' has %lld records, more than %d", name,
+            return util_fail(err, err_len, "table '%s' has %lld records, more than %d", name,
                              (long long)n, TABLE_RECORDS_MAX);
         return h5_fail(err, err_len, name);
     }
@@ -1100,20 +580,20 @@ static int table_read(hid_t file, const char *name, hid_t mem_type, size_t recor
 static int shards_sane(const CkptIndex *x, char *err, size_t err_len)
 {
     if (x->shard_count < 1)
-        return ckpt_fail(err, err_len, "corrupt: the shard table is empty");
+        return util_fail(err, err_len, "corrupt: the shard table is empty");
     bool *seen = calloc((size_t)x->shard_count, sizeof(bool));
     if (!seen)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     int rc = 0;
     for (int i = 0; rc == 0 && i < x->shard_count; i++) {
         const CkptShard *s = &x->shards[i];
         if (s->rank < 0 || s->rank >= x->shard_count || seen[s->rank])
-            rc = ckpt_fail(err, err_len,
+            rc = util_fail(err, err_len,
                            "corrupt shard table: entry %d has rank %d (ranks must be 0..%d, "
                            "each once)",
                            i, s->rank, x->shard_count - 1);
         else if (s->bytes < 0)
-            rc = ckpt_fail(err, err_len, "corrupt shard table: entry %d has bytes %lld", i,
+            rc = util_fail(err, err_len, "corrupt shard table: entry %d has bytes %lld", i,
                            (long long)s->bytes);
         else
             seen[s->rank] = true;
@@ -1157,17 +637,17 @@ static const char *fragment_problem(const CkptFragment *f, int shard_count)
 static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
 {
     if (x->fragment_count < 1)
-        return ckpt_fail(err, err_len, "corrupt: the fragment table is empty");
+        return util_fail(err, err_len, "corrupt: the fragment table is empty");
     int64_t *need = calloc((size_t)x->shard_count, sizeof(int64_t));
     if (!need)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     int rc = 0;
     for (int i = 0; rc == 0 && i < x->fragment_count; i++) {
         CkptFragment *f = &x->fragments[i];
         f->name[CKPT_NAME_MAX - 1] = '\0';
         const char *problem = fragment_problem(f, x->shard_count);
         if (problem) {
-            rc = ckpt_fail(err, err_len, "corrupt fragment table: entry %d ('%s'): %s", i,
+            rc = util_fail(err, err_len, "corrupt fragment table: entry %d ('%s'): %s", i,
                            f->name, problem);
             break;
         }
@@ -1175,7 +655,7 @@ static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
                         (int64_t)(KIND_COUNT * sizeof(float));
         need[f->rank] += bytes;
         if (need[f->rank] > x->shards[f->rank].bytes)
-            rc = ckpt_fail(err, err_len,
+            rc = util_fail(err, err_len,
                            "corrupt fragment table: the fragments of rank %d need more than "
                            "the %lld bytes of its shard",
                            f->rank, (long long)x->shards[f->rank].bytes);
@@ -1187,14 +667,14 @@ static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
 static int bad_count(char *err, size_t err_len, const char *field, int64_t value, int64_t low,
                      int64_t high)
 {
-    return ckpt_fail(err, err_len, "corrupt run state: '%s' is %lld, outside [%lld, %lld]",
+    return util_fail(err, err_len, "corrupt run state: '%s' is %lld, outside [%lld, %lld]",
                      field, (long long)value, (long long)low, (long long)high);
 }
 
 static int bad_real(char *err, size_t err_len, const char *field, double value, double low,
                     double high)
 {
-    return ckpt_fail(err, err_len, "corrupt run state: '%s' is %g, %s [%g, %g]", field, value,
+    return util_fail(err, err_len, "corrupt run state: '%s' is %g, %s [%g, %g]", field, value,
                      isfinite(value) ? "outside" : "not a finite number in", low, high);
 }
 
@@ -1235,7 +715,7 @@ static int run_state_check(const CkptRunState *s, char *err, size_t err_len)
              COUNT_IN("writer_world", w->world, 1, INT_MAX);
     for (int i = 0; rc == 0 && i < s->extra_count; i++)
         if (!isfinite(s->extra[i].value))
-            rc = ckpt_fail(err, err_len, "corrupt run state: run/extra '%s' is %g, not a finite "
+            rc = util_fail(err, err_len, "corrupt run state: run/extra '%s' is %g, not a finite "
                                          "number", s->extra[i].key, s->extra[i].value);
     return rc ? -1 : 0;
 }
@@ -1246,7 +726,7 @@ static int fragments_tile(const CkptIndex *x, char *err, size_t err_len)
 {
     char why[512];
     if (format_fragments_check(x->fragments, x->fragment_count, why, sizeof(why)) != 0)
-        return ckpt_fail(err, err_len, "corrupt fragment table: %s", why);
+        return util_fail(err, err_len, "corrupt fragment table: %s", why);
     return 0;
 }
 
@@ -1268,7 +748,7 @@ static bool mapping_agrees(hid_t dcpl, size_t i, const char *path, const CkptFra
               first[0] == (hsize_t)f->row_begin && first[1] == 0 &&
               last[0] == (hsize_t)f->row_end - 1 && (f->ndim == 1 || last[1] == dims[1] - 1) &&
               H5Sget_select_npoints(vspace) == (hssize_t)(dims[0] * dims[1]);
-    close_id(vspace);
+    h5_close(vspace);
     return ok;
 }
 
@@ -1290,10 +770,10 @@ static int virtual_check(hid_t file, int kind, const CkptFragment *fragments, in
               H5Pget_virtual_count(dcpl, &n) >= 0 && n == (size_t)count;
     for (int i = 0; ok && i < count; i++)
         ok = mapping_agrees(dcpl, (size_t)i, path, &fragments[i]);
-    close_id(dcpl);
-    close_id(ds);
+    h5_close(dcpl);
+    h5_close(ds);
     H5Eclear2(H5E_DEFAULT);
-    return ok ? 0 : ckpt_fail(err, err_len, "corrupt: the virtual dataset /%s does not show the "
+    return ok ? 0 : util_fail(err, err_len, "corrupt: the virtual dataset /%s does not show the "
                                             "fragments the table lists", path);
 }
 
@@ -1315,15 +795,15 @@ static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err
 {
     int version = 0;
     int64_t step = -1;
-    if (attr_read(file, "format_version", H5T_NATIVE_INT, 0, &version) != 0 ||
-        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &x->run_id) != 0 ||
-        attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0) {
-        ckpt_fail(err, err_len,
+    if (h5_attr_read(file, "format_version", H5T_NATIVE_INT, 0, &version) != 0 ||
+        h5_attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &x->run_id) != 0 ||
+        h5_attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0) {
+        util_fail(err, err_len,
                   "not a Phalanx checkpoint index (no attributes format_version, run_id, step)");
         return CKPT_CORRUPT;
     }
     if (version > CKPT_FORMAT_VERSION) {
-        ckpt_fail(err, err_len,
+        util_fail(err, err_len,
                   "written in checkpoint format %d; this Phalanx reads format %d and older: "
                   "use a newer Phalanx",
                   version, CKPT_FORMAT_VERSION);
@@ -1341,26 +821,26 @@ static CkptStatus index_read_all(hid_t file, CkptIndex *x, char *err, size_t err
                      virtuals_check(file, x, err, err_len) == 0
                  ? 0
                  : -1;
-    close_id(stype);
-    close_id(ftype);
+    h5_close(stype);
+    h5_close(ftype);
     if (rc == 0 && step != x->state.step)
-        rc = ckpt_fail(err, err_len, "corrupt: the index is of step %lld, its run state of step "
+        rc = util_fail(err, err_len, "corrupt: the index is of step %lld, its run state of step "
                                      "%lld", (long long)step, (long long)x->state.step);
     return rc == 0 ? CKPT_OK : CKPT_CORRUPT;
 }
 
 CkptStatus format_index_read(const char *file_path, CkptIndex *index, char *err, size_t err_len)
 {
-    format_quiet();
+    h5_quiet();
     memset(index, 0, sizeof(*index));
     char why[1024];
-    hid_t file = open_sealed_index(file_path, why, sizeof(why));
+    hid_t file = h5_open_sealed_index(file_path, why, sizeof(why));
     if (file < 0) {
         ckpt_fail_at(err, err_len, file_path, "%s", why);
         return CKPT_CORRUPT;
     }
     CkptStatus status = index_read_all(file, index, why, sizeof(why));
-    close_id(file);
+    h5_close(file);
     if (status != CKPT_OK) {
         ckpt_index_free(index);
         ckpt_fail_at(err, err_len, file_path, "%s", why);
@@ -1368,29 +848,55 @@ CkptStatus format_index_read(const char *file_path, CkptIndex *index, char *err,
     return status;
 }
 
+CkptStatus ckpt_index_read(const char *path, CkptIndex *index, char *err, size_t err_len)
+{
+    char dir[PATH_MAX], file[PATH_MAX];
+    struct stat st;
+    memset(index, 0, sizeof(*index));
+    if (strlen(path) + sizeof("/" CKPT_INDEX_FILE) > PATH_MAX) {
+        ckpt_fail_at(err, err_len, path, "the path is longer than the system allows (%d "
+                     "bytes with /%s)", PATH_MAX, CKPT_INDEX_FILE);
+        return CKPT_NOT_FOUND;
+    }
+    if (stat(path, &st) != 0) {
+        ckpt_fail_at(err, err_len, path, "%s",
+                     errno == ENOENT ? "no such file or directory" : strerror(errno));
+        return CKPT_NOT_FOUND;
+    }
+    files_locate(path, dir, file);
+    if (!files_exists(file)) {
+        ckpt_fail_at(err, err_len, dir,
+                     "no %s: the checkpoint was never committed (its write was interrupted "
+                     "or failed), or this is not a checkpoint directory",
+                     CKPT_INDEX_FILE);
+        return CKPT_INCOMPLETE;
+    }
+    return format_index_read(file, index, err, err_len);
+}
+
 CkptStatus format_shard_open(const char *file_path, const CkptIndex *index, int rank, hid_t *out,
                              char *err, size_t err_len)
 {
-    format_quiet();
+    h5_quiet();
     char why[1024];
-    hid_t file = open_read(file_path, why, sizeof(why));
+    hid_t file = h5_open_read(file_path, why, sizeof(why));
     if (file < 0) {
         ckpt_fail_at(err, err_len, file_path, "%s", why);
         return CKPT_CORRUPT;
     }
     int64_t step = -1, file_rank = -1;
     uint64_t run_id = 0;
-    if (attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0 ||
-        attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &run_id) != 0 ||
-        attr_read(file, "rank", H5T_NATIVE_INT64, 0, &file_rank) != 0) {
-        close_id(file);
+    if (h5_attr_read(file, "step", H5T_NATIVE_INT64, 0, &step) != 0 ||
+        h5_attr_read(file, "run_id", H5T_NATIVE_UINT64, 0, &run_id) != 0 ||
+        h5_attr_read(file, "rank", H5T_NATIVE_INT64, 0, &file_rank) != 0) {
+        h5_close(file);
         H5Eclear2(H5E_DEFAULT);
         ckpt_fail_at(err, err_len, file_path,
                      "the attributes step, run_id, rank are missing or unreadable");
         return CKPT_CORRUPT;
     }
     if (step != index->state.step || run_id != index->run_id || file_rank != rank) {
-        close_id(file);
+        h5_close(file);
         ckpt_fail_at(err, err_len, file_path,
                      "does not belong to this checkpoint's index (it says step %lld, rank "
                      "%lld, run %016llx; the index wants step %lld, rank %d, run %016llx)",
@@ -1445,8 +951,8 @@ static const char *storage_problem(hid_t ds, const CkptFragment *f)
     else if (H5Pget_chunk(dcpl, f->ndim, chunk) != f->ndim || chunk[0] != want[0] ||
              (f->ndim == 2 && chunk[1] != want[1]))
         problem = "has chunks of another shape than the writer's";
-    close_id(dcpl);
-    close_id(type);
+    h5_close(dcpl);
+    h5_close(type);
     return problem;
 }
 
@@ -1455,11 +961,11 @@ static bool attributes_agree(hid_t ds, const CkptFragment *f)
 {
     char name[CKPT_NAME_MAX] = "";
     int64_t shape[2] = {0, 0}, offset[2] = {-1, -1};
-    return attr_read_string(ds, "logical_name", name, sizeof(name)) == NULL &&
+    return h5_attr_read_string(ds, "logical_name", name, sizeof(name)) == NULL &&
            strcmp(name, f->name) == 0 &&
-           attr_read(ds, "logical_shape", H5T_NATIVE_INT64, f->ndim, shape) == 0 &&
+           h5_attr_read(ds, "logical_shape", H5T_NATIVE_INT64, f->ndim, shape) == 0 &&
            shape[0] == f->shape[0] && (f->ndim == 1 || shape[1] == f->shape[1]) &&
-           attr_read(ds, "offset", H5T_NATIVE_INT64, f->ndim, offset) == 0 &&
+           h5_attr_read(ds, "offset", H5T_NATIVE_INT64, f->ndim, offset) == 0 &&
            offset[0] == f->row_begin && (f->ndim == 1 || offset[1] == 0);
 }
 
@@ -1470,7 +976,7 @@ CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, fl
     dataset_path(path, sizeof(path), kind, f->name);
     if (!hard_links_only(shard, path)) {
         H5Eclear2(H5E_DEFAULT);
-        ckpt_fail(err, err_len, "/%s: dataset missing (or reached through a link)", path);
+        util_fail(err, err_len, "/%s: dataset missing (or reached through a link)", path);
         return CKPT_CORRUPT;
     }
     hid_t ds = H5Dopen2(shard, path, H5P_DEFAULT);
@@ -1481,23 +987,23 @@ CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, fl
     const char *problem = NULL;
     if (space < 0 || H5Sget_simple_extent_ndims(space) != f->ndim ||
         H5Sget_simple_extent_dims(space, have, NULL) < 0)
-        ckpt_fail(err, err_len, "/%s: %s", path,
+        util_fail(err, err_len, "/%s: %s", path,
                   space < 0 ? h5_error(why, sizeof(why)) : "has another number of dimensions");
     else if (have[0] != want[0] || (f->ndim == 2 && have[1] != want[1]))
-        ckpt_fail(err, err_len, "/%s: has %llu x %llu elements, the index says %llu x %llu",
+        util_fail(err, err_len, "/%s: has %llu x %llu elements, the index says %llu x %llu",
                   path, (unsigned long long)have[0], (unsigned long long)have[1],
                   (unsigned long long)want[0], (unsigned long long)want[1]);
     else if ((problem = storage_problem(ds, f)) != NULL)
-        ckpt_fail(err, err_len, "/%s: %s", path, problem);
+        util_fail(err, err_len, "/%s: %s", path, problem);
     else if (!attributes_agree(ds, f))
-        ckpt_fail(err, err_len, "/%s: its attributes logical_name, logical_shape, offset do "
+        util_fail(err, err_len, "/%s: its attributes logical_name, logical_shape, offset do "
                                 "not match the index", path);
     else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dest) < 0)
-        ckpt_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
+        util_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
     else
         status = CKPT_OK;
     H5Eclear2(H5E_DEFAULT);
-    close_id(space);
-    close_id(ds);
+    h5_close(space);
+    h5_close(ds);
     return status;
 }

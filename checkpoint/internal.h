@@ -1,5 +1,20 @@
-/* Private to checkpoint/: the HDF5 format (format.c) and the file system
- * helpers (files.c) shared by the writer (sidecar.c) and the reader (reader.c). */
+/* Private to checkpoint/: the contracts between its files, one section per
+ * file. The files stand on floors; each calls only files on lower floors
+ * (never one on its own floor or above), so there is no circle:
+ *
+ *   5  reader.c   load, verify, list, resume (checkpoint.h's reading half)
+ *      sidecar.c  the writer: Checkpointer, its sidecar thread, commit, prune
+ *   4  replica.c  buddy copies of shards, tier 1 surveys and fetches
+ *   3  format.c   the schema: what a shard and an index hold, written as
+ *                 images and read back checked
+ *   2  h5util.c   HDF5 plumbing: error stack, in-memory images, checksums
+ *                 (superblock, Fletcher32, the index seal), attributes
+ *   1  state.c    run-state key-value pairs, status names, messages, index
+ *                 memory: no HDF5, no file system
+ *      files.c    the file system: names, durable writes, removal, listing,
+ *                 tiers and fences
+ *   0  checkpoint.h (public), internal.h (these contracts), util/util.h
+ */
 #ifndef PHALANX_CHECKPOINT_INTERNAL_H
 #define PHALANX_CHECKPOINT_INTERNAL_H
 
@@ -7,7 +22,6 @@
 
 #include <hdf5.h>
 #include <limits.h>
-#include <stdarg.h>
 
 #define CKPT_INDEX_FILE "index.h5"
 /* run/extra key of the index: the epoch that wrote it (-1: none); the index
@@ -15,12 +29,9 @@
 #define CKPT_EPOCH_KEY "fence.epoch"
 
 enum { KIND_PARAM, KIND_M, KIND_V, KIND_COUNT };
-/* Dataset groups of the three kinds, in shards and in the index. */
-extern const char *const ckpt_kind_group[KIND_COUNT];
 
-/* printf into err; returns -1 (for `return fail(...)`). */
-int ckpt_fail(char *err, size_t err_len, const char *format, ...)
-    __attribute__((format(printf, 3, 4)));
+/* ---------------------------------------------------------------------- */
+/* state.c                                                                */
 
 /* printf of a reason into err as "PATH: reason": the reason always fits,
  * the middle of a long path gives way ("/a/b...y/z"). Returns -1. */
@@ -29,66 +40,6 @@ int ckpt_fail_at(char *err, size_t err_len, const char *path, const char *format
 
 /* Elements per row: shape[1] for 2-D tensors, 1 for 1-D. */
 int64_t ckpt_row_length(int ndim, const int64_t shape[2]);
-
-/* ---------------------------------------------------------------------- */
-/* format.c                                                               */
-
-/* One fragment this rank writes, with its rows of params, m and v. */
-typedef struct {
-    const CkptFragment *fragment;
-    const float *data[KIND_COUNT];
-} ShardPiece;
-
-typedef struct {
-    int64_t step;
-    uint64_t run_id;
-    int rank, world;
-    const ShardPiece *pieces;
-    int piece_count;
-} ShardContent;
-
-typedef struct {
-    const CkptRunState *state;
-    uint64_t run_id;
-    const CkptFragment *fragments; /* every fragment of every rank */
-    int fragment_count;
-    const CkptShard *shards;
-    int shard_count;
-} IndexContent;
-
-/* Serialise a shard / an index into an HDF5 file image in memory (malloc'd):
- * files are written with plain write(), so a full disk is an ordinary errno
- * and never an HDF5 error path. */
-int format_shard_image(const ShardContent *content, void **image, size_t *size, char *err,
-                       size_t err_len);
-int format_index_image(const IndexContent *content, void **image, size_t *size, char *err,
-                       size_t err_len);
-/* The same index as format_index_image, from an earlier image of this run
- * (same fragments and shard count): only what changes per checkpoint is
- * rewritten, so a flush does not recreate every virtual dataset. */
-int format_index_update(const void *template, size_t template_size,
-                        const IndexContent *content, void **image, size_t *size, char *err,
-                        size_t err_len);
-
-/* Reads an index file (not the directory). */
-CkptStatus format_index_read(const char *file, CkptIndex *index, char *err, size_t err_len);
-
-/* Opens a shard and checks that it belongs to the index (step, run id, rank). */
-CkptStatus format_shard_open(const char *file, const CkptIndex *index, int rank, hid_t *out,
-                             char *err, size_t err_len);
-/* Reads one fragment's rows of one kind into dest (checksums verified). */
-CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *fragment,
-                                float *dest, char *err, size_t err_len);
-
-/* Sorts fragments by name, then first row. */
-void format_fragments_sort(CkptFragment *fragments, int count);
-/* Checks sorted fragments: one shape per tensor, rows tiled exactly (no gap,
- * no overlap). The message names the tensor and the ranks. */
-int format_fragments_check(const CkptFragment *sorted, int count, char *err, size_t err_len);
-
-/* Turns HDF5's automatic error printing off for the calling thread (the
- * thread-safe library keeps that setting per thread). */
-void format_quiet(void);
 
 /* ---------------------------------------------------------------------- */
 /* files.c                                                                */
@@ -116,6 +67,8 @@ typedef struct {
 void files_step_name(char *out, size_t len, int64_t step, int epoch);
 void files_shard_name(char *out, size_t len, int rank); /* rank_%05d.h5 */
 void files_index_path(char *out, size_t len, const char *step_dir);
+/* `path` is a step directory or its index file: both, in PATH_MAX bytes each. */
+void files_locate(const char *path, char *dir, char *index);
 
 /* Creates a directory and its parents (0755). */
 int files_mkdirs(const char *path, char *err, size_t err_len);
@@ -178,6 +131,119 @@ bool files_parse_step_name(const char *name, FilesStep *out);
 int files_list_steps(const char *dir, FilesStep **steps, int *count, char *err, size_t err_len);
 /* The same for an open tier. */
 int files_list_tier(const FilesDir *tier, FilesStep **steps, int *count);
+
+/* ---------------------------------------------------------------------- */
+/* h5util.c                                                               */
+
+/* Bytes of index.h5's user block, which holds the seal (h5util.c). */
+#define SEAL_BYTES 512
+
+/* Drops a reference to an HDF5 id; a negative id (a failed call's) is none. */
+void h5_close(hid_t id);
+/* Turns HDF5's automatic error printing off for the calling thread (the
+ * thread-safe library keeps that setting per thread). */
+void h5_quiet(void);
+/* The most specific message on this thread's HDF5 error stack, in buf
+ * (returned); the stack is cleared. */
+const char *h5_error(char *buf, size_t len);
+/* "what: HDF5's message" into err; returns -1. */
+int h5_fail(char *err, size_t err_len, const char *what);
+
+/* A new in-memory file growing by `increment` bytes; `userblock`: bytes
+ * reserved before the superblock (0 or SEAL_BYTES). */
+hid_t h5_core_create(size_t increment, hsize_t userblock);
+/* An in-memory copy of `image` open for writing (the core driver copies it). */
+hid_t h5_core_open(const void *image, size_t size);
+/* The file's bytes (malloc'd), its superblock checksum recomputed; a file
+ * with a user block of `userblock` bytes gets that many zeros first. */
+int h5_core_image(hid_t file, size_t userblock, void **image, size_t *size, char *err,
+                  size_t err_len);
+/* Writes the seal into the user block of an index image. */
+void h5_seal_write(uint8_t *image, size_t size);
+
+/* A shard opened read-only, without a lock (checkpoint files never change
+ * once committed); on failure err holds the reason (without the path). */
+hid_t h5_open_read(const char *path, char *err, size_t err_len);
+/* An index read whole, checked against its seal and opened read-only from
+ * those bytes in memory: what HDF5 parses is what the seal covered. */
+hid_t h5_open_sealed_index(const char *path, char *err, size_t err_len);
+
+/* Attributes of `obj`: `count` 0 is a scalar, else a 1-D array. 0 or -1. */
+int h5_attr_write(hid_t obj, const char *name, hid_t file_type, hid_t mem_type, hsize_t count,
+                  const void *value);
+int h5_attr_i64(hid_t obj, const char *name, hsize_t count, const int64_t *v);
+/* A fixed-length string of the text's bytes (at most `max` - 1), NUL-padded:
+ * never variable-length, whose bytes HDF5 keeps in its unchecksummed global
+ * heap. */
+int h5_attr_string(hid_t obj, const char *name, const char *text, size_t max);
+/* Reads an attribute of `count` elements (0: scalar) whose stored type
+ * converts to `mem_type` without loss. 0 or -1. */
+int h5_attr_read(hid_t obj, const char *name, hid_t mem_type, hssize_t count, void *out);
+/* Reads a fixed-length string attribute of at most `len` - 1 bytes into out.
+ * Returns NULL, or what is wrong with it. */
+const char *h5_attr_read_string(hid_t obj, const char *name, char *out, size_t len);
+
+/* HDF5's Fletcher32 checksum of `bytes` (an even count) bytes. */
+uint32_t h5_fletcher32(const uint8_t *data, size_t bytes);
+
+/* ---------------------------------------------------------------------- */
+/* format.c                                                               */
+
+/* Dataset groups of the three kinds, in shards and in the index. */
+extern const char *const ckpt_kind_group[KIND_COUNT];
+
+/* One fragment this rank writes, with its rows of params, m and v. */
+typedef struct {
+    const CkptFragment *fragment;
+    const float *data[KIND_COUNT];
+} ShardPiece;
+
+typedef struct {
+    int64_t step;
+    uint64_t run_id;
+    int rank, world;
+    const ShardPiece *pieces;
+    int piece_count;
+} ShardContent;
+
+typedef struct {
+    const CkptRunState *state;
+    uint64_t run_id;
+    const CkptFragment *fragments; /* every fragment of every rank */
+    int fragment_count;
+    const CkptShard *shards;
+    int shard_count;
+} IndexContent;
+
+/* Serialise a shard / an index into an HDF5 file image in memory (malloc'd):
+ * files are written with plain write(), so a full disk is an ordinary errno
+ * and never an HDF5 error path. */
+int format_shard_image(const ShardContent *content, void **image, size_t *size, char *err,
+                       size_t err_len);
+int format_index_image(const IndexContent *content, void **image, size_t *size, char *err,
+                       size_t err_len);
+/* The same index as format_index_image, from an earlier image of this run
+ * (same fragments and shard count): only what changes per checkpoint is
+ * rewritten, so a flush does not recreate every virtual dataset. */
+int format_index_update(const void *template, size_t template_size,
+                        const IndexContent *content, void **image, size_t *size, char *err,
+                        size_t err_len);
+
+/* Reads an index file (not the directory). */
+CkptStatus format_index_read(const char *file, CkptIndex *index, char *err, size_t err_len);
+
+/* Opens a shard and checks that it belongs to the index (step, run id, rank). */
+CkptStatus format_shard_open(const char *file, const CkptIndex *index, int rank, hid_t *out,
+                             char *err, size_t err_len);
+/* Reads one fragment's rows of one kind into dest (checksums verified). */
+CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *fragment,
+                                float *dest, char *err, size_t err_len);
+
+/* Sorts fragments by name, then first row. */
+void format_fragments_sort(CkptFragment *fragments, int count);
+/* Checks sorted fragments: one shape per tensor, rows tiled exactly (no gap,
+ * no overlap). The message names the tensor and the ranks. */
+int format_fragments_check(const CkptFragment *sorted, int count, char *err, size_t err_len);
 
 /* ---------------------------------------------------------------------- */
 /* replica.c (checkpoint.h, "Replication")                                */

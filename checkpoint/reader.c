@@ -9,6 +9,7 @@
  * where this reader must report the missing shard instead.)
  */
 #include "internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -16,159 +17,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-const char *ckpt_status_name(CkptStatus status)
-{
-    switch (status) {
-    case CKPT_OK: return "ok";
-    case CKPT_CORRUPT: return "corrupt";
-    case CKPT_INCOMPLETE: return "incomplete";
-    case CKPT_NOT_FOUND: return "not found";
-    case CKPT_MISMATCH: return "mismatch";
-    case CKPT_ERROR: return "error";
-    case CKPT_FENCED: return "fenced";
-    }
-    return "unknown";
-}
-
-int ckpt_fail_at(char *err, size_t err_len, const char *path, const char *format, ...)
-{
-    char reason[1024];
-    va_list args;
-    va_start(args, format);
-    vsnprintf(reason, sizeof(reason), format, args);
-    va_end(args);
-    if (!err || !err_len)
-        return -1;
-    size_t n = strlen(path), used = strlen(reason) + 3; // ": " and the NUL
-    size_t room = err_len > used ? err_len - used : 0;
-    if (n <= room)
-        snprintf(err, err_len, "%s: %s", path, reason);
-    else if (room >= 16) {
-        size_t head = (room - 3) / 2, tail = room - 3 - head;
-        snprintf(err, err_len, "%.*s...%s: %s", (int)head, path, path + n - tail, reason);
-    } else
-        snprintf(err, err_len, "%s", reason);
-    return -1;
-}
-
-void ckpt_shape_text(int ndim, const int64_t shape[2], char *out, size_t len)
-{
-    if (ndim == 2)
-        snprintf(out, len, "[%lld, %lld]", (long long)shape[0], (long long)shape[1]);
-    else
-        snprintf(out, len, "[%lld]", (long long)shape[0]);
-}
-
-// ----------------------------------------------------------------------------
-// run state
-
-int ckpt_state_set(CkptRunState *state, const char *key, double value)
-{
-    if (strlen(key) >= sizeof(state->extra[0].key))
-        return -1;
-    int i = 0;
-    while (i < state->extra_count && strcmp(state->extra[i].key, key) != 0)
-        i++;
-    if (i == CKPT_EXTRA_MAX)
-        return -1;
-    snprintf(state->extra[i].key, sizeof(state->extra[i].key), "%s", key);
-    state->extra[i].value = value;
-    if (i == state->extra_count)
-        state->extra_count++;
-    return 0;
-}
-
-double ckpt_state_get(const CkptRunState *state, const char *key, double fallback)
-{
-    for (int i = 0; i < state->extra_count; i++)
-        if (strcmp(state->extra[i].key, key) == 0)
-            return state->extra[i].value;
-    return fallback;
-}
-
-int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *err,
-                     size_t err_len)
-{
-    static const struct {
-        const char *flag;
-        size_t offset;
-    } dims[] = {
-        {"--vocab", offsetof(CkptModel, vocab)},     {"--layers", offsetof(CkptModel, layers)},
-        {"--heads", offsetof(CkptModel, heads)},     {"--dim", offsetof(CkptModel, dim)},
-        {"--seq-len", offsetof(CkptModel, seq_len)},
-    };
-    char had[256] = "", has[256] = "";
-    size_t had_n = 0, has_n = 0;
-    for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++) {
-        int a = *(const int *)((const char *)checkpoint + dims[i].offset);
-        int b = *(const int *)((const char *)run + dims[i].offset);
-        if (a == b)
-            continue;
-        had_n += (size_t)snprintf(had + had_n, sizeof(had) - had_n, " %s %d", dims[i].flag, a);
-        has_n += (size_t)snprintf(has + has_n, sizeof(has) - has_n, " %s %d", dims[i].flag, b);
-    }
-    if (had_n == 0)
-        return 0;
-    return ckpt_fail(err, err_len,
-                     "the model shape differs: checkpoint has%s, this run has%s (the layout may "
-                     "change on resume, the model may not)",
-                     had, has);
-}
-
 // ----------------------------------------------------------------------------
 // one checkpoint
-
-/* `path` is a step directory or its index file. */
-static void locate(const char *path, char *dir, char *index)
-{
-    if (files_is_dir(path)) {
-        snprintf(dir, PATH_MAX, "%s", path);
-        files_index_path(index, PATH_MAX, path);
-        return;
-    }
-    snprintf(index, PATH_MAX, "%s", path);
-    snprintf(dir, PATH_MAX, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    else
-        snprintf(dir, PATH_MAX, ".");
-}
-
-CkptStatus ckpt_index_read(const char *path, CkptIndex *index, char *err, size_t err_len)
-{
-    char dir[PATH_MAX], file[PATH_MAX];
-    struct stat st;
-    memset(index, 0, sizeof(*index));
-    if (strlen(path) + sizeof("/" CKPT_INDEX_FILE) > PATH_MAX) {
-        ckpt_fail_at(err, err_len, path, "the path is longer than the system allows (%d "
-                     "bytes with /%s)", PATH_MAX, CKPT_INDEX_FILE);
-        return CKPT_NOT_FOUND;
-    }
-    if (stat(path, &st) != 0) {
-        ckpt_fail_at(err, err_len, path, "%s",
-                     errno == ENOENT ? "no such file or directory" : strerror(errno));
-        return CKPT_NOT_FOUND;
-    }
-    locate(path, dir, file);
-    if (!files_exists(file)) {
-        ckpt_fail_at(err, err_len, dir,
-                     "no %s: the checkpoint was never committed (its write was interrupted "
-                     "or failed), or this is not a checkpoint directory",
-                     CKPT_INDEX_FILE);
-        return CKPT_INCOMPLETE;
-    }
-    return format_index_read(file, index, err, err_len);
-}
-
-void ckpt_index_free(CkptIndex *index)
-{
-    free(index->fragments);
-    free(index->shards);
-    index->fragments = NULL;
-    index->shards = NULL;
-    index->fragment_count = index->shard_count = 0;
-}
 
 /* Shards opened so far, by rank, while reading one checkpoint. */
 typedef struct {
@@ -210,7 +60,7 @@ static CkptStatus shard_get(ShardSet *set, int rank, hid_t *out, char *err, size
                              ? find_shard(set->index, rank)
                              : NULL;
     if (!s) {
-        ckpt_fail(err, err_len, "the index lists no shard for rank %d", rank);
+        util_fail(err, err_len, "the index lists no shard for rank %d", rank);
         return CKPT_CORRUPT;
     }
     if (set->open[rank] < 0) {
@@ -273,7 +123,7 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
 {
     int n, first = find_fragments(set->index, t->name, &n);
     if (n == 0) {
-        ckpt_fail(err, err_len, "the checkpoint has no tensor '%s'%s", t->name,
+        util_fail(err, err_len, "the checkpoint has no tensor '%s'%s", t->name,
                   differs == CKPT_CORRUPT ? " although its model shape is this run's" : "");
         return differs;
     }
@@ -284,7 +134,7 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
         char had[64], has[64];
         ckpt_shape_text(f->ndim, f->shape, had, sizeof(had));
         ckpt_shape_text(t->ndim, t->shape, has, sizeof(has));
-        ckpt_fail(err, err_len, "tensor '%s': the checkpoint has shape %s, this run %s", t->name,
+        util_fail(err, err_len, "tensor '%s': the checkpoint has shape %s, this run %s", t->name,
                   had, has);
         return differs;
     }
@@ -355,7 +205,7 @@ static CkptStatus check_epoch_at(const char *dir, const char *fence_dir, const C
     CkptFence fence;
     char why[PATH_MAX + 512];
     if (ckpt_fence_read(fence_dir, &fence, why, sizeof(why)) != 0) {
-        ckpt_fail(err, err_len, "%s", why);
+        util_fail(err, err_len, "%s", why);
         return CKPT_ERROR;
     }
     CkptStatus status = check_epoch(dir, index, &fence, err, err_len);
@@ -374,12 +224,12 @@ static CkptStatus open_checkpoint(const char *path, const char *fence_dir,
                                   const CkptModel *expect, CkptStateCheck check, char *dir,
                                   CkptIndex *index, ShardSet *set, char *err, size_t err_len)
 {
-    format_quiet();
+    h5_quiet();
     CkptStatus status = ckpt_index_read(path, index, err, err_len);
     if (status != CKPT_OK)
         return status;
     char file[PATH_MAX];
-    locate(path, dir, file);
+    files_locate(path, dir, file);
     char why[1024];
     status = check_epoch_at(dir, fence_dir, index, err, err_len);
     if (status != CKPT_OK)
@@ -390,7 +240,7 @@ static CkptStatus open_checkpoint(const char *path, const char *fence_dir,
         ckpt_fail_at(err, err_len, file, "corrupt run state: %s", why);
         status = CKPT_CORRUPT;
     } else if (shard_set_init(set, dir, index) != 0) {
-        ckpt_fail(err, err_len, "out of memory");
+        util_fail(err, err_len, "out of memory");
         status = CKPT_ERROR;
     }
     if (status != CKPT_OK)
@@ -481,7 +331,7 @@ int ckpt_list_fenced(const char *dir, const char *fence_dir, CkptEntry **entries
     free(steps);
     ckpt_fence_free(&fence);
     if (!list)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     *entries = list;
     *count = n;
     return 0;
@@ -651,7 +501,7 @@ static void add_complete(const char *dir, const char *fence_dir, int tier, Candi
 static void add_older_siblings(const char *spec, Candidate **list, int *count)
 {
     char dir[PATH_MAX], index[PATH_MAX];
-    locate(spec, dir, index);
+    files_locate(spec, dir, index);
     char *slash = strrchr(dir, '/');
     const char *base = slash ? slash + 1 : dir;
     FilesStep named;
@@ -679,14 +529,14 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
     *out = NULL;
     if (strcmp(spec, "latest") == 0) {
         if (!options->dir || !*options->dir) {
-            ckpt_fail(err, err_len, "--resume latest needs --ckpt-dir");
+            util_fail(err, err_len, "--resume latest needs --ckpt-dir");
             return 0;
         }
         ckpt_tier_dirs(options, tier1, sizeof(tier1), tier2, sizeof(tier2));
         add_complete(tier1, tier2, 1, out, &count); // tier 1 is judged by tier 2's fence
         add_complete(tier2, tier2, 2, out, &count);
         if (count == 0)
-            ckpt_fail(err, err_len, "--resume latest: no complete checkpoint in '%s'%s%s%s",
+            util_fail(err, err_len, "--resume latest: no complete checkpoint in '%s'%s%s%s",
                       tier2, tier1[0] ? " or in tier 1 '" : "", tier1, tier1[0] ? "'" : "");
     } else {
         files_index_path(index, sizeof(index), spec);
@@ -732,12 +582,12 @@ static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, 
     int world = comm_size(comm), rank = comm_rank(comm);
     int64_t *statuses = calloc((size_t)world, sizeof(int64_t));
     if (!statuses) {
-        ckpt_fail(err, err_len, "resume: out of memory");
+        util_fail(err, err_len, "resume: out of memory");
         return CKPT_ERROR;
     }
     statuses[rank] = status;
     if (comm_allreduce(comm, statuses, (size_t)world, COMM_I64) != 0) {
-        ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+        util_fail(err, err_len, "resume: %s", comm_error(comm));
         free(statuses);
         return CKPT_ERROR;
     }
@@ -754,9 +604,9 @@ static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, 
         snprintf(message, sizeof(message), "failed on rank %d", first);
     message[sizeof(message) - 1] = '\0';
     if (world > 1)
-        ckpt_fail(err, err_len, "rank %d: %s", first, message);
+        util_fail(err, err_len, "rank %d: %s", first, message);
     else
-        ckpt_fail(err, err_len, "%s", message);
+        util_fail(err, err_len, "%s", message);
     return result;
 }
 
@@ -851,17 +701,17 @@ CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
     if (comm_broadcast(comm, &n, 1, COMM_I64, 0) != 0 ||
         comm_broadcast(comm, none, sizeof(none), COMM_BYTE, 0) != 0) {
         free(candidates);
-        ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+        util_fail(err, err_len, "resume: %s", comm_error(comm));
         return CKPT_ERROR;
     }
     CkptStatus status = CKPT_NOT_FOUND;
-    ckpt_fail(err, err_len, "%s", none);
+    util_fail(err, err_len, "%s", none);
     for (int64_t i = 0; i < n; i++) {
         if (comm_rank(comm) == 0)
             tried = candidates[i];
         if (comm_broadcast(comm, &tried, sizeof(tried), COMM_BYTE, 0) != 0) {
             status = CKPT_ERROR;
-            ckpt_fail(err, err_len, "resume: %s", comm_error(comm));
+            util_fail(err, err_len, "resume: %s", comm_error(comm));
             break;
         }
         tried.path[sizeof(tried.path) - 1] = tried.fence_dir[sizeof(tried.fence_dir) - 1] = '\0';

@@ -6,6 +6,7 @@
  * sidecar exists.
  */
 #include "internal.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -91,7 +92,7 @@ int replica_plan(Replica *r, Comm *world, CkptReplicate mode, bool memory_tier, 
         comm_allgather(world, mine, names, HOST_NAME_BYTES, COMM_BYTE) != 0) {
         free(names);
         free(host);
-        return ckpt_fail(err, err_len, "replication set-up: %s",
+        return util_fail(err, err_len, "replication set-up: %s",
                          names && host && r->buddy ? comm_error(world) : "out of memory");
     }
     int hosts = number_hosts(names, r->world, host);
@@ -145,17 +146,17 @@ static int keep_copy(Comm *comm, const FilesDir *step, int source, const WriteHo
 {
     int64_t size = -1;
     if (replica_wait(comm_irecv(comm, &size, 1, COMM_I64, source, TAG_SIZE), hooks) != 0)
-        return ckpt_fail(err, err_len, "receiving rank %d's shard: %s", source,
+        return util_fail(err, err_len, "receiving rank %d's shard: %s", source,
                          comm_error(comm));
     if (size < 0)
-        return ckpt_fail(err, err_len, "rank %d had no shard to send", source);
+        return util_fail(err, err_len, "rank %d had no shard to send", source);
     char *bytes = malloc((size_t)size + 1);
-    int rc = bytes ? 0 : ckpt_fail(err, err_len, "out of memory for rank %d's shard", source);
+    int rc = bytes ? 0 : util_fail(err, err_len, "out of memory for rank %d's shard", source);
     // the sender sends the bytes whatever happens here: always receive them
     char sink[1];
     if (replica_wait(comm_irecv(comm, bytes ? bytes : sink, bytes ? (size_t)size : 0,
                                 COMM_BYTE, source, TAG_DATA), hooks) != 0 && rc == 0)
-        rc = ckpt_fail(err, err_len, "receiving rank %d's shard: %s", source,
+        rc = util_fail(err, err_len, "receiving rank %d's shard: %s", source,
                        comm_error(comm));
     char name[64];
     replica_copy_name(name, sizeof(name), source);
@@ -179,11 +180,11 @@ int replica_exchange(const Replica *r, Comm *comm, const FilesDir *step, const v
         char why[PATH_MAX + 256];
         if (r->buddy[source] == r->rank &&
             keep_copy(comm, step, source, hooks, why, sizeof(why)) != 0 && rc == 0)
-            rc = ckpt_fail(err, err_len, "the buddy copy of rank %d: %s", source, why);
+            rc = util_fail(err, err_len, "the buddy copy of rank %d: %s", source, why);
     }
     for (int i = 0; i < 2; i++)
         if ((i == 0 || image) && replica_wait(sends[i], hooks) != 0 && rc == 0)
-            rc = ckpt_fail(err, err_len, "sending the shard to buddy rank %d: %s", buddy,
+            rc = util_fail(err, err_len, "sending the shard to buddy rank %d: %s", buddy,
                            comm_error(comm));
     return rc;
 }
@@ -410,7 +411,7 @@ int replica_survey(Comm *comm, const char *tier1, ReplicaSurvey *survey, char *e
     int rc = comm_allreduce(comm, &failed, 1, COMM_I64) == 0 && failed == 0 &&
                      gather_items(comm, mine, count, survey) == 0 && find_candidates(survey) == 0
                  ? 0
-                 : ckpt_fail(err, err_len, "surveying tier 1: %s",
+                 : util_fail(err, err_len, "surveying tier 1: %s",
                              failed ? "out of memory" : comm_error(comm));
     free(mine);
     return rc;
@@ -501,15 +502,15 @@ static int receive_holding(Assembly *a, const char *as, int from, char *err, siz
 {
     int64_t size = -1;
     if (comm_recv(a->comm, &size, 1, COMM_I64, from, TAG_SIZE) != 0)
-        return ckpt_fail(err, err_len, "from rank %d: %s", from, comm_error(a->comm));
+        return util_fail(err, err_len, "from rank %d: %s", from, comm_error(a->comm));
     if (size < 0)
-        return ckpt_fail(err, err_len, "rank %d could not read its copy of %s", from, as);
+        return util_fail(err, err_len, "rank %d could not read its copy of %s", from, as);
     char *bytes = malloc((size_t)size + 1);
     if (!bytes)
-        return ckpt_fail(err, err_len, "out of memory"); // both sides fail alike below
+        return util_fail(err, err_len, "out of memory"); // both sides fail alike below
     int rc = comm_recv(a->comm, bytes, (size_t)size, COMM_BYTE, from, TAG_DATA);
     if (rc != 0)
-        ckpt_fail(err, err_len, "from rank %d: %s", from, comm_error(a->comm));
+        util_fail(err, err_len, "from rank %d: %s", from, comm_error(a->comm));
     else if ((rc = files_write(a->view, as, bytes, (size_t)size, NULL, err, err_len)) == 0)
         a->out->network_bytes += (uint64_t)size;
     free(bytes);
@@ -531,13 +532,13 @@ static int assemble_one(Assembly *a, int64_t shard, char *err, size_t err_len)
     for (int q = 0; q < a->world; q++) {
         if (holder_of(s, step, epoch, shard, kind, q) >= 0) {
             if (q == a->rank && link_holding(a, name, as) != 0 && rc == 0)
-                rc = ckpt_fail(err, err_len, "cannot link %s/%s into the recovery view",
+                rc = util_fail(err, err_len, "cannot link %s/%s into the recovery view",
                                a->source->path, name);
         } else if (q == a->rank) {
             if (receive_holding(a, as, holder, err, err_len) != 0 && rc == 0)
                 rc = -1;
         } else if (a->rank == holder && send_holding(a, name, q) != 0 && rc == 0) {
-            rc = ckpt_fail(err, err_len, "sending %s to rank %d: %s", name, q,
+            rc = util_fail(err, err_len, "sending %s to rank %d: %s", name, q,
                            comm_error(a->comm));
         }
     }
@@ -549,11 +550,11 @@ static int open_view(const FilesDir *tier, ReplicaView *v, FilesDir *root, Files
 {
     const char *name = strrchr(v->root, '/') + 1;
     if (mkdirat(tier->fd, name, 0700) != 0 && errno != EEXIST)
-        return ckpt_fail(err, err_len, "cannot create '%s': %s", v->root, strerror(errno));
+        return util_fail(err, err_len, "cannot create '%s': %s", v->root, strerror(errno));
     root->fd = openat(tier->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     snprintf(root->path, sizeof(root->path), "%s", v->root);
     if (root->fd < 0)
-        return ckpt_fail(err, err_len, "cannot open '%s': %s", v->root, strerror(errno));
+        return util_fail(err, err_len, "cannot open '%s': %s", v->root, strerror(errno));
     files_remove_step(root, v->step, v->epoch); // left by an interrupted recovery
     if (files_open_step(root, v->step, v->epoch, true, step, err, err_len) != 0)
         return -1;
@@ -583,7 +584,7 @@ int replica_fetch(Comm *comm, const char *tier1, const ReplicaSurvey *survey, in
     for (int64_t shard = -1; shard < n; shard++) {
         char why[PATH_MAX + 256];
         if (assemble_one(&a, shard, why, sizeof(why)) != 0 && rc == 0)
-            rc = ckpt_fail(err, err_len, "%s", why);
+            rc = util_fail(err, err_len, "%s", why);
     }
     files_close(&source);
     files_close(&step);

@@ -135,21 +135,21 @@ static Fault fault_parse(int rank)
 static int check_options(const CkptOptions *o, char *err, size_t err_len)
 {
     if (!o->dir || !*o->dir)
-        return ckpt_fail(err, err_len, "--ckpt-dir is required for checkpoints");
+        return util_fail(err, err_len, "--ckpt-dir is required for checkpoints");
     if (o->every < 1)
-        return ckpt_fail(err, err_len, "--ckpt-every is %ld: it must be at least 1", o->every);
+        return util_fail(err, err_len, "--ckpt-every is %ld: it must be at least 1", o->every);
     if (o->keep < 1)
-        return ckpt_fail(err, err_len, "--ckpt-keep is %d: it must be at least 1", o->keep);
+        return util_fail(err, err_len, "--ckpt-keep is %d: it must be at least 1", o->keep);
     if (o->durable_every < 0 || (o->durable_every > 0 && o->durable_every % o->every != 0))
-        return ckpt_fail(err, err_len, "--ckpt-durable-every is %ld: it must be a multiple of "
+        return util_fail(err, err_len, "--ckpt-durable-every is %ld: it must be a multiple of "
                          "--ckpt-every (%ld)", o->durable_every, o->every);
     if (o->durable_every > o->every && o->memory_dir && strcmp(o->memory_dir, "none") == 0)
-        return ckpt_fail(err, err_len, "--ckpt-durable-every %ld keeps the checkpoints between "
+        return util_fail(err, err_len, "--ckpt-durable-every %ld keeps the checkpoints between "
                          "in tier 1, which --ckpt-memory-dir none turns off: drop one of them",
                          o->durable_every);
     hbool_t safe = 0;
     if (o->mode == CKPT_ASYNC && (H5is_library_threadsafe(&safe) < 0 || !safe))
-        return ckpt_fail(err, err_len,
+        return util_fail(err, err_len,
                          "this HDF5 library is not thread-safe; the checkpoint sidecar needs "
                          "Debian's serial libhdf5 (pkg-config hdf5-serial)");
     return 0;
@@ -158,16 +158,16 @@ static int check_options(const CkptOptions *o, char *err, size_t err_len)
 static int check_tensor(const CkptTensor *t, char *err, size_t err_len)
 {
     if (memchr(t->name, '\0', CKPT_NAME_MAX) == NULL || !t->name[0] || strchr(t->name, '/'))
-        return ckpt_fail(err, err_len, "tensor name '%.*s' is empty, too long or has a '/'",
+        return util_fail(err, err_len, "tensor name '%.*s' is empty, too long or has a '/'",
                          CKPT_NAME_MAX, t->name);
     if (t->ndim < 1 || t->ndim > 2 || t->shape[0] < 1 ||
         ckpt_row_length(t->ndim, t->shape) < 1)
-        return ckpt_fail(err, err_len, "tensor '%s': ndim %d / shape is not a 1-D or 2-D shape",
+        return util_fail(err, err_len, "tensor '%s': ndim %d / shape is not a 1-D or 2-D shape",
                          t->name, t->ndim);
     if (!t->param || !t->m || !t->v)
-        return ckpt_fail(err, err_len, "tensor '%s': params, m and v are all needed", t->name);
+        return util_fail(err, err_len, "tensor '%s': params, m and v are all needed", t->name);
     if (t->replica_count < 1 || t->replica_index < 0 || t->replica_index >= t->replica_count)
-        return ckpt_fail(err, err_len, "tensor '%s': replica %d of %d is not a replica",
+        return util_fail(err, err_len, "tensor '%s': replica %d of %d is not a replica",
                          t->name, t->replica_index, t->replica_count);
     return 0;
 }
@@ -192,7 +192,7 @@ static int plan_own(Checkpointer *ck, char *err, size_t err_len)
 {
     ck->own = calloc((size_t)ck->tensor_count + 1, sizeof(Own));
     if (!ck->own)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     for (int i = 0; i < ck->tensor_count; i++) {
         const CkptTensor *t = &ck->tensors[i];
         if (check_tensor(t, err, err_len) != 0)
@@ -213,7 +213,7 @@ static int plan_own(Checkpointer *ck, char *err, size_t err_len)
     }
     ck->staging = malloc(KIND_COUNT * ck->staging_floats * sizeof(float) + 1);
     if (!ck->staging)
-        return ckpt_fail(err, err_len, "out of memory for %zu MiB of checkpoint staging",
+        return util_fail(err, err_len, "out of memory for %zu MiB of checkpoint staging",
                          KIND_COUNT * ck->staging_floats * sizeof(float) >> 20);
     return 0;
 }
@@ -227,12 +227,12 @@ static int check_dirs(Checkpointer *ck, bool *memory_ok, char *err, size_t err_l
     FilesDir *dir = &ck->tier[TIER_DIR], *memory = &ck->tier[TIER_MEMORY];
     if (files_open_tier(dir, why, sizeof(why)) != 0 ||
         files_probe(dir, why, sizeof(why)) != 0)
-        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", dir->path, why);
+        return util_fail(err, err_len, "--ckpt-dir '%s': %s", dir->path, why);
     if (!memory->path[0])
         return 0;
     int opened = files_open_private(memory, why, sizeof(why));
     if (opened == FILES_UNSAFE)
-        return ckpt_fail(err, err_len,
+        return util_fail(err, err_len,
                          "%s: %s, so it may not be this run's to use: remove it, or pass "
                          "--ckpt-memory-dir DIR (a directory of your own) or "
                          "--ckpt-memory-dir none",
@@ -251,7 +251,7 @@ static int setup_local(Checkpointer *ck, const CkptOptions *options, const CkptT
     ck->tensor_count = count;
     ck->tensors = malloc(((size_t)count + 1) * sizeof(CkptTensor));
     if (!ck->tensors)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     if (count > 0)
         memcpy(ck->tensors, tensors, (size_t)count * sizeof(CkptTensor));
     for (int t = 0; t < TIER_COUNT; t++)
@@ -264,7 +264,7 @@ static int setup_local(Checkpointer *ck, const CkptOptions *options, const CkptT
         return -1;
     // tier 2 exists before its real path names tier 1 (ckpt_tier_dirs)
     if (files_mkdirs(options->dir, why, sizeof(why)) != 0)
-        return ckpt_fail(err, err_len, "--ckpt-dir '%s': %s", options->dir, why);
+        return util_fail(err, err_len, "--ckpt-dir '%s': %s", options->dir, why);
     ckpt_tier_dirs(options, ck->tier[TIER_MEMORY].path, PATH_MAX, ck->tier[TIER_DIR].path,
                    PATH_MAX);
     ck->options.dir = ck->tier[TIER_DIR].path;
@@ -279,7 +279,7 @@ static int exchange_fragments(Checkpointer *ck, Comm *world, char *err, size_t e
     int64_t mine = ck->own_count, *counts = calloc((size_t)ck->world, sizeof(int64_t));
     if (!counts || comm_allgather(world, &mine, counts, 1, COMM_I64) != 0) {
         free(counts);
-        return ckpt_fail(err, err_len, "fragment exchange: %s", comm_error(world));
+        return util_fail(err, err_len, "fragment exchange: %s", comm_error(world));
     }
     int64_t most = 0, total = 0;
     for (int r = 0; r < ck->world; r++) {
@@ -290,11 +290,11 @@ static int exchange_fragments(Checkpointer *ck, Comm *world, char *err, size_t e
     CkptFragment *send = calloc((size_t)most + 1, sizeof(CkptFragment));
     CkptFragment *recv = calloc((size_t)most * (size_t)ck->world + 1, sizeof(CkptFragment));
     ck->all = calloc((size_t)total + 1, sizeof(CkptFragment));
-    int rc = send && recv && ck->all ? 0 : ckpt_fail(err, err_len, "out of memory");
+    int rc = send && recv && ck->all ? 0 : util_fail(err, err_len, "out of memory");
     for (int i = 0; rc == 0 && i < ck->own_count; i++)
         send[i] = ck->own[i].fragment;
     if (rc == 0 && most > 0 && comm_allgather(world, send, recv, padded, COMM_BYTE) != 0)
-        rc = ckpt_fail(err, err_len, "fragment exchange: %s", comm_error(world));
+        rc = util_fail(err, err_len, "fragment exchange: %s", comm_error(world));
     for (int r = 0; rc == 0 && r < ck->world; r++)
         for (int64_t i = 0; i < counts[r]; i++)
             ck->all[ck->all_count++] = recv[(size_t)r * (size_t)most + (size_t)i];
@@ -424,7 +424,7 @@ static int build_shard(Checkpointer *ck, const CkptRunState *state, void **image
 {
     ShardPiece *pieces = calloc((size_t)ck->own_count + 1, sizeof(ShardPiece));
     if (!pieces)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     for (int i = 0; i < ck->own_count; i++) {
         pieces[i].fragment = &ck->own[i].fragment;
         for (int kind = 0; kind < KIND_COUNT; kind++)
@@ -460,7 +460,7 @@ static int write_shard(Checkpointer *ck, int tier, const FilesDir *dir, int64_t 
                        const void *image, size_t size, char *err, size_t err_len)
 {
     if (fenced(ck))
-        return ckpt_fail(err, err_len, "fenced off by a newer attempt of the job");
+        return util_fail(err, err_len, "fenced off by a newer attempt of the job");
     if (ck->rank == 0) // an index left by an earlier run at this step would describe other shards
         files_remove_file(dir, CKPT_INDEX_FILE);
     const Fault *f = &ck->fault;
@@ -479,7 +479,7 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
         return 0;
     CkptShard *shards = calloc((size_t)ck->world, sizeof(CkptShard));
     if (!shards)
-        return ckpt_fail(err, err_len, "out of memory");
+        return util_fail(err, err_len, "out of memory");
     for (int r = 0; r < ck->world; r++)
         shards[r] = (CkptShard){r, sizes[r]};
     // the index names the epoch that wrote it (checkpoint.h, "Fencing"); one
@@ -488,7 +488,7 @@ static int build_index(Checkpointer *ck, const CkptRunState *state, const int64_
     bool label = ck->epoch >= 0 || ckpt_state_get(state, CKPT_EPOCH_KEY, -1) != -1;
     if (label && ckpt_state_set(&labelled, CKPT_EPOCH_KEY, ck->epoch) != 0) {
         free(shards);
-        return ckpt_fail(err, err_len, "the run state has no room for %s", CKPT_EPOCH_KEY);
+        return util_fail(err, err_len, "the run state has no room for %s", CKPT_EPOCH_KEY);
     }
     IndexContent content = {.state = &labelled, .run_id = ck->run_id, .fragments = ck->all,
                             .fragment_count = ck->all_count, .shards = shards,
@@ -517,7 +517,7 @@ static int write_index(Checkpointer *ck, int tier, const FilesDir *dir,
                  : 0;
     // and the step directory's own entry, when it is new
     if (rc == 0 && files_fsync(&ck->tier[tier]) != 0)
-        rc = ckpt_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier].path);
+        rc = util_fail(err, err_len, "cannot fsync '%s'", ck->tier[tier].path);
     return rc;
 }
 
@@ -608,8 +608,8 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
 {
     char err[PATH_MAX + 512];
     FilesDir dir = {.fd = -1};
-    int wrote = !image     ? ckpt_fail(err, sizeof(err), "%s", build_error)
-                : fenced(ck) ? ckpt_fail(err, sizeof(err), "fenced off by a newer attempt")
+    int wrote = !image     ? util_fail(err, sizeof(err), "%s", build_error)
+                : fenced(ck) ? util_fail(err, sizeof(err), "fenced off by a newer attempt")
                 : files_open_step(&ck->tier[tier], state->step, ck->epoch, true, &dir, err,
                                   sizeof(err))
                     ? -1
@@ -620,7 +620,7 @@ static bool commit_tier(Checkpointer *ck, int tier, const CkptRunState *state,
         char why[PATH_MAX + 512];
         if (replica_exchange(&ck->replica, ck->comm, &dir, wrote == 0 ? image : NULL, size,
                              &hooks, why, sizeof(why)) != 0 && wrote == 0)
-            wrote = ckpt_fail(err, sizeof(err), "%s", why);
+            wrote = util_fail(err, sizeof(err), "%s", why);
     }
     if (wrote != 0)
         fprintf(stderr, "phalanx ckpt: rank %d: step %lld, %s: %s\n", ck->rank,
@@ -669,7 +669,7 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
     size_t size = 0;
     char err[512];
     int built = ck->source_error[0]
-                    ? ckpt_fail(err, sizeof(err), "%s", ck->source_error)
+                    ? util_fail(err, sizeof(err), "%s", ck->source_error)
                     : build_shard(ck, state, &image, &size, err, sizeof(err));
     release_staging(ck);
     bool ok[TIER_COUNT] = {false, false}, wanted[TIER_COUNT];
@@ -701,7 +701,7 @@ static void flush(Checkpointer *ck, const CkptRunState *state)
 static void *sidecar_main(void *arg)
 {
     Checkpointer *ck = arg;
-    format_quiet();
+    h5_quiet();
     pthread_mutex_lock(&ck->lock);
     for (;;) {
         if (ck->copy_requested && !ck->staged) {
@@ -779,14 +779,14 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
     keep_large_buffers();
     Checkpointer *ck = new_checkpointer(world);
     if (!ck) {
-        ckpt_fail(err, err_len, "out of memory");
+        util_fail(err, err_len, "out of memory");
         return NULL;
     }
     bool memory_ok = true;
     int failed = setup_local(ck, options, tensors, count, &memory_ok, err, err_len);
     ck->comm = comm_split(world, 0, ck->rank);
     if (!ck->comm && !failed)
-        failed = ckpt_fail(err, err_len, "cannot make the sidecar's communicator: %s",
+        failed = util_fail(err, err_len, "cannot make the sidecar's communicator: %s",
                            comm_error(world));
     if (failed)
         ck->own_count = 0; // still take part in the exchange, with nothing
@@ -799,7 +799,7 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
     int64_t votes[3] = {failed != 0, !memory_ok, ck->rank == 0 ? (int64_t)new_run_id() : 0};
     if (comm_allreduce(world, votes, 3, COMM_I64) != 0) {
         if (!failed)
-            ckpt_fail(err, err_len, "checkpoint set-up: %s", comm_error(world));
+            util_fail(err, err_len, "checkpoint set-up: %s", comm_error(world));
         free_checkpointer(ck);
         return NULL;
     }
@@ -810,7 +810,7 @@ Checkpointer *ckpt_open(const CkptOptions *options, Comm *world, const CkptTenso
     }
     if (votes[0] != 0) {
         if (!failed)
-            ckpt_fail(err, err_len, "%lld rank(s) could not set up checkpoints (see their "
+            util_fail(err, err_len, "%lld rank(s) could not set up checkpoints (see their "
                       "messages)", (long long)votes[0]);
         free_checkpointer(ck);
         return NULL;
@@ -879,7 +879,7 @@ static int snapshot(Checkpointer *ck, const CkptRunState *state, bool durable, c
     }
     pthread_mutex_unlock(&ck->lock);
     if (broken)
-        return ckpt_fail(err, err_len, "checkpoints stopped after a communication failure");
+        return util_fail(err, err_len, "checkpoints stopped after a communication failure");
     if (ck->threaded)
         return 0;
     double start = util_now_seconds();
