@@ -2,6 +2,7 @@
 #include "job.h"
 #include "util.h"
 
+#include "checkpoint.h"
 #include "protocol.h"
 #include "runtime.h"
 
@@ -622,9 +623,9 @@ int job_start(Job *job, const JobConfig *config)
     char epoch[32];
     snprintf(epoch, sizeof(epoch), "%d", job->config->epoch);
     if (job->config->epoch >= 0)
-        setenv(CHANNEL_EPOCH_ENV, epoch, 1);
+        setenv(CKPT_EPOCH_ENV, epoch, 1);
     else
-        unsetenv(CHANNEL_EPOCH_ENV);
+        unsetenv(CKPT_EPOCH_ENV);
     job->failure.rank = -1;
     job->started_at = util_now_seconds();
     job->pid = spawn_job(&job->config->plan, err, sizeof(err));

@@ -2,6 +2,7 @@
 #include "channel.h"
 #include "util.h"
 
+#include "checkpoint.h"
 #include "runtime.h"
 
 #include <errno.h>
@@ -223,7 +224,7 @@ int channel_open(Channel *channel, int rank, int world, char *err, size_t err_le
     if (job && step)
         snprintf(step_id, sizeof(step_id), "%s.%s", job, step);
     // the attempt of an elastic job: the agent hears only the current one
-    const char *epoch = getenv(CHANNEL_EPOCH_ENV);
+    const char *epoch = getenv(CKPT_EPOCH_ENV);
     char epoch_field[32] = "";
     if (epoch && *epoch && strspn(epoch, "0123456789") == strlen(epoch) && strlen(epoch) < 10)
         snprintf(epoch_field, sizeof(epoch_field), " epoch=%s", epoch);

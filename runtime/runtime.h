@@ -75,8 +75,8 @@ int parse_flag_double(const char *prog, const char *flag, const char *text, doub
  */
 #define CHANNEL_ENV "PHALANX_CHANNEL"
 #define CHANNEL_SECRET_ENV "PHALANX_CHANNEL_SECRET"
-/* The elastic agent's attempt (its epoch), said in the hello as epoch=N. */
-#define CHANNEL_EPOCH_ENV "PHALANX_EPOCH"
+/* The elastic agent's attempt (its epoch), said in the hello as epoch=N, is
+ * CKPT_EPOCH_ENV (checkpoint.h): the same variable fences checkpoints. */
 #define CHANNEL_TOKEN_HEX 64 /* hex digits of a secret, a nonce or an answer */
 /* 256 bits from getrandom(2) in hex; 0, or -1 (errno says why). */
 int channel_token(char out[CHANNEL_TOKEN_HEX + 1]);
