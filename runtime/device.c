@@ -13,46 +13,79 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *cpu_alloc(size_t bytes)
+static void *cpu_alloc(void *ctx, size_t bytes)
 {
+    (void)ctx;
     return calloc(bytes ? bytes : 1, 1);
 }
 
-/* Host memory: the model may hand the same buffer in both roles (tokens). */
-static void cpu_copy(void *dst, const void *src, size_t bytes)
+static void cpu_free(void *ctx, void *buffer)
 {
+    (void)ctx;
+    free(buffer);
+}
+
+/* Host memory: the model may hand the same buffer in both roles (tokens). */
+static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    (void)ctx;
     if (dst != src)
         memcpy(dst, src, bytes);
 }
 
-static void cpu_copy_rows(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
-                          size_t width, size_t rows)
+static void cpu_copy_rows(void *ctx, float *dst, size_t dst_pitch, const float *src,
+                          size_t src_pitch, size_t width, size_t rows)
 {
+    (void)ctx;
     for (size_t r = 0; r < rows; r++)
         memcpy(dst + r * dst_pitch, src + r * src_pitch, width * sizeof(float));
 }
 
-static void cpu_zero(void *dst, size_t bytes)
+static void cpu_zero(void *ctx, void *dst, size_t bytes)
 {
+    (void)ctx;
     memset(dst, 0, bytes);
 }
 
-static int cpu_sync(void)
+static int cpu_sync(void *ctx)
 {
+    (void)ctx;
     return 0;
 }
 
-static const char *cpu_error(void)
+static const char *cpu_error(void *ctx)
 {
+    (void)ctx;
     return "";
 }
+
+/* The CPU kernels (kernels.h, optim.h) take no context: one thunk each. */
+#define CPU_RETURN_void
+#define CPU_RETURN_double return
+#define CPU_THUNK(ret, name, params, args)                                                    \
+    static ret cpu_##name(void *ctx, KERNEL_UNPAREN params)                                   \
+    {                                                                                         \
+        (void)ctx;                                                                            \
+        CPU_RETURN_##ret name args;                                                           \
+    }
+#define CPU_THUNK_BF16(ret, name, params, args)                                               \
+    static ret cpu_##name##_bf16(void *ctx, KERNEL_UNPAREN params)                            \
+    {                                                                                         \
+        (void)ctx;                                                                            \
+        CPU_RETURN_##ret name##_bf16 args;                                                    \
+    }
+KERNEL_LIST(CPU_THUNK)
+KERNEL_OPTIM(CPU_THUNK)
+KERNEL_PRODUCTS(CPU_THUNK_BF16)
+
+#define CPU_ENTRY(ret, name, params, args) .name = cpu_##name,
 
 static const Device cpu_device = {
     .name = "cpu",
     .host_memory = true,
     .staged = false,
     .alloc = cpu_alloc,
-    .free = free,
+    .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
     .copy = cpu_copy,
@@ -60,21 +93,7 @@ static const Device cpu_device = {
     .zero = cpu_zero,
     .sync = cpu_sync,
     .error = cpu_error,
-    .encoder_forward = encoder_forward,
-    .encoder_backward = encoder_backward,
-    .layernorm_forward = layernorm_forward,
-    .layernorm_backward = layernorm_backward,
-    .matmul_forward = matmul_forward,
-    .matmul_backward = matmul_backward,
-    .attention_forward = attention_forward,
-    .attention_backward = attention_backward,
-    .gelu_forward = gelu_forward,
-    .gelu_backward = gelu_backward,
-    .accumulate = accumulate,
-    .crossentropy_forward = crossentropy_forward,
-    .crossentropy_backward = crossentropy_backward,
-    .grad_sumsq = optim_grad_sumsq,
-    .optim_step = optim_step,
+    KERNEL_LIST(CPU_ENTRY) KERNEL_OPTIM(CPU_ENTRY)
 };
 
 const Device *device_cpu(void)
@@ -84,9 +103,9 @@ const Device *device_cpu(void)
 
 int device_ready(const Device *dev, char *err, size_t err_len)
 {
-    if (dev->sync() == 0)
+    if (device_sync(dev) == 0)
         return 0;
-    snprintf(err, err_len, "%s device: %s", dev->name, dev->error());
+    snprintf(err, err_len, "%s device: %s", dev->name, device_error(dev));
     return -1;
 }
 
@@ -94,19 +113,21 @@ int device_ready(const Device *dev, char *err, size_t err_len)
 // cpu-staged: the same kernels, with the snapshot path of a GPU. The copy is
 // synchronous, so there is nothing to wait for.
 
-static void staged_snapshot_copy(void *host_dst, const void *src, size_t bytes)
+static void staged_snapshot_copy(void *ctx, void *host_dst, const void *src, size_t bytes)
 {
+    (void)ctx;
     memcpy(host_dst, src, bytes);
 }
 
-static int staged_snapshot_wait(char *err, size_t err_len)
+static int staged_snapshot_wait(void *ctx, char *err, size_t err_len)
 {
-    (void)err, (void)err_len;
+    (void)ctx, (void)err, (void)err_len;
     return 0;
 }
 
-static void staged_compute_after_snapshot(void)
+static void staged_compute_after_snapshot(void *ctx)
 {
+    (void)ctx;
 }
 
 static const Device *cpu_staged_device(void)
@@ -117,7 +138,7 @@ static const Device *cpu_staged_device(void)
         staged.name = "cpu-staged";
         staged.staged = true;
         staged.host_alloc = cpu_alloc;
-        staged.host_free = free;
+        staged.host_free = cpu_free;
         staged.snapshot_copy = staged_snapshot_copy;
         staged.snapshot_wait = staged_snapshot_wait;
         staged.compute_after_snapshot = staged_compute_after_snapshot;
@@ -132,10 +153,9 @@ static void use_bf16_products(Device *table, const Device *fp32, const char *nam
 {
     *table = *fp32;
     table->name = name;
-    table->matmul_forward = matmul_forward_bf16;
-    table->matmul_backward = matmul_backward_bf16;
-    table->attention_forward = attention_forward_bf16;
-    table->attention_backward = attention_backward_bf16;
+#define CPU_USE_BF16(ret, name, params, args) table->name = cpu_##name##_bf16;
+    KERNEL_PRODUCTS(CPU_USE_BF16)
+#undef CPU_USE_BF16
 }
 
 const Device *device_bf16(const Device *fp32, char *err, size_t err_len)

@@ -1,6 +1,6 @@
 /*
- * device: the compute backend of a worker, a table of function pointers
- * chosen once at start (`--device cpu|cuda`). The model, the pipeline, the
+ * device: the compute backend of a worker, a table of function pointers and
+ * the backend's context, chosen once at start (`--device cpu|cuda`). The model, the pipeline, the
  * sequence-parallel exchange, the gradient sync, the optimizer and the
  * checkpoint glue reach their buffers and kernels only through it.
  *
@@ -16,12 +16,12 @@
  *   caller's host arrays, so host data goes in with upload() and out with
  *   download(), and checkpoints read a mirror filled by snapshot_copy(); when
  *   false (cpu) host arrays may be used in place. The kernels have the shapes
- *   and semantics of kernels.h and the optimizer those of optim.h, on such
+ *   and semantics of kernel_list.h and the optimizer those of optim.h, on such
  *   buffers; OptimTensor arrays and OptimConfig themselves are host memory.
  * - Work is queued in order and may run after the call returns (cuda: one
  *   compute stream). upload(), download(), crossentropy_forward() and
- *   grad_sumsq() return when their result is there. sync() waits for every
- *   queued kernel; communicators read device buffers only after it (an NCCL
+ *   optim_grad_sumsq() return when their result is there. sync() waits for
+ *   every queued kernel; communicators read device buffers only after it (an NCCL
  *   stream does not wait for the compute stream: comm.h).
  * - Errors are sticky: a kernel that fails records the first message and
  *   later calls go on harmlessly; sync() returns -1 from then on and error()
@@ -37,62 +37,91 @@
 #ifndef PHALANX_DEVICE_H
 #define PHALANX_DEVICE_H
 
+#include "kernel_list.h"
 #include "optim.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 
+/* The memory and stream operations, X(return type, name, (parameters),
+ * (arguments)) as in kernel_list.h; the five whose result is a pointer or
+ * that take no argument besides the context are members of their own. */
+#define DEVICE_OPS(X)                                                                         \
+    X(void, free, (void *buffer), (buffer))                                                   \
+    X(void, upload, (void *dst, const void *host_src, size_t bytes), (dst, host_src, bytes))  \
+    X(void, download, (void *host_dst, const void *src, size_t bytes), (host_dst, src, bytes)) \
+    X(void, copy, (void *dst, const void *src, size_t bytes), (dst, src, bytes))              \
+    /* rows x width floats from src (row pitch src_pitch floats) to dst (dst_pitch) */        \
+    X(void, copy_rows,                                                                        \
+      (float *dst, size_t dst_pitch, const float *src, size_t src_pitch, size_t width,        \
+       size_t rows),                                                                          \
+      (dst, dst_pitch, src, src_pitch, width, rows))                                          \
+    X(void, zero, (void *dst, size_t bytes), (dst, bytes))                                    \
+    X(void, host_free, (void *host_buffer), (host_buffer))                                    \
+    X(void, snapshot_copy, (void *host_dst, const void *src, size_t bytes),                   \
+      (host_dst, src, bytes))                                                                 \
+    X(int, snapshot_wait, (char *err, size_t err_len), (err, err_len))
+
+/* Every entry takes the backend's context (`ctx`: its streams, handles,
+ * scratch buffers and errors; NULL on cpu) first. Callers use the
+ * device_<entry>(dev, ...) wrappers below, which pass it. */
+#define DEVICE_MEMBER(ret, name, params, args) ret (*name)(void *ctx, KERNEL_UNPAREN params);
+
 typedef struct {
     const char *name; /* "cpu", "cuda", "cpu-staged" */
     bool host_memory, staged;
+    void *ctx;
 
-    void *(*alloc)(size_t bytes); /* NULL when out of memory */
-    void (*free)(void *buffer);
-    void (*upload)(void *dst, const void *host_src, size_t bytes);
-    void (*download)(void *host_dst, const void *src, size_t bytes);
-    void (*copy)(void *dst, const void *src, size_t bytes);
-    /* rows x width floats from src (row pitch src_pitch floats) to dst (dst_pitch) */
-    void (*copy_rows)(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
-                      size_t width, size_t rows);
-    void (*zero)(void *dst, size_t bytes);
-    int (*sync)(void);
-    const char *(*error)(void);
-
-    void (*encoder_forward)(float *out, const int *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C, int pos_offset);
-    void (*encoder_backward)(float *dwte, float *dwpe, const float *dout, const int *tokens,
-                             int B, int T, int C, int pos_offset);
-    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
-                              const float *weight, const float *bias, size_t N, int C);
-    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, size_t N, int C);
-    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
-                           size_t N, int IC, int OC);
-    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, size_t N, int IC, int OC);
-    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C,
-                              int NH);
-    void (*attention_backward)(float *dqkv, float *datt, const float *dout, const float *qkv,
-                               const float *att, int B, int T, int C, int NH);
-    void (*gelu_forward)(float *out, const float *inp, size_t count);
-    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t count);
-    void (*accumulate)(float *dst, const float *src, size_t count);
-    double (*crossentropy_forward)(float *probs, float *losses, const float *logits,
-                                   const int *targets, size_t N, int V);
-    void (*crossentropy_backward)(float *dlogits, const float *probs, const int *targets,
-                                  float dloss, size_t N, int V);
-
-    double (*grad_sumsq)(const OptimTensor *tensors, int count);
-    void (*optim_step)(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
-                       long step, float grad_scale);
-
-    void *(*host_alloc)(size_t bytes);
-    void (*host_free)(void *host_buffer);
-    void (*snapshot_copy)(void *host_dst, const void *src, size_t bytes);
-    int (*snapshot_wait)(char *err, size_t err_len);
-    void (*compute_after_snapshot)(void);
+    void *(*alloc)(void *ctx, size_t bytes); /* NULL when out of memory */
+    int (*sync)(void *ctx);
+    const char *(*error)(void *ctx);
+    void *(*host_alloc)(void *ctx, size_t bytes);
+    void (*compute_after_snapshot)(void *ctx);
+    DEVICE_OPS(DEVICE_MEMBER)
+    KERNEL_LIST(DEVICE_MEMBER)
+    KERNEL_OPTIM(DEVICE_MEMBER)
 } Device;
+
+#undef DEVICE_MEMBER
+
+/* device_<entry>(dev, ...): dev's entry called with dev's context. */
+#define DEVICE_RETURN_void
+#define DEVICE_RETURN_int return
+#define DEVICE_RETURN_double return
+#define DEVICE_WRAPPER(ret, name, params, args)                                               \
+    static inline ret device_##name(const Device *dev, KERNEL_UNPAREN params)                 \
+    {                                                                                         \
+        DEVICE_RETURN_##ret dev->name(dev->ctx, KERNEL_UNPAREN args);                         \
+    }
+DEVICE_OPS(DEVICE_WRAPPER)
+KERNEL_LIST(DEVICE_WRAPPER)
+KERNEL_OPTIM(DEVICE_WRAPPER)
+#undef DEVICE_WRAPPER
+
+static inline void *device_alloc(const Device *dev, size_t bytes)
+{
+    return dev->alloc(dev->ctx, bytes);
+}
+
+static inline int device_sync(const Device *dev)
+{
+    return dev->sync(dev->ctx);
+}
+
+static inline const char *device_error(const Device *dev)
+{
+    return dev->error(dev->ctx);
+}
+
+static inline void *device_host_alloc(const Device *dev, size_t bytes)
+{
+    return dev->host_alloc(dev->ctx, bytes);
+}
+
+static inline void device_compute_after_snapshot(const Device *dev)
+{
+    dev->compute_after_snapshot(dev->ctx);
+}
 
 /* Drains `dev`'s queue (sync). Returns 0, or -1 after a failed kernel with
  * "<name> device: <first error>" in err: what callers say before they hand

@@ -62,7 +62,7 @@ static float *host_params(Trainer *t)
         fprintf(stderr, "phalanx train: rank %d: --dump-params: out of memory\n", t->rank);
         return NULL;
     }
-    t->dev->download(host, t->gpt.params, bytes);
+    device_download(t->dev, host, t->gpt.params, bytes);
     if (trainer_device_failed(t, "--dump-params: copying the parameters")) {
         free(host);
         return NULL;

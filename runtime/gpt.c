@@ -146,15 +146,15 @@ static int init_vocab_mask(GPT *gpt)
     if (Vp == V)
         return 0;
     float *host = malloc((size_t)Vp * sizeof(float));
-    gpt->vocab_mask = gpt->dev->alloc((size_t)Vp * sizeof(float));
+    gpt->vocab_mask = device_alloc(gpt->dev, (size_t)Vp * sizeof(float));
     if (!host || !gpt->vocab_mask) {
         free(host);
         return gpt_free(gpt), -1;
     }
     for (int i = 0; i < Vp; i++)
         host[i] = i < V ? 0.0f : -INFINITY;
-    gpt->dev->upload(gpt->vocab_mask, host, (size_t)Vp * sizeof(float));
-    int status = gpt->dev->sync();
+    device_upload(gpt->dev, gpt->vocab_mask, host, (size_t)Vp * sizeof(float));
+    int status = device_sync(gpt->dev);
     free(host);
     return status;
 }
@@ -178,8 +178,8 @@ int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_beg
     if (!gpt->tensors || !gpt->w.layers || !gpt->g.layers)
         return gpt_free(gpt), -1;
     visit_tensors(config, layer_begin, layer_end, has_embedding, has_head, append_tensor, gpt);
-    gpt->params = dev->alloc(gpt->param_count * sizeof(float));
-    gpt->grads = dev->alloc(gpt->param_count * sizeof(float));
+    gpt->params = device_alloc(dev, gpt->param_count * sizeof(float));
+    gpt->grads = device_alloc(dev, gpt->param_count * sizeof(float));
     if (!gpt->params || !gpt->grads)
         return gpt_free(gpt), -1;
     point_weights(gpt, &gpt->w, gpt->params);
@@ -202,13 +202,13 @@ void gpt_free(GPT *gpt)
     if (!gpt->dev)
         return; /* never initialised */
     ulysses_free(&gpt->sp);
-    gpt->dev->free(gpt->work_memory);
+    device_free(gpt->dev, gpt->work_memory);
     free(gpt->tensors);
     free(gpt->w.layers);
     free(gpt->g.layers);
-    gpt->dev->free(gpt->params);
-    gpt->dev->free(gpt->grads);
-    gpt->dev->free(gpt->vocab_mask);
+    device_free(gpt->dev, gpt->params);
+    device_free(gpt->dev, gpt->grads);
+    device_free(gpt->dev, gpt->vocab_mask);
     memset(gpt, 0, sizeof(*gpt));
 }
 
@@ -274,15 +274,15 @@ int gpt_init_params(GPT *gpt, uint64_t seed)
         return -1;
     for (int i = 0; i < gpt->tensor_count; i++)
         init_tensor(gpt, host, &gpt->tensors[i], seed);
-    dev->upload(gpt->params, host, gpt->param_count * sizeof(float));
+    device_upload(dev, gpt->params, host, gpt->param_count * sizeof(float));
     if (host != gpt->params)
         free(host);
-    return dev->sync();
+    return device_sync(dev);
 }
 
 void gpt_zero_grad(GPT *gpt)
 {
-    gpt->dev->zero(gpt->grads, gpt->param_count * sizeof(float));
+    device_zero(gpt->dev, gpt->grads, gpt->param_count * sizeof(float));
 }
 
 bool recompute_parse(const char *text, Recompute *out)
@@ -377,7 +377,7 @@ int gpt_enable_recompute(GPT *gpt, Recompute recompute, int B, int T)
     carve_workspace(&sizing, &gpt->work, gpt, N, att);
     if (sizing.used == 0)
         return 0;
-    gpt->work_memory = gpt->dev->alloc(sizing.used * sizeof(float));
+    gpt->work_memory = device_alloc(gpt->dev, sizing.used * sizeof(float));
     if (!gpt->work_memory)
         return -1;
     gpt->work_bytes = sizing.used * sizeof(float);
@@ -416,11 +416,11 @@ int acts_init(Activations *acts, const GPT *gpt, int B, int T)
     acts->layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerActs));
     acts->tokens = calloc(1, ids);
     acts->targets = calloc(1, ids);
-    acts->dev_tokens = !dev->staged ? acts->tokens : dev->alloc(ids);
-    acts->dev_targets = !dev->staged ? acts->targets : dev->alloc(ids);
+    acts->dev_tokens = !dev->staged ? acts->tokens : device_alloc(dev, ids);
+    acts->dev_targets = !dev->staged ? acts->targets : device_alloc(dev, ids);
     Carver sizing = {NULL, 0};
     carve_acts(&sizing, acts, gpt);
-    acts->memory = dev->alloc(sizing.used * sizeof(float));
+    acts->memory = device_alloc(dev, sizing.used * sizeof(float));
     acts->bytes = sizing.used * sizeof(float);
     if (!acts->layers || !acts->tokens || !acts->targets || !acts->dev_tokens ||
         !acts->dev_targets || !acts->memory)
@@ -434,11 +434,11 @@ void acts_free(Activations *acts)
 {
     if (!acts->dev)
         return;
-    acts->dev->free(acts->memory);
+    device_free(acts->dev, acts->memory);
     if (acts->dev_tokens != acts->tokens)
-        acts->dev->free(acts->dev_tokens);
+        device_free(acts->dev, acts->dev_tokens);
     if (acts->dev_targets != acts->targets)
-        acts->dev->free(acts->dev_targets);
+        device_free(acts->dev, acts->dev_targets);
     free(acts->layers);
     free(acts->tokens);
     free(acts->targets);
@@ -453,7 +453,7 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
     bool sp = gpt->sp.size > 1;
     size_t total = 3 * N * C + N * 4 * C + N * 3 * C + att + (sp ? N * 4 * C : 0);
     s->dev = gpt->dev;
-    s->memory = gpt->dev->alloc(total * sizeof(float));
+    s->memory = device_alloc(gpt->dev, total * sizeof(float));
     if (!s->memory)
         return -1;
     s->bytes = total * sizeof(float);
@@ -472,7 +472,7 @@ int scratch_init(Scratch *s, const GPT *gpt, int B, int T)
 void scratch_free(Scratch *s)
 {
     if (s->dev)
-        s->dev->free(s->memory);
+        device_free(s->dev, s->memory);
     memset(s, 0, sizeof(*s));
 }
 
@@ -494,9 +494,9 @@ float *acts_stage_output(const GPT *gpt, Activations *acts)
 void gpt_embed_forward(const GPT *gpt, Activations *acts)
 {
     const Device *dev = gpt->dev;
-    dev->upload(acts->dev_tokens, acts->tokens, (size_t)acts->B * acts->T * sizeof(int));
-    dev->encoder_forward(acts->input, acts->dev_tokens, gpt->w.wte, gpt->w.wpe, acts->B,
-                         acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
+    device_upload(dev, acts->dev_tokens, acts->tokens, (size_t)acts->B * acts->T * sizeof(int));
+    device_encoder_forward(dev, acts->input, acts->dev_tokens, gpt->w.wte, gpt->w.wpe, acts->B,
+                           acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
 /* Attention over the q, k, v this rank attends with: its own under P = 1,
@@ -505,9 +505,9 @@ static void attend(GPT *gpt, LayerActs *a, float *out, int B, int T)
 {
     int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
     if (P == 1)
-        gpt->dev->attention_forward(out, a->att, a->qkv, B, T, C, NH);
+        device_attention_forward(gpt->dev, out, a->att, a->qkv, B, T, C, NH);
     else
-        gpt->dev->attention_forward(out, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
+        device_attention_forward(gpt->dev, out, a->att, a->qkv_heads, B, T * P, C / P, NH / P);
 }
 
 /* Ulysses: re-shard q, k, v by heads, attend over whole sequences, re-shard back. */
@@ -528,13 +528,13 @@ static int attention_backward_sharded(GPT *gpt, LayerActs *a, Scratch *s, int B,
 {
     int C = gpt->config.dim, NH = gpt->config.heads, P = gpt->sp.size;
     if (P == 1) {
-        gpt->dev->attention_backward(s->dqkv, s->datt, s->dln, a->qkv, a->att, B, T, C, NH);
+        device_attention_backward(gpt->dev, s->dqkv, s->datt, s->dln, a->qkv, a->att, B, T, C, NH);
         return 0;
     }
     if (ulysses_seq_to_heads(&gpt->sp, s->datty_heads, s->dln, B, T, C, 1))
         return -1;
-    gpt->dev->attention_backward(s->dqkv_heads, s->datt, s->datty_heads, a->qkv_heads, a->att,
-                                 B, T * P, C / P, NH / P);
+    device_attention_backward(gpt->dev, s->dqkv_heads, s->datt, s->datty_heads, a->qkv_heads,
+                              a->att, B, T * P, C / P, NH / P);
     return ulysses_heads_to_seq(&gpt->sp, s->dqkv, s->dqkv_heads, B, T, C, 3);
 }
 
@@ -546,18 +546,18 @@ static int layer_compute(GPT *gpt, LayerActs *a, const float *x, int layer, int 
     size_t N = (size_t)B * T;
     int C = gpt->config.dim;
 
-    dev->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
-    dev->matmul_forward(a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
+    device_layernorm_forward(dev, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1w, w->ln1b, N, C);
+    device_matmul_forward(dev, a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
     if (attention_forward_sharded(gpt, a, B, T))
         return -1;
-    dev->matmul_forward(a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
-    dev->accumulate(a->res_attn, x, N * C);
-    dev->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b, N,
-                           C);
-    dev->matmul_forward(a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
-    dev->gelu_forward(a->fch_gelu, a->fch, N * 4 * C);
-    dev->matmul_forward(a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
-    dev->accumulate(a->out, a->res_attn, N * C);
+    device_matmul_forward(dev, a->res_attn, a->atty, w->attprojw, w->attprojb, N, C, C);
+    device_accumulate(dev, a->res_attn, x, N * C);
+    device_layernorm_forward(dev, a->ln2, a->ln2_mean, a->ln2_rstd, a->res_attn, w->ln2w, w->ln2b,
+                             N, C);
+    device_matmul_forward(dev, a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
+    device_gelu_forward(dev, a->fch_gelu, a->fch, N * 4 * C);
+    device_matmul_forward(dev, a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
+    device_accumulate(dev, a->out, a->res_attn, N * C);
     return 0;
 }
 
@@ -588,12 +588,12 @@ double gpt_head_forward(const GPT *gpt, Activations *acts)
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim, V = gpt_padded_vocab(&gpt->config);
     const float *x = acts_stage_output(gpt, acts);
-    dev->upload(acts->dev_targets, acts->targets, N * sizeof(int));
-    dev->layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw,
-                           gpt->w.lnfb, N, C);
-    dev->matmul_forward(acts->logits, acts->lnf, gpt->w.wte, gpt->vocab_mask, N, C, V);
-    double total = dev->crossentropy_forward(acts->probs, acts->losses, acts->logits,
-                                             acts->dev_targets, N, V);
+    device_upload(dev, acts->dev_targets, acts->targets, N * sizeof(int));
+    device_layernorm_forward(dev, acts->lnf, acts->lnf_mean, acts->lnf_rstd, x, gpt->w.lnfw,
+                             gpt->w.lnfb, N, C);
+    device_matmul_forward(dev, acts->logits, acts->lnf, gpt->w.wte, gpt->vocab_mask, N, C, V);
+    double total = device_crossentropy_forward(dev, acts->probs, acts->losses, acts->logits,
+                                               acts->dev_targets, N, V);
     return total / (double)N;
 }
 
@@ -616,11 +616,12 @@ void gpt_head_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)
     size_t N = (size_t)acts->B * acts->T;
     int C = gpt->config.dim, V = gpt_padded_vocab(&gpt->config);
     // dlogits overwrite the probabilities: they are not needed afterwards
-    dev->crossentropy_backward(acts->probs, acts->probs, acts->dev_targets, dloss, N, V);
-    dev->matmul_backward(s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C, V);
-    dev->layernorm_backward(s->dresid, gpt->g.lnfw, gpt->g.lnfb, s->dln,
-                            acts_stage_output(gpt, acts), gpt->w.lnfw, acts->lnf_mean,
-                            acts->lnf_rstd, N, C);
+    device_crossentropy_backward(dev, acts->probs, acts->probs, acts->dev_targets, dloss, N, V);
+    device_matmul_backward(dev, s->dln, gpt->g.wte, NULL, acts->probs, acts->lnf, gpt->w.wte, N, C,
+                           V);
+    device_layernorm_backward(dev, s->dresid, gpt->g.lnfw, gpt->g.lnfb, s->dln,
+                              acts_stage_output(gpt, acts), gpt->w.lnfw, acts->lnf_mean,
+                              acts->lnf_rstd, N, C);
 }
 
 int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
@@ -636,31 +637,31 @@ int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
     int C = gpt->config.dim;
 
     // MLP branch: out = res_attn + proj(gelu(fc(ln2(res_attn))))
-    dev->matmul_backward(s->dfch, g->fcprojw, g->fcprojb, s->dresid, a->fch_gelu, w->fcprojw, N,
-                         4 * C, C);
-    dev->gelu_backward(s->dfch, a->fch, s->dfch, N * 4 * C);
-    dev->matmul_backward(s->dln, g->fcw, g->fcb, s->dfch, a->ln2, w->fcw, N, C, 4 * C);
-    dev->layernorm_backward(s->dtmp, g->ln2w, g->ln2b, s->dln, a->res_attn, w->ln2w,
-                            a->ln2_mean, a->ln2_rstd, N, C);
-    dev->accumulate(s->dresid, s->dtmp, N * C);
+    device_matmul_backward(dev, s->dfch, g->fcprojw, g->fcprojb, s->dresid, a->fch_gelu, w->fcprojw,
+                           N, 4 * C, C);
+    device_gelu_backward(dev, s->dfch, a->fch, s->dfch, N * 4 * C);
+    device_matmul_backward(dev, s->dln, g->fcw, g->fcb, s->dfch, a->ln2, w->fcw, N, C, 4 * C);
+    device_layernorm_backward(dev, s->dtmp, g->ln2w, g->ln2b, s->dln, a->res_attn, w->ln2w,
+                              a->ln2_mean, a->ln2_rstd, N, C);
+    device_accumulate(dev, s->dresid, s->dtmp, N * C);
 
     // attention branch: res_attn = x + proj(attention(qkv(ln1(x))))
-    dev->matmul_backward(s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw, N,
-                         C, C);
+    device_matmul_backward(dev, s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw,
+                           N, C, C);
     if (attention_backward_sharded(gpt, a, s, acts->B, acts->T))
         return -1;
-    dev->matmul_backward(s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
-    dev->layernorm_backward(s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
-                            a->ln1_rstd, N, C);
-    dev->accumulate(s->dresid, s->dtmp, N * C);
+    device_matmul_backward(dev, s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);
+    device_layernorm_backward(dev, s->dtmp, g->ln1w, g->ln1b, s->dln, x, w->ln1w, a->ln1_mean,
+                              a->ln1_rstd, N, C);
+    device_accumulate(dev, s->dresid, s->dtmp, N * C);
     return 0;
 }
 
 void gpt_embed_backward(GPT *gpt, Activations *acts, Scratch *s)
 {
     // the tokens on the device are still this micro-batch's: embed_forward put them there
-    gpt->dev->encoder_backward(gpt->g.wte, gpt->g.wpe, s->dresid, acts->dev_tokens, acts->B,
-                               acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
+    device_encoder_backward(gpt->dev, gpt->g.wte, gpt->g.wpe, s->dresid, acts->dev_tokens, acts->B,
+                            acts->T, gpt->config.dim, gpt->sp.rank * acts->T);
 }
 
 int gpt_backward(GPT *gpt, Activations *acts, Scratch *s, float dloss)

@@ -23,7 +23,7 @@
  *   model's device (device.h) and every kernel is queued there; only the
  *   token and target arrays the data loader fills are host memory, uploaded
  *   by the passes that read them. With a GPU the passes return before the
- *   GPU has finished; gpt->dev->sync() reports a failed kernel.
+ *   GPU has finished; device_sync(gpt->dev) reports a failed kernel.
  */
 #ifndef PHALANX_GPT_H
 #define PHALANX_GPT_H

@@ -587,10 +587,10 @@ int modelfile_load(const char *path, GPT *gpt, char *err, size_t err_len)
                       : util_fail(err, err_len, "out of memory");
     source_close(&s);
     if (status == 0) {
-        dev->upload(gpt->params, host, bytes);
-        if (dev->sync() != 0)
+        device_upload(dev, gpt->params, host, bytes);
+        if (device_sync(dev) != 0)
             status = util_fail(err, err_len, "copying %s to the %s: %s", path, dev->name,
-                               dev->error());
+                               device_error(dev));
     }
     if (host != gpt->params)
         free(host);

@@ -30,8 +30,8 @@ int pipeline_init(Pipeline *p, GPT *gpt, Comm *pp, int micro_batch, int seq_len,
     for (int i = 0; i < p->set_count; i++)
         if (acts_init(&p->sets[i], gpt, micro_batch, seq_len))
             return -1;
-    p->send_grad = gpt->dev->alloc((size_t)micro_batch * seq_len * gpt->config.dim *
-                                   sizeof(float));
+    p->send_grad =
+        device_alloc(gpt->dev, (size_t)micro_batch * seq_len * gpt->config.dim * sizeof(float));
     if (!p->send_grad || scratch_init(&p->scratch, gpt, micro_batch, seq_len))
         return -1;
     return 0;
@@ -44,7 +44,7 @@ void pipeline_free(Pipeline *p)
     free(p->sets);
     free(p->pending_act);
     if (p->gpt && p->send_grad)
-        p->gpt->dev->free(p->send_grad);
+        device_free(p->gpt->dev, p->send_grad);
     scratch_free(&p->scratch);
     memset(p, 0, sizeof(*p));
 }
@@ -166,7 +166,7 @@ static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sy
     }
     if (wait_request(p, &p->pending_grad, "sending gradients"))
         return -1;
-    p->gpt->dev->copy(p->send_grad, p->scratch.dresid, activation_floats(p) * sizeof(float));
+    device_copy(p->gpt->dev, p->send_grad, p->scratch.dresid, activation_floats(p) * sizeof(float));
     if (stage_device_ready(p))
         return -1;
     p->pending_grad = comm_isend(p->pp, p->send_grad, activation_floats(p), COMM_F32,

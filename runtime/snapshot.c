@@ -64,7 +64,7 @@ static int build_tensor_table(Trainer *t)
     device_moments(t, &m, &v, &moment_floats);
     if (t->dev->staged) {
         size_t floats = gpt->param_count + 2 * moment_floats;
-        t->host_state = t->dev->host_alloc(floats * sizeof(float));
+        t->host_state = device_host_alloc(t->dev, floats * sizeof(float));
         if (!t->host_state)
             return -1;
         params = t->host_state;
@@ -195,9 +195,9 @@ static int upload_state(Trainer *t)
     size_t floats;
     device_moments(t, &m, &v, &floats);
     host_moments(t, &host_m, &host_v);
-    dev->upload(t->gpt.params, t->host_state, t->gpt.param_count * sizeof(float));
-    dev->upload(m, host_m, floats * sizeof(float));
-    dev->upload(v, host_v, floats * sizeof(float));
+    device_upload(dev, t->gpt.params, t->host_state, t->gpt.param_count * sizeof(float));
+    device_upload(dev, m, host_m, floats * sizeof(float));
+    device_upload(dev, v, host_v, floats * sizeof(float));
     char why[512];
     if (device_ready(dev, why, sizeof(why)) == 0)
         return 0;
@@ -298,7 +298,7 @@ static int check_fresh_dir(Trainer *t)
 static int wait_for_device_copy(void *context, char *err, size_t err_len)
 {
     const Trainer *t = context;
-    return t->dev->snapshot_wait(err, err_len);
+    return device_snapshot_wait(t->dev, err, err_len);
 }
 
 static int open_checkpointer(Trainer *t)
@@ -348,7 +348,7 @@ double snapshot_before_update(Trainer *t)
         return 0.0;
     if (!t->dev->staged)
         return ckpt_wait_copied(t->ckpt);
-    t->dev->compute_after_snapshot();
+    device_compute_after_snapshot(t->dev);
     return 0.0;
 }
 
@@ -366,10 +366,10 @@ static void copy_from_device(Trainer *t)
         if (count == 0)
             continue;
         size_t at = moments_share_at(t, i), bytes = count * sizeof(float);
-        t->dev->snapshot_copy(t->host_state + offset + first,
-                              t->gpt.params + offset + first, bytes);
-        t->dev->snapshot_copy(host_m + at, m + at, bytes);
-        t->dev->snapshot_copy(host_v + at, v + at, bytes);
+        device_snapshot_copy(t->dev, t->host_state + offset + first, t->gpt.params + offset + first,
+                             bytes);
+        device_snapshot_copy(t->dev, host_m + at, m + at, bytes);
+        device_snapshot_copy(t->dev, host_v + at, v + at, bytes);
     }
 }
 
@@ -445,7 +445,7 @@ int snapshot_close(Trainer *t, bool success)
     free(t->ckpt_tensors);
     t->ckpt_tensors = NULL;
     if (t->host_state)
-        t->dev->host_free(t->host_state);
+        device_host_free(t->dev, t->host_state);
     t->host_state = NULL;
     return status;
 }

@@ -88,8 +88,8 @@ static int setup_zero(Trainer *t)
 static int allocate_moments(Trainer *t)
 {
     GPT *gpt = &t->gpt;
-    t->m = t->dev->alloc(gpt->param_count * sizeof(float));
-    t->v = t->dev->alloc(gpt->param_count * sizeof(float));
+    t->m = device_alloc(t->dev, gpt->param_count * sizeof(float));
+    t->v = device_alloc(t->dev, gpt->param_count * sizeof(float));
     t->optim_tensors = calloc((size_t)gpt->tensor_count, sizeof(OptimTensor));
     if (!t->m || !t->v || !t->optim_tensors)
         return -1;
@@ -208,11 +208,11 @@ static int setup_model(Trainer *t)
         pipeline_init(&t->pipe, &t->gpt, t->pp_data, o->micro_batch, local_T, micro_batches) ||
         setup_zero(t) || setup_optimizer(t) ||
         (t->layout.sp > 1 &&
-         !(t->grad_snapshot = t->dev->alloc(t->gpt.param_count * sizeof(float)))) ||
+         !(t->grad_snapshot = device_alloc(t->dev, t->gpt.param_count * sizeof(float)))) ||
         gpt_init_params(&t->gpt, o->seed)) {
         fprintf(stderr, "phalanx train: rank %d: out of %s memory for this model and "
                         "micro-batch%s%s\n",
-                t->rank, t->dev->name, t->dev->error()[0] ? ": " : "", t->dev->error());
+                t->rank, t->dev->name, device_error(t->dev)[0] ? ": " : "", device_error(t->dev));
         return -1;
     }
     if (o->init_from && !o->resume && load_initial_weights(t))
@@ -321,11 +321,11 @@ static void trainer_teardown(Trainer *t)
     if (t->metrics)
         fclose(t->metrics);
     if (t->dev) {
-        t->dev->free(t->m);
-        t->dev->free(t->v);
-        t->dev->free(t->grad_snapshot);
+        device_free(t->dev, t->m);
+        device_free(t->dev, t->v);
+        device_free(t->dev, t->grad_snapshot);
         if (t->host_state)
-            t->dev->host_free(t->host_state);
+            device_host_free(t->dev, t->host_state);
     }
     free(t->optim_tensors);
     zero_free(&t->zero);
@@ -427,7 +427,7 @@ static double stage_sumsq(const Trainer *t, const float *grads)
             continue;
         views[count++] = (OptimTensor){.grad = (float *)grads + p->offset, .numel = p->numel};
     }
-    double sum = t->dev->grad_sumsq(views, count);
+    double sum = device_optim_grad_sumsq(t->dev, views, count);
     free(views);
     return sum;
 }
@@ -440,7 +440,7 @@ static double shard_sumsq(Trainer *t)
     double sum = 0.0;
     for (int i = 0; i < t->gpt.tensor_count; i++)
         if (!(&t->gpt.tensors[i] == wte && t->coord.pp != 0))
-            sum += t->dev->grad_sumsq(&t->zero.tensors[i], 1);
+            sum += device_optim_grad_sumsq(t->dev, &t->zero.tensors[i], 1);
     if (zero_sum(&t->zero, &sum, 1) == 0)
         return sum;
     fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, t->zero.error);
@@ -465,7 +465,7 @@ static int optimizer_step(Trainer *t, float lr, long step, float clip_scale)
     const OptimConfig *cfg = &t->opt.optim;
     Zero *z = &t->zero;
     if (!t->sharded) {
-        t->dev->optim_step(cfg, t->optim_tensors, t->gpt.tensor_count, lr, step, clip_scale);
+        device_optim_step(t->dev, cfg, t->optim_tensors, t->gpt.tensor_count, lr, step, clip_scale);
         return 0;
     }
     optim_step_begin(cfg, z->tensors, t->gpt.tensor_count, lr, step, clip_scale, z->sums);
@@ -488,8 +488,8 @@ static void measure_first_micro_batch(void *context)
         return;
     const float *grads = t->gpt.grads;
     if (t->layout.sp > 1) {
-        t->dev->copy(t->grad_snapshot, grads, t->gpt.param_count * sizeof(float));
-        if (t->dev->sync() != 0 ||
+        device_copy(t->dev, t->grad_snapshot, grads, t->gpt.param_count * sizeof(float));
+        if (device_sync(t->dev) != 0 ||
             comm_allreduce(t->sp_data, t->grad_snapshot, t->gpt.param_count, COMM_F32) != 0) {
             t->small_sumsq = NAN;
             return;

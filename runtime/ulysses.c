@@ -15,16 +15,16 @@ int ulysses_init(SeqParallel *sp, const Device *dev, Comm *comm, int B, int loca
         return 0;
     sp->comm = comm;
     size_t bytes = (size_t)B * local_T * 3 * C * sizeof(float);
-    sp->send = dev->alloc(bytes);
-    sp->recv = dev->alloc(bytes);
+    sp->send = device_alloc(dev, bytes);
+    sp->recv = device_alloc(dev, bytes);
     return sp->send && sp->recv ? 0 : -1;
 }
 
 void ulysses_free(SeqParallel *sp)
 {
     if (sp->dev) {
-        sp->dev->free(sp->send);
-        sp->dev->free(sp->recv);
+        device_free(sp->dev, sp->send);
+        device_free(sp->dev, sp->recv);
     }
     memset(sp, 0, sizeof(*sp));
     sp->size = 1;
@@ -55,16 +55,16 @@ int ulysses_seq_to_heads(SeqParallel *sp, float *out, const float *in, int B, in
     // send[j][row][p] = in[row][p*C + j*width ...]: head group j goes to rank j
     for (int j = 0; j < P; j++)
         for (int p = 0; p < parts; p++)
-            dev->copy_rows(sp->send + j * per_peer + (size_t)p * width, (size_t)parts * width,
-                           in + (size_t)p * C + (size_t)j * width, (size_t)parts * C,
-                           (size_t)width, rows);
+            device_copy_rows(dev, sp->send + j * per_peer + (size_t)p * width,
+                             (size_t)parts * width, in + (size_t)p * C + (size_t)j * width,
+                             (size_t)parts * C, (size_t)width, rows);
     if (exchange(sp, per_peer))
         return -1;
     // recv[i][b] holds tokens i*local_T + t of my head group, for every t
     size_t block = (size_t)local_T * parts * width;
     for (int i = 0; i < P; i++)
-        dev->copy_rows(out + (size_t)i * block, (size_t)T * parts * width,
-                       sp->recv + i * per_peer, block, block, (size_t)B);
+        device_copy_rows(dev, out + (size_t)i * block, (size_t)T * parts * width,
+                         sp->recv + i * per_peer, block, block, (size_t)B);
     return 0;
 }
 
@@ -77,15 +77,15 @@ int ulysses_heads_to_seq(SeqParallel *sp, float *out, const float *in, int B, in
     size_t block = (size_t)local_T * parts * width;
     // send[j][b] = my head group's rows for tokens j*local_T + t: they belong to rank j
     for (int j = 0; j < P; j++)
-        dev->copy_rows(sp->send + j * per_peer, block, in + (size_t)j * block,
-                       (size_t)T * parts * width, block, (size_t)B);
+        device_copy_rows(dev, sp->send + j * per_peer, block, in + (size_t)j * block,
+                         (size_t)T * parts * width, block, (size_t)B);
     if (exchange(sp, per_peer))
         return -1;
     // recv[i][row][p] is head group i of my tokens: columns p*C + i*width
     for (int i = 0; i < P; i++)
         for (int p = 0; p < parts; p++)
-            dev->copy_rows(out + (size_t)p * C + (size_t)i * width, (size_t)parts * C,
-                           sp->recv + i * per_peer + (size_t)p * width, (size_t)parts * width,
-                           (size_t)width, rows);
+            device_copy_rows(dev, out + (size_t)p * C + (size_t)i * width, (size_t)parts * C,
+                             sp->recv + i * per_peer + (size_t)p * width, (size_t)parts * width,
+                             (size_t)width, rows);
     return 0;
 }

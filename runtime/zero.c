@@ -99,15 +99,15 @@ int zero_init(Zero *z, GPT *gpt, Comm *comm, Comm *host, size_t bucket_floats)
     if (!z->tensors || !z->sums || plan_buckets(z, bucket_floats, &staging_floats))
         goto out_of_memory;
     size_t shard_bytes = (z->shard_floats ? z->shard_floats : 1) * sizeof(float);
-    z->grad_shard = z->dev->alloc(shard_bytes);
-    z->m = z->dev->alloc(shard_bytes);
-    z->v = z->dev->alloc(shard_bytes);
+    z->grad_shard = device_alloc(z->dev, shard_bytes);
+    z->m = device_alloc(z->dev, shard_bytes);
+    z->v = device_alloc(z->dev, shard_bytes);
     z->slot_floats = staging_floats ? staging_floats : 1;
-    z->staging = z->dev->alloc(ZERO_SLOTS * z->slot_floats * sizeof(float));
+    z->staging = device_alloc(z->dev, ZERO_SLOTS * z->slot_floats * sizeof(float));
     if (!z->grad_shard || !z->m || !z->v || !z->staging)
         goto out_of_memory;
-    z->dev->zero(z->m, shard_bytes);
-    z->dev->zero(z->v, shard_bytes);
+    device_zero(z->dev, z->m, shard_bytes);
+    device_zero(z->dev, z->v, shard_bytes);
     point_tensors(z, z->grad_shard, z->m, z->v);
     return 0;
 out_of_memory:
@@ -120,10 +120,10 @@ void zero_free(Zero *z)
 {
     if (!z->dev)
         return;
-    z->dev->free(z->grad_shard);
-    z->dev->free(z->m);
-    z->dev->free(z->v);
-    z->dev->free(z->staging);
+    device_free(z->dev, z->grad_shard);
+    device_free(z->dev, z->m);
+    device_free(z->dev, z->v);
+    device_free(z->dev, z->staging);
     free(z->buckets);
     free(z->tensors);
     free(z->sums);
@@ -146,8 +146,8 @@ static void copy_pieces(Zero *z, const ZeroBucket *b, int owner, float *whole, f
         zero_piece(&z->gpt->tensors[i], owner, z->size, &first, &count);
         float *inside = whole + z->gpt->tensors[i].offset + first;
         if (count)
-            z->dev->copy(pack ? chunk + at : inside, pack ? inside : chunk + at,
-                         count * sizeof(float));
+            device_copy(z->dev, pack ? chunk + at : inside, pack ? inside : chunk + at,
+                        count * sizeof(float));
         at += count;
     }
 }
@@ -186,7 +186,7 @@ static int launch_next(Zero *z)
     float *staging = z->staging + (size_t)slot * z->slot_floats;
     if (slot_free(z, slot))
         return -1;
-    z->dev->zero(staging, b->per_owner * z->size * sizeof(float));
+    device_zero(z->dev, staging, b->per_owner * z->size * sizeof(float));
     for (int owner = 0; owner < z->size; owner++)
         copy_pieces(z, b, owner, z->gpt->grads, staging + owner * b->per_owner, true);
     if (device_drained(z, "gradient reduce-scatter"))
@@ -237,7 +237,7 @@ int zero_allgather(Zero *z)
     for (int k = 0; k < z->bucket_count; k++) {
         const ZeroBucket *b = &z->buckets[k];
         float *mine = z->grad_shard + b->shard_offset;
-        z->dev->zero(mine, b->per_owner * sizeof(float));
+        device_zero(z->dev, mine, b->per_owner * sizeof(float));
         copy_pieces(z, b, z->rank, z->gpt->params, mine, true);
         if (device_drained(z, "parameter all-gather") ||
             communicated(z, comm_allgather(z->comm, mine, z->staging, b->per_owner, COMM_F32),

@@ -38,6 +38,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "kernel_list.h"
 #include "optim.h"
 
 #ifdef __cplusplus
@@ -103,48 +104,27 @@ double cuda_gemm_seconds(long *calls);
 /* ---------------------------------------------------------------------- */
 /* Model kernels (shapes and semantics: kernels.h)                         */
 
-int cuda_encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
-                         int B, int T, int C, int pos_offset);
-int cuda_encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
-                          int B, int T, int C, int pos_offset);
+/* cuda_<name> for every operation of kernel_list.h: the same parameters,
+ * and an int status; those that return a double there write it (host
+ * memory) to a last parameter `result` instead and wait for the stream
+ * (crossentropy_forward: the sum of losses). */
+#define CUDA_KERNEL_RESULT_void
+#define CUDA_KERNEL_RESULT_double , double *result
+#define CUDA_KERNEL_DECLARE(ret, name, params, args)                                          \
+    int cuda_##name(KERNEL_UNPAREN params CUDA_KERNEL_RESULT_##ret);
+KERNEL_LIST(CUDA_KERNEL_DECLARE)
 
-int cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                           const float *weight, const float *bias, size_t N, int C);
-int cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, const float *mean,
-                            const float *rstd, size_t N, int C);
-
-int cuda_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                        size_t N, int IC, int OC);
-int cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                         const float *inp, const float *weight, size_t N, int IC, int OC);
-
-int cuda_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
-                           int NH);
-int cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int C, int NH);
-
-int cuda_gelu_forward(float *out, const float *inp, size_t count);
-int cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t count);
-
+/* out = a + b (kernels.h's residual_forward; gpu_check holds it to the CPU's). */
 int cuda_residual_forward(float *out, const float *a, const float *b, size_t count);
-int cuda_accumulate(float *dst, const float *src, size_t count);
-
-/* *loss_sum (host) receives the sum of losses in double; waits for the stream. */
-int cuda_crossentropy_forward(float *probs, float *losses, const float *logits,
-                              const int *targets, size_t N, int V, double *loss_sum);
-int cuda_crossentropy_backward(float *dlogits, const float *probs, const int *targets,
-                               float dloss, size_t N, int V);
 
 /* ---------------------------------------------------------------------- */
 /* Optimizer (semantics: optim.h; tensors hold device pointers)            */
 
-/* optim_grad_sumsq on the device; *sumsq (host) in double; waits for the stream. */
-int cuda_optim_grad_sumsq(const OptimTensor *tensors, int count, double *sumsq);
-/* optim_step on the device: LAMB's per-tensor norms and trust ratio stay on
+/* optim_grad_sumsq (result: host, double; waits for the stream) and
+ * optim_step on the device: LAMB's per-tensor norms and trust ratio stay on
  * the GPU, so the step queues its work without waiting. */
-int cuda_optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
-                    long step, float grad_scale);
+KERNEL_OPTIM(CUDA_KERNEL_DECLARE)
+#undef CUDA_KERNEL_DECLARE
 
 #ifdef __cplusplus
 }

@@ -12,23 +12,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Written by the training thread only (the sidecar uses snapshot_wait,
- * which reports its own errors). */
-static struct {
+/* The table's context. Written by the training thread only (the sidecar
+ * uses snapshot_wait, which reports its own errors). */
+typedef struct {
     bool failed;
     char message[512];
-} sticky;
+} Sticky;
 
-static void keep(int status)
+static Sticky sticky_state;
+
+static void keep(void *ctx, int status)
 {
-    if (status == 0 || sticky.failed)
+    Sticky *sticky = ctx;
+    if (status == 0 || sticky->failed)
         return;
-    sticky.failed = true;
-    snprintf(sticky.message, sizeof(sticky.message), "%s", cuda_error());
+    sticky->failed = true;
+    snprintf(sticky->message, sizeof(sticky->message), "%s", cuda_error());
 }
 
-static void *table_alloc(size_t bytes)
+static bool failed(void *ctx)
 {
+    return ((Sticky *)ctx)->failed;
+}
+
+static void *table_alloc(void *ctx, size_t bytes)
+{
+    (void)ctx;
     void *buffer = cuda_alloc(bytes);
     if (buffer && cuda_memset_zero(buffer, bytes)) {
         cuda_free(buffer);
@@ -37,186 +46,110 @@ static void *table_alloc(size_t bytes)
     return buffer;
 }
 
-static void table_upload(void *dst, const void *src, size_t bytes)
+static void table_free(void *ctx, void *buffer)
 {
-    keep(cuda_memcpy_h2d(dst, src, bytes));
+    (void)ctx;
+    cuda_free(buffer);
 }
 
-static void table_download(void *dst, const void *src, size_t bytes)
+static void table_upload(void *ctx, void *dst, const void *src, size_t bytes)
 {
-    keep(cuda_memcpy_d2h(dst, src, bytes));
+    keep(ctx, cuda_memcpy_h2d(dst, src, bytes));
 }
 
-static void table_copy(void *dst, const void *src, size_t bytes)
+static void table_download(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    keep(ctx, cuda_memcpy_d2h(dst, src, bytes));
+}
+
+static void table_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     if (dst != src)
-        keep(cuda_memcpy_d2d(dst, src, bytes));
+        keep(ctx, cuda_memcpy_d2d(dst, src, bytes));
 }
 
-static void table_copy_rows(float *dst, size_t dst_pitch, const float *src, size_t src_pitch,
-                            size_t width, size_t rows)
+static void table_copy_rows(void *ctx, float *dst, size_t dst_pitch, const float *src,
+                            size_t src_pitch, size_t width, size_t rows)
 {
-    keep(cuda_copy_rows(dst, dst_pitch, src, src_pitch, width, rows));
+    keep(ctx, cuda_copy_rows(dst, dst_pitch, src, src_pitch, width, rows));
 }
 
-static void table_zero(void *dst, size_t bytes)
+static void table_zero(void *ctx, void *dst, size_t bytes)
 {
-    keep(cuda_memset_zero(dst, bytes));
+    keep(ctx, cuda_memset_zero(dst, bytes));
 }
 
-static int table_sync(void)
+static int table_sync(void *ctx)
 {
-    keep(cuda_kernels_sync());
-    return sticky.failed ? -1 : 0;
+    keep(ctx, cuda_kernels_sync());
+    return failed(ctx) ? -1 : 0;
 }
 
-static const char *table_error(void)
+static const char *table_error(void *ctx)
 {
-    return sticky.message;
+    return ((Sticky *)ctx)->message;
 }
 
-static void table_encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C, int pos_offset)
+/* One entry per operation of kernel_list.h: it queues the cuda_ function of
+ * the same name and keeps its first failure; those that return a double
+ * give NAN after one. */
+#define TABLE_CALL_void(name, args) keep(ctx, cuda_##name(KERNEL_UNPAREN args));
+#define TABLE_CALL_double(name, args)                                                         \
+    double result = NAN;                                                                      \
+    keep(ctx, cuda_##name(KERNEL_UNPAREN args, &result));                                     \
+    return failed(ctx) ? NAN : result;
+#define TABLE_ENTRY(ret, name, params, args)                                                  \
+    static ret table_##name(void *ctx, KERNEL_UNPAREN params)                                 \
+    {                                                                                         \
+        TABLE_CALL_##ret(name, args)                                                          \
+    }
+KERNEL_LIST(TABLE_ENTRY)
+KERNEL_OPTIM(TABLE_ENTRY)
+
+static void *table_host_alloc(void *ctx, size_t bytes)
 {
-    keep(cuda_encoder_forward(out, tokens, wte, wpe, B, T, C, pos_offset));
+    (void)ctx;
+    return cuda_host_alloc_pinned(bytes);
 }
 
-static void table_encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
-                             int B, int T, int C, int pos_offset)
+static void table_host_free(void *ctx, void *host_buffer)
 {
-    keep(cuda_encoder_backward(dwte, dwpe, dout, tokens, B, T, C, pos_offset));
+    (void)ctx;
+    cuda_host_free_pinned(host_buffer);
 }
 
-static void table_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                              const float *weight, const float *bias, size_t N, int C)
+static void table_snapshot_copy(void *ctx, void *host_dst, const void *src, size_t bytes)
 {
-    keep(cuda_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C));
+    keep(ctx, cuda_snapshot_copy_async(host_dst, src, bytes));
 }
 
-static void table_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, size_t N, int C)
+static int table_snapshot_wait(void *ctx, char *err, size_t err_len)
 {
-    keep(cuda_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C));
-}
-
-static void table_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                           size_t N, int IC, int OC)
-{
-    keep(cuda_matmul_forward(out, inp, weight, bias, N, IC, OC));
-}
-
-static void table_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, size_t N, int IC, int OC)
-{
-    keep(cuda_matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC));
-}
-
-static void table_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
-                              int NH)
-{
-    keep(cuda_attention_forward(out, att, qkv, B, T, C, NH));
-}
-
-static void table_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                               const float *att, int B, int T, int C, int NH)
-{
-    keep(cuda_attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH));
-}
-
-static void table_gelu_forward(float *out, const float *inp, size_t count)
-{
-    keep(cuda_gelu_forward(out, inp, count));
-}
-
-static void table_gelu_backward(float *dinp, const float *inp, const float *dout, size_t count)
-{
-    keep(cuda_gelu_backward(dinp, inp, dout, count));
-}
-
-static void table_accumulate(float *dst, const float *src, size_t count)
-{
-    keep(cuda_accumulate(dst, src, count));
-}
-
-static double table_crossentropy_forward(float *probs, float *losses, const float *logits,
-                                   const int *targets, size_t N, int V)
-{
-    double sum = NAN;
-    keep(cuda_crossentropy_forward(probs, losses, logits, targets, N, V, &sum));
-    return sticky.failed ? NAN : sum;
-}
-
-static void table_crossentropy_backward(float *dlogits, const float *probs, const int *targets,
-                                  float dloss, size_t N, int V)
-{
-    keep(cuda_crossentropy_backward(dlogits, probs, targets, dloss, N, V));
-}
-
-static double table_grad_sumsq(const OptimTensor *tensors, int count)
-{
-    double sum = NAN;
-    keep(cuda_optim_grad_sumsq(tensors, count, &sum));
-    return sticky.failed ? NAN : sum;
-}
-
-static void table_optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count, float lr,
-                       long step, float grad_scale)
-{
-    keep(cuda_optim_step(cfg, tensors, count, lr, step, grad_scale));
-}
-
-static void table_snapshot_copy(void *host_dst, const void *src, size_t bytes)
-{
-    keep(cuda_snapshot_copy_async(host_dst, src, bytes));
-}
-
-static int table_snapshot_wait(char *err, size_t err_len)
-{
+    (void)ctx;
     if (cuda_snapshot_wait() == 0)
         return 0;
     snprintf(err, err_len, "copying the snapshot from the GPU: %s", cuda_error());
     return -1;
 }
 
-static void table_compute_after_snapshot(void)
+static void table_compute_after_snapshot(void *ctx)
 {
-    keep(cuda_compute_after_snapshot());
+    keep(ctx, cuda_compute_after_snapshot());
 }
+
+#define TABLE_MEMBER(ret, name, params, args) .name = table_##name,
 
 static const Device cuda_device = {
     .name = "cuda",
     .host_memory = false,
     .staged = true,
+    .ctx = &sticky_state,
     .alloc = table_alloc,
-    .free = cuda_free,
-    .upload = table_upload,
-    .download = table_download,
-    .copy = table_copy,
-    .copy_rows = table_copy_rows,
-    .zero = table_zero,
     .sync = table_sync,
     .error = table_error,
-    .encoder_forward = table_encoder_forward,
-    .encoder_backward = table_encoder_backward,
-    .layernorm_forward = table_layernorm_forward,
-    .layernorm_backward = table_layernorm_backward,
-    .matmul_forward = table_matmul_forward,
-    .matmul_backward = table_matmul_backward,
-    .attention_forward = table_attention_forward,
-    .attention_backward = table_attention_backward,
-    .gelu_forward = table_gelu_forward,
-    .gelu_backward = table_gelu_backward,
-    .accumulate = table_accumulate,
-    .crossentropy_forward = table_crossentropy_forward,
-    .crossentropy_backward = table_crossentropy_backward,
-    .grad_sumsq = table_grad_sumsq,
-    .optim_step = table_optim_step,
-    .host_alloc = cuda_host_alloc_pinned,
-    .host_free = cuda_host_free_pinned,
-    .snapshot_copy = table_snapshot_copy,
-    .snapshot_wait = table_snapshot_wait,
+    .host_alloc = table_host_alloc,
     .compute_after_snapshot = table_compute_after_snapshot,
+    DEVICE_OPS(TABLE_MEMBER) KERNEL_LIST(TABLE_MEMBER) KERNEL_OPTIM(TABLE_MEMBER)
 };
 
 /* mpirun and srun say which rank of this node a process is. */
@@ -263,8 +196,8 @@ const Device *cuda_device_open(bool tf32, char *err, size_t err_len)
         cuda_kernels_shutdown();
         return NULL;
     }
-    sticky.failed = false;
-    sticky.message[0] = '\0';
+    sticky_state.failed = false;
+    sticky_state.message[0] = '\0';
     return &cuda_device;
 }
 
