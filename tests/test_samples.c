@@ -28,6 +28,15 @@ static int account(const char *text, SampleAccount *acc)
     return result;
 }
 
+static void assert_account(const SampleAccount *acc, long steps, long long consumed,
+                           long long lost, long long duplicated)
+{
+    assert_int_equal(acc->steps, steps);
+    assert_int_equal(acc->consumed, consumed);
+    assert_int_equal(acc->lost, lost);
+    assert_int_equal(acc->duplicated, duplicated);
+}
+
 static void test_rows_as_the_trainer_writes_them(void **state)
 {
     (void)state;
@@ -40,10 +49,7 @@ static void test_rows_as_the_trainer_writes_them(void **state)
                              "{\"step\": 4, \"samples\": 16, \"loss\": 4.8, \"global_batch\": 4}\n",
                              &acc),
                      0);
-    assert_int_equal(acc.steps, 4);
-    assert_int_equal(acc.consumed, 16);
-    assert_int_equal(acc.lost, 0);
-    assert_int_equal(acc.duplicated, 0);
+    assert_account(&acc, 4, 16, 0, 0);
 }
 
 static void test_lost_and_duplicated_samples(void **state)
@@ -56,10 +62,7 @@ static void test_lost_and_duplicated_samples(void **state)
                              "{\"step\": 3, \"samples\": 14, \"global_batch\": 4}\n",
                              &acc),
                      0);
-    assert_int_equal(acc.steps, 3);
-    assert_int_equal(acc.consumed, 14);
-    assert_int_equal(acc.lost, 4);
-    assert_int_equal(acc.duplicated, 2);
+    assert_account(&acc, 3, 14, 4, 2);
 }
 
 /* A parser, not a string search: the writer's spacing and key order do not
@@ -72,9 +75,7 @@ static void test_any_spacing_and_key_order(void **state)
                              "{ \"global_batch\" : 4 , \"samples\" : 8 , \"step\" : 2 }\n",
                              &acc),
                      0);
-    assert_int_equal(acc.steps, 2);
-    assert_int_equal(acc.consumed, 8);
-    assert_int_equal(acc.lost, 0);
+    assert_account(&acc, 2, 8, 0, 0);
 }
 
 /* Lines that are no row are skipped: not JSON, a torn last line, a field
@@ -93,10 +94,7 @@ static void test_malformed_lines_are_skipped(void **state)
                              "{\"step\": 3, \"samples\": 12, \"glo",
                              &acc),
                      0);
-    assert_int_equal(acc.steps, 2);
-    assert_int_equal(acc.consumed, 8);
-    assert_int_equal(acc.lost, 0);
-    assert_int_equal(acc.duplicated, 0);
+    assert_account(&acc, 2, 8, 0, 0);
 }
 
 static void test_no_metrics_file(void **state)
