@@ -1,18 +1,35 @@
 /*
- * agent: the elastic agent's state (private to launcher/). elastic.c runs
- * the attempts, the host pool, the probes and the grows in it; the drill
- * (drill.h: injected events, the report) reads it and records what it fired.
- * One Agent per `phalanx run --elastic`, passed explicitly.
+ * agent: the elastic agent's options and state (private to launcher/; what
+ * the agent does is in elastic.h). elastic.c runs the attempts, the host
+ * pool, the probes and the grows in an Agent; the drill (drill.h: injected
+ * events, the report) reads it and records the host faults it fired. One
+ * Agent per `phalanx run --elastic`, passed explicitly.
  */
 #ifndef PHALANX_AGENT_H
 #define PHALANX_AGENT_H
 
-#include "elastic.h"
 #include "job.h"
 #include "plan.h"
 
 #include <stdbool.h>
 #include <sys/types.h>
+
+#define ELASTIC_MAX_EVENTS 32
+/* Every attempt is kept for the report: at most this many relaunches. */
+#define ELASTIC_MAX_RESTARTS 63
+
+typedef struct {
+    int min_ranks, max_restarts, ranks_per_node;
+    double heartbeat_timeout;
+    const char *events[ELASTIC_MAX_EVENTS];
+    int event_count;
+    const char *report_path; /* NULL: no report */
+    /* partition and poweroff events: a shell command with {kind} and {host}
+     * replaced (the host as the event names it); NULL: none given */
+    const char *fault_command;
+    int max_ranks;       /* growth cap; 0: the first launch's size */
+    double rejoin_every; /* seconds between probes of a host left out */
+} ElasticOptions; /* --min-ranks, --inject, --report ...: elastic.h */
 
 #define MAX_ATTEMPTS (ELASTIC_MAX_RESTARTS + 1)
 #define MAX_POOL_HOSTS 256

@@ -2,6 +2,7 @@
  * attempt's ranks get, corrupted shards, and host faults asked of the fault
  * command. */
 #include "drill.h"
+#include "inject.h"
 #include "util.h"
 
 #include "checkpoint.h"

@@ -1,6 +1,7 @@
 /* The elastic agent (contract in elastic.h; its state in agent.h). */
-#include "agent.h"
+#include "elastic.h"
 #include "drill.h"
+#include "inject.h"
 #include "util.h"
 
 #include "checkpoint.h"

@@ -58,45 +58,13 @@
 #ifndef PHALANX_ELASTIC_H
 #define PHALANX_ELASTIC_H
 
-#include "job.h"
-
-#define ELASTIC_MAX_EVENTS 32
-/* Every attempt is kept for the report: at most this many relaunches. */
-#define ELASTIC_MAX_RESTARTS 63
+#include "agent.h"
 
 /* The default of --fault-command. */
 #define FAULT_COMMAND_ENV "PHALANX_FAULT_COMMAND"
 
 /* Exit statuses besides the job's own (0 success, 2 usage, 3 start-up). */
 enum { EXIT_RESTARTS_USED_UP = 4, EXIT_TOO_FEW_RANKS = 5 };
-
-typedef struct {
-    int min_ranks, max_restarts, ranks_per_node;
-    double heartbeat_timeout;
-    const char *events[ELASTIC_MAX_EVENTS];
-    int event_count;
-    const char *report_path; /* NULL: no report */
-    /* partition and poweroff events: a shell command with {kind} and {host}
-     * replaced (the host as the event names it); NULL: none given */
-    const char *fault_command;
-    int max_ranks;       /* growth cap; 0: the first launch's size */
-    double rejoin_every; /* seconds between probes of a host left out */
-} ElasticOptions;
-
-/* One --inject event (the grammar above). */
-typedef struct {
-    char kind[16]; /* crash, hang, slow, node, flushkill, corrupt, partition, poweroff,
-                      restore */
-    int who;       /* rank or node */
-    char host[64]; /* partition, poweroff, restore: [A-Za-z0-9._-], not starting with '-' */
-    long step;
-    double factor;
-    int attempt;
-} ElasticEvent;
-
-/* Parses one --inject text into *event: 0, or -1 when it is not an event.
- * Pure (no I/O, no global state), so tests/fuzz drives it with any bytes. */
-int elastic_event_parse(const char *text, ElasticEvent *event);
 
 /* Checks the options against the job's size; 0, or -1 after printing why. */
 int elastic_check(const ElasticOptions *options, int ranks);

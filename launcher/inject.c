@@ -1,12 +1,13 @@
-/* The --inject grammar (elastic.h): kept apart from the agent so that it
- * stays pure and tests/fuzz/fuzz_inject.c can link it alone.
+/* The --inject grammar (contract in inject.h, the events in elastic.h): kept
+ * apart from the agent so that it stays pure and tests/fuzz/fuzz_inject.c can
+ * link it alone.
  *
  * Strict on purpose: numbers are decimal digits only (no sign, no spaces),
  * in range for their field, and the whole text must be read. A drill that
  * silently injected something else than what was written (a rank that
  * wrapped around, an attempt number cut off) would report on the wrong
  * failure. */
-#include "elastic.h"
+#include "inject.h"
 
 #include <ctype.h>
 #include <errno.h>

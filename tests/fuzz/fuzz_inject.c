@@ -8,7 +8,7 @@
  */
 #include "fuzz.h"
 
-#include "elastic.h"
+#include "inject.h"
 
 #include <ctype.h>
 #include <math.h>

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "elastic.h"
+#include "inject.h"
 
 #include <string.h>
 
