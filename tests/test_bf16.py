@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, run
+from gpt_dump import assert_same_pass, copy_params, dump
 from runs import assert_same_run, launch, without_timings
 from shards import structured_text, text_tokens, write_shard
-from test_model_torch import dump, tensor
 from torch_gpt import GPT
 
 RTOL = 1e-3
@@ -87,13 +87,6 @@ def bf16_forward(model, tokens, targets):
     return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def assert_close(actual, expected, what):
-    expected = np.asarray(expected, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    scale = max(np.abs(expected).max(), 1e-30)
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=what)
-
-
 @pytest.mark.parametrize("shape", [
     # vocab, layers, heads, dim (head size 16: attention's scale 1/4 is exact), seq, batch
     pytest.param((64, 2, 2, 32, 13, 2), id="seq13"),
@@ -105,18 +98,12 @@ def test_bf16_matches_pytorch_with_the_same_rounding(build_dir, tmp_path, shape)
                                                                  precision="bf16")
     model = GPT(vocab, layers, heads, dim, seq)
     named = model.named_phalanx_parameters()
-    with torch.no_grad():
-        for entry in tensors:
-            named[entry["name"]].copy_(torch.from_numpy(tensor(params, entry).copy()))
+    copy_params(named, params, tensors)
     ref_logits, ref_loss = bf16_forward(model, torch.from_numpy(tokens).long(),
                                         torch.from_numpy(targets).long())
     ref_loss.backward()
 
-    assert_close(logits, ref_logits.detach().numpy(), "logits")
-    assert abs(loss - ref_loss.item()) <= RTOL * abs(ref_loss.item()), (loss, ref_loss.item())
-    for entry in tensors:
-        assert_close(tensor(grads, entry), named[entry["name"]].grad.numpy(),
-                     f"gradient of {entry['name']}")
+    assert_same_pass(logits, loss, grads, tensors, named, ref_logits, ref_loss, RTOL)
     # and bf16 is not fp32 in disguise: the fp32 model differs by more than fp32 noise
     with torch.no_grad():
         fp32_logits, _ = model(torch.from_numpy(tokens).long())

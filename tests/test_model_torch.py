@@ -8,13 +8,11 @@ error (a wrong mask, scale or transposition moves results by >1e-2).
 Elementwise comparisons use atol = 1e-4 * max|reference| of the tensor so that
 entries near zero (where relative error is meaningless) are held to the
 tensor's own scale."""
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from gpt_dump import assert_same_pass, copy_params, dump, tensor
 from torch_gpt import GPT
 
 RTOL = 1e-4
@@ -30,38 +28,6 @@ SHAPES = [
 ]
 
 
-def assert_close(actual, expected, what):
-    expected = np.asarray(expected, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    scale = max(np.abs(expected).max(), 1e-30)
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=what)
-
-
-def dump(build_dir, tmp_path, shape, seed=1234, precision="fp32"):
-    vocab, layers, heads, dim, seq, batch = shape
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
-    targets = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
-    batch_file = tmp_path / "batch.bin"
-    np.concatenate([tokens.ravel(), targets.ravel()]).tofile(batch_file)
-    out = tmp_path / "dump"
-    result = run([build_dir / "tests" / "gpt_dump", vocab, layers, heads, dim, seq, batch,
-                  seed, batch_file, out] + (["bf16"] if precision == "bf16" else []))
-    assert result.returncode == 0, result.stderr
-    manifest = json.loads((tmp_path / "dump.json").read_text())
-    raw = np.fromfile(tmp_path / "dump.bin", dtype=np.float32)
-    P = manifest["param_count"]
-    loss, raw = raw[0], raw[1:]
-    logits, raw = raw[: batch * seq * vocab].reshape(batch, seq, vocab), raw[batch * seq * vocab:]
-    params, grads = raw[:P], raw[P:]
-    assert grads.size == P
-    return tokens, targets, loss, logits, params, grads, manifest["tensors"]
-
-
-def tensor(flat, entry):
-    return flat[entry["offset"]: entry["offset"] + int(np.prod(entry["shape"]))].reshape(entry["shape"])
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_gradients_match_pytorch(build_dir, tmp_path, shape):
     vocab, layers, heads, dim, seq, batch = shape
@@ -70,18 +36,12 @@ def test_forward_and_gradients_match_pytorch(build_dir, tmp_path, shape):
     model = GPT(vocab, layers, heads, dim, seq)
     named = model.named_phalanx_parameters()
     assert sorted(named) == sorted(t["name"] for t in tensors), "logical names differ"
-    with torch.no_grad():
-        for entry in tensors:
-            named[entry["name"]].copy_(torch.from_numpy(tensor(params, entry).copy()))
+    copy_params(named, params, tensors)
 
     ref_logits, ref_loss = model(torch.from_numpy(tokens).long(), torch.from_numpy(targets).long())
     ref_loss.backward()
 
-    assert_close(logits, ref_logits.detach().numpy(), "logits")
-    assert abs(loss - ref_loss.item()) <= RTOL * abs(ref_loss.item()), (loss, ref_loss.item())
-    for entry in tensors:
-        assert_close(tensor(grads, entry), named[entry["name"]].grad.numpy(),
-                     f"gradient of {entry['name']}")
+    assert_same_pass(logits, loss, grads, tensors, named, ref_logits, ref_loss, RTOL)
 
 
 def test_initialisation_follows_gpt2(build_dir, tmp_path):

@@ -15,17 +15,13 @@ import pytest
 import torch
 
 from conftest import run
+from gpt_dump import copy_params, tensor
 from shards import structured_text, text_tokens, write_shard
 from torch_gpt import GPT
 from torch_lamb import Lamb
 
 V, L, H, C, T, B, MICRO, SEED, STEPS, LR = 256, 2, 4, 32, 16, 8, 4, 11, 10, 2e-3
 EXCLUDED = (".bias", "ln1.weight", "ln2.weight", "lnf.weight")
-
-
-def tensor(flat, entry):
-    size = int(np.prod(entry["shape"]))
-    return flat[entry["offset"]: entry["offset"] + size].reshape(entry["shape"])
 
 
 def initial_params(build_dir, tmp_path):
@@ -43,9 +39,7 @@ def initial_params(build_dir, tmp_path):
 def torch_training(tokens, init, tensors, optim):
     model = GPT(V, L, H, C, T)
     named = model.named_phalanx_parameters()
-    with torch.no_grad():
-        for entry in tensors:
-            named[entry["name"]].copy_(torch.from_numpy(tensor(init, entry).copy()))
+    copy_params(named, init, tensors)
     decay = [p for n, p in named.items() if not n.endswith(EXCLUDED)]
     no_decay = [p for n, p in named.items() if n.endswith(EXCLUDED)]
     groups = [dict(params=decay, weight_decay=0.01), dict(params=no_decay, weight_decay=0.0)]
