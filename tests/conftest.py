@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from shards import structured_text, text_tokens, write_shard
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = pathlib.Path(os.environ.get("PHALANX_BUILD", ROOT / "build")).resolve()
 
@@ -48,7 +50,41 @@ def mpi_hello(tmp_path_factory):
     return exe
 
 
+@pytest.fixture(scope="module")
+def corpus(request, tmp_path_factory):
+    """A directory holding train.bin, structured text of the test module's
+    CORPUS = (characters, seed); a module whose runs read other files defines
+    its own `corpus`."""
+    characters, seed = request.module.CORPUS
+    d = tmp_path_factory.mktemp("corpus")
+    write_shard(d / "train.bin", text_tokens(structured_text(characters, seed=seed)))
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(request, phalanx, corpus, tmp_path_factory):
+    """The test module's RUN trained on one rank, as runs.launch returns it:
+    the run every layout is compared with."""
+    from runs import launch  # here, not at the top: runs.py takes run from this file
+    return launch(phalanx, tmp_path_factory.mktemp("ref"), 1,
+                  ["--data", corpus / "train.bin", *request.module.RUN])
+
+
 def run(cmd, **kwargs):
     """Runs a command, returns CompletedProcess with text output; never raises on exit status."""
     kwargs.setdefault("timeout", 300)
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+
+
+def processes_naming(marker):
+    """PIDs of the processes whose command line holds `marker` (a path unique
+    to the test): mpirun and its ranks run in sessions of their own."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return pids

@@ -25,6 +25,14 @@ def launch(phalanx, out, ranks, train_args, launcher=()):
             np.fromfile(tied, dtype=np.float32) if tied.exists() else None)
 
 
+def assert_layout_refused(phalanx, ranks, train_args, expected):
+    """`phalanx run` on `ranks` ranks refuses the layout of train_args: status 2 (bad
+    input) with `expected` in its message, before any rank trains (60 s catch a hang)."""
+    result = run([phalanx, "run", "-n", ranks, "--", *train_args], timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
 def without_timings(rows):
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 

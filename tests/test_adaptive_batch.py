@@ -7,20 +7,13 @@ import pytest
 
 from conftest import run
 from runs import assert_same_run, launch, without_timings
-from shards import structured_text, text_tokens, write_shard
 
 # eta 0.15: grow while batch < 44 x noise scale (~0.6 early on), so the batch moves at once
 RUN = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "2",
        "--micro-batch", "4", "--global-batch", "16", "--steps", "12", "--quiet",
        "--batch-policy", "adaptive", "--max-global-batch", "64", "--batch-quantum", "16",
        "--batch-check", "2", "--batch-eta", "0.15"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(60000, seed=6)))
-    return d
+CORPUS = (60000, 6)  # characters, seed: conftest.py's corpus
 
 
 def test_batch_grows_and_metrics_carry_it(phalanx, corpus, tmp_path):

@@ -2,15 +2,14 @@
 host, so a lost host is recovered from the survivors' memory; the durable tier is read only
 when memory holds no complete checkpoint. Drills on 3 emulated hosts (scripts/netcluster), one
 rank each: rank i's buddy is the rank on the next host (h1 -> h2 -> h3 -> h1)."""
-import os
 import stat
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, run
+from drills import (HANG_GUARD_S, assert_committed_like, drill_report, fault_free_rows, rows,
+                    train_args)
 from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
-from test_network import HANG_GUARD_S, committed, corpus, rows, train_args  # noqa: F401
 
 pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
 
@@ -22,18 +21,15 @@ DURABLE = 5
 SLOW_FIRST_ATTEMPT = "slow:0*20#0"
 HEARTBEAT_TIMEOUT_S = 30
 MEMORY = ["--ckpt-every", 1, "--ckpt-durable-every", 1000, "--ckpt-replicate", "on"]
+CORPUS = (30000, 9)  # characters, seed: conftest.py's corpus
 
 
 @pytest.fixture(scope="module")
-def reference(phalanx, corpus, tmp_path_factory):  # noqa: F811 (corpus is a fixture)
-    out = tmp_path_factory.mktemp("buddy_reference")
-    r = run([phalanx, "train", *train_args(corpus, out, "--steps", STEPS)])
-    assert r.returncode == 0, r.stderr
-    return rows(out)
+def reference(phalanx, corpus, tmp_path_factory):
+    return fault_free_rows(phalanx, corpus, tmp_path_factory.mktemp("buddy_reference"), STEPS)
 
 
 def drill(phalanx, cluster, out, corpus, events, *extra, fault_command=None):
-    import json
     train = train_args(corpus, out, "--dp", 3, "--steps", STEPS, "--ckpt-dir", out / "ckpt",
                        *extra)
     fault = fault_command or f"{NETCLUSTER} {{kind}} {cluster.name} {{host}}"
@@ -42,9 +38,7 @@ def drill(phalanx, cluster, out, corpus, events, *extra, fault_command=None):
              "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S,
              "--min-ranks", 1, "--fault-command", fault, *inject, "--report", out / "report.json",
              "--", *train], env=cluster.env(), timeout=HANG_GUARD_S)
-    report = json.loads((out / "report.json").read_text()) \
-        if (out / "report.json").exists() else None
-    return r, report
+    return r, drill_report(out)
 
 
 def assert_durable_step(attempt):
@@ -57,11 +51,7 @@ def assert_durable_step(attempt):
 
 def assert_like_the_reference(out, report, reference):
     assert report["outcome"] == "completed" and report["samples"]["lost"] == 0, report
-    got = committed(out)
-    assert [x["step"] for x in got] == list(range(1, STEPS + 1))
-    assert [x["samples"] for x in got] == [x["samples"] for x in reference]
-    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in reference],
-                               rtol=1e-4, atol=0)
+    assert_committed_like(rows(out), reference, STEPS)
 
 
 def test_a_lost_host_is_recovered_from_the_buddies_memory(phalanx, corpus, reference,
@@ -202,7 +192,7 @@ def test_under_a_slow_link_replication_lags_and_the_run_finishes(
 
 
 def test_durable_every_sends_only_its_multiples_and_the_last_to_the_durable_tier(
-        phalanx, corpus, tmp_path):  # noqa: F811
+        phalanx, corpus, tmp_path):
     ckpt = tmp_path / "ckpt"
     args = train_args(corpus, tmp_path, "--steps", 7, "--ckpt-dir", ckpt, "--ckpt-every", 1,
                       "--ckpt-durable-every", 3, "--ckpt-keep", 10, "--ckpt-replicate", "on",
@@ -214,7 +204,7 @@ def test_durable_every_sends_only_its_multiples_and_the_last_to_the_durable_tier
     assert durable == ["step_00000003", "step_00000006", "step_00000007"], durable
 
 
-def test_durable_every_must_be_a_multiple_of_every(phalanx, corpus, tmp_path):  # noqa: F811
+def test_durable_every_must_be_a_multiple_of_every(phalanx, corpus, tmp_path):
     args = train_args(corpus, tmp_path, "--steps", 2, "--ckpt-dir", tmp_path / "ckpt",
                       "--ckpt-every", 2, "--ckpt-durable-every", 3)
     r = run([phalanx, "train", *args])

@@ -31,10 +31,10 @@ import pytest
 
 from conftest import BUILD, run
 from runs import assert_same_run, launch, without_timings
-from shards import structured_text, text_tokens, write_shard
 
 MODEL = ["--layers", "2", "--heads", "4", "--dim", "64", "--seq-len", "64", "--seed", "3"]
 RUN = MODEL + ["--global-batch", "8", "--micro-batch", "4", "--steps", "10", "--quiet"]
+CORPUS = (40000, 9)  # characters, seed: conftest.py's corpus
 
 
 def gpu_count():
@@ -55,13 +55,6 @@ needs_two_gpus = pytest.mark.skipif(GPUS < 2 or not CUDA_BUILT or not HAVE_MPIRU
                                            f"(GPUs: {GPUS}, mpirun: {HAVE_MPIRUN})")
 TF32_RTOL = 1e-2
 without_gpu = pytest.mark.skipif(GPUS > 0, reason="a GPU is present: the refusal cannot happen")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=9)))
-    return d
 
 
 def measured(reference, result):

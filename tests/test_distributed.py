@@ -15,26 +15,14 @@ import pytest
 
 from conftest import run
 from runs import assert_same_run, launch, without_timings
-from shards import structured_text, text_tokens, write_shard
 
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "7"]
 RUN = MODEL + ["--global-batch", "32", "--micro-batch", "4", "--steps", "20", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=5)))
-    return d
+CORPUS = (40000, 5)  # characters, seed: conftest.py's corpus
 
 
 def launch_standard(phalanx, corpus, out, ranks):
     return launch(phalanx, out, ranks, ["--data", corpus / "train.bin", *RUN])
-
-
-@pytest.fixture(scope="module")
-def reference(phalanx, corpus, tmp_path_factory):
-    return launch_standard(phalanx, corpus, tmp_path_factory.mktemp("dp1"), 1)
 
 
 @pytest.mark.parametrize("ranks", [2, 4])

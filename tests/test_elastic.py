@@ -23,24 +23,17 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run
-from shards import structured_text, text_tokens, write_shard
 from slurm_cluster import slurm_factory  # noqa: F401  (fixture)
 
 MODEL = ["--layers", "2", "--heads", "2", "--dim", "128", "--seq-len", "64", "--seed", "11",
          "--micro-batch", "4", "--global-batch", "24", "--threads", "1", "--quiet",
          "--lr", "3e-3", "--warmup", "3"]
 STEPS = 30
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(80000, seed=12)))
-    return d / "train.bin"
+CORPUS = (80000, 12)  # characters, seed: conftest.py's corpus
 
 
 def train_args(corpus, out, *extra, steps=STEPS, memory="none"):
-    return ["--data", corpus, *MODEL, "--steps", steps, "--ckpt-dir", out / "ckpt",
+    return ["--data", corpus / "train.bin", *MODEL, "--steps", steps, "--ckpt-dir", out / "ckpt",
             "--ckpt-every", 1, "--ckpt-memory-dir", memory if memory == "none" else out / memory,
             "--metrics", out / "metrics.jsonl", *extra]
 
@@ -237,8 +230,8 @@ def test_restarts_used_up(phalanx, corpus, tmp_path):
 def test_no_layout_for_the_survivors_says_why(phalanx, corpus, tmp_path):
     # one layer, one head, 3 micro-batches: 2 ranks fit no axis (dp 2 does not
     # divide 3 micro-batches, pp 2 needs 2 layers, sp 2 needs 2 heads)
-    args = ["--data", corpus, "--layers", 1, "--heads", 1, "--dim", 32, "--seq-len", 32,
-            "--micro-batch", 4, "--global-batch", 12, "--steps", 6, "--quiet", "--threads", 1,
+    args = ["--data", corpus / "train.bin", "--layers", 1, "--heads", 1, "--dim", 32,
+            "--seq-len", 32, "--micro-batch", 4, "--global-batch", 12, "--steps", 6, "--quiet", "--threads", 1,
             "--ckpt-dir", tmp_path / "ckpt", "--ckpt-every", 1, "--ckpt-memory-dir", "none"]
     result, report = drill(phalanx, tmp_path, 3, ["crash:2@3"], *args,
                            launcher=["--min-ranks", 2])
@@ -264,8 +257,8 @@ def test_bad_elastic_options(phalanx, corpus, tmp_path, launcher, message):
 
 def test_malformed_fault_variable_is_refused_by_the_worker(phalanx, corpus, tmp_path):
     env = dict(os.environ, PHALANX_FAULTS="crash:one@two")
-    result = subprocess.run([phalanx, "train", "--data", corpus, *MODEL, "--steps", "1"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([phalanx, "train", "--data", corpus / "train.bin", *MODEL,
+                             "--steps", "1"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "PHALANX_FAULTS: 'crash:one@two' is not crash:RANK@STEP" in result.stderr
 

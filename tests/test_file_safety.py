@@ -19,23 +19,16 @@ import subprocess
 import pytest
 
 from conftest import run
-from shards import structured_text, text_tokens, write_shard
 
 TINY = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "3",
         "--micro-batch", "4", "--global-batch", "8", "--threads", "1", "--quiet"]
 NOBODY = 65534
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(20000, seed=4)))
-    return d / "train.bin"
+CORPUS = (20000, 4)  # characters, seed: conftest.py's corpus
 
 
 def train(phalanx, corpus, *extra, **kwargs):
     kwargs.setdefault("timeout", 120)  # only catches a hang
-    return run([phalanx, "train", "--data", corpus, *TINY, *extra], **kwargs)
+    return run([phalanx, "train", "--data", corpus / "train.bin", *TINY, *extra], **kwargs)
 
 
 def victim_file(tmp_path):

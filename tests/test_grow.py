@@ -6,16 +6,13 @@ Each drill runs on emulated hosts (scripts/netcluster). A grow has to happen bef
 ends: on the survivors, rank 0 is slowed down (slow:0*F#1, it sleeps, which costs no CPU), so
 that the steps left after the restore take far longer than the probes (a probe is an mpirun
 through the rsh agent: a second or two here). No test asserts a duration."""
-import json
-import os
 import stat
 
-import numpy as np
 import pytest
 
 from conftest import run
+from drills import assert_committed_like, committed, drill_report, rows
 from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
-from shards import structured_text, text_tokens, write_shard
 
 pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
 
@@ -32,32 +29,13 @@ HANG_GUARD_S = 400  # only catches a hang
 # margin costs nothing when the probes answer.
 SLOW_SURVIVORS = "slow:0*200#1"
 HEARTBEAT_TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=9)))
-    return d / "train.bin"
+CORPUS = (30000, 9)  # characters, seed: conftest.py's corpus
 
 
 def train_args(corpus, out, *extra, steps=STEPS, global_batch=GLOBAL_BATCH):
     out.mkdir(parents=True, exist_ok=True)
-    return ["--data", corpus, *MODEL, "--global-batch", global_batch, "--steps", steps,
+    return ["--data", corpus / "train.bin", *MODEL, "--global-batch", global_batch, "--steps", steps,
             "--metrics", out / "metrics.jsonl", *extra]
-
-
-def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def committed(out):
-    """The committed trajectory: the last row written for each step."""
-    kept = {}
-    for r in rows(out):
-        kept = {s: v for s, v in kept.items() if s < r["step"]}
-        kept[r["step"]] = r
-    return [kept[s] for s in sorted(kept)]
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +65,14 @@ def drill(phalanx, cluster, out, ranks, events, *launcher, train, worker=None):
              "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S, "--rejoin-every", 0.5, "--fault-command", fault, *inject,
              "--report", out / "report.json", *extra, *launcher, "--", *train],
             env=env, timeout=HANG_GUARD_S)
-    report = json.loads((out / "report.json").read_text()) \
-        if (out / "report.json").exists() else None
-    return r, report
+    return r, drill_report(out)
 
 
 def assert_same_trajectory(out, report, reference, steps=STEPS):
     assert report["outcome"] == "completed", report
     assert report["samples"]["lost"] == 0 and report["samples"]["duplicated"] == 0, report
     assert report["samples"]["consumed"] == steps * GLOBAL_BATCH, report
-    got = committed(out)
-    assert [x["step"] for x in got] == list(range(1, steps + 1))
-    want = reference(steps)
-    assert [x["samples"] for x in got] == [x["samples"] for x in want]
-    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in want],
-                               rtol=1e-4, atol=0)
+    assert_committed_like(rows(out), reference(steps), steps)
 
 
 def ckpt(out):
@@ -138,7 +109,7 @@ def test_a_host_powered_off_and_back_rejoins_and_the_run_grows_to_its_first_size
     assert set(grow["steps_per_s"]) == {"before_loss", "survivors", "after_grow"}
     assert_same_trajectory(tmp_path, report, reference)
     # every step says how many ranks trained it
-    worlds = {x["step"]: (x["world"], x["layout"]) for x in committed(tmp_path)}
+    worlds = {x["step"]: (x["world"], x["layout"]) for x in committed(rows(tmp_path))}
     assert worlds[1] == (3, "3x1x1") and worlds[STEPS] == (3, "3x1x1")
     assert worlds[grow["stopped_after_step"]] == (2, "2x1x1")
     plot = run(["/usr/bin/python3", NETCLUSTER.parent / "plot-drill", tmp_path / "report.json",

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, processes_naming, run
 from runs import assert_same_run, launch
 from shards import structured_text, text_tokens, write_shard
 
@@ -133,20 +133,6 @@ def test_data_prepare_number_out_of_range(phalanx, tmp_path, args, expected):
 
 # ---------------------------------------------------------------------------
 # a stop inside a step or an evaluation that would never end
-
-def processes_naming(marker):
-    """PIDs of the processes whose command line holds `marker` (a path unique
-    to the test): mpirun and its ranks run in sessions of their own."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(entry))
-        except (OSError, ValueError):
-            pass
-    return pids
-
 
 def start_and_stop(cmd, sig, started, marker):
     """Starts cmd, waits for a stdout line containing `started` (the run is

@@ -5,7 +5,6 @@ Multi-host launch: the launcher's channel must listen on and advertise an addres
 hosts reach (a host's own name resolves to loopback on Debian). Layouts across hosts train the
 same run as one rank, within float32 reduction noise (1e-5, as tests/test_distributed.py), and a
 checkpoint written on one host count resumes on another."""
-import json
 import os
 import re
 import signal
@@ -16,41 +15,22 @@ from hashlib import sha256
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import processes_naming, run
+from drills import (HANG_GUARD_S, assert_committed_like, drill_report, fault_free_rows, rows,
+                    train_args)
 from netcluster import NETCLUSTER, netcluster_factory  # noqa: F401 (fixture)
 from runs import assert_same_run
-from shards import structured_text, text_tokens, write_shard
-from test_inputs import processes_naming
 
 pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
 
-MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--seed", "5",
-         "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
 STEPS, HALF = 6, 3
-HANG_GUARD_S = 240  # only catches a hang
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=9)))
-    return d / "train.bin"
-
-
-def train_args(corpus, out, *extra):
-    out.mkdir(parents=True, exist_ok=True)
-    return ["--data", corpus, *MODEL, "--metrics", out / "metrics.jsonl",
-            "--dump-params", out / "params.bin", *extra]
+CORPUS = (30000, 9)  # characters, seed: conftest.py's corpus
 
 
 def on_hosts(phalanx, cluster, ranks, hosts, train, *launcher, env=None):
     """`phalanx run` from the root namespace onto `hosts` (addresses with slots)."""
     return run([phalanx, "run", "-n", ranks, "--hosts", ",".join(hosts), *launcher, "--",
                 *train], env=env or cluster.env(), timeout=HANG_GUARD_S)
-
-
-def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def params(out):
@@ -116,7 +96,7 @@ def test_ranks_stop_inside_a_long_step_when_their_launcher_is_lost(phalanx, corp
     """Step 1 would take 2^30 micro-batches. The launcher is killed during it: the ranks agree
     on the loss between two groups of micro-batches and stop there, not at the step's end."""
     metrics = tmp_path / "metrics.jsonl"  # on the command lines: finds what is left running
-    cmd = [phalanx, "run", "-n", 2, "--", "--data", corpus, "--layers", 2, "--heads", 1,
+    cmd = [phalanx, "run", "-n", 2, "--", "--data", corpus / "train.bin", "--layers", 2, "--heads", 1,
            "--dim", 8, "--seq-len", 8, "--micro-batch", 1, "--threads", 1, "--pp", 2,
            "--steps", 2, "--global-batch", 2 ** 30, "--metrics", metrics]
     launcher = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
@@ -153,10 +133,8 @@ def drill_args(corpus, out, *extra):
 @pytest.fixture(scope="module")
 def drill_reference(phalanx, corpus, tmp_path_factory):
     """The fault-free run on one rank (any layout trains the same run)."""
-    out = tmp_path_factory.mktemp("drill_reference")
-    r = run([phalanx, "train", *train_args(corpus, out, "--steps", DRILL_STEPS)])
-    assert r.returncode == 0, r.stderr
-    return rows(out)
+    return fault_free_rows(phalanx, corpus, tmp_path_factory.mktemp("drill_reference"),
+                           DRILL_STEPS)
 
 
 # With a fault: the fault command runs while training goes on, so attempt 0's rank 0 sleeps 19
@@ -178,29 +156,14 @@ def network_drill(phalanx, cluster, out, events, *launcher, train):
              "--fault-command", fault, *inject, "--report", out / "report.json", *launcher,
              "--", *train],
             env=cluster.env(), timeout=HANG_GUARD_S)
-    report = json.loads((out / "report.json").read_text()) \
-        if (out / "report.json").exists() else None
-    return r, report
-
-
-def committed(out):
-    """The committed trajectory: the last row written for each step."""
-    kept = {}
-    for r in rows(out):
-        kept = {s: v for s, v in kept.items() if s < r["step"]}
-        kept[r["step"]] = r
-    return [kept[s] for s in sorted(kept)]
+    return r, drill_report(out)
 
 
 def assert_recovered_like_the_reference(out, report, reference):
     assert report["outcome"] == "completed" and report["samples"]["lost"] == 0, report
     assert report["samples"]["duplicated"] == 0 and report["samples"]["consumed"] == \
         DRILL_STEPS * 12
-    got = committed(out)
-    assert [x["step"] for x in got] == list(range(1, DRILL_STEPS + 1))
-    assert [x["samples"] for x in got] == [x["samples"] for x in reference]
-    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in reference],
-                               rtol=1e-4, atol=0)
+    assert_committed_like(rows(out), reference, DRILL_STEPS)
 
 
 def print_recovery(name, report):

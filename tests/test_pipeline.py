@@ -8,24 +8,11 @@ micro-batch processed twice or a gradient lost at a stage boundary."""
 import numpy as np
 import pytest
 
-from conftest import run
-from runs import assert_same_run, launch
-from shards import structured_text, text_tokens, write_shard
+from runs import assert_layout_refused, assert_same_run, launch
 
 MODEL = ["--layers", "4", "--heads", "2", "--dim", "32", "--seq-len", "32", "--seed", "3"]
 RUN = MODEL + ["--global-batch", "32", "--micro-batch", "4", "--steps", "20", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(40000, seed=8)))
-    return d
-
-
-@pytest.fixture(scope="module")
-def reference(phalanx, corpus, tmp_path_factory):
-    return launch(phalanx, tmp_path_factory.mktemp("ref"), 1, ["--data", corpus / "train.bin", *RUN])
+CORPUS = (40000, 8)  # characters, seed: conftest.py's corpus
 
 
 def wte(params):
@@ -67,7 +54,4 @@ def test_live_activations_per_stage_at_most_stages_minus_index(phalanx, corpus, 
     (2, ["--pp", "2", "--pp-split", "1,1,2"], "--pp-split has 3 entries but there are 2 pipeline stages"),
 ])
 def test_bad_pipeline_split(phalanx, corpus, ranks, args, expected):
-    result = run([phalanx, "run", "-n", ranks, "--", "--data", corpus / "train.bin", *RUN, *args],
-                 timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert expected in result.stderr, result.stderr
+    assert_layout_refused(phalanx, ranks, ["--data", corpus / "train.bin", *RUN, *args], expected)

@@ -10,18 +10,11 @@ import pytest
 
 from conftest import run
 from runs import TIMINGS
-from shards import structured_text, text_tokens, write_shard
 
 MODEL = ["--layers", "4", "--heads", "4", "--dim", "32", "--seq-len", "32", "--seed", "7"]
 RUN = MODEL + ["--global-batch", "16", "--micro-batch", "2", "--steps", "6", "--quiet"]
 MEMORY = {"activation_mib"}  # what recomputation is for: it must change
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=6)))
-    return d
+CORPUS = (30000, 6)  # characters, seed: conftest.py's corpus
 
 
 def train(phalanx, corpus, out, ranks, layout, recompute):

@@ -9,23 +9,11 @@ that lands in the wrong place (which changes losses at the 1e-3 level)."""
 import pytest
 
 from conftest import run
-from runs import assert_same_run, launch
-from shards import structured_text, text_tokens, write_shard
+from runs import assert_layout_refused, assert_same_run, launch
 
 MODEL = ["--layers", "2", "--heads", "4", "--dim", "32", "--seq-len", "32", "--seed", "5"]
 RUN = MODEL + ["--global-batch", "8", "--micro-batch", "2", "--steps", "10", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=4)))
-    return d
-
-
-@pytest.fixture(scope="module")
-def reference(phalanx, corpus, tmp_path_factory):
-    return launch(phalanx, tmp_path_factory.mktemp("ref"), 1, ["--data", corpus / "train.bin", *RUN])
+CORPUS = (30000, 4)  # characters, seed: conftest.py's corpus
 
 
 @pytest.mark.parametrize("ranks,layout", [
@@ -57,7 +45,4 @@ def test_activation_memory_falls_with_sp(phalanx, corpus, tmp_path):
     (4, ["--sp", "4", "--seq-len", "30"], "--seq-len 30 is not divisible by sp = 4"),
 ])
 def test_sp_must_divide_heads_and_sequence(phalanx, corpus, ranks, args, expected):
-    result = run([phalanx, "run", "-n", ranks, "--", "--data", corpus / "train.bin", *RUN, *args],
-                 timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert expected in result.stderr, result.stderr
+    assert_layout_refused(phalanx, ranks, ["--data", corpus / "train.bin", *RUN, *args], expected)

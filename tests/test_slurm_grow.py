@@ -10,11 +10,10 @@ import json
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
 from conftest import run
-from shards import structured_text, text_tokens, write_shard
+from drills import assert_committed_like, rows
 from slurm_cluster import slurm_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.cluster  # conftest.py: the sanitizer pass leaves these out
@@ -23,33 +22,13 @@ MODEL = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "16", "--s
          "--micro-batch", "2", "--global-batch", "12", "--threads", "1", "--quiet"]
 STEPS = 300
 HANG_GUARD_S = 400  # only catches a hang
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=9)))
-    return d / "train.bin"
+CORPUS = (30000, 9)  # characters, seed: conftest.py's corpus
 
 
 def train_args(corpus, out):
     out.mkdir(parents=True, exist_ok=True)
-    return ["--data", corpus, *MODEL, "--steps", STEPS, "--metrics", out / "metrics.jsonl",
+    return ["--data", corpus / "train.bin", *MODEL, "--steps", STEPS, "--metrics", out / "metrics.jsonl",
             "--ckpt-dir", out / "ckpt", "--ckpt-every", 1]
-
-
-def rows(out):
-    path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def committed(out):
-    kept = {}
-    for r in rows(out):
-        kept = {s: v for s, v in kept.items() if s < r["step"]}
-        kept[r["step"]] = r
-    return [kept[s] for s in sorted(kept)]
 
 
 def wait_for(predicate, job, what):
@@ -97,9 +76,5 @@ def test_a_node_whose_slurmd_returns_rejoins_and_the_run_grows_back(
     assert "host pn2 answered 2 probes in a row: healthy again" in stderr
     (grow,) = report["grows"]
     assert grow["hosts"] == "pn2" and grow["steps_recomputed"] == 0, grow
-    got, want = committed(out), rows(reference)
-    assert [x["step"] for x in got] == list(range(1, STEPS + 1))
-    assert [x["samples"] for x in got] == [x["samples"] for x in want]
     assert report["samples"]["lost"] == 0 and report["samples"]["duplicated"] == 0
-    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in want],
-                               rtol=1e-4, atol=0)
+    assert_committed_like(rows(out), rows(reference), STEPS)

@@ -14,10 +14,10 @@ import re
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, run
+from drills import assert_committed_like, metrics_rows
 from shards import structured_text, text_tokens, write_shard
 from slurm_cluster import slurm_factory  # noqa: F401 (fixture)
 
@@ -38,19 +38,6 @@ def data(tmp_path_factory):
     return d
 
 
-def rows(path):
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def committed(all_rows):
-    kept = {}
-    for r in all_rows:
-        kept = {s: v for s, v in kept.items() if s < r["step"]}
-        kept[r["step"]] = r
-    return [kept[s] for s in sorted(kept)]
-
-
 def job_fields(cluster, job_id):
     text = cluster.run(["scontrol", "show", "job", job_id, "-o"]).stdout
     return dict(re.findall(r"(\w+)=(\S*)", text))
@@ -68,7 +55,7 @@ def reference_rows(phalanx, data, path):
     r = run([phalanx, "train", "--data", data / "train_000.bin", *MODEL.split(), *EXTRA.split(),
              "--dp", 1, "--steps", STEPS, "--metrics", path], timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr
-    return rows(path)
+    return metrics_rows(path)
 
 
 def submit(cluster, phalanx, data, out, nodes, per_node, **settings):
@@ -91,14 +78,6 @@ def wait_for_end(cluster, job_id):
              ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), "the job's end")
 
 
-def assert_like_the_reference(all_rows, reference):
-    got = committed(all_rows)
-    assert [x["step"] for x in got] == list(range(1, STEPS + 1))
-    assert [x["samples"] for x in got] == [x["samples"] for x in reference]
-    np.testing.assert_allclose([x["loss"] for x in got], [x["loss"] for x in reference],
-                               rtol=1e-4, atol=0)
-
-
 def test_the_batch_template_survives_a_node_lost_and_back(phalanx, data, slurm_factory,
                                                           tmp_path):
     # SlurmdTimeout long: the killed node stays in the allocation while its slurmd is away
@@ -109,9 +88,9 @@ def test_the_batch_template_survives_a_node_lost_and_back(phalanx, data, slurm_f
     job_id = submit(cluster, phalanx, data, out, 3, 1, LAUNCHER_ARGS="--inject slow:0*10#1")
     metrics = out / f"phalanx-{job_id}.jsonl"
     try:
-        wait_for(lambda: len(rows(metrics)) >= 5, "5 steps")
+        wait_for(lambda: len(metrics_rows(metrics)) >= 5, "5 steps")
         cluster.kill_node("pn2")
-        wait_for(lambda: any(x["world"] == 2 for x in rows(metrics)), "a step on 2 ranks")
+        wait_for(lambda: any(x["world"] == 2 for x in metrics_rows(metrics)), "a step on 2 ranks")
         cluster.start_node("pn2", wait=False)
         wait_for_end(cluster, job_id)
     finally:
@@ -124,8 +103,8 @@ def test_the_batch_template_survives_a_node_lost_and_back(phalanx, data, slurm_f
     assert report["attempts"][0]["failure"]["node"] == "pn2"
     assert report["grows"][0]["steps_recomputed"] == 0, report
     assert report["samples"]["lost"] == 0 and report["samples"]["duplicated"] == 0
-    assert [x["world"] for x in rows(metrics)][-1] == 3
-    assert_like_the_reference(rows(metrics), reference)
+    assert [x["world"] for x in metrics_rows(metrics)][-1] == 3
+    assert_committed_like(metrics_rows(metrics), reference, STEPS)
 
 
 def test_a_requeued_batch_job_resumes_from_its_newest_checkpoint(phalanx, data, slurm_factory,
@@ -137,12 +116,12 @@ def test_a_requeued_batch_job_resumes_from_its_newest_checkpoint(phalanx, data, 
     job_id = submit(cluster, phalanx, data, out, 1, 3)
     metrics = out / f"phalanx-{job_id}.jsonl"
     try:
-        wait_for(lambda: len(rows(metrics)) >= 20, "20 steps")
+        wait_for(lambda: len(metrics_rows(metrics)) >= 20, "20 steps")
         requeue = cluster.run(["scontrol", "requeue", job_id])
         assert requeue.returncode == 0, requeue.stderr
         wait_for(lambda: job_fields(cluster, job_id).get("JobState") == "PENDING",
                  "the requeued job pending")
-        first_run = rows(metrics)
+        first_run = metrics_rows(metrics)
         first_report = json.loads((out / f"phalanx-{job_id}-report.json").read_text())
         # Slurm holds a requeued job back for a while (its BeginTime); an administrator's
         # release, so that the test does not wait
@@ -158,12 +137,12 @@ def test_a_requeued_batch_job_resumes_from_its_newest_checkpoint(phalanx, data, 
     report = json.loads((out / f"phalanx-{job_id}-report.json").read_text())
     assert report["outcome"] == "completed" and report["restarts"] == 0, report
     assert "resumed from" in output, output  # by itself: the template found the checkpoints
-    second_run = rows(metrics)[len(first_run):]
+    second_run = metrics_rows(metrics)[len(first_run):]
     stopped_after = first_run[-1]["step"]
     # a clean stop commits its step: the next run starts after it (a kill: at most one step)
     assert second_run[0]["step"] in (stopped_after + 1, stopped_after), (stopped_after,
                                                                           second_run[0])
-    assert_like_the_reference(rows(metrics), reference)
+    assert_committed_like(metrics_rows(metrics), reference, STEPS)
     assert report["samples"]["lost"] == 0 and report["samples"]["duplicated"] == 0
     print(f"requeue: the first run stopped after step {stopped_after}; the requeued run's "
           f"first step {second_run[0]['step']}")

@@ -14,17 +14,10 @@ import pytest
 
 from conftest import run
 from runs import assert_same_run, launch, without_timings
-from shards import structured_text, text_tokens, write_shard
 
 MODEL = ["--layers", "2", "--heads", "4", "--dim", "32", "--seq-len", "32", "--seed", "11"]
 RUN = MODEL + ["--global-batch", "16", "--micro-batch", "2", "--steps", "10", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    write_shard(d / "train.bin", text_tokens(structured_text(30000, seed=12)))
-    return d
+CORPUS = (30000, 12)  # characters, seed: conftest.py's corpus
 
 
 def both(phalanx, corpus, tmp_path, ranks, args):
