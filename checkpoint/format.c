@@ -9,14 +9,10 @@
 #include "util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
-#include <zlib.h>
 
 const char *const ckpt_kind_group[KIND_COUNT] = {"params", "optim/m", "optim/v"};
 

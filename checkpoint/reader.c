@@ -11,7 +11,6 @@
 #include "internal.h"
 #include "util.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
