@@ -163,7 +163,7 @@ const Device *device_bf16(const Device *fp32, char *err, size_t err_len)
     static Device cpu_bf16, staged_bf16;
 #ifdef HAVE_CUDA
     if (strcmp(fp32->name, "cuda") == 0)
-        return cuda_device_bf16(); // cuBLAS: bf16 on every GPU this build targets (sm_90)
+        return cuda_device_bf16(fp32); // cuBLAS: bf16 on every GPU this build targets (sm_90)
 #endif
     bool staged = strcmp(fp32->name, "cpu-staged") == 0;
     if (bf16_open(err, err_len))
@@ -213,7 +213,7 @@ void device_close(const Device *device)
 {
 #ifdef HAVE_CUDA
     if (device && strcmp(device->name, "cuda") == 0)
-        cuda_device_close();
+        cuda_device_close(device);
 #else
     (void)device;
 #endif

@@ -24,15 +24,16 @@ __global__ void head_pointers_kernel(float **out, HeadViews views, int B, int NH
 }
 
 /* Fills one array of B*NH pointers per view; array v starts at (*arrays) + v * B*NH. */
-static int head_pointers(const HeadViews *views, int B, int NH, float ***arrays, const char *what)
+static int head_pointers(CudaContext *ctx, const HeadViews *views, int B, int NH, float ***arrays,
+                         const char *what)
 {
     size_t count = (size_t)views->count * B * NH;
-    *arrays = (float **)scratch_get(SCRATCH_POINTERS, count * sizeof(float *), NULL, what);
+    *arrays = (float **)scratch_get(ctx, SCRATCH_POINTERS, count * sizeof(float *), NULL, what);
     if (!*arrays)
         return -1;
-    head_pointers_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(*arrays, *views, B,
-                                                                             NH);
-    return launched(what);
+    head_pointers_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(*arrays, *views, B,
+                                                                                 NH);
+    return launched(ctx, what);
 }
 
 /* Row r of att is query position t = r % T: softmax over keys 0..t, zeros after. */
@@ -107,19 +108,19 @@ static void rows_view(HeadViews *views, const float *base, int T, int C, int NH)
     views->head_stride[v] = (size_t)(C / NH);
 }
 
-
-extern "C" int cuda_attention_forward(float *out, float *att, const float *qkv, int B, int T,
-                                      int C, int NH)
+extern "C" int cuda_attention_forward(CudaContext *ctx, float *out, float *att, const float *qkv,
+                                      int B, int T, int C, int NH)
 {
     const char *what = "attention_forward";
     int D = C / NH, C3 = 3 * C, pairs = B * NH;
     float scale = 1.0f / sqrtf((float)D);
     size_t rows = (size_t)pairs * T, att_count = rows * T;
     // the products' inputs: qkv and the probabilities, rounded under bf16
-    const float *qkv_in = product_input(SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
-    float *att_in = !bf16_products_on() ? att
-                                   : (float *)scratch_get(SCRATCH_ROUNDED_ATT,
-                                                          att_count * sizeof(float), NULL, what);
+    const float *qkv_in = product_input(ctx, SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
+    float *att_in =
+        !ctx->bf16_products
+            ? att
+            : (float *)scratch_get(ctx, SCRATCH_ROUNDED_ATT, att_count * sizeof(float), NULL, what);
     if (!qkv_in || !att_in)
         return -1;
     HeadViews views = {};
@@ -128,32 +129,33 @@ extern "C" int cuda_attention_forward(float *out, float *att, const float *qkv, 
     rows_view(&views, out, T, C, NH);
     square_view(&views, att_in, T, NH);
     float **ptr;
-    if (head_pointers(&views, B, NH, &ptr, what))
+    if (head_pointers(ctx, &views, B, NH, &ptr, what))
         return -1;
     float **q = ptr, **k = ptr + pairs, **v = ptr + 2 * pairs, **p = ptr + 3 * pairs,
           **y = ptr + 4 * pairs, **p_in = ptr + 5 * pairs;
-    if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, scale, q, C3, k, C3, 0.0f, p, T, pairs,
-                        what))
+    if (gemm_batched_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, scale, q, C3, k, C3, 0.0f, p, T,
+                        pairs, what))
         return -1;
-    softmax_causal_kernel<<<grid_for(rows, ROWS_PER_BLOCK), THREADS, 0, stream()>>>(att, rows, T);
-    if (launched(what) || (att_in != att && round_into(att_in, att, att_count, what)))
+    softmax_causal_kernel<<<grid_for(rows, ROWS_PER_BLOCK), THREADS, 0, ctx->compute>>>(att, rows,
+                                                                                        T);
+    if (launched(ctx, what) || (att_in != att && round_into(ctx, att_in, att, att_count, what)))
         return -1;
-    return gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, 1.0f, p_in, T, v, C3, 0.0f, y, C,
+    return gemm_batched_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, 1.0f, p_in, T, v, C3, 0.0f, y, C,
                            pairs, what);
 }
 
-extern "C" int cuda_attention_backward(float *dqkv, float *datt, const float *dout,
-                                       const float *qkv, const float *att, int B, int T, int C,
-                                       int NH)
+extern "C" int cuda_attention_backward(CudaContext *ctx, float *dqkv, float *datt,
+                                       const float *dout, const float *qkv, const float *att, int B,
+                                       int T, int C, int NH)
 {
     const char *what = "attention_backward";
     int D = C / NH, C3 = 3 * C, pairs = B * NH;
     float scale = 1.0f / sqrtf((float)D);
     size_t rows = (size_t)pairs * T, att_count = rows * T;
     // the products' inputs, rounded under bf16; the softmax backward reads att in fp32
-    const float *qkv_in = product_input(SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
-    const float *att_in = product_input(SCRATCH_ROUNDED_ATT, att, att_count, what);
-    const float *dout_in = product_input(SCRATCH_ROUNDED_DOUT, dout, (size_t)B * T * C, what);
+    const float *qkv_in = product_input(ctx, SCRATCH_ROUNDED_QKV, qkv, (size_t)B * T * C3, what);
+    const float *att_in = product_input(ctx, SCRATCH_ROUNDED_ATT, att, att_count, what);
+    const float *dout_in = product_input(ctx, SCRATCH_ROUNDED_DOUT, dout, (size_t)B * T * C, what);
     if (!qkv_in || !att_in || !dout_in)
         return -1;
     HeadViews views = {};
@@ -163,33 +165,33 @@ extern "C" int cuda_attention_backward(float *dqkv, float *datt, const float *do
     square_view(&views, datt, T, NH);
     rows_view(&views, dout_in, T, C, NH);
     float **ptr;
-    if (head_pointers(&views, B, NH, &ptr, what))
+    if (head_pointers(ctx, &views, B, NH, &ptr, what))
         return -1;
     float **q = ptr, **k = ptr + pairs, **v = ptr + 2 * pairs;
     float **dq = ptr + 3 * pairs, **dk = ptr + 4 * pairs, **dv = ptr + 5 * pairs;
     float **p = ptr + 6 * pairs, **dp = ptr + 7 * pairs, **dy = ptr + 8 * pairs;
     // dP = dY V^T ; dV = P^T dY
-    if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, 1.0f, dy, C, v, C3, 0.0f, dp, T, pairs,
-                        what) ||
-        gemm_batched_rm(CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, 1.0f, p, T, dy, C, 0.0f, dv, C3, pairs,
-                        what))
+    if (gemm_batched_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, T, T, D, 1.0f, dy, C, v, C3, 0.0f, dp, T,
+                        pairs, what) ||
+        gemm_batched_rm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, 1.0f, p, T, dy, C, 0.0f, dv, C3,
+                        pairs, what))
         return -1;
-    softmax_causal_backward_kernel<<<grid_for(rows, ROWS_PER_BLOCK), THREADS, 0, stream()>>>(
+    softmax_causal_backward_kernel<<<grid_for(rows, ROWS_PER_BLOCK), THREADS, 0, ctx->compute>>>(
         datt, att, rows, T);
-    if (launched(what))
+    if (launched(ctx, what))
         return -1;
     // dS: datt, or under bf16 datt rounded into the rounded probabilities'
     // buffer (dV, their last reader, is queued before)
     float **ds = dp;
     if (att_in != att) {
-        if (round_into((float *)att_in, datt, att_count, what))
+        if (round_into(ctx, (float *)att_in, datt, att_count, what))
             return -1;
         ds = p;
     }
     // dQ = scale dS K ; dK = scale dS^T Q
-    if (gemm_batched_rm(CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, scale, ds, T, k, C3, 0.0f, dq, C3,
+    if (gemm_batched_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, T, D, T, scale, ds, T, k, C3, 0.0f, dq, C3,
                         pairs, what))
         return -1;
-    return gemm_batched_rm(CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, scale, ds, T, q, C3, 0.0f, dk, C3,
-                           pairs, what);
+    return gemm_batched_rm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, D, T, scale, ds, T, q, C3, 0.0f, dk,
+                           C3, pairs, what);
 }

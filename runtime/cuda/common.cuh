@@ -32,53 +32,32 @@ static inline unsigned grid_for(size_t items, size_t per_block)
 
 /* Every launch is followed by this: a bad configuration is reported by the
  * call that made it. */
-static inline int launched(const char *what)
+static inline int launched(CudaContext *ctx, const char *what)
 {
-    return cuda_check(cudaGetLastError(), what);
-}
-
-static inline cudaStream_t stream(void)
-{
-    return cuda_compute_stream();
+    return cuda_check(ctx, cudaGetLastError(), what);
 }
 
 /* cuBLAS takes int dimensions; refuse what does not fit rather than wrap. */
-static inline int fits_int(size_t value, const char *what)
+static inline int fits_int(CudaContext *ctx, size_t value, const char *what)
 {
     if (value <= (size_t)0x7fffffff)
         return 0;
-    return cuda_fail("%s: dimension %zu exceeds cuBLAS's int range", what, value);
+    return cuda_fail(ctx, "%s: dimension %zu exceeds cuBLAS's int range", what, value);
 }
 
 // ----------------------------------------------------------------------------
-// scratch (scratch.cu): buffers owned by the kernels, grown on demand and kept
-
-enum {
-    SCRATCH_ONES,      /* a vector of ones for column sums */
-    SCRATCH_IOTA,      /* 0, 1, 2, ... for the token sort */
-    SCRATCH_ROWS,      /* layernorm's dout * norm, [N, C] */
-    SCRATCH_POINTERS,  /* attention's per-head pointer arrays */
-    SCRATCH_SORTED,    /* sorted tokens and their rows */
-    SCRATCH_SORT_TEMP, /* cub's temporary storage */
-    SCRATCH_PARTIALS,  /* optimizer chunk sums */
-    SCRATCH_SCALARS,   /* one double or float result */
-    SCRATCH_BF16_A,    /* bf16 products: A and B of a product in bf16 */
-    SCRATCH_BF16_B,
-    SCRATCH_ROUNDED_QKV, /* bf16 attention: operands rounded to bf16, in fp32 */
-    SCRATCH_ROUNDED_ATT,
-    SCRATCH_ROUNDED_DOUT,
-    SCRATCH_COUNT
-};
+// scratch (scratch.cu): the context's buffers (slots in cuda_internal.h), grown
+// on demand and kept
 
 /* Returns scratch `slot` of at least `bytes`, or NULL with the error set.
  * *grown (may be NULL) tells whether the contents were lost. */
-void *scratch_get(int slot, size_t bytes, bool *grown, const char *what);
+void *scratch_get(CudaContext *ctx, int slot, size_t bytes, bool *grown, const char *what);
 /* A vector of n ones: column sums are a gemv against it. */
-const float *ones(size_t n, const char *what);
+const float *ones(CudaContext *ctx, size_t n, const char *what);
 /* 0, 1, ..., n-1: the row indices that the token sort carries along. */
-const int *iota(size_t n, const char *what);
+const int *iota(CudaContext *ctx, size_t n, const char *what);
 /* Copies a device double to the host and waits for it. */
-int read_double(double *host, const double *device, const char *what);
+int read_double(CudaContext *ctx, double *host, const double *device, const char *what);
 
 // ----------------------------------------------------------------------------
 // reductions: fixed trees, so every lane and every run gets the same bits
@@ -124,22 +103,22 @@ __device__ inline long warp_row(size_t rows)
 // matrix products (matmul.cu)
 
 /* cuBLAS timing (PHALANX_CUDA_GEMM_TIMING): its events, freed at shutdown. */
-void timing_release(void);
-/* --precision bf16 is on (cuda_set_bf16). */
-bool bf16_products_on(void);
+void timing_release(CudaContext *ctx);
 /* x itself in fp32, or under bf16 a copy of its `count` floats rounded to
  * bf16 in scratch `slot` (still fp32). */
-const float *product_input(int slot, const float *x, size_t count, const char *what);
+const float *product_input(CudaContext *ctx, int slot, const float *x, size_t count,
+                           const char *what);
 /* Under bf16, src rounded to bf16 into dst (both fp32). */
-int round_into(float *dst, const float *src, size_t count, const char *what);
+int round_into(CudaContext *ctx, float *dst, const float *src, size_t count, const char *what);
 /* The row-major product of cblas_sgemm(CblasRowMajor, ...) on cuBLAS. */
-int gemm_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha,
-            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
-            const char *what);
-int gemm_batched_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
-                    float alpha, float *const *A, int lda, float *const *B, int ldb,
+int gemm_rm(CudaContext *ctx, cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
+            float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+            int ldc, const char *what);
+int gemm_batched_rm(CudaContext *ctx, cublasOperation_t ta, cublasOperation_t tb, int M, int N,
+                    int K, float alpha, float *const *A, int lda, float *const *B, int ldb,
                     float beta, float *const *C, int ldc, int batch, const char *what);
 /* Column sums of a row-major [rows, cols] matrix: y[cols] += x^T ones. */
-int column_sums_accumulate(float *y, const float *x, size_t rows, int cols, const char *what);
+int column_sums_accumulate(CudaContext *ctx, float *y, const float *x, size_t rows, int cols,
+                           const char *what);
 
 #endif

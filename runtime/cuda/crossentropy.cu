@@ -40,23 +40,23 @@ __global__ void sum_to_double_kernel(double *out, const float *values, size_t co
         *out = sum;
 }
 
-
-extern "C" int cuda_crossentropy_forward(float *probs, float *losses, const float *logits,
-                                         const int *targets, size_t N, int V, double *loss_sum)
+extern "C" int cuda_crossentropy_forward(CudaContext *ctx, float *probs, float *losses,
+                                         const float *logits, const int *targets, size_t N, int V,
+                                         double *loss_sum)
 {
     const char *what = "crossentropy_forward";
-    double *total = (double *)scratch_get(SCRATCH_SCALARS, sizeof(double), NULL, what);
-    if (!total || fits_int(N, what))
+    double *total = (double *)scratch_get(ctx, SCRATCH_SCALARS, sizeof(double), NULL, what);
+    if (!total || fits_int(ctx, N, what))
         return -1;
     *loss_sum = 0.0;
     if (N == 0)
         return 0;
-    crossentropy_forward_kernel<<<(unsigned)N, THREADS, 0, stream()>>>(probs, losses, logits,
-                                                                       targets, V);
-    if (launched(what))
+    crossentropy_forward_kernel<<<(unsigned)N, THREADS, 0, ctx->compute>>>(probs, losses, logits,
+                                                                           targets, V);
+    if (launched(ctx, what))
         return -1;
-    sum_to_double_kernel<<<1, THREADS, 0, stream()>>>(total, losses, N);
-    return launched(what) || read_double(loss_sum, total, what) ? -1 : 0;
+    sum_to_double_kernel<<<1, THREADS, 0, ctx->compute>>>(total, losses, N);
+    return launched(ctx, what) || read_double(ctx, loss_sum, total, what) ? -1 : 0;
 }
 
 __global__ void crossentropy_backward_kernel(float *dlogits, const float *probs,
@@ -71,10 +71,10 @@ __global__ void crossentropy_backward_kernel(float *dlogits, const float *probs,
     dlogits[i] = d;
 }
 
-extern "C" int cuda_crossentropy_backward(float *dlogits, const float *probs, const int *targets,
-                                          float dloss, size_t N, int V)
+extern "C" int cuda_crossentropy_backward(CudaContext *ctx, float *dlogits, const float *probs,
+                                          const int *targets, float dloss, size_t N, int V)
 {
-    crossentropy_backward_kernel<<<grid_for(N * V, THREADS), THREADS, 0, stream()>>>(
+    crossentropy_backward_kernel<<<grid_for(N * V, THREADS), THREADS, 0, ctx->compute>>>(
         dlogits, probs, targets, dloss, N, V);
-    return launched("crossentropy_backward");
+    return launched(ctx, "crossentropy_backward");
 }

@@ -38,27 +38,29 @@ __global__ void residual_kernel(float *out, const float *a, const float *b, size
         out[i] = a[i] + b[i];
 }
 
-extern "C" int cuda_gelu_forward(float *out, const float *inp, size_t count)
+extern "C" int cuda_gelu_forward(CudaContext *ctx, float *out, const float *inp, size_t count)
 {
-    gelu_forward_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(out, inp, count);
-    return launched("gelu_forward");
+    gelu_forward_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(out, inp, count);
+    return launched(ctx, "gelu_forward");
 }
 
-extern "C" int cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t count)
+extern "C" int cuda_gelu_backward(CudaContext *ctx, float *dinp, const float *inp,
+                                  const float *dout, size_t count)
 {
-    gelu_backward_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(dinp, inp, dout,
-                                                                             count);
-    return launched("gelu_backward");
+    gelu_backward_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(dinp, inp, dout,
+                                                                                 count);
+    return launched(ctx, "gelu_backward");
 }
 
-extern "C" int cuda_residual_forward(float *out, const float *a, const float *b, size_t count)
+extern "C" int cuda_residual_forward(CudaContext *ctx, float *out, const float *a, const float *b,
+                                     size_t count)
 {
-    residual_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(out, a, b, count);
-    return launched("residual_forward");
+    residual_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(out, a, b, count);
+    return launched(ctx, "residual_forward");
 }
 
-extern "C" int cuda_accumulate(float *dst, const float *src, size_t count)
+extern "C" int cuda_accumulate(CudaContext *ctx, float *dst, const float *src, size_t count)
 {
-    residual_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(dst, dst, src, count);
-    return launched("accumulate");
+    residual_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(dst, dst, src, count);
+    return launched(ctx, "accumulate");
 }

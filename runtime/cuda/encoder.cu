@@ -18,13 +18,14 @@ __global__ void encoder_forward_kernel(float *out, const int *tokens, const floa
     out[i] = wte[(size_t)tokens[n] * C + c] + wpe[(size_t)(pos_offset + (int)(n % T)) * C + c];
 }
 
-extern "C" int cuda_encoder_forward(float *out, const int *tokens, const float *wte,
-                                    const float *wpe, int B, int T, int C, int pos_offset)
+extern "C" int cuda_encoder_forward(CudaContext *ctx, float *out, const int *tokens,
+                                    const float *wte, const float *wpe, int B, int T, int C,
+                                    int pos_offset)
 {
     size_t count = (size_t)B * T * C;
-    encoder_forward_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(
+    encoder_forward_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(
         out, tokens, wte, wpe, T, C, pos_offset, count);
-    return launched("encoder_forward");
+    return launched(ctx, "encoder_forward");
 }
 
 /* dwpe row t gets the batch's rows t, b = 0, 1, ... in order: the CPU's sum. */
@@ -63,39 +64,43 @@ __global__ void wte_backward_kernel(float *dwte, const float *dout, const int *s
 /* Sorts (token, row) pairs by token so that each row of dwte is summed by one
  * block in a fixed order: atomics would make the sum's order, and its bits,
  * change from run to run. */
-static int sort_tokens(const int *tokens, int N, int **sorted_tokens, int **sorted_rows)
+static int sort_tokens(CudaContext *ctx, const int *tokens, int N, int **sorted_tokens,
+                       int **sorted_rows)
 {
     const char *what = "encoder_backward: sorting tokens";
-    const int *rows = iota((size_t)N, what);
-    int *sorted = (int *)scratch_get(SCRATCH_SORTED, 2 * (size_t)N * sizeof(int), NULL, what);
+    const int *rows = iota(ctx, (size_t)N, what);
+    int *sorted = (int *)scratch_get(ctx, SCRATCH_SORTED, 2 * (size_t)N * sizeof(int), NULL, what);
     if (!rows || !sorted)
         return -1;
     *sorted_tokens = sorted;
     *sorted_rows = sorted + N;
     size_t temp_bytes = 0;
-    if (cuda_check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, tokens, *sorted_tokens,
-                                                   rows, *sorted_rows, N, 0, 32, stream()),
+    if (cuda_check(ctx,
+                   cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, tokens, *sorted_tokens,
+                                                   rows, *sorted_rows, N, 0, 32, ctx->compute),
                    what))
         return -1;
-    void *temp = scratch_get(SCRATCH_SORT_TEMP, temp_bytes, NULL, what);
+    void *temp = scratch_get(ctx, SCRATCH_SORT_TEMP, temp_bytes, NULL, what);
     if (!temp)
         return -1;
-    return cuda_check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, *sorted_tokens,
-                                                      rows, *sorted_rows, N, 0, 32, stream()),
+    return cuda_check(ctx,
+                      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, *sorted_tokens,
+                                                      rows, *sorted_rows, N, 0, 32, ctx->compute),
                       what);
 }
 
-extern "C" int cuda_encoder_backward(float *dwte, float *dwpe, const float *dout,
+extern "C" int cuda_encoder_backward(CudaContext *ctx, float *dwte, float *dwpe, const float *dout,
                                      const int *tokens, int B, int T, int C, int pos_offset)
 {
     const char *what = "encoder_backward";
     int N = B * T, *sorted_tokens, *sorted_rows;
     if (N == 0)
         return 0;
-    wpe_backward_kernel<<<grid_for((size_t)T * C, THREADS), THREADS, 0, stream()>>>(
+    wpe_backward_kernel<<<grid_for((size_t)T * C, THREADS), THREADS, 0, ctx->compute>>>(
         dwpe, dout, B, T, C, pos_offset);
-    if (launched(what) || sort_tokens(tokens, N, &sorted_tokens, &sorted_rows))
+    if (launched(ctx, what) || sort_tokens(ctx, tokens, N, &sorted_tokens, &sorted_rows))
         return -1;
-    wte_backward_kernel<<<N, THREADS, 0, stream()>>>(dwte, dout, sorted_tokens, sorted_rows, N, C);
-    return launched(what);
+    wte_backward_kernel<<<N, THREADS, 0, ctx->compute>>>(dwte, dout, sorted_tokens, sorted_rows, N,
+                                                         C);
+    return launched(ctx, what);
 }

@@ -33,12 +33,13 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
     }
 }
 
-extern "C" int cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                      const float *weight, const float *bias, size_t N, int C)
+extern "C" int cuda_layernorm_forward(CudaContext *ctx, float *out, float *mean, float *rstd,
+                                      const float *inp, const float *weight, const float *bias,
+                                      size_t N, int C)
 {
-    layernorm_forward_kernel<<<grid_for(N, ROWS_PER_BLOCK), THREADS, 0, stream()>>>(
+    layernorm_forward_kernel<<<grid_for(N, ROWS_PER_BLOCK), THREADS, 0, ctx->compute>>>(
         out, mean, rstd, inp, weight, bias, N, C);
-    return launched("layernorm_forward");
+    return launched(ctx, "layernorm_forward");
 }
 
 /* dinp of one row; also the row's dout * norm, whose column sums are dweight. */
@@ -69,17 +70,17 @@ __global__ void layernorm_backward_kernel(float *dinp, float *dout_norm, const f
     }
 }
 
-extern "C" int cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
+extern "C" int cuda_layernorm_backward(CudaContext *ctx, float *dinp, float *dweight, float *dbias,
                                        const float *dout, const float *inp, const float *weight,
                                        const float *mean, const float *rstd, size_t N, int C)
 {
     const char *what = "layernorm_backward";
-    float *dout_norm = (float *)scratch_get(SCRATCH_ROWS, N * C * sizeof(float), NULL, what);
+    float *dout_norm = (float *)scratch_get(ctx, SCRATCH_ROWS, N * C * sizeof(float), NULL, what);
     if (!dout_norm)
         return -1;
-    layernorm_backward_kernel<<<grid_for(N, ROWS_PER_BLOCK), THREADS, 0, stream()>>>(
+    layernorm_backward_kernel<<<grid_for(N, ROWS_PER_BLOCK), THREADS, 0, ctx->compute>>>(
         dinp, dout_norm, dout, inp, weight, mean, rstd, N, C);
-    if (launched(what) || column_sums_accumulate(dweight, dout_norm, N, C, what))
+    if (launched(ctx, what) || column_sums_accumulate(ctx, dweight, dout_norm, N, C, what))
         return -1;
-    return column_sums_accumulate(dbias, dout, N, C, what);
+    return column_sums_accumulate(ctx, dbias, dout, N, C, what);
 }

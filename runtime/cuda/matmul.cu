@@ -9,104 +9,87 @@
 // cuBLAS timing (PHALANX_CUDA_GEMM_TIMING=1): an event pair around every call,
 // summed in batches so that the pool stays small.
 
-enum { TIMING_PAIRS = 1024 };
-
-static struct {
-    int enabled; /* 0: not read from the environment yet, 1: on, 2: off */
-    cudaEvent_t begin[TIMING_PAIRS], end[TIMING_PAIRS];
-    int used;
-    double seconds;
-    long calls;
-} timing;
-
-extern "C" bool cuda_gemm_timing(void)
+extern "C" bool cuda_gemm_timing(CudaContext *ctx)
 {
-    if (timing.enabled == 0) {
+    if (ctx->timing.enabled == 0) {
         const char *flag = getenv("PHALANX_CUDA_GEMM_TIMING");
-        timing.enabled = flag && *flag && strcmp(flag, "0") != 0 ? 1 : 2;
+        ctx->timing.enabled = flag && *flag && strcmp(flag, "0") != 0 ? 1 : 2;
     }
-    return timing.enabled == 1;
+    return ctx->timing.enabled == 1;
 }
 
 /* Adds up the recorded pairs (waits for the stream) and empties the pool. */
-static int drain_timing(void)
+static int drain_timing(CudaContext *ctx)
 {
-    if (timing.used == 0)
+    if (ctx->timing.used == 0)
         return 0;
-    if (cuda_check(cudaStreamSynchronize(stream()), "cuBLAS timing"))
+    if (cuda_check(ctx, cudaStreamSynchronize(ctx->compute), "cuBLAS timing"))
         return -1;
-    for (int i = 0; i < timing.used; i++) {
+    for (int i = 0; i < ctx->timing.used; i++) {
         float ms = 0.0f;
-        if (cuda_check(cudaEventElapsedTime(&ms, timing.begin[i], timing.end[i]),
+        if (cuda_check(ctx, cudaEventElapsedTime(&ms, ctx->timing.begin[i], ctx->timing.end[i]),
                        "cuBLAS timing"))
             return -1;
-        timing.seconds += ms * 1e-3;
+        ctx->timing.seconds += ms * 1e-3;
     }
-    timing.used = 0;
+    ctx->timing.used = 0;
     return 0;
 }
 
 /* Returns the pair for the next call, or -1 (timing off, or no events). */
-static int timing_begin(void)
+static int timing_begin(CudaContext *ctx)
 {
-    if (!cuda_gemm_timing())
+    if (!cuda_gemm_timing(ctx))
         return -1;
-    if (timing.used == TIMING_PAIRS && drain_timing())
+    if (ctx->timing.used == TIMING_PAIRS && drain_timing(ctx))
         return -1;
-    int i = timing.used;
-    if (!timing.begin[i] && (cuda_check(cudaEventCreate(&timing.begin[i]), "cuBLAS timing") ||
-                             cuda_check(cudaEventCreate(&timing.end[i]), "cuBLAS timing")))
+    int i = ctx->timing.used;
+    if (!ctx->timing.begin[i] &&
+        (cuda_check(ctx, cudaEventCreate(&ctx->timing.begin[i]), "cuBLAS timing") ||
+         cuda_check(ctx, cudaEventCreate(&ctx->timing.end[i]), "cuBLAS timing")))
         return -1;
-    if (cuda_check(cudaEventRecord(timing.begin[i], stream()), "cuBLAS timing"))
+    if (cuda_check(ctx, cudaEventRecord(ctx->timing.begin[i], ctx->compute), "cuBLAS timing"))
         return -1;
     return i;
 }
 
-static void timing_end(int pair)
+static void timing_end(CudaContext *ctx, int pair)
 {
-    if (pair < 0 || cuda_check(cudaEventRecord(timing.end[pair], stream()), "cuBLAS timing"))
+    if (pair < 0 ||
+        cuda_check(ctx, cudaEventRecord(ctx->timing.end[pair], ctx->compute), "cuBLAS timing"))
         return;
-    timing.used = pair + 1;
-    timing.calls++;
+    ctx->timing.used = pair + 1;
+    ctx->timing.calls++;
 }
 
-extern "C" double cuda_gemm_seconds(long *calls)
+extern "C" double cuda_gemm_seconds(CudaContext *ctx, long *calls)
 {
-    drain_timing();
+    drain_timing(ctx);
     if (calls)
-        *calls = timing.calls;
-    return timing.seconds;
+        *calls = ctx->timing.calls;
+    return ctx->timing.seconds;
 }
 
-void timing_release(void)
+void timing_release(CudaContext *ctx)
 {
     for (int i = 0; i < TIMING_PAIRS; i++) {
-        if (timing.begin[i]) {
-            cudaEventDestroy(timing.begin[i]);
-            cudaEventDestroy(timing.end[i]);
+        if (ctx->timing.begin[i]) {
+            cudaEventDestroy(ctx->timing.begin[i]);
+            cudaEventDestroy(ctx->timing.end[i]);
         }
-        timing.begin[i] = timing.end[i] = NULL;
+        ctx->timing.begin[i] = ctx->timing.end[i] = NULL;
     }
-    timing.used = 0;
-    timing.seconds = 0.0;
-    timing.calls = 0;
+    ctx->timing.used = 0;
+    ctx->timing.seconds = 0.0;
+    ctx->timing.calls = 0;
 }
 
 // ----------------------------------------------------------------------------
 // matrix products
 
-/* --precision bf16: the products' inputs rounded to bf16, fp32 sums. Set
- * once at open (cuda_set_bf16), like TF32's math mode. */
-static bool bf16_products;
-
-bool bf16_products_on(void)
+extern "C" int cuda_set_bf16(CudaContext *ctx, bool enabled)
 {
-    return bf16_products;
-}
-
-extern "C" int cuda_set_bf16(bool enabled)
-{
-    bf16_products = enabled;
+    ctx->bf16_products = enabled;
     return 0;
 }
 
@@ -126,28 +109,30 @@ __global__ void round_bf16_kernel(float *dst, const float *src, size_t count)
 
 /* The `count` floats from x, in bf16, in scratch `slot` (the same layout:
  * strided views stay valid at the same offsets). */
-static const __nv_bfloat16 *bf16_copy(int slot, const float *x, size_t count, const char *what)
+static const __nv_bfloat16 *bf16_copy(CudaContext *ctx, int slot, const float *x, size_t count,
+                                      const char *what)
 {
     __nv_bfloat16 *copy =
-        (__nv_bfloat16 *)scratch_get(slot, count * sizeof(__nv_bfloat16), NULL, what);
+        (__nv_bfloat16 *)scratch_get(ctx, slot, count * sizeof(__nv_bfloat16), NULL, what);
     if (!copy)
         return NULL;
-    to_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(copy, x, count);
-    return launched(what) ? NULL : copy;
+    to_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(copy, x, count);
+    return launched(ctx, what) ? NULL : copy;
 }
 
 /* x itself in fp32, or under bf16 a copy of its `count` floats rounded to
  * bf16 (still fp32: a product of such values is exact, so an fp32 or TF32
  * product of them is the bf16 product). */
-const float *product_input(int slot, const float *x, size_t count, const char *what)
+const float *product_input(CudaContext *ctx, int slot, const float *x, size_t count,
+                           const char *what)
 {
-    if (!bf16_products)
+    if (!ctx->bf16_products)
         return x;
-    float *copy = (float *)scratch_get(slot, count * sizeof(float), NULL, what);
+    float *copy = (float *)scratch_get(ctx, slot, count * sizeof(float), NULL, what);
     if (!copy)
         return NULL;
-    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(copy, x, count);
-    return launched(what) ? NULL : copy;
+    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(copy, x, count);
+    return launched(ctx, what) ? NULL : copy;
 }
 
 /* Elements a row-major rows x cols view with leading dimension ld spans. */
@@ -158,67 +143,66 @@ static size_t span(int rows, int cols, int ld)
 
 /* cublasGemmEx on bf16 copies of A and B (op(A) M x K, op(B) K x N), fp32
  * compute and output; operands swapped as in gemm_rm. */
-static int gemm_rm_bf16(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
-                        float alpha, const float *A, int lda, const float *B, int ldb, float beta,
-                        float *C, int ldc, const char *what)
+static int gemm_rm_bf16(CudaContext *ctx, cublasOperation_t ta, cublasOperation_t tb, int M, int N,
+                        int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                        float beta, float *C, int ldc, const char *what)
 {
     bool na = ta == CUBLAS_OP_N, nb = tb == CUBLAS_OP_N;
-    const __nv_bfloat16 *a = bf16_copy(SCRATCH_BF16_A, A, span(na ? M : K, na ? K : M, lda), what);
-    const __nv_bfloat16 *b = a ? bf16_copy(SCRATCH_BF16_B, B, span(nb ? K : N, nb ? N : K, ldb),
-                                           what)
-                               : NULL;
+    const __nv_bfloat16 *a =
+        bf16_copy(ctx, SCRATCH_BF16_A, A, span(na ? M : K, na ? K : M, lda), what);
+    const __nv_bfloat16 *b =
+        a ? bf16_copy(ctx, SCRATCH_BF16_B, B, span(nb ? K : N, nb ? N : K, ldb), what) : NULL;
     if (!b)
         return -1;
-    int pair = timing_begin();
-    cublasStatus_t status = cublasGemmEx(cuda_blas(), tb, ta, N, M, K, &alpha, b, CUDA_R_16BF,
-                                         ldb, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    timing_end(pair);
-    return cuda_blas_check(status, what);
+    int pair = timing_begin(ctx);
+    cublasStatus_t status =
+        cublasGemmEx(ctx->blas, tb, ta, N, M, K, &alpha, b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda,
+                     &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    timing_end(ctx, pair);
+    return cuda_blas_check(ctx, status, what);
 }
 
 /* The row-major product of cblas_sgemm(CblasRowMajor, ...) on cuBLAS:
  * C = op(A) op(B) in row-major is C^T = op(B)^T op(A)^T in column-major, so
  * the operands swap and the transposition flags stay. */
-int gemm_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha,
-                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
-                   const char *what)
+int gemm_rm(CudaContext *ctx, cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
+            float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+            int ldc, const char *what)
 {
-    if (bf16_products)
-        return gemm_rm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, what);
-    int pair = timing_begin();
-    cublasStatus_t status = cublasSgemm(cuda_blas(), tb, ta, N, M, K, &alpha, B, ldb, A, lda,
-                                        &beta, C, ldc);
-    timing_end(pair);
-    return cuda_blas_check(status, what);
+    if (ctx->bf16_products)
+        return gemm_rm_bf16(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, what);
+    int pair = timing_begin(ctx);
+    cublasStatus_t status =
+        cublasSgemm(ctx->blas, tb, ta, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
+    timing_end(ctx, pair);
+    return cuda_blas_check(ctx, status, what);
 }
 
-int gemm_batched_rm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
-                           float alpha, float *const *A, int lda, float *const *B, int ldb,
-                           float beta, float *const *C, int ldc, int batch, const char *what)
+int gemm_batched_rm(CudaContext *ctx, cublasOperation_t ta, cublasOperation_t tb, int M, int N,
+                    int K, float alpha, float *const *A, int lda, float *const *B, int ldb,
+                    float beta, float *const *C, int ldc, int batch, const char *what)
 {
-    int pair = timing_begin();
-    cublasStatus_t status = cublasSgemmBatched(cuda_blas(), tb, ta, N, M, K, &alpha,
-                                               (const float *const *)B, ldb,
-                                               (const float *const *)A, lda, &beta, C, ldc,
-                                               batch);
-    timing_end(pair);
-    return cuda_blas_check(status, what);
+    int pair = timing_begin(ctx);
+    cublasStatus_t status =
+        cublasSgemmBatched(ctx->blas, tb, ta, N, M, K, &alpha, (const float *const *)B, ldb,
+                           (const float *const *)A, lda, &beta, C, ldc, batch);
+    timing_end(ctx, pair);
+    return cuda_blas_check(ctx, status, what);
 }
 
 /* Column sums of a row-major [rows, cols] matrix: y[cols] += x^T ones. */
-int column_sums_accumulate(float *y, const float *x, size_t rows, int cols,
-                                  const char *what)
+int column_sums_accumulate(CudaContext *ctx, float *y, const float *x, size_t rows, int cols,
+                           const char *what)
 {
-    const float *one = ones(rows, what);
-    if (!one || fits_int(rows, what))
+    const float *one = ones(ctx, rows, what);
+    if (!one || fits_int(ctx, rows, what))
         return -1;
     const float alpha = 1.0f, beta = 1.0f;
-    int pair = timing_begin();
-    cublasStatus_t status = cublasSgemv(cuda_blas(), CUBLAS_OP_N, cols, (int)rows, &alpha, x,
-                                        cols, one, 1, &beta, y, 1);
-    timing_end(pair);
-    return cuda_blas_check(status, what);
+    int pair = timing_begin(ctx);
+    cublasStatus_t status =
+        cublasSgemv(ctx->blas, CUBLAS_OP_N, cols, (int)rows, &alpha, x, cols, one, 1, &beta, y, 1);
+    timing_end(ctx, pair);
+    return cuda_blas_check(ctx, status, what);
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)
@@ -228,39 +212,38 @@ __global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)
         out[i] += bias[i % OC];
 }
 
-extern "C" int cuda_matmul_forward(float *out, const float *inp, const float *weight,
-                                   const float *bias, size_t N, int IC, int OC)
+extern "C" int cuda_matmul_forward(CudaContext *ctx, float *out, const float *inp,
+                                   const float *weight, const float *bias, size_t N, int IC, int OC)
 {
     const char *what = "matmul_forward";
-    if (fits_int(N, what) ||
-        gemm_rm(CUBLAS_OP_N, CUBLAS_OP_T, (int)N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f, out,
-                OC, what))
+    if (fits_int(ctx, N, what) || gemm_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, OC, IC, 1.0f, inp,
+                                          IC, weight, IC, 0.0f, out, OC, what))
         return -1;
     if (!bias)
         return 0;
-    add_bias_kernel<<<grid_for(N * OC, THREADS), THREADS, 0, stream()>>>(out, bias, N, OC);
-    return launched(what);
+    add_bias_kernel<<<grid_for(N * OC, THREADS), THREADS, 0, ctx->compute>>>(out, bias, N, OC);
+    return launched(ctx, what);
 }
 
-extern "C" int cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                    const float *inp, const float *weight, size_t N, int IC,
-                                    int OC)
+extern "C" int cuda_matmul_backward(CudaContext *ctx, float *dinp, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    size_t N, int IC, int OC)
 {
     const char *what = "matmul_backward";
-    if (fits_int(N, what))
+    if (fits_int(ctx, N, what))
         return -1;
-    if (dinp && gemm_rm(CUBLAS_OP_N, CUBLAS_OP_N, (int)N, IC, OC, 1.0f, dout, OC, weight, IC, 0.0f,
-                        dinp, IC, what))
+    if (dinp && gemm_rm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, IC, OC, 1.0f, dout, OC, weight, IC,
+                        0.0f, dinp, IC, what))
         return -1;
-    if (gemm_rm(CUBLAS_OP_T, CUBLAS_OP_N, OC, IC, (int)N, 1.0f, dout, OC, inp, IC, 1.0f, dweight,
-                IC, what))
+    if (gemm_rm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, IC, (int)N, 1.0f, dout, OC, inp, IC, 1.0f,
+                dweight, IC, what))
         return -1;
-    return dbias ? column_sums_accumulate(dbias, dout, N, OC, what) : 0;
+    return dbias ? column_sums_accumulate(ctx, dbias, dout, N, OC, what) : 0;
 }
 
 /* Under bf16, src rounded to bf16 into dst (both fp32). */
-int round_into(float *dst, const float *src, size_t count, const char *what)
+int round_into(CudaContext *ctx, float *dst, const float *src, size_t count, const char *what)
 {
-    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, stream()>>>(dst, src, count);
-    return launched(what);
+    round_bf16_kernel<<<grid_for(count, THREADS), THREADS, 0, ctx->compute>>>(dst, src, count);
+    return launched(ctx, what);
 }

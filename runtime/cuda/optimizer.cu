@@ -129,68 +129,70 @@ __global__ void lamb_apply_kernel(StepConstants k, float *w, const float *m, con
 }
 
 /* Room for the two chunk-sum arrays of the largest tensor. */
-static double *partials_for(const OptimTensor *tensors, int count, const char *what)
+static double *partials_for(CudaContext *ctx, const OptimTensor *tensors, int count,
+                            const char *what)
 {
     size_t most = 1;
     for (int i = 0; i < count; i++)
         most = tensors[i].numel > most ? tensors[i].numel : most;
     size_t chunks = grid_for(most, SUM_CHUNK);
-    return (double *)scratch_get(SCRATCH_PARTIALS, 2 * chunks * sizeof(double), NULL, what);
+    return (double *)scratch_get(ctx, SCRATCH_PARTIALS, 2 * chunks * sizeof(double), NULL, what);
 }
 
-extern "C" int cuda_optim_grad_sumsq(const OptimTensor *tensors, int count, double *sumsq)
+extern "C" int cuda_optim_grad_sumsq(CudaContext *ctx, const OptimTensor *tensors, int count,
+                                     double *sumsq)
 {
     const char *what = "optim_grad_sumsq";
-    double *partials = partials_for(tensors, count, what);
-    double *total = (double *)scratch_get(SCRATCH_SCALARS, sizeof(double), NULL, what);
+    double *partials = partials_for(ctx, tensors, count, what);
+    double *total = (double *)scratch_get(ctx, SCRATCH_SCALARS, sizeof(double), NULL, what);
     if (!partials || !total ||
-        cuda_check(cudaMemsetAsync(total, 0, sizeof(double), stream()), what))
+        cuda_check(ctx, cudaMemsetAsync(total, 0, sizeof(double), ctx->compute), what))
         return -1;
     for (int i = 0; i < count; i++) {
         size_t n = tensors[i].numel, chunks = grid_for(n, SUM_CHUNK);
         if (n == 0)
             continue;
-        sumsq_chunks_kernel<<<(unsigned)chunks, THREADS, 0, stream()>>>(partials,
-                                                                        tensors[i].grad, n);
-        add_partials_kernel<<<1, THREADS, 0, stream()>>>(total, partials, chunks);
-        if (launched(what))
+        sumsq_chunks_kernel<<<(unsigned)chunks, THREADS, 0, ctx->compute>>>(partials,
+                                                                            tensors[i].grad, n);
+        add_partials_kernel<<<1, THREADS, 0, ctx->compute>>>(total, partials, chunks);
+        if (launched(ctx, what))
             return -1;
     }
-    return read_double(sumsq, total, what);
+    return read_double(ctx, sumsq, total, what);
 }
 
-static int lamb_tensor(const StepConstants &k, const OptimTensor *t, float lr, float wd,
-                       double *partials, float *step_lr, const char *what)
+static int lamb_tensor(CudaContext *ctx, const StepConstants &k, const OptimTensor *t, float lr,
+                       float wd, double *partials, float *step_lr, const char *what)
 {
     size_t n = t->numel, chunks = grid_for(n, SUM_CHUNK);
-    lamb_moments_kernel<<<(unsigned)chunks, THREADS, 0, stream()>>>(
+    lamb_moments_kernel<<<(unsigned)chunks, THREADS, 0, ctx->compute>>>(
         k, partials, partials + chunks, t->param, t->grad, t->m, t->v, n, wd);
-    lamb_ratio_kernel<<<1, THREADS, 0, stream()>>>(step_lr, partials, partials + chunks, chunks,
-                                                   lr);
-    lamb_apply_kernel<<<grid_for(n, THREADS), THREADS, 0, stream()>>>(k, t->param, t->m, t->v, n,
-                                                                     wd, step_lr);
-    return launched(what);
+    lamb_ratio_kernel<<<1, THREADS, 0, ctx->compute>>>(step_lr, partials, partials + chunks, chunks,
+                                                       lr);
+    lamb_apply_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->compute>>>(k, t->param, t->m, t->v,
+                                                                          n, wd, step_lr);
+    return launched(ctx, what);
 }
 
-static int adam_tensor(const StepConstants &k, const OptimTensor *t, float lr, float wd,
-                       const char *what)
+static int adam_tensor(CudaContext *ctx, const StepConstants &k, const OptimTensor *t, float lr,
+                       float wd, const char *what)
 {
-    adam_kernel<<<grid_for(t->numel, THREADS), THREADS, 0, stream()>>>(
+    adam_kernel<<<grid_for(t->numel, THREADS), THREADS, 0, ctx->compute>>>(
         k, t->param, t->grad, t->m, t->v, t->numel, lr, wd);
-    return launched(what);
+    return launched(ctx, what);
 }
 
 /* Tensors run one after another on the stream, so they share the partials
  * and the step_lr scalar. */
-extern "C" int cuda_optim_step(const OptimConfig *cfg, const OptimTensor *tensors, int count,
-                               float lr, long step, float grad_scale)
+extern "C" int cuda_optim_step(CudaContext *ctx, const OptimConfig *cfg, const OptimTensor *tensors,
+                               int count, float lr, long step, float grad_scale)
 {
     const char *what = "optim_step";
     if (step < 1)
-        return cuda_fail("%s: step %ld is not 1-based", what, step);
+        return cuda_fail(ctx, "%s: step %ld is not 1-based", what, step);
     StepConstants k = step_constants(cfg, step, grad_scale);
-    double *partials = partials_for(tensors, count, what);
-    float *step_lr = (float *)scratch_get(SCRATCH_SCALARS, sizeof(double), NULL, what);
+    double *partials = partials_for(ctx, tensors, count, what);
+    float *step_lr = (float *)scratch_get(ctx, SCRATCH_SCALARS, sizeof(double), NULL, what);
     if (!partials || !step_lr)
         return -1;
     for (int i = 0; i < count; i++) {
@@ -200,8 +202,8 @@ extern "C" int cuda_optim_step(const OptimConfig *cfg, const OptimTensor *tensor
         if (t->numel == 0)
             continue;
         int status = cfg->kind == OPTIM_LAMB && !plain
-                         ? lamb_tensor(k, t, lr, wd, partials, step_lr, what)
-                         : adam_tensor(k, t, lr, wd, what);
+                         ? lamb_tensor(ctx, k, t, lr, wd, partials, step_lr, what)
+                         : adam_tensor(ctx, k, t, lr, wd, what);
         if (status)
             return -1;
     }

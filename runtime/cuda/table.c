@@ -12,34 +12,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The table's context. Written by the training thread only (the sidecar
- * uses snapshot_wait, which reports its own errors). */
+/* The table's context: the GPU's, and the table's first failure. Written by
+ * the training thread only (the sidecar uses snapshot_wait, which reports
+ * its own errors). */
 typedef struct {
+    Device device; /* its ctx points here */
+    CudaContext *gpu;
     bool failed;
     char message[512];
-} Sticky;
+} Table;
 
-static Sticky sticky_state;
+static CudaContext *gpu_of(void *ctx)
+{
+    return ((Table *)ctx)->gpu;
+}
 
 static void keep(void *ctx, int status)
 {
-    Sticky *sticky = ctx;
-    if (status == 0 || sticky->failed)
+    Table *table = ctx;
+    if (status == 0 || table->failed)
         return;
-    sticky->failed = true;
-    snprintf(sticky->message, sizeof(sticky->message), "%s", cuda_error());
+    table->failed = true;
+    snprintf(table->message, sizeof(table->message), "%s", cuda_error(table->gpu));
 }
 
 static bool failed(void *ctx)
 {
-    return ((Sticky *)ctx)->failed;
+    return ((Table *)ctx)->failed;
 }
 
 static void *table_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
-    void *buffer = cuda_alloc(bytes);
-    if (buffer && cuda_memset_zero(buffer, bytes)) {
+    void *buffer = cuda_alloc(gpu_of(ctx), bytes);
+    if (buffer && cuda_memset_zero(gpu_of(ctx), buffer, bytes)) {
         cuda_free(buffer);
         return NULL;
     }
@@ -54,49 +59,49 @@ static void table_free(void *ctx, void *buffer)
 
 static void table_upload(void *ctx, void *dst, const void *src, size_t bytes)
 {
-    keep(ctx, cuda_memcpy_h2d(dst, src, bytes));
+    keep(ctx, cuda_memcpy_h2d(gpu_of(ctx), dst, src, bytes));
 }
 
 static void table_download(void *ctx, void *dst, const void *src, size_t bytes)
 {
-    keep(ctx, cuda_memcpy_d2h(dst, src, bytes));
+    keep(ctx, cuda_memcpy_d2h(gpu_of(ctx), dst, src, bytes));
 }
 
 static void table_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     if (dst != src)
-        keep(ctx, cuda_memcpy_d2d(dst, src, bytes));
+        keep(ctx, cuda_memcpy_d2d(gpu_of(ctx), dst, src, bytes));
 }
 
 static void table_copy_rows(void *ctx, float *dst, size_t dst_pitch, const float *src,
                             size_t src_pitch, size_t width, size_t rows)
 {
-    keep(ctx, cuda_copy_rows(dst, dst_pitch, src, src_pitch, width, rows));
+    keep(ctx, cuda_copy_rows(gpu_of(ctx), dst, dst_pitch, src, src_pitch, width, rows));
 }
 
 static void table_zero(void *ctx, void *dst, size_t bytes)
 {
-    keep(ctx, cuda_memset_zero(dst, bytes));
+    keep(ctx, cuda_memset_zero(gpu_of(ctx), dst, bytes));
 }
 
 static int table_sync(void *ctx)
 {
-    keep(ctx, cuda_kernels_sync());
+    keep(ctx, cuda_kernels_sync(gpu_of(ctx)));
     return failed(ctx) ? -1 : 0;
 }
 
 static const char *table_error(void *ctx)
 {
-    return ((Sticky *)ctx)->message;
+    return ((Table *)ctx)->message;
 }
 
 /* One entry per operation of kernel_list.h: it queues the cuda_ function of
  * the same name and keeps its first failure; those that return a double
  * give NAN after one. */
-#define TABLE_CALL_void(name, args) keep(ctx, cuda_##name(KERNEL_UNPAREN args));
+#define TABLE_CALL_void(name, args) keep(ctx, cuda_##name(gpu_of(ctx), KERNEL_UNPAREN args));
 #define TABLE_CALL_double(name, args)                                                         \
     double result = NAN;                                                                      \
-    keep(ctx, cuda_##name(KERNEL_UNPAREN args, &result));                                     \
+    keep(ctx, cuda_##name(gpu_of(ctx), KERNEL_UNPAREN args, &result));                        \
     return failed(ctx) ? NAN : result;
 #define TABLE_ENTRY(ret, name, params, args)                                                  \
     static ret table_##name(void *ctx, KERNEL_UNPAREN params)                                 \
@@ -108,8 +113,7 @@ KERNEL_OPTIM(TABLE_ENTRY)
 
 static void *table_host_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
-    return cuda_host_alloc_pinned(bytes);
+    return cuda_host_alloc_pinned(gpu_of(ctx), bytes);
 }
 
 static void table_host_free(void *ctx, void *host_buffer)
@@ -120,30 +124,30 @@ static void table_host_free(void *ctx, void *host_buffer)
 
 static void table_snapshot_copy(void *ctx, void *host_dst, const void *src, size_t bytes)
 {
-    keep(ctx, cuda_snapshot_copy_async(host_dst, src, bytes));
+    keep(ctx, cuda_snapshot_copy_async(gpu_of(ctx), host_dst, src, bytes));
 }
 
 static int table_snapshot_wait(void *ctx, char *err, size_t err_len)
 {
-    (void)ctx;
-    if (cuda_snapshot_wait() == 0)
+    char why[512];
+    if (cuda_snapshot_wait(gpu_of(ctx), why, sizeof(why)) == 0)
         return 0;
-    snprintf(err, err_len, "copying the snapshot from the GPU: %s", cuda_error());
+    snprintf(err, err_len, "copying the snapshot from the GPU: %s", why);
     return -1;
 }
 
 static void table_compute_after_snapshot(void *ctx)
 {
-    keep(ctx, cuda_compute_after_snapshot());
+    keep(ctx, cuda_compute_after_snapshot(gpu_of(ctx)));
 }
 
 #define TABLE_MEMBER(ret, name, params, args) .name = table_##name,
 
-static const Device cuda_device = {
+/* The table every open copies; its ctx is set to the copy's Table. */
+static const Device cuda_table = {
     .name = "cuda",
     .host_memory = false,
     .staged = true,
-    .ctx = &sticky_state,
     .alloc = table_alloc,
     .sync = table_sync,
     .error = table_error,
@@ -170,13 +174,13 @@ static int local_rank(const char **source)
 const Device *cuda_device_open(bool tf32, char *err, size_t err_len)
 {
     const char *source;
-    int local = local_rank(&source), count = cuda_device_count();
     char detail[512];
+    int local = local_rank(&source), count = cuda_device_count(detail, sizeof(detail));
     if (count == 0) {
         snprintf(err, err_len,
                  "--device cuda: no CUDA device is usable here (%s); run on a machine with an "
                  "NVIDIA GPU and its driver, or use --device cpu",
-                 cuda_error());
+                 detail);
         return NULL;
     }
     if (local >= count) {
@@ -187,33 +191,43 @@ const Device *cuda_device_open(bool tf32, char *err, size_t err_len)
                  local, source, count, count, count);
         return NULL;
     }
-    if (cuda_kernels_init(local, detail, sizeof(detail))) {
+    Table *table = calloc(1, sizeof(*table));
+    if (!table) {
+        snprintf(err, err_len, "--device cuda: out of host memory");
+        return NULL;
+    }
+    table->gpu = cuda_kernels_init(local, detail, sizeof(detail));
+    if (!table->gpu) {
         snprintf(err, err_len, "--device cuda: GPU %d: %s", local, detail);
+        free(table);
         return NULL;
     }
-    if (cuda_set_tf32(tf32)) {
-        snprintf(err, err_len, "--device cuda: GPU %d: %s", local, cuda_error());
-        cuda_kernels_shutdown();
+    if (cuda_set_tf32(table->gpu, tf32)) {
+        snprintf(err, err_len, "--device cuda: GPU %d: %s", local, cuda_error(table->gpu));
+        cuda_kernels_shutdown(table->gpu);
+        free(table);
         return NULL;
     }
-    sticky_state.failed = false;
-    sticky_state.message[0] = '\0';
-    return &cuda_device;
+    table->device = cuda_table;
+    table->device.ctx = table;
+    return &table->device;
 }
 
-const Device *cuda_device_bf16(void)
+const Device *cuda_device_bf16(const Device *fp32)
 {
-    cuda_set_bf16(true);
-    return &cuda_device;
+    cuda_set_bf16(gpu_of(fp32->ctx), true);
+    return fp32;
 }
 
-void cuda_device_close(void)
+void cuda_device_close(const Device *device)
 {
+    Table *table = device->ctx;
     long calls = 0;
-    if (cuda_gemm_timing()) {
-        double seconds = cuda_gemm_seconds(&calls);
+    if (cuda_gemm_timing(table->gpu)) {
+        double seconds = cuda_gemm_seconds(table->gpu, &calls);
         fprintf(stderr, "cuda: cuBLAS time %.3f s in %ld calls (PHALANX_CUDA_GEMM_TIMING)\n",
                 seconds, calls);
     }
-    cuda_kernels_shutdown();
+    cuda_kernels_shutdown(table->gpu);
+    free(table);
 }

@@ -27,10 +27,11 @@
 #define EXIT_SKIP 77
 
 static int checks, failures;
+static CudaContext *gpu; /* made by main, for every check */
 
 static void die(const char *what)
 {
-    fprintf(stderr, "gpu_check: %s: %s\n", what, cuda_error());
+    fprintf(stderr, "gpu_check: %s: %s\n", what, cuda_error(gpu));
     exit(1);
 }
 
@@ -66,7 +67,7 @@ static void *keep(void *ptr, bool device)
 
 static void release_buffers(void)
 {
-    CHECK(cuda_kernels_sync());
+    CHECK(cuda_kernels_sync(gpu));
     for (int i = 0; i < buffer_count; i++) {
         if (buffers[i].device)
             cuda_free(buffers[i].ptr);
@@ -111,8 +112,8 @@ static int *random_ints(size_t n, int bound)
 
 static void *to_device(const void *host, size_t bytes)
 {
-    void *d = keep(cuda_alloc(bytes), true);
-    CHECK(cuda_memcpy_h2d(d, host, bytes));
+    void *d = keep(cuda_alloc(gpu, bytes), true);
+    CHECK(cuda_memcpy_h2d(gpu, d, host, bytes));
     return d;
 }
 
@@ -143,7 +144,7 @@ static void report(const char *what, bool ok, double error)
 static void expect_close(const char *what, const float *device, const float *expected, size_t n)
 {
     float *got = host_floats(n);
-    CHECK(cuda_memcpy_d2h(got, device, n * sizeof(float)));
+    CHECK(cuda_memcpy_d2h(gpu, got, device, n * sizeof(float)));
     double max_diff = 0.0, max_ref = 0.0;
     bool finite = true;
     for (size_t i = 0; i < n; i++) {
@@ -184,7 +185,7 @@ static void check_encoder(int B, int T, int C, int V, int pos_offset)
     encoder_forward(out, tokens, wte, wpe, B, T, C, pos_offset);
     int *d_tokens = to_device(tokens, N * sizeof(int));
     float *d_out = device_poison(N * C);
-    CHECK(cuda_encoder_forward(d_out, d_tokens, device_floats(wte, (size_t)V * C),
+    CHECK(cuda_encoder_forward(gpu, d_out, d_tokens, device_floats(wte, (size_t)V * C),
                                device_floats(wpe, P * C), B, T, C, pos_offset));
     expect_close(label("encoder_forward B%d T%d C%d", B, T, C), d_out, out, N * C);
 
@@ -192,7 +193,7 @@ static void check_encoder(int B, int T, int C, int V, int pos_offset)
     float *dwte = random_floats((size_t)V * C, 1.0f), *dwpe = random_floats(P * C, 1.0f);
     float *d_dwte = device_floats(dwte, (size_t)V * C), *d_dwpe = device_floats(dwpe, P * C);
     encoder_backward(dwte, dwpe, dout, tokens, B, T, C, pos_offset);
-    CHECK(cuda_encoder_backward(d_dwte, d_dwpe, device_floats(dout, N * C), d_tokens, B, T, C,
+    CHECK(cuda_encoder_backward(gpu, d_dwte, d_dwpe, device_floats(dout, N * C), d_tokens, B, T, C,
                                 pos_offset));
     expect_close(label("encoder_backward dwte V%d", V), d_dwte, dwte, (size_t)V * C);
     expect_close(label("encoder_backward dwpe pos_offset %d", pos_offset), d_dwpe, dwpe, P * C);
@@ -207,7 +208,8 @@ static void check_layernorm(size_t N, int C)
     layernorm_forward(out, mean, rstd, inp, w, b, N, C);
     float *d_inp = device_floats(inp, N * C), *d_w = device_floats(w, C);
     float *d_out = device_poison(N * C), *d_mean = device_poison(N), *d_rstd = device_poison(N);
-    CHECK(cuda_layernorm_forward(d_out, d_mean, d_rstd, d_inp, d_w, device_floats(b, C), N, C));
+    CHECK(
+        cuda_layernorm_forward(gpu, d_out, d_mean, d_rstd, d_inp, d_w, device_floats(b, C), N, C));
     expect_close(label("layernorm_forward out N%zu C%d", N, C), d_out, out, N * C);
     expect_close(label("layernorm_forward mean N%zu C%d", N, C), d_mean, mean, N);
     expect_close(label("layernorm_forward rstd N%zu C%d", N, C), d_rstd, rstd, N);
@@ -217,7 +219,7 @@ static void check_layernorm(size_t N, int C)
     float *d_dw = device_floats(dw, C), *d_db = device_floats(db, C);
     float *d_dinp = device_poison(N * C);
     layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
-    CHECK(cuda_layernorm_backward(d_dinp, d_dw, d_db, device_floats(dout, N * C), d_inp, d_w,
+    CHECK(cuda_layernorm_backward(gpu, d_dinp, d_dw, d_db, device_floats(dout, N * C), d_inp, d_w,
                                   d_mean, d_rstd, N, C));
     expect_close(label("layernorm_backward dinp N%zu C%d", N, C), d_dinp, dinp, N * C);
     expect_close(label("layernorm_backward dweight N%zu C%d", N, C), d_dw, dw, C);
@@ -234,7 +236,8 @@ static void check_matmul(size_t N, int IC, int OC, bool with_optional)
     matmul_forward(out, inp, w, bias, N, IC, OC);
     float *d_inp = device_floats(inp, N * IC), *d_w = device_floats(w, (size_t)OC * IC);
     float *d_out = device_poison(N * OC);
-    CHECK(cuda_matmul_forward(d_out, d_inp, d_w, bias ? device_floats(bias, OC) : NULL, N, IC, OC));
+    CHECK(cuda_matmul_forward(gpu, d_out, d_inp, d_w, bias ? device_floats(bias, OC) : NULL, N, IC,
+                              OC));
     expect_close(label("matmul_forward %zux%d->%d%s", N, IC, OC, bias ? " +bias" : ""), d_out, out,
                  N * OC);
 
@@ -245,8 +248,8 @@ static void check_matmul(size_t N, int IC, int OC, bool with_optional)
     float *d_dinp = dinp ? device_poison(N * IC) : NULL;
     float *d_dbias = dbias ? device_floats(dbias, OC) : NULL;
     matmul_backward(dinp, dw, dbias, dout, inp, w, N, IC, OC);
-    CHECK(cuda_matmul_backward(d_dinp, d_dw, d_dbias, device_floats(dout, N * OC), d_inp, d_w, N,
-                               IC, OC));
+    CHECK(cuda_matmul_backward(gpu, d_dinp, d_dw, d_dbias, device_floats(dout, N * OC), d_inp, d_w,
+                               N, IC, OC));
     if (dinp)
         expect_close(label("matmul_backward dinp %zux%d->%d", N, IC, OC), d_dinp, dinp, N * IC);
     expect_close(label("matmul_backward dweight %zux%d->%d", N, IC, OC), d_dw, dw, (size_t)OC * IC);
@@ -262,7 +265,7 @@ static void check_attention(int B, int T, int C, int NH)
     attention_forward(out, att, qkv, B, T, C, NH);
     float *d_qkv = device_floats(qkv, qkv_n), *d_out = device_poison(out_n);
     float *d_att = device_poison(att_n);
-    CHECK(cuda_attention_forward(d_out, d_att, d_qkv, B, T, C, NH));
+    CHECK(cuda_attention_forward(gpu, d_out, d_att, d_qkv, B, T, C, NH));
     expect_close(label("attention_forward out B%d T%d C%d NH%d", B, T, C, NH), d_out, out, out_n);
     expect_close(label("attention_forward att B%d T%d C%d NH%d", B, T, C, NH), d_att, att, att_n);
 
@@ -270,8 +273,8 @@ static void check_attention(int B, int T, int C, int NH)
     float *datt = host_floats(att_n);
     float *d_dqkv = device_poison(qkv_n);
     attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH);
-    CHECK(cuda_attention_backward(d_dqkv, device_poison(att_n), device_floats(dout, out_n), d_qkv,
-                                  d_att, B, T, C, NH));
+    CHECK(cuda_attention_backward(gpu, d_dqkv, device_poison(att_n), device_floats(dout, out_n),
+                                  d_qkv, d_att, B, T, C, NH));
     expect_close(label("attention_backward dqkv B%d T%d C%d NH%d", B, T, C, NH), d_dqkv, dqkv,
                  qkv_n);
     release_buffers();
@@ -282,16 +285,16 @@ static void check_elementwise(size_t n)
     float *x = random_floats(n, 4.0f), *y = random_floats(n, 1.0f), *out = host_floats(n);
     float *d_x = device_floats(x, n), *d_y = device_floats(y, n), *d_out = device_poison(n);
     gelu_forward(out, x, n);
-    CHECK(cuda_gelu_forward(d_out, d_x, n));
+    CHECK(cuda_gelu_forward(gpu, d_out, d_x, n));
     expect_close(label("gelu_forward n%zu", n), d_out, out, n);
     gelu_backward(out, x, y, n);
-    CHECK(cuda_gelu_backward(d_out, d_x, d_y, n));
+    CHECK(cuda_gelu_backward(gpu, d_out, d_x, d_y, n));
     expect_close(label("gelu_backward n%zu", n), d_out, out, n);
     residual_forward(out, x, y, n);
-    CHECK(cuda_residual_forward(d_out, d_x, d_y, n));
+    CHECK(cuda_residual_forward(gpu, d_out, d_x, d_y, n));
     expect_close(label("residual_forward n%zu", n), d_out, out, n);
     accumulate(x, y, n);
-    CHECK(cuda_accumulate(d_x, d_y, n));
+    CHECK(cuda_accumulate(gpu, d_x, d_y, n));
     expect_close(label("accumulate n%zu", n), d_x, x, n);
     release_buffers();
 }
@@ -307,18 +310,18 @@ static void check_crossentropy(size_t N, int V)
     float *d_logits = device_floats(logits, n), *d_probs = device_poison(n);
     float *d_losses = device_poison(N);
     int *d_targets = to_device(targets, N * sizeof(int));
-    CHECK(cuda_crossentropy_forward(d_probs, d_losses, d_logits, d_targets, N, V, &d_sum));
+    CHECK(cuda_crossentropy_forward(gpu, d_probs, d_losses, d_logits, d_targets, N, V, &d_sum));
     expect_close(label("crossentropy_forward probs N%zu V%d", N, V), d_probs, probs, n);
     expect_close(label("crossentropy_forward losses N%zu V%d", N, V), d_losses, losses, N);
     expect_close_double(label("crossentropy_forward loss sum N%zu V%d", N, V), d_sum, sum);
-    CHECK(cuda_crossentropy_forward(d_logits, d_losses, d_logits, d_targets, N, V, &d_sum));
+    CHECK(cuda_crossentropy_forward(gpu, d_logits, d_losses, d_logits, d_targets, N, V, &d_sum));
     expect_close(label("crossentropy_forward in place N%zu V%d", N, V), d_logits, probs, n);
 
     float dloss = 1.0f / (float)N, *dlogits = host_floats(n), *d_dlogits = device_poison(n);
     crossentropy_backward(dlogits, probs, targets, dloss, N, V);
-    CHECK(cuda_crossentropy_backward(d_dlogits, d_probs, d_targets, dloss, N, V));
+    CHECK(cuda_crossentropy_backward(gpu, d_dlogits, d_probs, d_targets, dloss, N, V));
     expect_close(label("crossentropy_backward N%zu V%d", N, V), d_dlogits, dlogits, n);
-    CHECK(cuda_crossentropy_backward(d_probs, d_probs, d_targets, dloss, N, V));
+    CHECK(cuda_crossentropy_backward(gpu, d_probs, d_probs, d_targets, dloss, N, V));
     expect_close(label("crossentropy_backward in place N%zu V%d", N, V), d_probs, dlogits, n);
     release_buffers();
 }
@@ -359,21 +362,21 @@ static void check_optimizer(OptimKind kind, float lr)
     memset(v, 0, total * sizeof(float));
     float *d_param = device_floats(param, total), *d_grad = device_floats(grad, total);
     float *d_m = device_floats(m, total), *d_v = device_floats(v, total);
-    OptimTensor cpu[TENSORS], gpu[TENSORS];
+    OptimTensor cpu[TENSORS], on_gpu[TENSORS];
     make_views(cpu, param, grad, m, v);
-    make_views(gpu, d_param, d_grad, d_m, d_v);
+    make_views(on_gpu, d_param, d_grad, d_m, d_v);
     double worst_sumsq = 0.0;
     for (long step = 1; step <= STEPS; step++) {
         for (size_t i = 0; i < total; i++)
             grad[i] = 0.1f * ((float)next_random() / 2147483648.0f - 1.0f);
-        CHECK(cuda_memcpy_h2d(d_grad, grad, total * sizeof(float)));
+        CHECK(cuda_memcpy_h2d(gpu, d_grad, grad, total * sizeof(float)));
         double sumsq = optim_grad_sumsq(cpu, TENSORS), d_sumsq = 0.0;
-        CHECK(cuda_optim_grad_sumsq(gpu, TENSORS, &d_sumsq));
+        CHECK(cuda_optim_grad_sumsq(gpu, on_gpu, TENSORS, &d_sumsq));
         worst_sumsq = fmax(worst_sumsq, fabs(d_sumsq - sumsq) / sumsq);
         /* A clip that bites: both sides then scale the gradients. */
         float scale = optim_clip_scale(sqrt(sumsq), 1.0f);
         optim_step(&cfg, cpu, TENSORS, lr, step, scale);
-        CHECK(cuda_optim_step(&cfg, gpu, TENSORS, lr, step, scale));
+        CHECK(cuda_optim_step(gpu, &cfg, on_gpu, TENSORS, lr, step, scale));
     }
     const char *name = optim_kind_name(kind);
     report(label("%s: grad sum of squares, %d steps", name, STEPS), worst_sumsq <= TOLERANCE,
@@ -396,13 +399,17 @@ static void check_snapshot(size_t n)
 {
     float *x = random_floats(n, 1.0f);
     float *d_x = device_floats(x, n);
-    float *pinned = cuda_host_alloc_pinned(n * sizeof(float));
+    float *pinned = cuda_host_alloc_pinned(gpu, n * sizeof(float));
     if (!pinned)
         die("cuda_host_alloc_pinned");
-    CHECK(cuda_snapshot_copy_async(pinned, d_x, n * sizeof(float)));
-    CHECK(cuda_compute_after_snapshot());
-    CHECK(cuda_memset_zero(d_x, n * sizeof(float)));
-    CHECK(cuda_snapshot_wait());
+    CHECK(cuda_snapshot_copy_async(gpu, pinned, d_x, n * sizeof(float)));
+    CHECK(cuda_compute_after_snapshot(gpu));
+    CHECK(cuda_memset_zero(gpu, d_x, n * sizeof(float)));
+    char why[512];
+    if (cuda_snapshot_wait(gpu, why, sizeof(why))) {
+        fprintf(stderr, "gpu_check: cuda_snapshot_wait: %s\n", why);
+        exit(1);
+    }
     bool same = memcmp(pinned, x, n * sizeof(float)) == 0;
     cuda_host_free_pinned(pinned);
     float *zero = host_floats(n);
@@ -422,24 +429,25 @@ static void check_copies(size_t rows, size_t width, size_t src_pitch, size_t dst
     float *d_dst = device_floats(expected, rows * dst_pitch);
     for (size_t r = 0; r < rows; r++)
         memcpy(expected + r * dst_pitch, src + r * src_pitch, width * sizeof(float));
-    CHECK(cuda_copy_rows(d_dst, dst_pitch, d_src, src_pitch, width, rows));
+    CHECK(cuda_copy_rows(gpu, d_dst, dst_pitch, d_src, src_pitch, width, rows));
     expect_close(label("copy_rows %zu x %zu (pitch %zu -> %zu)", rows, width, src_pitch,
                        dst_pitch),
                  d_dst, expected, rows * dst_pitch);
     float *d_copy = device_poison(rows * src_pitch);
-    CHECK(cuda_memcpy_d2d(d_copy, d_src, rows * src_pitch * sizeof(float)));
+    CHECK(cuda_memcpy_d2d(gpu, d_copy, d_src, rows * src_pitch * sizeof(float)));
     expect_close("memcpy_d2d", d_copy, src, rows * src_pitch);
     release_buffers();
 }
 
 int main(void)
 {
-    if (cuda_device_count() == 0) {
-        printf("no CUDA device: %s\n", cuda_error());
+    char err[512];
+    if (cuda_device_count(err, sizeof(err)) == 0) {
+        printf("no CUDA device: %s\n", err);
         return EXIT_SKIP;
     }
-    char err[512];
-    if (cuda_kernels_init(0, err, sizeof(err))) {
+    gpu = cuda_kernels_init(0, err, sizeof(err));
+    if (!gpu) {
         fprintf(stderr, "gpu_check: %s\n", err);
         return 1;
     }
@@ -460,7 +468,7 @@ int main(void)
     check_snapshot(1 << 24); /* long enough for an unordered memset to overtake the copy */
     check_copies(70, 16, 48, 16);
     check_copies(13, 33, 33, 100);
-    cuda_kernels_shutdown();
+    cuda_kernels_shutdown(gpu);
     printf("%d of %d checks passed (TF32 off, tolerance %.0e)\n", checks - failures, checks,
            TOLERANCE);
     return failures ? 1 : 0;

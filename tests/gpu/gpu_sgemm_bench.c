@@ -21,6 +21,8 @@ typedef struct {
     int in, out;
 } Shape;
 
+static CudaContext *gpu; /* made by main */
+
 static const Shape shapes[] = {
     {"qkv", 768, 3 * 768},      {"attn proj", 768, 768}, {"fc", 768, 4 * 768},
     {"fc proj", 4 * 768, 768}, {"lm head", 768, 50304},
@@ -36,19 +38,19 @@ static double now(void)
 
 static void die(const char *what)
 {
-    fprintf(stderr, "gpu_sgemm_bench: %s: %s\n", what, cuda_error());
+    fprintf(stderr, "gpu_sgemm_bench: %s: %s\n", what, cuda_error(gpu));
     exit(1);
 }
 
 /* Device memory of n floats, filled with small values (never NaN or denormal). */
 static float *device_values(size_t n)
 {
-    float *host = malloc(n * sizeof(float)), *device = cuda_alloc(n * sizeof(float));
+    float *host = malloc(n * sizeof(float)), *device = cuda_alloc(gpu, n * sizeof(float));
     if (!host || !device)
         die("allocating");
     for (size_t i = 0; i < n; i++)
         host[i] = (float)(i % 17) / 17.0f - 0.5f;
-    if (cuda_memcpy_h2d(device, host, n * sizeof(float)))
+    if (cuda_memcpy_h2d(gpu, device, host, n * sizeof(float)))
         die("cuda_memcpy_h2d");
     free(host);
     return device;
@@ -60,15 +62,15 @@ static void run(const char *mode, float *inp, float *weight, float *out)
     for (int k = 0; k < SHAPES; k++) {
         const Shape *s = &shapes[k];
         for (int i = 0; i < WARMUP; i++)
-            if (cuda_matmul_forward(out, inp, weight, NULL, ROWS, s->in, s->out))
+            if (cuda_matmul_forward(gpu, out, inp, weight, NULL, ROWS, s->in, s->out))
                 die(s->name);
-        if (cuda_kernels_sync())
+        if (cuda_kernels_sync(gpu))
             die("warm-up");
         double start = now();
         for (int i = 0; i < ITERATIONS; i++)
-            if (cuda_matmul_forward(out, inp, weight, NULL, ROWS, s->in, s->out))
+            if (cuda_matmul_forward(gpu, out, inp, weight, NULL, ROWS, s->in, s->out))
                 die(s->name);
-        if (cuda_kernels_sync())
+        if (cuda_kernels_sync(gpu))
             die(s->name);
         double seconds = (now() - start) / ITERATIONS;
         double flops = 2.0 * ROWS * s->in * s->out;
@@ -83,12 +85,13 @@ static void run(const char *mode, float *inp, float *weight, float *out)
 
 int main(void)
 {
-    if (cuda_device_count() == 0) {
-        printf("no CUDA device: %s\n", cuda_error());
+    char err[512];
+    if (cuda_device_count(err, sizeof(err)) == 0) {
+        printf("no CUDA device: %s\n", err);
         return 77;
     }
-    char err[512];
-    if (cuda_kernels_init(0, err, sizeof(err))) {
+    gpu = cuda_kernels_init(0, err, sizeof(err));
+    if (!gpu) {
         fprintf(stderr, "gpu_sgemm_bench: %s\n", err);
         return 1;
     }
@@ -102,12 +105,12 @@ int main(void)
     float *inp = device_values(inp_n), *weight = device_values(weight_n);
     float *out = device_values(out_n);
     run("fp32", inp, weight, out);
-    if (cuda_set_tf32(true))
+    if (cuda_set_tf32(gpu, true))
         die("cuda_set_tf32");
     run("tf32", inp, weight, out);
     cuda_free(inp);
     cuda_free(weight);
     cuda_free(out);
-    cuda_kernels_shutdown();
+    cuda_kernels_shutdown(gpu);
     return 0;
 }

@@ -18,6 +18,7 @@
 
 static Comm *world, *nccl;
 static int rank, size, failures;
+static CudaContext *gpu; /* made by main */
 
 static void die(const char *what, const char *why)
 {
@@ -27,23 +28,23 @@ static void die(const char *what, const char *why)
 
 static float *device_alloc(size_t n)
 {
-    float *d = cuda_alloc(n * sizeof(float));
+    float *d = cuda_alloc(gpu, n * sizeof(float));
     if (!d)
-        die("cuda_alloc", cuda_error());
+        die("cuda_alloc", cuda_error(gpu));
     return d;
 }
 
 static void upload(float *device, const float *host, size_t n)
 {
-    if (cuda_memcpy_h2d(device, host, n * sizeof(float)))
-        die("cuda_memcpy_h2d", cuda_error());
+    if (cuda_memcpy_h2d(gpu, device, host, n * sizeof(float)))
+        die("cuda_memcpy_h2d", cuda_error(gpu));
 }
 
 static float *download(const float *device, size_t n)
 {
     float *host = malloc(n * sizeof(float));
-    if (!host || cuda_memcpy_d2h(host, device, n * sizeof(float)))
-        die("cuda_memcpy_d2h", cuda_error());
+    if (!host || cuda_memcpy_d2h(gpu, host, device, n * sizeof(float)))
+        die("cuda_memcpy_d2h", cuda_error(gpu));
     return host;
 }
 
@@ -247,14 +248,15 @@ int main(int argc, char **argv)
         die("starting the world", err);
     rank = comm_rank(world);
     size = comm_size(world);
-    int devices = cuda_device_count();
+    int devices = cuda_device_count(err, sizeof(err));
     if (devices == 0) {
         if (rank == 0)
-            printf("no CUDA device: %s\n", cuda_error());
+            printf("no CUDA device: %s\n", err);
         comm_world_finalize(world);
         return 77;
     }
-    if (cuda_kernels_init(rank % devices, err, sizeof(err)))
+    gpu = cuda_kernels_init(rank % devices, err, sizeof(err));
+    if (!gpu)
         die("cuda_kernels_init", err);
     nccl = comm_nccl_from_mpi(world, err, sizeof(err));
     if (!nccl)
@@ -264,7 +266,7 @@ int main(int argc, char **argv)
     check_nonblocking_allreduce();
     check_split();
     comm_free(nccl);
-    cuda_kernels_shutdown();
+    cuda_kernels_shutdown(gpu);
     comm_world_finalize(world);
     return failures ? 1 : 0;
 }
