@@ -4,6 +4,7 @@
 #include "rng.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,65 +43,36 @@ int gpt_padded_vocab(const GPTConfig *c)
     return c->vocab > 256 ? (c->vocab + 127) / 128 * 128 : c->vocab;
 }
 
-/* Calls `add` for every tensor a stage holds, in storage order. */
-typedef void (*TensorVisitor)(void *ctx, const char *name, int rows, int cols, bool excluded);
-
-static void visit_layer(int l, int C, TensorVisitor add, void *ctx)
-{
-    static const struct {
-        const char *suffix;
-        int rows, cols; /* in units of C; cols 0 means a vector */
-        bool excluded;
-    } layout[] = {
-        {"ln1.weight", 1, 0, true},      {"ln1.bias", 1, 0, true},
-        {"attn.qkv.weight", 3, 1, false}, {"attn.qkv.bias", 3, 0, true},
-        {"attn.proj.weight", 1, 1, false}, {"attn.proj.bias", 1, 0, true},
-        {"ln2.weight", 1, 0, true},      {"ln2.bias", 1, 0, true},
-        {"mlp.fc.weight", 4, 1, false},  {"mlp.fc.bias", 4, 0, true},
-        {"mlp.proj.weight", 1, 4, false}, {"mlp.proj.bias", 1, 0, true},
-    };
-    char name[48];
-    for (size_t i = 0; i < sizeof(layout) / sizeof(layout[0]); i++) {
-        snprintf(name, sizeof(name), "h.%d.%s", l, layout[i].suffix);
-        add(ctx, name, layout[i].rows * C, layout[i].cols * C, layout[i].excluded);
-    }
-}
-
-static void visit_tensors(const GPTConfig *c, int begin, int end, bool embedding, bool head,
-                          TensorVisitor add, void *ctx)
-{
-    if (embedding || head)
-        add(ctx, "wte", gpt_padded_vocab(c), c->dim, false);
-    if (embedding)
-        add(ctx, "wpe", c->seq_len, c->dim, false);
-    for (int l = begin; l < end; l++)
-        visit_layer(l, c->dim, add, ctx);
-    if (head) {
-        add(ctx, "lnf.weight", c->dim, 0, true);
-        add(ctx, "lnf.bias", c->dim, 0, true);
-    }
-}
-
-static void count_tensor(void *ctx, const char *name, int rows, int cols, bool excluded)
-{
-    (void)name;
-    (void)excluded;
-    *(size_t *)ctx += (size_t)rows * (cols ? cols : 1);
-}
-
-size_t gpt_config_param_count(const GPTConfig *c)
-{
-    size_t count = 0;
-    visit_tensors(c, 0, c->layers, true, true, count_tensor, &count);
-    return count;
-}
-
 // ----------------------------------------------------------------------------
 // parameters
 
-static void append_tensor(void *ctx, const char *name, int rows, int cols, bool excluded)
+/* The tensors of a layer, in storage order: each one's name after "h.<l>.",
+ * its shape in units of C (cols 0: a vector) and the LayerWeights slot that
+ * points at it. */
+static const struct {
+    const char *suffix;
+    int rows, cols;
+    size_t slot; /* offsetof(LayerWeights, ...) */
+} layer_tensors[] = {
+    {"ln1.weight", 1, 0, offsetof(LayerWeights, ln1w)},
+    {"ln1.bias", 1, 0, offsetof(LayerWeights, ln1b)},
+    {"attn.qkv.weight", 3, 1, offsetof(LayerWeights, qkvw)},
+    {"attn.qkv.bias", 3, 0, offsetof(LayerWeights, qkvb)},
+    {"attn.proj.weight", 1, 1, offsetof(LayerWeights, attprojw)},
+    {"attn.proj.bias", 1, 0, offsetof(LayerWeights, attprojb)},
+    {"ln2.weight", 1, 0, offsetof(LayerWeights, ln2w)},
+    {"ln2.bias", 1, 0, offsetof(LayerWeights, ln2b)},
+    {"mlp.fc.weight", 4, 1, offsetof(LayerWeights, fcw)},
+    {"mlp.fc.bias", 4, 0, offsetof(LayerWeights, fcb)},
+    {"mlp.proj.weight", 1, 4, offsetof(LayerWeights, fcprojw)},
+    {"mlp.proj.bias", 1, 0, offsetof(LayerWeights, fcprojb)},
+};
+#define LAYER_TENSORS (int)(sizeof(layer_tensors) / sizeof(layer_tensors[0]))
+
+/* Biases and LayerNorm parameters are excluded from weight decay and layer
+ * adaptation: the optimizer's rule by name (optim.h). */
+static void append_tensor(GPT *gpt, const char *name, int rows, int cols)
 {
-    GPT *gpt = ctx;
     ParamTensor *t = &gpt->tensors[gpt->tensor_count++];
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->ndim = cols ? 2 : 1;
@@ -108,8 +80,40 @@ static void append_tensor(void *ctx, const char *name, int rows, int cols, bool 
     t->shape[1] = cols;
     t->numel = (size_t)rows * (cols ? cols : 1);
     t->offset = gpt->param_count;
-    t->excluded = excluded;
+    t->excluded = optim_name_is_excluded(name);
     gpt->param_count += t->numel;
+}
+
+/* Every tensor the stage holds, in storage order. */
+static void append_tensors(GPT *gpt)
+{
+    const GPTConfig *c = &gpt->config;
+    int C = c->dim;
+    char name[48];
+    if (gpt->has_embedding || gpt->has_head)
+        append_tensor(gpt, "wte", gpt_padded_vocab(c), C);
+    if (gpt->has_embedding)
+        append_tensor(gpt, "wpe", c->seq_len, C);
+    for (int l = gpt->layer_begin; l < gpt->layer_end; l++)
+        for (int i = 0; i < LAYER_TENSORS; i++) {
+            snprintf(name, sizeof(name), "h.%d.%s", l, layer_tensors[i].suffix);
+            append_tensor(gpt, name, layer_tensors[i].rows * C, layer_tensors[i].cols * C);
+        }
+    if (gpt->has_head) {
+        append_tensor(gpt, "lnf.weight", C, 0);
+        append_tensor(gpt, "lnf.bias", C, 0);
+    }
+}
+
+const ParamTensor *gpt_layer_tensors(const GPT *gpt, int layer)
+{
+    int before = (gpt->has_embedding || gpt->has_head) + gpt->has_embedding;
+    return &gpt->tensors[before + (layer - gpt->layer_begin) * LAYER_TENSORS];
+}
+
+const ParamTensor *gpt_head_tensors(const GPT *gpt)
+{
+    return &gpt->tensors[gpt->tensor_count - 2];
 }
 
 static float *view(const GPT *gpt, float *base, const char *name)
@@ -124,17 +128,11 @@ static void point_weights(const GPT *gpt, Weights *w, float *base)
     w->wpe = view(gpt, base, "wpe");
     w->lnfw = view(gpt, base, "lnf.weight");
     w->lnfb = view(gpt, base, "lnf.bias");
-    char name[48];
     for (int l = gpt->layer_begin; l < gpt->layer_end; l++) {
-        LayerWeights *lw = &w->layers[l - gpt->layer_begin];
-        float **slots[] = {&lw->ln1w, &lw->ln1b, &lw->qkvw, &lw->qkvb,
-                           &lw->attprojw, &lw->attprojb, &lw->ln2w, &lw->ln2b,
-                           &lw->fcw, &lw->fcb, &lw->fcprojw, &lw->fcprojb};
-        // the tensors of a layer are stored consecutively in visit_layer's order
-        snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
-        const ParamTensor *first = gpt_find_tensor(gpt, name);
-        for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++)
-            *slots[i] = base + first[i].offset;
+        char *lw = (char *)&w->layers[l - gpt->layer_begin];
+        const ParamTensor *first = gpt_layer_tensors(gpt, l);
+        for (int i = 0; i < LAYER_TENSORS; i++)
+            *(float **)(lw + layer_tensors[i].slot) = base + first[i].offset;
     }
 }
 
@@ -170,14 +168,14 @@ int gpt_init(GPT *gpt, const Device *dev, const GPTConfig *config, int layer_beg
     gpt->sp.size = 1;
     gpt->has_embedding = has_embedding;
     gpt->has_head = has_head;
-    int max_tensors = 5 + 12 * (layer_end - layer_begin);
+    int max_tensors = 5 + LAYER_TENSORS * (layer_end - layer_begin);
     int layers = layer_end - layer_begin;
     gpt->tensors = calloc((size_t)max_tensors, sizeof(ParamTensor));
     gpt->w.layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerWeights));
     gpt->g.layers = calloc((size_t)(layers > 0 ? layers : 1), sizeof(LayerWeights));
     if (!gpt->tensors || !gpt->w.layers || !gpt->g.layers)
         return gpt_free(gpt), -1;
-    visit_tensors(config, layer_begin, layer_end, has_embedding, has_head, append_tensor, gpt);
+    append_tensors(gpt);
     gpt->params = device_alloc(dev, gpt->param_count * sizeof(float));
     gpt->grads = device_alloc(dev, gpt->param_count * sizeof(float));
     if (!gpt->params || !gpt->grads)

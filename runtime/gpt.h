@@ -51,9 +51,6 @@ int gpt_config_check(const GPTConfig *config, char *err, size_t err_len);
  * stay zero. */
 int gpt_padded_vocab(const GPTConfig *config);
 
-/* Parameter count of the whole model (all stages). */
-size_t gpt_config_param_count(const GPTConfig *config);
-
 typedef struct {
     char name[48];
     int ndim;
@@ -139,6 +136,11 @@ int gpt_enable_recompute(GPT *gpt, Recompute recompute, int B, int T);
 int gpt_init_params(GPT *gpt, uint64_t seed);
 void gpt_zero_grad(GPT *gpt);
 const ParamTensor *gpt_find_tensor(const GPT *gpt, const char *name);
+/* The first of the tensors of `layer` (held by this stage; its 12 tensors
+ * follow in storage order), and the first of the head's (lnf.weight, then
+ * lnf.bias; has_head only): found by position, without a name. */
+const ParamTensor *gpt_layer_tensors(const GPT *gpt, int layer);
+const ParamTensor *gpt_head_tensors(const GPT *gpt);
 /* Writes the tensor table as JSON: {"param_count": P, "tensors": [{"name",
  * "shape", "offset"}, ...]}, which names the floats of `params` or `grads`. */
 void gpt_write_manifest(const GPT *gpt, FILE *out);

@@ -132,13 +132,12 @@ static int forward(Pipeline *p, int index, LoadMicroBatch load, void *context, d
 // ----------------------------------------------------------------------------
 // backward
 
-/* Tells the gradient sync that everything from `name`'s offset on is final. */
-static int ready_from(Pipeline *p, GradSync *sync, const char *name)
+/* Tells the gradient sync that everything from tensor `t`'s offset on is final. */
+static int ready_from(Pipeline *p, GradSync *sync, const ParamTensor *t)
 {
     if (!sync)
         return 0;
-    const ParamTensor *t = gpt_find_tensor(p->gpt, name);
-    if (gradsync_ready_from(sync, t ? t->offset : 0) == 0)
+    if (gradsync_ready_from(sync, t->offset) == 0)
         return 0;
     snprintf(p->error, sizeof(p->error), "pipeline stage %d: %s", p->stage, sync->error);
     return -1;
@@ -148,7 +147,7 @@ static int backward_input_gradient(Pipeline *p, Activations *acts, float dloss, 
 {
     if (is_last(p)) {
         gpt_head_backward(p->gpt, acts, &p->scratch, dloss);
-        return ready_from(p, sync, "lnf.weight");
+        return ready_from(p, sync, gpt_head_tensors(p->gpt));
     }
     if (stage_device_ready(p)) /* the last backward may still use dresid */
         return -1;
@@ -162,7 +161,7 @@ static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sy
 {
     if (p->stage == 0) {
         gpt_embed_backward(p->gpt, acts, &p->scratch);
-        return ready_from(p, sync, "wte");
+        return ready_from(p, sync, &p->gpt->tensors[0]); /* wte */
     }
     if (wait_request(p, &p->pending_grad, "sending gradients"))
         return -1;
@@ -173,21 +172,19 @@ static int backward_output_gradient(Pipeline *p, Activations *acts, GradSync *sy
                                  p->stage - 1, TAG_GRADIENT);
     if (!p->pending_grad)
         return fail(p, "sending gradients");
-    return ready_from(p, sync, p->gpt->tensors[0].name);
+    return ready_from(p, sync, &p->gpt->tensors[0]);
 }
 
 /* `sync` is non-NULL only for the step's last micro-batch. */
 static int backward(Pipeline *p, int index, float dloss, GradSync *sync)
 {
     Activations *acts = &p->sets[index % p->set_count];
-    char name[48];
     if (backward_input_gradient(p, acts, dloss, sync))
         return -1;
     for (int l = p->gpt->layer_end - 1; l >= p->gpt->layer_begin; l--) {
         if (gpt_layer_backward(p->gpt, acts, &p->scratch, l))
             return layer_failed(p);
-        snprintf(name, sizeof(name), "h.%d.ln1.weight", l);
-        if (ready_from(p, sync, name))
+        if (ready_from(p, sync, gpt_layer_tensors(p->gpt, l)))
             return -1;
     }
     if (backward_output_gradient(p, acts, sync))
