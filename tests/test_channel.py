@@ -36,13 +36,20 @@ def corpus(tmp_path_factory):
 # ----------------------------------------------------------------------------
 # processes
 
-def parent_of(pid):
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (the state first), None when the
+    process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
     except OSError:
         return None
-    return int(text[text.rindex(")") + 2:].split()[1])
+    return text[text.rindex(")") + 2:].split()
+
+
+def parent_of(pid):
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def descendants(root):
@@ -62,12 +69,8 @@ def descendants(root):
 
 def alive(pid):
     """Running, not a zombie (an exited child that its parent has not reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def environ_of(pid):
