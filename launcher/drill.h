@@ -27,9 +27,9 @@ void drill_reap_fault_commands(Agent *agent);
 void drill_attribute_failure(Agent *agent, Attempt *a);
 
 /* Which tier a resumed checkpoint came from: "memory" (tier 1), "durable". */
-const char *report_resumed_tier(const Agent *agent, const char *path);
+const char *drill_report_resumed_tier(const Agent *agent, const char *path);
 /* Writes the report to options->report_path (nothing when NULL); a file that
  * cannot be written is said on stderr, and the run's status stays. */
-void report_write(const Agent *agent, int status);
+void drill_report_write(const Agent *agent, int status);
 
 #endif

@@ -382,7 +382,7 @@ static void on_job_event(void *context, const char *event, long step, double at)
         a->resumed_at = at;
         a->resumed_step = step;
         fprintf(stderr, "phalanx run: attempt %d resumed step %ld from the %s tier (%s)\n",
-                agent->attempt_count - 1, step, report_resumed_tier(agent, agent->job->resumed_path),
+                agent->attempt_count - 1, step, drill_report_resumed_tier(agent, agent->job->resumed_path),
                 agent->job->resumed_path);
     }
 }
@@ -532,59 +532,69 @@ static int next_world(Agent *agent, int *status)
 
 int elastic_run(JobConfig *config, const ElasticOptions *options)
 {
-    static Agent agent;
-    static Job job;
-    memset(&agent, 0, sizeof(agent));
-    agent.options = options;
-    agent.config = config;
-    agent.job = &job;
-    agent.train_argv = config->plan.train_argv;
-    agent.train_argc = config->plan.train_argc;
-    agent.nodes_alive = config->plan.ranks / options->ranks_per_node;
-    agent.outcome = "completed";
-    agent.memory_committed = -1;
-    agent.t0 = util_now_seconds();
-    agent.max_ranks = options->max_ranks > 0 ? options->max_ranks : config->plan.ranks;
-    pool_init(&agent);
+    /* Both live on the heap: a Job is about 2.5 MB, too big for the stack. */
+    Agent *agent = calloc(1, sizeof(*agent));
+    Job *job = calloc(1, sizeof(*job));
+    if (!agent || !job) {
+        free(agent);
+        free(job);
+        fprintf(stderr, "phalanx run: out of memory for the elastic agent\n");
+        return 1;
+    }
+    agent->options = options;
+    agent->config = config;
+    agent->job = job;
+    agent->train_argv = config->plan.train_argv;
+    agent->train_argc = config->plan.train_argc;
+    agent->nodes_alive = config->plan.ranks / options->ranks_per_node;
+    agent->outcome = "completed";
+    agent->memory_committed = -1;
+    agent->t0 = util_now_seconds();
+    agent->max_ranks = options->max_ranks > 0 ? options->max_ranks : config->plan.ranks;
+    pool_init(agent);
     config->detect = true;
     config->heartbeat_timeout = options->heartbeat_timeout;
     config->on_event = on_job_event;
     config->on_probe = on_probe;
     config->on_tick = on_tick;
-    config->event_context = &agent;
+    config->event_context = agent;
     char why[2048];
-    int world = plan_world(&agent, config->plan.ranks, 0, 0, why, sizeof(why));
+    int world = plan_world(agent, config->plan.ranks, 0, 0, why, sizeof(why));
     if (world != config->plan.ranks) {
         fprintf(stderr, "phalanx run: no layout for %d rank(s): %s\n", config->plan.ranks, why);
+        free(agent);
+        free(job);
         return 2;
     }
-    agent.first_epoch = agent.plan.ckpt_dir[0] ? ckpt_fence_epoch(agent.plan.ckpt_dir) + 1 : 0;
+    agent->first_epoch = agent->plan.ckpt_dir[0] ? ckpt_fence_epoch(agent->plan.ckpt_dir) + 1 : 0;
     int status = 0;
-    while (world > 0 && agent.attempt_count < MAX_ATTEMPTS) {
-        if (run_attempt(&agent, world) != 0) {
+    while (world > 0 && agent->attempt_count < MAX_ATTEMPTS) {
+        if (run_attempt(agent, world) != 0) {
             status = 1;
-            agent.outcome = "launch failed";
+            agent->outcome = "launch failed";
             break;
         }
-        const JobFailure *f = &agent.attempts[agent.attempt_count - 1].failure;
+        const JobFailure *f = &agent->attempts[agent->attempt_count - 1].failure;
         bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG ||
                      f->kind == FAILURE_UNREACHABLE;
-        int grown = retry ? 0 : grown_world(&agent);
+        int grown = retry ? 0 : grown_world(agent);
         if (grown > 0) {
             world = grown;
-            job_close(&job);
+            job_close(job);
             continue;
         }
         if (!retry) {
-            status = job_exit_status(&job);
+            status = job_exit_status(job);
             if (status != 0)
-                agent.outcome = job.stop_signal ? "stopped" : "failed (not retried)";
+                agent->outcome = job->stop_signal ? "stopped" : "failed (not retried)";
             break;
         }
-        world = next_world(&agent, &status);
-        job_close(&job);
+        world = next_world(agent, &status);
+        job_close(job);
     }
-    job_close(&job);
-    report_write(&agent, status);
+    job_close(job);
+    drill_report_write(agent, status);
+    free(job);
+    free(agent);
     return status;
 }

@@ -25,7 +25,7 @@ static void write_json_text(FILE *out, const char *text)
 }
 
 /* Which tier a resumed checkpoint came from: "memory" (tier 1), "durable". */
-const char *report_resumed_tier(const Agent *agent, const char *path)
+const char *drill_report_resumed_tier(const Agent *agent, const char *path)
 {
     CkptOptions ck = {.dir = agent->plan.ckpt_dir, .memory_dir = agent->plan.ckpt_memory_dir};
     char tiers[2][4096];
@@ -58,7 +58,7 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
     if (a->resumed_at > 0) {
         fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld, \"resumed_tier\": \"%s\", "
                      "\"resumed_from\": ", a->resumed_at - t0, a->resumed_step,
-                report_resumed_tier(agent, a->resumed_path));
+                drill_report_resumed_tier(agent, a->resumed_path));
         write_json_text(out, a->resumed_path);
     }
     if (a->first_step_at > 0)
@@ -190,7 +190,7 @@ static void write_spares(FILE *out, const Agent *agent)
     fprintf(out, "\n");
 }
 
-void report_write(const Agent *agent, int status)
+void drill_report_write(const Agent *agent, int status)
 {
     const char *path = agent->options->report_path;
     if (!path)
