@@ -326,7 +326,9 @@ static void poll_launcher(Channel *channel)
             channel->pending_len += (size_t)got;
             channel->last_heard = util_now_seconds();
             take_lines(channel);
-        } else if (got == 0) {
+        } else if (got == 0 || (got < 0 && errno == ECONNRESET)) {
+            /* A launcher that dies with our lines unread in its socket resets the
+             * connection instead of closing it: the same loss, told the same way. */
             lose(channel, "the launcher closed the channel");
         } else if (errno != EINTR) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
