@@ -6,7 +6,10 @@ Each drill runs on emulated hosts (scripts/netcluster). A grow has to happen bef
 ends: on the survivors, rank 0 is slowed down (slow:0*F#1, it sleeps, which costs no CPU), so
 that the steps left after the restore take far longer than the probes (a probe is an mpirun
 through the rsh agent: a second or two here). No test asserts a duration."""
+import signal
 import stat
+import subprocess
+import threading
 
 import pytest
 
@@ -55,17 +58,50 @@ def reference(phalanx, corpus, tmp_path_factory):
     return of
 
 
-def drill(phalanx, cluster, out, ranks, events, *launcher, train, worker=None):
+def drill_command(phalanx, cluster, out, ranks, events, *launcher, train, worker=None):
+    """The drill's command line and environment."""
     fault = f"{NETCLUSTER} {{kind}} {cluster.name} {{host}}"
     inject = [a for e in events for a in ("--inject", e)]
     extra = ["--worker", worker] if worker else []
     # a probe of a host that is off gives up when the rsh agent does (default 10 s)
     env = dict(cluster.env(), NETCLUSTER_RSH_TIMEOUT="2")
-    r = run([phalanx, "drill", "-n", ranks, "--hostfile", cluster.hostfile,
-             "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S, "--rejoin-every", 0.5, "--fault-command", fault, *inject,
-             "--report", out / "report.json", *extra, *launcher, "--", *train],
-            env=env, timeout=HANG_GUARD_S)
+    cmd = [phalanx, "drill", "-n", ranks, "--hostfile", cluster.hostfile,
+           "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S, "--rejoin-every", 0.5,
+           "--fault-command", fault, *inject, "--report", out / "report.json", *extra, *launcher,
+           "--", *train]
+    return [str(c) for c in cmd], env
+
+
+def drill(phalanx, cluster, out, *args, **kwargs):
+    cmd, env = drill_command(phalanx, cluster, out, *args, **kwargs)
+    r = run(cmd, env=env, timeout=HANG_GUARD_S)
     return r, drill_report(out)
+
+
+def drill_until(phalanx, cluster, out, said, *args, **kwargs):
+    """Runs the drill until its output says `said`, then stops it with SIGTERM (every rank
+    stops cleanly, the report is written): whatever the machine's load, the run lasts as long
+    as the agent needs. Returns (exit status, everything it wrote to stderr, the report)."""
+    cmd, env = drill_command(phalanx, cluster, out, *args, **kwargs)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    lines = []
+    timer = threading.Timer(HANG_GUARD_S, proc.kill)  # only catches a hang
+    timer.start()
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if said in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines.extend(proc.stderr)
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(lines), drill_report(out)
 
 
 def assert_same_trajectory(out, report, reference, steps=STEPS):
@@ -186,18 +222,20 @@ def test_a_healthy_host_that_makes_no_valid_layout_stays_a_spare(
     nothing (3 hosts, 2 used, --max-ranks 3); when it is back, 3 ranks make no layout: it is
     kept as a spare and the report says why."""
     cluster = netcluster_factory(hosts=3)
-    # no grow ends this attempt: it runs to the end, so it is slowed less (two probes suffice)
-    events = ["poweroff:h2@4", "restore:h2@6#1", "slow:0*50#1"]
-    r, report = drill(phalanx, cluster, tmp_path, 2, events, "--max-ranks", 3,
-                      train=train_args(corpus, tmp_path, "--dp", 2, *ckpt(tmp_path),
-                                       global_batch=8))
-    assert r.returncode == 0, r.stdout + r.stderr
+    # No grow ends this attempt: the test stops the run once h2 is kept as a spare, so the
+    # slowed attempt lasts as long as the probes need, however loaded the machine is.
+    events = ["poweroff:h2@4", "restore:h2@6#1", SLOW_SURVIVORS]
+    status, stderr, report = drill_until(
+        phalanx, cluster, tmp_path, "kept as a spare", 2, events, "--max-ranks", 3,
+        train=train_args(corpus, tmp_path, "--dp", 2, *ckpt(tmp_path), global_batch=8))
+    assert "kept as a spare" in stderr, stderr
+    assert status == 143, stderr  # SIGTERM, sent by the test
+    assert report["outcome"] == "stopped", report
     assert report["grows"] == [], report
-    assert len(report["spares"]) == 1, r.stderr
+    assert len(report["spares"]) == 1, stderr
     (spare,) = report["spares"]
     assert spare["host"] == cluster.host("h2").address, spare
     assert "no layout of 3 to 3 rank(s) keeps this run" in spare["why"], spare
-    assert "kept as a spare" in r.stderr
 
 
 def test_max_ranks_below_the_first_launch_is_refused(phalanx, corpus, tmp_path):
