@@ -30,6 +30,7 @@ static void usage(FILE *out, bool drill)
 {
     fprintf(out,
           "usage: phalanx %s -n N [launcher options] -- [phalanx train options]\n"
+          "%s"
           "\n"
           "Starts N ranks of `phalanx train` and shows the job's progress. Inside a Slurm\n"
           "allocation (SLURM_JOB_ID set) the ranks start with srun, otherwise with mpirun.\n"
@@ -98,6 +99,8 @@ static void usage(FILE *out, bool drill)
           "3 the ranks did not start in time; 4 --max-restarts were used up; 5 too few\n"
           "ranks (or no valid layout) remain; 130 after Ctrl-C, 143 after SIGTERM.\n",
           drill ? "drill" : "run",
+          drill ? "" : "       phalanx run -n N [launcher options] -- eval CKPT|FILE --data GLOB ...\n"
+                       "         (N ranks of `phalanx eval` split the batches; not elastic)\n",
           drill ? "`phalanx drill` is `phalanx run --elastic` with failures to inject\n"
                   "(--inject) and a report (--report, default drill-report.json).\n"
                 : "",
@@ -250,6 +253,35 @@ static int check_worker(const Run *run)
     return -1;
 }
 
+/* `phalanx run -n N -- eval ...`: the ranks run `phalanx eval`, whose options
+ * are checked here. 0, 1 after eval's --help, -1 when refused. */
+static int check_eval(Run *run, bool drill)
+{
+    SpawnPlan *plan = &run->config.plan;
+    if (run->elastic) {
+        fprintf(stderr, "phalanx %s: eval is not elastic (an evaluation that failed is run "
+                        "again): use `phalanx run -n N -- eval ...` without --elastic, "
+                        "--inject or --report\n", drill ? "drill" : "run");
+        return -1;
+    }
+    int parsed = eval_check_launch(plan->train_argc, plan->train_argv);
+    plan->command = "eval";
+    plan->train_argv++;
+    plan->train_argc--;
+    return parsed;
+}
+
+/* The training layout, checked before any rank starts (argv[-1] is `--` or a
+ * flag: reuse a name). */
+static int check_train(const SpawnPlan *plan)
+{
+    char *train_argv[512] = {"train"};
+    int train_argc = 1;
+    for (int i = 0; i < plan->train_argc && train_argc < 511; i++)
+        train_argv[train_argc++] = plan->train_argv[i];
+    return plan_check_launch(plan->ranks, train_argc, train_argv);
+}
+
 static void set_defaults(Run *run)
 {
     memset(run, 0, sizeof(*run));
@@ -273,13 +305,13 @@ static int launch(int argc, char **argv, bool drill)
     int parsed = parse_run_options(&run, argc, argv, drill);
     if (parsed != 0)
         return parsed > 0 ? 0 : 2;
-    // the layout is checked here, before any rank starts (argv[-1] is `--` or a flag: reuse a name)
     SpawnPlan *plan = &run.config.plan;
-    char *train_argv[512] = {"train"};
-    int train_argc = 1;
-    for (int i = 0; i < plan->train_argc && train_argc < 511; i++)
-        train_argv[train_argc++] = plan->train_argv[i];
-    int check = plan_check_launch(plan->ranks, train_argc, train_argv);
+    if (plan->train_argc > 0 && strcmp(plan->train_argv[0], "eval") == 0) {
+        int eval = check_eval(&run, drill);
+        if (eval != 0)
+            return eval > 0 ? 0 : 2;
+    }
+    int check = plan->command ? 0 : check_train(plan);
     if (check != 0 || check_worker(&run))
         return check ? check : 2;
     plan->elastic = run.elastic;

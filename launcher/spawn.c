@@ -259,7 +259,7 @@ pid_t spawn_job(const SpawnPlan *plan, char *err, size_t err_len)
     else
         build_mpirun(plan, &a);
     add(&a, plan->worker);
-    add(&a, "train");
+    add(&a, plan->command ? plan->command : "train");
     for (int i = 0; i < plan->train_argc; i++)
         add(&a, plan->train_argv[i]);
     if (a.count >= MAX_ARGS - 1) {

@@ -22,7 +22,8 @@ typedef struct {
     const char *exclude;          /* failed nodes, comma-separated, or NULL: srun gets
                                      --exclude=, mpirun the hosts without them */
     int ranks_per_node;           /* srun, elastic: --ntasks-per-node (0: Slurm's choice) */
-    char **train_argv;            /* options after `--` */
+    const char *command;          /* the ranks' phalanx command: NULL for "train", or "eval" */
+    char **train_argv;            /* its options (after `--`, less the command's name) */
     int train_argc;
 } SpawnPlan;
 

@@ -1,15 +1,19 @@
 /*
  * `phalanx export`, `phalanx eval` and `phalanx sample` (runtime.h): a model
  * given by path (a checkpoint, a safetensors or an llm.c model file:
- * modelfile.h), held whole on one process on the CPU.
+ * modelfile.h), held whole on one process on the CPU (eval: on each rank of
+ * `phalanx run`, the batches split between them).
  */
 #include "runtime.h"
 
+#include "channel.h"
+#include "comm.h"
 #include "data.h"
 #include "device.h"
 #include "gpt.h"
 #include "modelfile.h"
 #include "rng.h"
+#include "util.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -33,22 +37,32 @@ static void model_close(OpenModel *m)
     gpt_free(&m->gpt);
     if (m->dev)
         device_close(m->dev);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Opens the model at path; 0, or -1 with the reason in err. */
+static int model_load(OpenModel *m, const char *path, char *err, size_t err_len)
+{
+    GPTConfig config;
+    memset(m, 0, sizeof(*m));
+    err[0] = '\0';
+    if (modelfile_probe(path, &m->format, &config, err, err_len) == 0 &&
+        (m->dev = device_open("cpu", false, err, err_len)) != NULL &&
+        gpt_init_full(&m->gpt, m->dev, &config) == 0 &&
+        modelfile_load(path, &m->gpt, err, err_len) == 0)
+        return 0;
+    if (m->dev && !m->gpt.dev && !err[0])
+        snprintf(err, err_len, "out of memory for this model");
+    model_close(m);
+    return -1;
 }
 
 static int model_open(OpenModel *m, const char *prog, const char *path)
 {
     char err[2048];
-    GPTConfig config;
-    memset(m, 0, sizeof(*m));
-    if (modelfile_probe(path, &m->format, &config, err, sizeof(err)) == 0 &&
-        (m->dev = device_open("cpu", false, err, sizeof(err))) != NULL &&
-        gpt_init_full(&m->gpt, m->dev, &config) == 0 &&
-        modelfile_load(path, &m->gpt, err, sizeof(err)) == 0)
+    if (model_load(m, path, err, sizeof(err)) == 0)
         return 0;
-    if (m->dev && !m->gpt.dev && !err[0])
-        snprintf(err, sizeof(err), "out of memory for this model");
     fprintf(stderr, "phalanx %s: %s\n", prog, err);
-    model_close(m);
     return -1;
 }
 
@@ -140,7 +154,10 @@ int export_main(int argc, char **argv)
 
 // ----------------------------------------------------------------------------
 // eval: llm.c's validation loader reads batch i of B x T targets at token
-// i x B x T of a shard (never across shards), shard after shard
+// i x B x T of a shard (never across shards), shard after shard. Under
+// `phalanx run -n N` rank r evaluates batches r, r + N, ...; the per-batch
+// losses are gathered and rank 0 sums them in batch order in double, as one
+// process does, so the loss does not depend on N.
 
 typedef struct {
     const char *data;
@@ -148,6 +165,22 @@ typedef struct {
     long batches; /* 0: every batch of the data */
     bool json;
 } EvalOptions;
+
+/* One rank of an evaluation (the only one without `phalanx run`). Failures
+ * every rank meets alike (options, model, data) are said once, by rank 0:
+ * a rank keeps its message in `why` until the ranks have compared notes. */
+typedef struct {
+    Comm *world;
+    int rank, size;
+    Channel channel;
+    OpenModel model;
+    TokenData data;
+    bool data_open;
+    Activations acts;
+    long batches;
+    double *losses; /* [batches + 1]: see evaluate_share */
+    char why[2048];
+} EvalRank;
 
 static long shard_batches(const TokenShard *shard, size_t span)
 {
@@ -182,31 +215,72 @@ static long data_batches(const TokenData *data, size_t span)
     return total;
 }
 
-static int evaluate_model(OpenModel *m, const EvalOptions *o, const TokenData *data)
+/* Channel, model, data, batch count and buffers of one rank; 0, or -1
+ * with the reason in r->why. */
+static int eval_prepare(EvalRank *r, EvalOptions *o, const char *path)
 {
-    long available = data_batches(data, (size_t)o->micro_batch * o->seq_len);
-    long batches = o->batches ? o->batches : available;
-    if (batches == 0 || batches > available) {
-        fprintf(stderr, "phalanx eval: --batches %ld is more than %s holds: %ld batches of %d "
-                        "x %d tokens (each needs %d x %d + 1 tokens of one shard); use "
-                        "--batches %ld or less, or a smaller --micro-batch or --seq-len\n",
-                batches, o->data, available, o->micro_batch, o->seq_len, o->micro_batch,
-                o->seq_len, available);
-        return 1;
+    char err[1024];
+    if (channel_open(&r->channel, r->rank, r->size, err, sizeof(err)))
+        return util_fail(r->why, sizeof(r->why), "%s", err);
+    if (model_load(&r->model, path, r->why, sizeof(r->why)))
+        return -1;
+    const GPTConfig *c = &r->model.gpt.config;
+    if (o->seq_len == 0)
+        o->seq_len = c->seq_len;
+    if (o->seq_len > c->seq_len)
+        return util_fail(r->why, sizeof(r->why), "--seq-len %d is longer than the model's %d "
+                         "positions; use --seq-len %d or less", o->seq_len, c->seq_len, c->seq_len);
+    if (tokendata_open(&r->data, o->data, c->vocab, err, sizeof(err)) != 0)
+        return util_fail(r->why, sizeof(r->why), "--data: %s", err);
+    r->data_open = true;
+    long available = data_batches(&r->data, (size_t)o->micro_batch * o->seq_len);
+    r->batches = o->batches ? o->batches : available;
+    if (r->batches == 0 || r->batches > available)
+        return util_fail(r->why, sizeof(r->why),
+                         "--batches %ld is more than %s holds: %ld batches of %d x %d tokens "
+                         "(each needs %d x %d + 1 tokens of one shard); use --batches %ld or "
+                         "less, or a smaller --micro-batch or --seq-len",
+                         r->batches, o->data, available, o->micro_batch, o->seq_len,
+                         o->micro_batch, o->seq_len, available);
+    if (acts_init(&r->acts, &r->model.gpt, o->micro_batch, o->seq_len) ||
+        !(r->losses = calloc((size_t)r->batches + 1, sizeof(double))))
+        return util_fail(r->why, sizeof(r->why), "out of memory for --micro-batch %d "
+                         "--seq-len %d --batches %ld", o->micro_batch, o->seq_len, r->batches);
+    return 0;
+}
+
+/* Whether every rank is ready. A failure rank 0 met too is said by rank 0
+ * alone (every rank read the same files); else each failed rank says its own. */
+static bool eval_agree(EvalRank *r, bool ready)
+{
+    double failed[2] = {ready ? 0.0 : 1.0, r->rank == 0 && !ready ? 1.0 : 0.0};
+    if (comm_allreduce(r->world, failed, 2, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx eval: rank %d: %s\n", r->rank, comm_error(r->world));
+        return false;
     }
-    Activations acts;
-    if (acts_init(&acts, &m->gpt, o->micro_batch, o->seq_len)) {
-        fprintf(stderr, "phalanx eval: out of memory for --micro-batch %d --seq-len %d\n",
-                o->micro_batch, o->seq_len);
-        return 1;
+    if (!ready && r->rank == 0)
+        fprintf(stderr, "phalanx eval: %s\n", r->why);
+    else if (!ready && failed[1] == 0.0)
+        fprintf(stderr, "phalanx eval: rank %d: %s\n", r->rank, r->why);
+    return failed[0] == 0.0;
+}
+
+/* This rank's share of the batches into losses[0..batches); losses[batches]
+ * counts the ranks stopped early (the launcher said stop, or is gone). */
+static void evaluate_share(EvalRank *r, double *losses)
+{
+    for (long i = r->rank; i < r->batches; i += r->size) {
+        if (channel_stop_requested(&r->channel) || channel_launcher_lost(&r->channel)) {
+            losses[r->batches] = 1.0;
+            return;
+        }
+        load_batch(&r->data, i, &r->acts);
+        losses[i] = gpt_forward(&r->model.gpt, &r->acts);
     }
-    double total = 0.0;
-    for (long i = 0; i < batches; i++) {
-        load_batch(data, i, &acts);
-        total += gpt_forward(&m->gpt, &acts);
-    }
-    acts_free(&acts);
-    double loss = total / (double)batches;
+}
+
+static void print_loss(const EvalOptions *o, long batches, double loss)
+{
     if (o->json)
         printf("{\"loss\": %.17g, \"batches\": %ld, \"micro_batch\": %d, \"seq_len\": %d, "
                "\"tokens\": %ld}\n",
@@ -215,17 +289,47 @@ static int evaluate_model(OpenModel *m, const EvalOptions *o, const TokenData *d
     else
         printf("loss %.6f over %ld batches of %d x %d tokens\n", loss, batches, o->micro_batch,
                o->seq_len);
-    return isfinite(loss) ? 0 : 1;
+    fflush(stdout);
+}
+
+/* The mean loss over every rank's batches, printed by rank 0. A batch is
+ * evaluated by one rank and is zero on the others, so the sum over the ranks
+ * is each batch's loss exactly. */
+static int evaluate(EvalRank *r, const EvalOptions *o)
+{
+    double *losses = r->losses;
+    evaluate_share(r, losses);
+    int status = 1;
+    if (comm_allreduce(r->world, losses, (size_t)r->batches + 1, COMM_F64) != 0)
+        fprintf(stderr, "phalanx eval: rank %d: %s\n", r->rank, comm_error(r->world));
+    else if (losses[r->batches] > 0.0) {
+        if (r->rank == 0)
+            fprintf(stderr, "phalanx eval: stopped before every batch was evaluated\n");
+    } else {
+        double total = 0.0;
+        for (long i = 0; i < r->batches; i++)
+            total += losses[i];
+        double loss = total / (double)r->batches;
+        if (r->rank == 0)
+            print_loss(o, r->batches, loss);
+        status = isfinite(loss) ? 0 : 1;
+    }
+    return status;
 }
 
 static void eval_usage(FILE *out)
 {
     fputs("usage: phalanx eval CKPT|FILE --data GLOB [--micro-batch B] [--seq-len T]\n"
           "                    [--batches N] [--json]\n"
+          "       phalanx run -n N [launcher options] -- eval CKPT|FILE --data GLOB ...\n"
           "\n"
           "The mean loss of a model (a checkpoint, a safetensors or an llm.c model file) on\n"
           "the first N batches of B x T targets, read the way llm.c's validation loader\n"
           "reads them: batch i starts at token i x B x T of a shard, shard after shard.\n"
+          "Under `phalanx run -n N` every rank holds the whole model and rank r evaluates\n"
+          "batches r, r + N, ...; rank 0 sums the losses in batch order, so the loss is\n"
+          "the same bits as on one process, and prints it (ranks beyond the batch count\n"
+          "have nothing to do). There is no layout: --dp, --pp, --sp, --layout are refused.\n"
           "  --data GLOB       token shards (llm.c's .bin format)\n"
           "  --micro-batch B   sequences per batch (default 4)\n"
           "  --seq-len T       tokens per sequence (default and most: the model's)\n"
@@ -236,7 +340,7 @@ static void eval_usage(FILE *out)
           out);
 }
 
-static int parse_eval_option(EvalOptions *o, int code)
+static int parse_eval_option(EvalOptions *o, int code, const char *flag)
 {
     switch (code) {
     case 'd': o->data = optarg; return 0;
@@ -244,55 +348,89 @@ static int parse_eval_option(EvalOptions *o, int code)
     case 't': return parse_flag_int("eval", "--seq-len", optarg, 1, 1 << 20, &o->seq_len);
     case 'n': return parse_flag_long("eval", "--batches", optarg, 1, 1L << 40, &o->batches);
     case 'j': o->json = true; return 0;
+    case 'L':
+        fprintf(stderr, "phalanx eval: %s: eval has no layout: every rank holds the whole model "
+                        "and the N ranks of `phalanx run -n N -- eval ...` split the batches "
+                        "between them; drop %s\n", flag, flag);
+        return -1;
     }
     return -1;
 }
 
-int eval_main(int argc, char **argv)
+/* Parses eval's command line into o and *path: 0, 1 after --help, -1 after
+ * saying what is wrong. */
+static int parse_eval(EvalOptions *o, const char **path, int argc, char **argv)
 {
     static const struct option options[] = {
         {"data", required_argument, NULL, 'd'},    {"micro-batch", required_argument, NULL, 'b'},
         {"seq-len", required_argument, NULL, 't'}, {"batches", required_argument, NULL, 'n'},
         {"json", no_argument, NULL, 'j'},          {"help", no_argument, NULL, 'h'},
+        {"dp", required_argument, NULL, 'L'},      {"pp", required_argument, NULL, 'L'},
+        {"sp", required_argument, NULL, 'L'},      {"layout", required_argument, NULL, 'L'},
         {NULL, 0, NULL, 0}};
-    EvalOptions o = {.micro_batch = 4};
-    optind = 1;
+    *o = (EvalOptions){.micro_batch = 4};
+    optind = 0; /* 0, not 1: glibc then forgets `phalanx run`'s "+" (stop at the first word) */
     opterr = 0;
-    int code;
-    while ((code = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    int code, index = 0;
+    while ((code = getopt_long(argc, argv, "h", options, &index)) != -1) {
         if (code == 'h')
-            return eval_usage(stdout), 0;
-        if (code == '?' || code == ':')
-            return bad_option("eval", code, argv);
-        if (parse_eval_option(&o, code))
-            return 2;
+            return eval_usage(stdout), 1;
+        if (code == '?' || code == ':') {
+            bad_option("eval", code, argv);
+            return -1;
+        }
+        char flag[64];
+        snprintf(flag, sizeof(flag), "--%s", options[index].name);
+        if (parse_eval_option(o, code, flag))
+            return -1;
     }
-    const char *path = model_argument("eval", argc, argv);
-    if (!path)
-        return 2;
-    if (!o.data) {
+    if (!(*path = model_argument("eval", argc, argv)))
+        return -1;
+    if (!o->data) {
         fprintf(stderr, "phalanx eval: give --data GLOB (token shards)\n");
-        return 2;
+        return -1;
     }
-    OpenModel m;
-    if (model_open(&m, "eval", path))
+    return 0;
+}
+
+int eval_check_launch(int argc, char **argv)
+{
+    EvalOptions o;
+    const char *path;
+    return parse_eval(&o, &path, argc, argv);
+}
+
+static void eval_rank_close(EvalRank *r, int status)
+{
+    acts_free(&r->acts);
+    free(r->losses);
+    if (r->data_open)
+        tokendata_close(&r->data);
+    model_close(&r->model);
+    channel_send(&r->channel, "done %d %d", r->rank, status);
+    channel_close(&r->channel);
+    comm_world_finalize(r->world);
+}
+
+int eval_main(int argc, char **argv)
+{
+    EvalOptions o;
+    const char *path;
+    int parsed = parse_eval(&o, &path, argc, argv);
+    if (parsed != 0)
+        return parsed > 0 ? 0 : 2;
+    EvalRank r;
+    memset(&r, 0, sizeof(r));
+    r.channel.fd = -1;
+    char err[512];
+    if (!(r.world = comm_world_init(&argc, &argv, err, sizeof(err)))) {
+        fprintf(stderr, "phalanx eval: %s\n", err);
         return 1;
-    int status = 1;
-    TokenData data;
-    char err[1024];
-    if (o.seq_len == 0)
-        o.seq_len = m.gpt.config.seq_len;
-    if (o.seq_len > m.gpt.config.seq_len)
-        fprintf(stderr, "phalanx eval: --seq-len %d is longer than the model's %d positions; "
-                        "use --seq-len %d or less\n",
-                o.seq_len, m.gpt.config.seq_len, m.gpt.config.seq_len);
-    else if (tokendata_open(&data, o.data, m.gpt.config.vocab, err, sizeof(err)) != 0)
-        fprintf(stderr, "phalanx eval: --data: %s\n", err);
-    else {
-        status = evaluate_model(&m, &o, &data);
-        tokendata_close(&data);
     }
-    model_close(&m);
+    r.rank = comm_rank(r.world);
+    r.size = comm_size(r.world);
+    int status = eval_agree(&r, eval_prepare(&r, &o, path) == 0) ? evaluate(&r, &o) : 1;
+    eval_rank_close(&r, status);
     return status;
 }
 

@@ -26,6 +26,10 @@ int data_main(int argc, char **argv);
  * Same exit statuses as train_main. */
 int export_main(int argc, char **argv);
 int eval_main(int argc, char **argv);
+/* `phalanx run -n N -- eval ...` checks eval's options (argv[0] "eval")
+ * before any rank starts: 0, 1 after printing --help, -1 after saying what
+ * is wrong. */
+int eval_check_launch(int argc, char **argv);
 int sample_main(int argc, char **argv);
 
 /*

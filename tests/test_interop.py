@@ -388,3 +388,65 @@ def test_eval_refuses_more_batches_than_the_data_holds(phalanx, trained):
     assert "--batches 32 is more than" in result.stderr and "31 batches" in result.stderr
     assert eval_json(phalanx, ckpt, d / "val.bin", ["--micro-batch", "4",
                                                      "--batches", "31"])["batches"] == 31
+
+
+
+# ---- eval under `phalanx run`: the ranks split the batches, rank 0 sums them in order
+
+def eval_under_run(phalanx, ranks, model, data, extra, launcher=()):
+    """`phalanx run -n RANKS [launcher] -- eval MODEL --data DATA [extra]` (120 s catch a hang)."""
+    return run([phalanx, "run", "-n", ranks, *launcher, "--", "eval", model, "--data", data,
+                *extra], timeout=120)
+
+
+@pytest.mark.parametrize("ranks,batches", [(2, 7), (3, 7), (3, 2)])
+def test_eval_under_run_gives_the_loss_of_one_rank_bit_for_bit(phalanx, trained, ranks,
+                                                                batches):
+    """7 batches split unevenly over 2 and 3 ranks, and 3 ranks for 2 batches (one rank
+    idle): the losses are summed in batch order in double, as one process sums them."""
+    d, ckpt = trained
+    extra = ["--micro-batch", "4", "--seq-len", "32", "--batches", str(batches), "--json"]
+    one = eval_json(phalanx, ckpt, d / "val.bin", extra)
+    result = eval_under_run(phalanx, ranks, ckpt, d / "val.bin", extra)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout  # rank 0 alone prints
+    assert json.loads(lines[0]) == one  # every field, the loss to the bit
+    text = eval_under_run(phalanx, ranks, ckpt, d / "val.bin", extra[:-1])
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.strip() == f"loss {one['loss']:.6f} over {batches} batches of 4 x 32 tokens"
+
+
+def test_eval_under_run_refuses_more_batches_than_the_data_holds(phalanx, trained):
+    d, ckpt = trained
+    result = eval_under_run(phalanx, 2, ckpt, d / "val.bin", ["--micro-batch", "4",
+                                                                "--batches", "32"])
+    assert result.returncode == 1, result.stderr
+    # said once, by rank 0: every rank reads the same data
+    assert result.stderr.count("--batches 32 is more than") == 1, result.stderr
+    assert "31 batches" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("launcher,extra,expected", [
+    ((), ["--pp", "2"], "--pp: eval has no layout"),
+    ((), ["--dp", "2"], "--dp: eval has no layout"),
+    ((), ["--bogus"], "unknown option '--bogus'"),
+    (("--elastic",), [], "eval is not elastic"),
+])
+def test_eval_under_run_refuses_bad_usage_before_any_rank_starts(phalanx, trained, launcher,
+                                                                 extra, expected):
+    d, ckpt = trained
+    result = eval_under_run(phalanx, 2, ckpt, d / "val.bin", extra, launcher)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count(expected) == 1, result.stderr
+    assert "starting" not in result.stderr  # refused by the launcher, not by the ranks
+
+
+def test_drill_refuses_eval(phalanx, trained, tmp_path):
+    d, ckpt = trained
+    result = run([phalanx, "drill", "-n", "2", "--report", tmp_path / "r.json", "--", "eval",
+                  ckpt, "--data", d / "val.bin"], timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "phalanx drill: eval is not elastic" in result.stderr
+    assert not (tmp_path / "r.json").exists()
