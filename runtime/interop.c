@@ -249,10 +249,21 @@ static int eval_prepare(EvalRank *r, EvalOptions *o, const char *path)
     return 0;
 }
 
-/* Whether every rank is ready. A failure rank 0 met too is said by rank 0
- * alone (every rank read the same files); else each failed rank says its own. */
+/* Whether every rank is ready, with rank 0's batch count (the reduction's
+ * length). A failure rank 0 met too is said by rank 0 alone (every rank read
+ * the same files); else each failed rank says its own. */
 static bool eval_agree(EvalRank *r, bool ready)
 {
+    double rank0_batches = (double)r->batches;
+    if (comm_broadcast(r->world, &rank0_batches, 1, COMM_F64, 0) != 0) {
+        fprintf(stderr, "phalanx eval: rank %d: %s\n", r->rank, comm_error(r->world));
+        return false;
+    }
+    if (ready && (double)r->batches != rank0_batches) {
+        ready = false;
+        util_fail(r->why, sizeof(r->why), "--data holds other batches here than on rank 0 "
+                  "(%ld, not %.0f): give every host the same shards", r->batches, rank0_batches);
+    }
     double failed[2] = {ready ? 0.0 : 1.0, r->rank == 0 && !ready ? 1.0 : 0.0};
     if (comm_allreduce(r->world, failed, 2, COMM_F64) != 0) {
         fprintf(stderr, "phalanx eval: rank %d: %s\n", r->rank, comm_error(r->world));
