@@ -52,6 +52,10 @@ typedef struct {
      * checkpoint on two hosts (0: none) and how many steps it trailed the
      * step rank 0 had completed, at most */
     long step_heard, replicated_step, replication_lag_max;
+    /* after its failure, the other hosts were checked for more lost ones:
+     * how many were found */
+    bool hosts_checked;
+    int hosts_found_lost;
 } Attempt;
 
 /* A host the job may use (the host list's, or a Slurm node left out). */

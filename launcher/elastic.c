@@ -19,6 +19,9 @@
 #define MAX_TRAIN_ARGS 512
 #define PROBE_SECONDS 30.0 /* a probe still running then is killed: not answered */
 #define PROBES_TO_HEAL 2   /* answered in a row: the host is healthy */
+/* What a reach check runs on a host (as the worker of spawn_probe): it
+ * needs no channel, mpirun's (or srun's) exit status is the answer. */
+#define REACH_COMMAND "/bin/true"
 
 // ----------------------------------------------------------------------------
 // the options (events are parsed by elastic_event_parse, inject.c)
@@ -178,7 +181,18 @@ static void pool_write_excluded(Agent *agent)
     }
 }
 
-/* The failed rank's host leaves the launches and is probed from now on. */
+/* The host leaves the launches and is probed from now on. */
+static void pool_leave_out(Agent *agent, PoolHost *p)
+{
+    p->failed = true;
+    p->answers = 0;
+    p->healthy_at = 0;
+    p->spare_why[0] = '\0';
+    p->next_probe_at = util_now_seconds() + agent->options->rejoin_every;
+    pool_write_excluded(agent);
+}
+
+/* The failed rank's host leaves the launches (pool_leave_out). */
 static void pool_fail(Agent *agent, const JobFailure *f)
 {
     PoolHost *p = pool_find(agent, f->node, f->address);
@@ -197,12 +211,7 @@ static void pool_fail(Agent *agent, const JobFailure *f)
     snprintf(p->node, sizeof(p->node), "%s", f->node);
     if (strncmp(f->address, "127.", 4) != 0)
         snprintf(p->address, sizeof(p->address), "%s", f->address);
-    p->failed = true;
-    p->answers = 0;
-    p->healthy_at = 0;
-    p->spare_why[0] = '\0';
-    p->next_probe_at = util_now_seconds() + agent->options->rejoin_every;
-    pool_write_excluded(agent);
+    pool_leave_out(agent, p);
 }
 
 /* The ranks the hosts not left out hold, up to max_ranks (`plus`: a host
@@ -277,6 +286,72 @@ static void probes_cancel(Agent *agent)
         p->probe_pid = 0;
         p->next_probe_at = 0;
     }
+}
+
+/* Waits for the reach checks in `pids` (at most PROBE_SECONDS: one still
+ * running then is killed); answered[i]: it exited 0. */
+static void reach_checks_wait(pid_t *pids, bool *answered, int count)
+{
+    double deadline = util_now_seconds() + PROBE_SECONDS;
+    for (int running = count; running > 0 && util_now_seconds() < deadline;) {
+        running = 0;
+        for (int i = 0; i < count; i++) {
+            int status;
+            if (pids[i] > 0 && waitpid(pids[i], &status, WNOHANG) == pids[i]) {
+                answered[i] = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+                pids[i] = 0;
+            }
+            running += pids[i] > 0;
+        }
+        if (running > 0)
+            usleep(20000);
+    }
+    for (int i = 0; i < count; i++)
+        if (pids[i] > 0) {
+            kill(-pids[i], SIGKILL);
+            waitpid(pids[i], NULL, 0);
+        }
+}
+
+/* A failure names one lost host, but hosts fail together (a rack's power, a
+ * switch), and mpirun cannot start a job on a list that names a lost host.
+ * So before a relaunch every listed host not left out is checked at once:
+ * REACH_COMMAND started on it the way ranks start (spawn_probe), which needs
+ * no channel between attempts. A host where it does not run is left out
+ * too (and probed to come back like any other). Returns how many were; the
+ * first one's name in `first`. */
+static int leave_out_unreachable_hosts(Agent *agent, char *first, size_t first_len)
+{
+    pid_t pids[MAX_POOL_HOSTS] = {0};
+    bool answered[MAX_POOL_HOSTS] = {false};
+    SpawnPlan plan = agent->config->plan;
+    plan.worker = REACH_COMMAND;
+    for (int i = 0; i < agent->pool_count; i++) {
+        char err[256];
+        if (agent->pool[i].failed)
+            continue;
+        pids[i] = spawn_probe(&plan, agent->pool[i].name, err, sizeof(err));
+        if (pids[i] < 0) {
+            fprintf(stderr, "phalanx run: cannot check host %s: %s\n", agent->pool[i].name,
+                    err);
+            pids[i] = 0;
+            answered[i] = true; /* not known to be lost: the launch decides */
+        }
+    }
+    reach_checks_wait(pids, answered, agent->pool_count);
+    int lost = 0;
+    first[0] = '\0';
+    for (int i = 0; i < agent->pool_count; i++) {
+        PoolHost *p = &agent->pool[i];
+        if (p->failed || answered[i])
+            continue;
+        fprintf(stderr, "phalanx run: host %s cannot start a process (checked the way ranks "
+                        "start): it is lost too and left out of the relaunch\n", p->name);
+        if (lost++ == 0)
+            snprintf(first, first_len, "%s", p->name);
+        pool_leave_out(agent, p);
+    }
+    return lost;
 }
 
 /* Healthy hosts come back: a stop to grow when they make a larger world
@@ -478,12 +553,53 @@ static int grown_world(Agent *agent)
     return planned == world ? world : 0;
 }
 
+/* The ranks alive once more hosts were left out: no more than the hosts
+ * not left out hold (the nodes alive follow). */
+static int lost_hosts_counted(Agent *agent, int alive)
+{
+    int per_node = agent->options->ranks_per_node, capacity = pool_capacity(agent, NULL);
+    if (capacity < alive) {
+        alive = capacity;
+        agent->nodes_alive = capacity / per_node;
+    }
+    return alive;
+}
+
+/* A launch whose ranks did not all start, not stopped by the user: on
+ * listed hosts, one may be lost (mpirun cannot start its daemon there, and
+ * the whole launch fails). A host the check finds lost makes it a failure
+ * to retry without that host; else it is not retried. */
+static bool start_failed_on_lost_host(Agent *agent, Attempt *a)
+{
+    const Job *job = agent->job;
+    if (job->ready || job->stop_signal || !agent->pool_listed || a->failure.kind != FAILURE_NONE)
+        return false;
+    char first[256];
+    a->hosts_checked = true;
+    a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
+    if (a->hosts_found_lost == 0)
+        return false;
+    a->failure = (JobFailure){.kind = FAILURE_UNREACHABLE, .rank = -1,
+                              .detected_at = a->ended_at, /* the checks are the relaunch's */
+                              .how = "the launch failed: a host is unreachable"};
+    snprintf(a->failure.node, sizeof(a->failure.node), "%.63s", first);
+    return true;
+}
+
 /* After a failed attempt: the world of the next one, or an exit status. */
 static int next_world(Agent *agent, int *status)
 {
     Attempt *a = &agent->attempts[agent->attempt_count - 1];
     print_failure(agent, a);
     int alive = remove_failed_node(agent, a);
+    bool host_lost = a->failure.kind == FAILURE_UNREACHABLE || a->failure.kind == FAILURE_CRASH;
+    if (agent->pool_listed && host_lost && !a->hosts_checked) {
+        char first[256];
+        a->hosts_checked = true;
+        a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
+    }
+    if (a->hosts_found_lost > 0)
+        alive = lost_hosts_counted(agent, alive);
     if (agent->attempt_count - agent->grow_count > agent->options->max_restarts) {
         fprintf(stderr, "phalanx run: giving up: --max-restarts %d used up; the newest complete "
                         "checkpoint in %s is intact\n",
@@ -574,9 +690,10 @@ int elastic_run(JobConfig *config, const ElasticOptions *options)
             agent->outcome = "launch failed";
             break;
         }
-        const JobFailure *f = &agent->attempts[agent->attempt_count - 1].failure;
-        bool retry = f->kind == FAILURE_CRASH || f->kind == FAILURE_HANG ||
-                     f->kind == FAILURE_UNREACHABLE;
+        Attempt *last = &agent->attempts[agent->attempt_count - 1];
+        const JobFailure *f = &last->failure;
+        bool retry = start_failed_on_lost_host(agent, last) || f->kind == FAILURE_CRASH ||
+                     f->kind == FAILURE_HANG || f->kind == FAILURE_UNREACHABLE;
         int grown = retry ? 0 : grown_world(agent);
         if (grown > 0) {
             world = grown;

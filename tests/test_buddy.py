@@ -2,6 +2,7 @@
 host, so a lost host is recovered from the survivors' memory; the durable tier is read only
 when memory holds no complete checkpoint. Drills on 3 emulated hosts (scripts/netcluster), one
 rank each: rank i's buddy is the rank on the next host (h1 -> h2 -> h3 -> h1)."""
+import math
 import stat
 
 import pytest
@@ -29,12 +30,15 @@ def reference(phalanx, corpus, tmp_path_factory):
     return fault_free_rows(phalanx, corpus, tmp_path_factory.mktemp("buddy_reference"), STEPS)
 
 
-def drill(phalanx, cluster, out, corpus, events, *extra, fault_command=None):
-    train = train_args(corpus, out, "--dp", 3, "--steps", STEPS, "--ckpt-dir", out / "ckpt",
+def drill(phalanx, cluster, out, corpus, events, *extra, fault_command=None,
+          layout=("--dp", 3)):
+    """A drill of one rank per host (3 hosts unless `layout` says more)."""
+    train = train_args(corpus, out, *layout, "--steps", STEPS, "--ckpt-dir", out / "ckpt",
                        *extra)
+    ranks = math.prod(layout[1::2])  # --dp D --pp P ...
     fault = fault_command or f"{NETCLUSTER} {{kind}} {cluster.name} {{host}}"
     inject = [a for e in [*events, SLOW_FIRST_ATTEMPT] for a in ("--inject", e)]
-    r = run([phalanx, "drill", "-n", 3, "--hostfile", cluster.hostfile,
+    r = run([phalanx, "drill", "-n", ranks, "--hostfile", cluster.hostfile,
              "--heartbeat-timeout", HEARTBEAT_TIMEOUT_S,
              "--min-ranks", 1, "--fault-command", fault, *inject, "--report", out / "report.json",
              "--", *train], env=cluster.env(), timeout=HANG_GUARD_S)
@@ -154,21 +158,73 @@ def test_a_host_lost_with_its_buddys_memory_falls_back_to_the_durable_tier(
     assert_fell_back_because_both_copies_are_gone(r, report, reference, tmp_path, world=2)
 
 
-@pytest.mark.skip(reason="launcher/elastic.c blames one lost host per attempt: the relaunch "
-                  "still lists the second powered-off host and mpirun cannot start its daemon "
-                  "there ('launch failed'); the checkpoint side of this case is covered by "
-                  "test_a_host_lost_with_its_buddys_memory_falls_back_to_the_durable_tier")
+def powered_off_together(tmp_path, cluster, first, second):
+    """A --fault-command whose poweroff of `first` powers off `second` right after it (one
+    step, one fault: the failure the agent detects names one of them)."""
+    script = tmp_path / "fault.sh"
+    script.write_text(f"#!/bin/sh\n{NETCLUSTER} \"$1\" \"$2\" {first} && "
+                      f"{NETCLUSTER} \"$1\" \"$2\" {second}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return f"{script} {{kind}} {cluster.name} {{host}}"
+
+
+def assert_both_left_out_at_once(r, report, cluster, lost):
+    """The failure blames one of the hosts `lost`; the other was found before the relaunch
+    (started on the way ranks start), not by a relaunch that failed on it: one relaunch."""
+    addresses = {cluster.host(h).address for h in lost}
+    blamed = report["attempts"][0]["failure"]["address"]
+    checked = {line.split()[3] for line in r.stderr.splitlines()
+               if "cannot start a process (checked the way ranks start)" in line}
+    assert blamed in addresses and checked == addresses - {blamed}, (blamed, checked, r.stderr)
+    assert len(report["attempts"]) == 2, report["attempts"]
+
+
 def test_a_host_and_its_buddy_powered_off_at_once_fall_back_to_the_durable_tier(
         phalanx, corpus, reference, netcluster_factory, tmp_path):
+    """h2 and h3 (h2's buddy) powered off at the same step: the failure names one of them,
+    the agent finds the other before relaunching on h1 alone; h2's shards are in nobody's
+    memory, so the durable tier is read and the log says why."""
     cluster = netcluster_factory(hosts=3)
-    script = tmp_path / "fault.sh"  # h2 and h3 (h2's buddy) together
-    script.write_text(f"#!/bin/sh\n{NETCLUSTER} \"$1\" \"$2\" h2 && "
-                      f"{NETCLUSTER} \"$1\" \"$2\" h3\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    fault = powered_off_together(tmp_path, cluster, "h2", "h3")
     r, report = drill(phalanx, cluster, tmp_path, corpus, [f"poweroff:h2@{FAULT_STEP}"],
                       "--ckpt-every", 1, "--ckpt-durable-every", DURABLE, "--ckpt-replicate", "on",
-                      fault_command=f"{script} {{kind}} {cluster.name} {{host}}")
+                      fault_command=fault)
     assert_fell_back_because_both_copies_are_gone(r, report, reference, tmp_path, world=1)
+    assert_both_left_out_at_once(r, report, cluster, ["h2", "h3"])
+
+
+def test_two_hosts_powered_off_at_once_that_are_not_buddies_recover_from_memory(
+        phalanx, corpus, reference, netcluster_factory, tmp_path):
+    """4 hosts (h1 -> h2 -> h3 -> h4 -> h1): h2 and h4 powered off at the same step. Each one's
+    shards are also on the next host (h3, h1), which survives: the relaunch on h1 and h3
+    resumes from memory."""
+    cluster = netcluster_factory(hosts=4)
+    fault = powered_off_together(tmp_path, cluster, "h2", "h4")
+    r, report = drill(phalanx, cluster, tmp_path, corpus, [f"poweroff:h2@{FAULT_STEP}"],
+                      *MEMORY, fault_command=fault, layout=("--dp", 2, "--pp", 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    first, second = report["attempts"]
+    assert_both_left_out_at_once(r, report, cluster, ["h2", "h4"])
+    assert second["world"] == 2, second
+    assert second["resumed_tier"] == "memory", (second, r.stderr)
+    assert second["resumed_step"] == first["replicated_step"], (first, second, r.stderr)
+    assert_like_the_reference(tmp_path, report, reference)
+
+
+def test_a_launch_that_fails_on_a_lost_host_is_retried_without_it(
+        phalanx, corpus, reference, netcluster_factory, tmp_path):
+    """h3 is off before the run starts: mpirun cannot start its daemon there and the first
+    launch fails as a whole; the agent finds h3 lost (the way ranks start) and launches on
+    h1 and h2 instead of giving up."""
+    cluster = netcluster_factory(hosts=3)
+    assert cluster.command("poweroff", "h3").returncode == 0
+    r, report = drill(phalanx, cluster, tmp_path, corpus, [], *MEMORY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first, second = report["attempts"]
+    assert first["failure"]["how"] == "the launch failed: a host is unreachable", first
+    assert f"host {cluster.host('h3').address} cannot start a process" in r.stderr, r.stderr
+    assert second["world"] == 2, second
+    assert_like_the_reference(tmp_path, report, reference)
 
 
 def test_under_a_slow_link_replication_lags_and_the_run_finishes(
