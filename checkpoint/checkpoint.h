@@ -160,10 +160,12 @@ typedef struct {
     int ndim;                 /* 1 or 2 */
     int64_t shape[2];         /* logical shape (shape[1] unused for 1-D) */
     float *param, *m, *v;     /* the whole tensor; m or v may be NULL when loading */
-    int replica_index, replica_count; /* writing only: this rank's share */
-    /* Writing only. m and v point at the first element of this rank's share,
-     * not at the whole tensor: they hold only that share (a ZeRO-1 rank's
-     * optimizer shard). The reader always fills whole tensors. */
+    int replica_index, replica_count; /* this rank's share (see moments_share_only) */
+    /* m and v point at the first element of this rank's share (rows of
+     * share replica_index of replica_count), not at the whole tensor: they
+     * hold only that share (a ZeRO-1 rank's optimizer shard). Writing: only
+     * that share is written. Reading: only those rows are read into m and v
+     * (param is filled whole). */
     bool moments_share_only;
 } CkptTensor;
 

@@ -965,8 +965,33 @@ static bool attributes_agree(hid_t ds, const CkptFragment *f)
            offset[0] == f->row_begin && (f->ndim == 1 || offset[1] == 0);
 }
 
+/* Reads rows [first, first + count) of the dataset (of `want` rows) into dest:
+ * all of it with H5S_ALL, else a hyperslab of whole rows (HDF5 still reads,
+ * and checks the checksum of, every chunk it touches). */
+static herr_t read_rows(hid_t ds, hid_t space, const hsize_t want[2], int ndim, int64_t first,
+                        int64_t count, float *dest)
+{
+    if (first == 0 && (hsize_t)count == want[0])
+        return H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dest);
+    hsize_t start[2] = {(hsize_t)first, 0}, size[2] = {(hsize_t)count, want[1]};
+    hid_t memory = H5Screate_simple(ndim, size, NULL);
+    herr_t rc = memory >= 0 &&
+                        H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, size, NULL) >= 0
+                    ? H5Dread(ds, H5T_NATIVE_FLOAT, memory, space, H5P_DEFAULT, dest)
+                    : -1;
+    h5_close(memory);
+    return rc;
+}
+
 CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, float *dest,
                                 char *err, size_t err_len)
+{
+    return format_fragment_read_rows(shard, kind, f, 0, f->row_end - f->row_begin, dest, err,
+                                     err_len);
+}
+
+CkptStatus format_fragment_read_rows(hid_t shard, int kind, const CkptFragment *f, int64_t first,
+                                     int64_t count, float *dest, char *err, size_t err_len)
 {
     char path[2 * CKPT_NAME_MAX], why[256];
     dataset_path(path, sizeof(path), kind, f->name);
@@ -994,7 +1019,7 @@ CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *f, fl
     else if (!attributes_agree(ds, f))
         util_fail(err, err_len, "/%s: its attributes logical_name, logical_shape, offset do "
                                 "not match the index", path);
-    else if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dest) < 0)
+    else if (read_rows(ds, space, want, f->ndim, first, count, dest) < 0)
         util_fail(err, err_len, "/%s: %s", path, h5_error(why, sizeof(why)));
     else
         status = CKPT_OK;

@@ -238,6 +238,11 @@ CkptStatus format_shard_open(const char *file, const CkptIndex *index, int rank,
 /* Reads one fragment's rows of one kind into dest (checksums verified). */
 CkptStatus format_fragment_read(hid_t shard, int kind, const CkptFragment *fragment,
                                 float *dest, char *err, size_t err_len);
+/* The same for rows [first, first + count) of the fragment (0 <= first,
+ * first + count <= its rows), into dest. */
+CkptStatus format_fragment_read_rows(hid_t shard, int kind, const CkptFragment *fragment,
+                                     int64_t first, int64_t count, float *dest, char *err,
+                                     size_t err_len);
 
 /* Sorts fragments by name, then first row. */
 void format_fragments_sort(CkptFragment *fragments, int count);

@@ -138,15 +138,29 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
         return differs;
     }
     float *dest[KIND_COUNT] = {t->param, t->m, t->v};
+    /* Rows [from, to) of each kind: m and v hold only this rank's share when
+     * moments_share_only (a ZeRO-1 rank never holds the whole moments). */
+    int64_t share_first = 0, share_count = t->shape[0];
+    if (t->moments_share_only) {
+        size_t first, count;
+        ckpt_tensor_share(t, &first, &count);
+        share_first = (int64_t)first / row;
+        share_count = (int64_t)count / row;
+    }
     for (int i = 0; i < n; i++, f++) {
         hid_t shard;
         CkptStatus status = shard_get(set, f->rank, &shard, err, err_len);
         for (int kind = 0; status == CKPT_OK && kind < KIND_COUNT; kind++) {
             char why[768];
-            if (!dest[kind])
+            bool share = kind != KIND_PARAM && t->moments_share_only;
+            int64_t from = share ? share_first : 0, to = share ? share_first + share_count
+                                                               : t->shape[0];
+            int64_t lo = f->row_begin > from ? f->row_begin : from;
+            int64_t hi = f->row_end < to ? f->row_end : to;
+            if (!dest[kind] || lo >= hi)
                 continue;
-            status = format_fragment_read(shard, kind, f, dest[kind] + f->row_begin * row, why,
-                                          sizeof(why));
+            status = format_fragment_read_rows(shard, kind, f, lo - f->row_begin, hi - lo,
+                                               dest[kind] + (lo - from) * row, why, sizeof(why));
             if (status != CKPT_OK) {
                 char shard_path[PATH_MAX];
                 ckpt_shard_path(shard_path, sizeof(shard_path), set->dir, f->rank);

@@ -206,45 +206,31 @@ static int upload_state(Trainer *t)
     return -1;
 }
 
-/* Sharded: the reader fills whole tensors, so m and v are read into whole
- * temporary buffers (*whole: m, then v; the caller frees it) and
- * keep_moment_pieces keeps this rank's pieces. NULL when out of memory. */
-static CkptTensor *whole_moments_table(const Trainer *t, float **whole)
+/* Sharded: the table to read, whose m and v are this rank's ZeRO pieces (the
+ * rows of share zero.rank of zero.size; for the tied wte that is both copies'
+ * shares of the writing table): the reader fills only those rows, so a
+ * resume never holds the whole moments. NULL when out of memory. */
+static CkptTensor *share_moments_table(const Trainer *t)
 {
-    size_t P = t->gpt.param_count;
     int count = t->ckpt_tensor_count;
     CkptTensor *table = malloc((size_t)count * sizeof(CkptTensor));
-    *whole = malloc(2 * P * sizeof(float));
-    if (!table || !*whole) {
-        free(table);
-        free(*whole);
+    if (!table)
         return NULL;
-    }
+    float *m, *v;
+    host_moments(t, &m, &v);
     for (int i = 0; i < count; i++) {
         table[i] = t->ckpt_tensors[i];
-        table[i].m = *whole + t->gpt.tensors[i].offset;
-        table[i].v = *whole + P + t->gpt.tensors[i].offset;
-        table[i].moments_share_only = false;
+        table[i].replica_index = t->zero.rank;
+        table[i].replica_count = t->zero.size;
+        table[i].m = m + zero_piece_offset(&t->zero, i);
+        table[i].v = v + zero_piece_offset(&t->zero, i);
+        table[i].moments_share_only = true;
     }
     return table;
 }
 
-static void keep_moment_pieces(Trainer *t, const float *whole)
-{
-    size_t P = t->gpt.param_count;
-    float *m, *v;
-    host_moments(t, &m, &v);
-    for (int i = 0; i < t->gpt.tensor_count; i++) {
-        const ParamTensor *p = &t->gpt.tensors[i];
-        size_t first, count, at = zero_piece_offset(&t->zero, i);
-        zero_piece(p, t->zero.rank, t->zero.size, &first, &count);
-        memcpy(m + at, whole + p->offset + first, count * sizeof(float));
-        memcpy(v + at, whole + P + p->offset + first, count * sizeof(float));
-    }
-}
-
-/* `reading`: the tensor table to load (whole_moments_table when sharded). */
-static int resume(Trainer *t, const CkptTensor *reading, const float *whole)
+/* `reading`: the tensor table to load (share_moments_table when sharded). */
+static int resume(Trainer *t, const CkptTensor *reading)
 {
     CkptModel expect = ckpt_model(&t->opt.model);
     CkptOptions options = t->opt.ckpt;
@@ -254,8 +240,6 @@ static int resume(Trainer *t, const CkptTensor *reading, const float *whole)
     CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, reading,
                                     t->ckpt_tensor_count, &expect, &state, path, sizeof(path),
                                     err, sizeof(err));
-    if (status == CKPT_OK && t->sharded)
-        keep_moment_pieces(t, whole);
     if (status != CKPT_OK) {
         if (t->rank == 0)
             fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
@@ -321,19 +305,15 @@ int snapshot_setup(Trainer *t)
     if (!o->resume && !o->ckpt.dir)
         return 0;
     // every rank allocates the same way, so all fail together or none
-    float *whole = NULL;
     CkptTensor *reading = NULL;
     if (build_tensor_table(t) ||
-        !(reading = o->resume && t->sharded ? whole_moments_table(t, &whole)
-                                            : t->ckpt_tensors)) {
+        !(reading = o->resume && t->sharded ? share_moments_table(t) : t->ckpt_tensors)) {
         fprintf(stderr, "phalanx train: rank %d: out of memory\n", t->rank);
         return -1;
     }
-    int status = o->resume ? resume(t, reading, whole) : o->ckpt.dir ? check_fresh_dir(t) : 0;
-    if (reading != t->ckpt_tensors) {
+    int status = o->resume ? resume(t, reading) : o->ckpt.dir ? check_fresh_dir(t) : 0;
+    if (reading != t->ckpt_tensors)
         free(reading);
-        free(whole);
-    }
     if (status)
         return -1;
     return o->ckpt.dir ? open_checkpointer(t) : 0;

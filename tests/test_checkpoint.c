@@ -744,10 +744,52 @@ static void test_epoch_directories_and_the_fence_of_another_tier(void **state)
     assert_non_null(strstr(f->err, "written by epoch 0, its name says 7"));
 }
 
+/* A ZeRO-1 rank reads only its share of m and v: buffers of exactly the
+ * share's rows (ASan would see a write past them) receive those rows; the
+ * parameters are filled whole. Share 1 of 3 of every tensor. */
+static void test_moments_share_only_reads_the_share_rows(void **state)
+{
+    Fixture *f = *state;
+    train(f, options(f, CKPT_SYNC, 1, 1), 2);
+    zero(f->t, TENSORS);
+    CkptTensor share[TENSORS];
+    for (int k = 0; k < TENSORS; k++) {
+        share[k] = f->t[k];
+        share[k].replica_index = 1;
+        share[k].replica_count = 3;
+        share[k].moments_share_only = true;
+        size_t first, count;
+        ckpt_tensor_share(&share[k], &first, &count);
+        assert_true(count > 0 && count < numel(&f->t[k]));
+        share[k].m = malloc(count * sizeof(float));
+        share[k].v = malloc(count * sizeof(float));
+        assert_non_null(share[k].m);
+        assert_non_null(share[k].v);
+    }
+    CkptRunState s;
+    assert_int_equal(ckpt_load(step_path(f, 2), share, TENSORS, &MODEL, &s, f->err,
+                               sizeof(f->err)),
+                     CKPT_OK);
+    for (int k = 0; k < TENSORS; k++) {
+        size_t first, count;
+        ckpt_tensor_share(&share[k], &first, &count);
+        for (size_t i = 0; i < numel(&f->t[k]); i++)
+            assert_true(f->t[k].param[i] == (float)(2 * 100000 + k * 10000 + (int)i));
+        for (size_t i = 0; i < count; i++) {
+            float p = (float)(2 * 100000 + k * 10000 + (int)(first + i));
+            assert_true(share[k].m[i] == -p && share[k].v[i] == p + 0.5f);
+        }
+        free(share[k].m);
+        free(share[k].v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sync_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_moments_share_only_reads_the_share_rows, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_async_saves_the_handed_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keep_prunes_and_close_cleans_tier1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_wait_sync, setup, teardown),
