@@ -151,9 +151,11 @@ static int fields_write(hid_t run, const CkptRunState *state, const Field *field
 static int value_write(hid_t run, const CkptValue *v)
 {
     switch (v->type) {
-    case CKPT_INT32: return h5_attr_write(run, v->key, H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &v->as);
+    case CKPT_INT32:
+        return h5_attr_write(run, v->key, H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &v->as.i32);
     case CKPT_INT64: return h5_attr_i64(run, v->key, 0, &v->as.i64);
-    case CKPT_F64: return h5_attr_write(run, v->key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, &v->as);
+    case CKPT_F64:
+        return h5_attr_write(run, v->key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, &v->as.f64);
     case CKPT_TEXT: return h5_attr_string(run, v->key, v->as.text, sizeof(v->as.text));
     }
     return -1;
