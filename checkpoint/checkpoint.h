@@ -182,26 +182,45 @@ typedef struct {
     double value;
 } CkptExtra;
 
+#define CKPT_VALUE_MAX 48 /* typed values in CkptRunState.values */
+#define CKPT_TEXT_MAX 32  /* a text value, including the NUL */
+
+/* The type a value has in the file: H5T_STD_I32LE, H5T_STD_I64LE,
+ * H5T_IEEE_F64LE, or a fixed-length string. */
+typedef enum { CKPT_INT32, CKPT_INT64, CKPT_F64, CKPT_TEXT } CkptValueType;
+
+typedef struct {
+    char key[32];
+    CkptValueType type;
+    union {
+        int32_t i32;
+        int64_t i64;
+        double f64;
+        char text[CKPT_TEXT_MAX];
+    } as;
+} CkptValue;
+
 /* Everything that defines the run besides the tensors; the caller fills it
- * (format_version is set by the writer). Names of kinds are strings so that
- * the file reads without Phalanx: optimizer "lamb"/"adamw", schedule
- * "cosine"/"linear"/"constant"/"wsd". */
+ * (format_version is set by the writer).
+ * - The core fields are the checkpoint's own: what it needs to find, fence,
+ *   check and reshard a checkpoint (step, cursor, seed, model, writer).
+ * - values: the state of the run's stateful parts (optimizer, schedule,
+ *   batch controller, ...), each saved and checked by its owner
+ *   (runtime/stateful.h); checkpoint/ stores them without knowing them. In
+ *   the file each is one attribute of group `run` of its own type, in the
+ *   order they were put, between the model's and the writer's attributes.
+ *   Keys must not be a core field's attribute name.
+ * - extra: key-value pairs of doubles (group run/extra), checked finite. */
 typedef struct {
     int format_version;
     int64_t step;          /* optimizer steps completed */
     int64_t sample_cursor; /* global samples consumed */
     uint64_t seed;
     CkptModel model;
-    char optimizer[16];
-    double lr, beta1, beta2, eps, weight_decay, clip;
-    int decay_all;
-    char schedule[16];
-    int64_t warmup_steps, total_steps; /* --warmup, --steps */
-    int64_t train_samples;             /* the schedule's length in samples */
-    double min_lr_ratio, decay_fraction;
-    int global_batch, micro_batch;     /* the global batch of the coming steps */
     CkptLayout writer; /* the layout that wrote it (information only) */
-    int extra_count;   /* later state (batch controller): key-value pairs */
+    int value_count;
+    CkptValue values[CKPT_VALUE_MAX];
+    int extra_count;
     CkptExtra extra[CKPT_EXTRA_MAX];
 } CkptRunState;
 
@@ -209,6 +228,38 @@ typedef struct {
 int ckpt_state_set(CkptRunState *state, const char *key, double value);
 /* The value of `key`, or `fallback` when absent. */
 double ckpt_state_get(const CkptRunState *state, const char *key, double fallback);
+
+/* Adds a typed value, or replaces the one of that key (its type too; it
+ * keeps its place). -1 when full, or the key or the text is too long. */
+int ckpt_state_put_int(CkptRunState *state, const char *key, int32_t value);
+int ckpt_state_put_i64(CkptRunState *state, const char *key, int64_t value);
+int ckpt_state_put_f64(CkptRunState *state, const char *key, double value);
+int ckpt_state_put_str(CkptRunState *state, const char *key, const char *text);
+/* True, with *out set, when `key` holds a value of that type; a value of
+ * another type is not found. The text stays in state. */
+bool ckpt_state_get_int(const CkptRunState *state, const char *key, int32_t *out);
+bool ckpt_state_get_i64(const CkptRunState *state, const char *key, int64_t *out);
+bool ckpt_state_get_f64(const CkptRunState *state, const char *key, double *out);
+bool ckpt_state_get_str(const CkptRunState *state, const char *key, const char **out);
+
+/* Range checks for a stateful part's values, with the messages the reader
+ * gives its own fields: -1 with "attribute 'lr' is missing, unreadable or
+ * of the wrong type", "'lr' is nan, not a finite number in [0, 1e+06]" or
+ * "'step' is -1, outside [0, 9007199254740992]" (the caller's check adds
+ * nothing; the reader says "corrupt run state: " before it). A text is
+ * "attribute 'optimizer' is missing" or "... is not a string". */
+int ckpt_state_need_int(const CkptRunState *state, const char *key, int64_t low, int64_t high,
+                        char *err, size_t err_len);
+int ckpt_state_need_i64(const CkptRunState *state, const char *key, int64_t low, int64_t high,
+                        char *err, size_t err_len);
+int ckpt_state_need_f64(const CkptRunState *state, const char *key, double low, double high,
+                        char *err, size_t err_len);
+int ckpt_state_need_str(const CkptRunState *state, const char *key, char *err, size_t err_len);
+/* The message for an integer outside [low, high] (for the reader's own). */
+int ckpt_range_fail(char *err, size_t err_len, const char *field, int64_t value, int64_t low,
+                    int64_t high);
+/* Counts in a run state (steps, samples) are at most 2^53: exact in a double. */
+#define CKPT_COUNT_MAX ((int64_t)1 << 53)
 
 /* 0 when equal; else -1 with "checkpoint has --dim 64, this run has --dim 128". */
 int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *err,
@@ -219,8 +270,9 @@ int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *er
 
 typedef enum { CKPT_ASYNC = 0, CKPT_SYNC = 1 } CkptMode;
 
-/* The caller's check of the run state it restores (the meaning and ranges of
- * its extra pairs): 0, or -1 with a message naming the field. */
+/* The caller's check of the run state it restores (its stateful parts'
+ * values, and the meaning and ranges of its extra pairs; the runtime's is
+ * stateful_check): 0, or -1 with a message naming the field. */
 typedef int (*CkptStateCheck)(const CkptRunState *state, char *err, size_t err_len);
 
 /* Buddy replication of tier 1 (checkpoint.h, "Replication"). */
@@ -379,8 +431,10 @@ int ckpt_close(Checkpointer *ck, bool success, CkptStats *final);
  *   0..n-1 once each; the fragment table is not empty, every entry has a
  *   sane name, ndim 1 or 2, a shape of at most 2^40 elements, rows inside
  *   it, a listed rank, fits in its shard's bytes, and the fragments tile
- *   every tensor exactly; every run-state value is finite and in range
- *   (steps and samples in [0, 2^53], batches >= 1), with the field named;
+ *   every tensor exactly; every core run-state value is in range (steps and
+ *   samples in [0, 2^53]) and every extra pair finite, with the field named;
+ *   the stateful parts' values pass the caller's check (CkptStateCheck:
+ *   resume, load and verify take one), which names the field the same way;
  * - every shard dataset read: reached through hard links only, float32,
  *   chunked as the writer chunks it, Fletcher32 its only filter, no external
  *   storage (so not virtual), attributes that agree with the index (the
@@ -394,9 +448,11 @@ void ckpt_shape_text(int ndim, const int64_t shape[2], char *out, size_t len);
 
 /* Fills the caller's tensors (whole logical tensors; m and v may be NULL)
  * and *state from the checkpoint at `path` (a step directory or its
- * index.h5). With `expect` non-NULL the model shape must match it. */
+ * index.h5). With `expect` non-NULL the model shape must match it; with
+ * `check` non-NULL the run state must pass it (else CKPT_CORRUPT). */
 CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
-                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len);
+                     const CkptModel *expect, CkptStateCheck check, CkptRunState *state,
+                     char *err, size_t err_len);
 
 /* Collective over `comm`. `spec` is "latest" (the tiers of `options`) or a
  * path: a step directory, or a directory of step directories (its newest
@@ -465,9 +521,11 @@ int ckpt_list_fenced(const char *dir, const char *fence_dir, CkptEntry **entries
  * directory yet. */
 int64_t ckpt_newest_complete(const CkptOptions *options);
 
-/* The validation above, and every fragment of every shard read (all
- * checksums). Writes one line per problem to `report`. The extra pairs are
- * checked for finiteness only (their meaning is the trainer's). */
-CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len);
+/* The validation above, the caller's `check` of the run state (NULL: none;
+ * `phalanx ckpt verify` passes the runtime's, which knows the stateful
+ * parts' values), and every fragment of every shard read (all checksums).
+ * Writes one line per problem to `report`. */
+CkptStatus ckpt_verify(const char *path, CkptStateCheck check, FILE *report, char *err,
+                       size_t err_len);
 
 #endif

@@ -74,7 +74,9 @@ int format_fragments_check(const CkptFragment *f, int count, char *err, size_t e
 }
 
 // ----------------------------------------------------------------------------
-// run state: one attribute per field of CkptRunState
+// run state: group `run`, one attribute per core field of CkptRunState, the
+// stateful parts' typed values between the model's and the writer's (the
+// order of format 1), and run/extra's pairs
 
 typedef enum { F_INT, F_I64, F_U64, F_F64, F_STR } FieldType;
 
@@ -87,7 +89,8 @@ typedef struct {
 #define FIELD(n, t, member) \
     {n, t, offsetof(CkptRunState, member), sizeof(((CkptRunState *)0)->member)}
 
-static const Field RUN_FIELDS[] = {
+/* Written before the values */
+static const Field HEAD_FIELDS[] = {
     FIELD("format_version", F_INT, format_version),
     FIELD("step", F_I64, step),
     FIELD("sample_cursor", F_I64, sample_cursor),
@@ -97,28 +100,15 @@ static const Field RUN_FIELDS[] = {
     FIELD("heads", F_INT, model.heads),
     FIELD("dim", F_INT, model.dim),
     FIELD("seq_len", F_INT, model.seq_len),
-    FIELD("optimizer", F_STR, optimizer),
-    FIELD("lr", F_F64, lr),
-    FIELD("beta1", F_F64, beta1),
-    FIELD("beta2", F_F64, beta2),
-    FIELD("eps", F_F64, eps),
-    FIELD("weight_decay", F_F64, weight_decay),
-    FIELD("clip", F_F64, clip),
-    FIELD("decay_all", F_INT, decay_all),
-    FIELD("schedule", F_STR, schedule),
-    FIELD("warmup_steps", F_I64, warmup_steps),
-    FIELD("total_steps", F_I64, total_steps),
-    FIELD("train_samples", F_I64, train_samples),
-    FIELD("min_lr_ratio", F_F64, min_lr_ratio),
-    FIELD("decay_fraction", F_F64, decay_fraction),
-    FIELD("global_batch", F_INT, global_batch),
-    FIELD("micro_batch", F_INT, micro_batch),
+};
+/* ... and after them */
+static const Field TAIL_FIELDS[] = {
     FIELD("writer_dp", F_INT, writer.dp),
     FIELD("writer_pp", F_INT, writer.pp),
     FIELD("writer_sp", F_INT, writer.sp),
     FIELD("writer_world", F_INT, writer.world),
 };
-#define RUN_FIELD_COUNT (sizeof(RUN_FIELDS) / sizeof(RUN_FIELDS[0]))
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static hid_t field_file_type(FieldType t)
 {
@@ -144,6 +134,33 @@ static hid_t field_mem_type(FieldType t)
     return H5I_INVALID_HID;
 }
 
+static int fields_write(hid_t run, const CkptRunState *state, const Field *fields, size_t count)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        const Field *f = &fields[i];
+        const char *at = (const char *)state + f->offset;
+        rc = f->type == F_STR ? h5_attr_string(run, f->name, at, f->size)
+                              : h5_attr_write(run, f->name, field_file_type(f->type),
+                                              field_mem_type(f->type), 0, at);
+    }
+    return rc;
+}
+
+/* A typed value as the attribute of its type (CkptValueType). */
+static int value_write(hid_t run, const CkptValue *v)
+{
+    switch (v->type) {
+    case CKPT_INT32:
+        return h5_attr_write(run, v->key, H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &v->as.i32);
+    case CKPT_INT64: return h5_attr_i64(run, v->key, 0, &v->as.i64);
+    case CKPT_F64:
+        return h5_attr_write(run, v->key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, &v->as.f64);
+    case CKPT_TEXT: return h5_attr_string(run, v->key, v->as.text, sizeof(v->as.text));
+    }
+    return -1;
+}
+
 static int run_state_write(hid_t file, const CkptRunState *state)
 {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -151,14 +168,11 @@ static int run_state_write(hid_t file, const CkptRunState *state)
     hid_t run = H5Gcreate2(file, "run", lcpl, H5P_DEFAULT, H5P_DEFAULT);
     hid_t extra = run >= 0 ? H5Gcreate2(run, "extra", lcpl, H5P_DEFAULT, H5P_DEFAULT)
                            : H5I_INVALID_HID;
-    int rc = extra >= 0 ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
-        const Field *f = &RUN_FIELDS[i];
-        const char *at = (const char *)state + f->offset;
-        rc = f->type == F_STR ? h5_attr_string(run, f->name, at, f->size)
-                              : h5_attr_write(run, f->name, field_file_type(f->type),
-                                              field_mem_type(f->type), 0, at);
-    }
+    int rc = extra >= 0 ? fields_write(run, state, HEAD_FIELDS, COUNT_OF(HEAD_FIELDS)) : -1;
+    for (int i = 0; rc == 0 && i < state->value_count; i++)
+        rc = value_write(run, &state->values[i]);
+    if (rc == 0)
+        rc = fields_write(run, state, TAIL_FIELDS, COUNT_OF(TAIL_FIELDS));
     for (int i = 0; rc == 0 && i < state->extra_count; i++)
         rc = h5_attr_write(extra, state->extra[i].key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0,
                            &state->extra[i].value);
@@ -179,16 +193,11 @@ static herr_t read_extra(hid_t obj, const char *name, const H5A_info_t *info, vo
     return 0;
 }
 
-static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err_len)
+static int fields_read(hid_t run, CkptRunState *state, const Field *fields, size_t count,
+                       char *err, size_t err_len)
 {
-    memset(state, 0, sizeof(*state));
-    if (H5Lexists(file, "run", H5P_DEFAULT) <= 0 || H5Lexists(file, "run/extra", H5P_DEFAULT) <= 0)
-        return util_fail(err, err_len, "no run state (group 'run')");
-    hid_t run = H5Gopen2(file, "run", H5P_DEFAULT);
-    hid_t extra = H5Gopen2(file, "run/extra", H5P_DEFAULT);
-    int rc = run >= 0 && extra >= 0 ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < RUN_FIELD_COUNT; i++) {
-        const Field *f = &RUN_FIELDS[i];
+    for (size_t i = 0; i < count; i++) {
+        const Field *f = &fields[i];
         char *at = (char *)state + f->offset;
         const char *problem = NULL;
         if (f->type == F_STR)
@@ -196,9 +205,109 @@ static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err
         else if (h5_attr_read(run, f->name, field_mem_type(f->type), 0, at) != 0)
             problem = "is missing, unreadable or of the wrong type";
         if (problem)
-            rc = util_fail(err, err_len, "corrupt run state: attribute '%s' %s", f->name,
-                           problem);
+            return util_fail(err, err_len, "corrupt run state: attribute '%s' %s", f->name,
+                             problem);
     }
+    return 0;
+}
+
+static bool is_core_field(const char *name)
+{
+    for (size_t i = 0; i < COUNT_OF(HEAD_FIELDS); i++)
+        if (strcmp(name, HEAD_FIELDS[i].name) == 0)
+            return true;
+    for (size_t i = 0; i < COUNT_OF(TAIL_FIELDS); i++)
+        if (strcmp(name, TAIL_FIELDS[i].name) == 0)
+            return true;
+    return false;
+}
+
+typedef struct {
+    CkptRunState *state;
+    char *err;
+    size_t err_len;
+    bool said; /* err holds why the iteration stopped */
+} ValueReading;
+
+/* The type a value was stored with: CKPT_TEXT for a string, else the
+ * numeric type a writer stores (-1: none; the value is left out, and the
+ * part that owns it reports it missing or of the wrong type). */
+static int stored_value_type(hid_t attr)
+{
+    hid_t type = H5Aget_type(attr);
+    H5T_class_t class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    bool is_signed = class == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_2;
+    h5_close(type);
+    if (class == H5T_STRING)
+        return CKPT_TEXT;
+    if (class == H5T_FLOAT && size == 8)
+        return CKPT_F64;
+    if (is_signed && (size == 4 || size == 8))
+        return size == 4 ? CKPT_INT32 : CKPT_INT64;
+    return -1;
+}
+
+/* A value read as stored; -1 only for what must not be read on (a string
+ * of another kind than Phalanx writes, too many values). */
+static int value_read(hid_t run, const char *name, int type, ValueReading *r)
+{
+    CkptValue v = {.type = (CkptValueType)type};
+    int rc = -1;
+    switch (type) {
+    case CKPT_INT32: rc = h5_attr_read(run, name, H5T_NATIVE_INT32, 0, &v.as.i32); break;
+    case CKPT_INT64: rc = h5_attr_read(run, name, H5T_NATIVE_INT64, 0, &v.as.i64); break;
+    case CKPT_F64: rc = h5_attr_read(run, name, H5T_NATIVE_DOUBLE, 0, &v.as.f64); break;
+    case CKPT_TEXT: {
+        const char *problem = h5_attr_read_string(run, name, v.as.text, sizeof(v.as.text));
+        if (problem) {
+            r->said = true;
+            return util_fail(r->err, r->err_len, "corrupt run state: attribute '%s' %s", name,
+                             problem);
+        }
+        rc = 0;
+    }
+    }
+    if (rc != 0 || strlen(name) >= sizeof(v.key))
+        return 0; // left out: its owner says it is missing
+    if (r->state->value_count == CKPT_VALUE_MAX) {
+        r->said = true;
+        return util_fail(r->err, r->err_len, "corrupt run state: group 'run' holds more than "
+                                             "%d values", CKPT_VALUE_MAX);
+    }
+    snprintf(v.key, sizeof(v.key), "%s", name);
+    r->state->values[r->state->value_count++] = v;
+    return 0;
+}
+
+static herr_t read_value(hid_t run, const char *name, const H5A_info_t *info, void *data)
+{
+    (void)info;
+    if (is_core_field(name))
+        return 0;
+    hid_t attr = H5Aopen(run, name, H5P_DEFAULT);
+    int type = attr >= 0 ? stored_value_type(attr) : -1;
+    h5_close(attr);
+    return type < 0 ? 0 : value_read(run, name, type, data);
+}
+
+static int run_state_read(hid_t file, CkptRunState *state, char *err, size_t err_len)
+{
+    memset(state, 0, sizeof(*state));
+    if (H5Lexists(file, "run", H5P_DEFAULT) <= 0 || H5Lexists(file, "run/extra", H5P_DEFAULT) <= 0)
+        return util_fail(err, err_len, "no run state (group 'run')");
+    hid_t run = H5Gopen2(file, "run", H5P_DEFAULT);
+    hid_t extra = H5Gopen2(file, "run/extra", H5P_DEFAULT);
+    ValueReading reading = {state, err, err_len, false};
+    int rc = run >= 0 && extra >= 0 ? 0 : -1;
+    if (rc == 0)
+        rc = fields_read(run, state, HEAD_FIELDS, COUNT_OF(HEAD_FIELDS), err, err_len) ||
+                     fields_read(run, state, TAIL_FIELDS, COUNT_OF(TAIL_FIELDS), err, err_len)
+                 ? -1
+                 : 0;
+    if (rc == 0 && H5Aiterate2(run, H5_INDEX_NAME, H5_ITER_INC, NULL, read_value, &reading) < 0)
+        rc = reading.said ? -1 : util_fail(err, err_len, "run state: unreadable attributes in "
+                                                         "group 'run'");
     if (rc == 0 && H5Aiterate2(extra, H5_INDEX_NAME, H5_ITER_INC, NULL, read_extra, state) < 0)
         rc = util_fail(err, err_len, "run state: unreadable key-value pairs in run/extra");
     h5_close(extra);
@@ -522,7 +631,6 @@ int format_index_update(const void *template, size_t template_size, const IndexC
  * allocation uses the numbers: far above any real run, far below overflow. */
 #define TABLE_RECORDS_MAX (1 << 20)          /* fragments, shards */
 #define TENSOR_ELEMENTS_MAX ((int64_t)1 << 40) /* elements of one logical tensor */
-#define COUNT_MAX ((int64_t)1 << 53)         /* steps, samples: exact in a double */
 
 /* The table's stored record type is the one table_write stores (mem_type
  * packed), checked before H5Dread: no variable-length member, whose bytes
@@ -663,49 +771,29 @@ static int fragments_sane(const CkptIndex *x, char *err, size_t err_len)
 static int bad_count(char *err, size_t err_len, const char *field, int64_t value, int64_t low,
                      int64_t high)
 {
-    return util_fail(err, err_len, "corrupt run state: '%s' is %lld, outside [%lld, %lld]",
-                     field, (long long)value, (long long)low, (long long)high);
-}
-
-static int bad_real(char *err, size_t err_len, const char *field, double value, double low,
-                    double high)
-{
-    return util_fail(err, err_len, "corrupt run state: '%s' is %g, %s [%g, %g]", field, value,
-                     isfinite(value) ? "outside" : "not a finite number in", low, high);
+    char why[256];
+    ckpt_range_fail(why, sizeof(why), field, value, low, high);
+    return util_fail(err, err_len, "corrupt run state: %s", why);
 }
 
 #define COUNT_IN(field, value, low, high) \
     ((value) < (low) || (value) > (high) ? bad_count(err, err_len, field, value, low, high) : 0)
-#define REAL_IN(field, value, low, high)                                     \
-    (!((value) >= (low) && (value) <= (high))                                \
-         ? bad_real(err, err_len, field, value, low, high)                   \
-         : 0)
 
-/* Every value of the run state finite and in the range a run can have
- * (steps and samples below 2^53, each step at most INT_MAX samples); the
- * meaning of the extra pairs is the caller's (CkptOptions.check_state). */
+/* Every core value of the run state in the range a run can have (steps and
+ * samples below 2^53, each step at most INT_MAX samples), the extra pairs
+ * finite; the values of the stateful parts are their owners' to check
+ * (CkptOptions.check_state), as is the meaning of the extra pairs. */
 static int run_state_check(const CkptRunState *s, char *err, size_t err_len)
 {
     const CkptModel *m = &s->model;
     const CkptLayout *w = &s->writer;
     int rc = COUNT_IN("format_version", s->format_version, 1, CKPT_FORMAT_VERSION) ||
-             COUNT_IN("step", s->step, 0, COUNT_MAX) ||
+             COUNT_IN("step", s->step, 0, CKPT_COUNT_MAX) ||
              COUNT_IN("sample_cursor", s->sample_cursor, 0,
-                      s->step < COUNT_MAX / INT_MAX ? s->step * INT_MAX : COUNT_MAX) ||
+                      s->step < CKPT_COUNT_MAX / INT_MAX ? s->step * INT_MAX : CKPT_COUNT_MAX) ||
              COUNT_IN("vocab", m->vocab, 1, INT_MAX) || COUNT_IN("layers", m->layers, 1, INT_MAX) ||
              COUNT_IN("heads", m->heads, 1, INT_MAX) || COUNT_IN("dim", m->dim, 1, INT_MAX) ||
              COUNT_IN("seq_len", m->seq_len, 1, INT_MAX) ||
-             REAL_IN("lr", s->lr, 0, 1e6) || REAL_IN("beta1", s->beta1, 0, 1) ||
-             REAL_IN("beta2", s->beta2, 0, 1) || REAL_IN("eps", s->eps, 0, 1) ||
-             REAL_IN("weight_decay", s->weight_decay, 0, 1e6) || REAL_IN("clip", s->clip, 0, 1e30) ||
-             COUNT_IN("decay_all", s->decay_all, 0, 1) ||
-             COUNT_IN("warmup_steps", s->warmup_steps, 0, COUNT_MAX) ||
-             COUNT_IN("total_steps", s->total_steps, 0, COUNT_MAX) ||
-             COUNT_IN("train_samples", s->train_samples, 0, COUNT_MAX) ||
-             REAL_IN("min_lr_ratio", s->min_lr_ratio, 0, 1) ||
-             REAL_IN("decay_fraction", s->decay_fraction, 0, 1) ||
-             COUNT_IN("global_batch", s->global_batch, 1, INT_MAX) ||
-             COUNT_IN("micro_batch", s->micro_batch, 1, INT_MAX) ||
              COUNT_IN("writer_dp", w->dp, 1, INT_MAX) || COUNT_IN("writer_pp", w->pp, 1, INT_MAX) ||
              COUNT_IN("writer_sp", w->sp, 1, INT_MAX) ||
              COUNT_IN("writer_world", w->world, 1, INT_MAX);

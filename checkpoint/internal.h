@@ -9,7 +9,7 @@
  *                 images and read back checked
  *   2  h5util.c   HDF5 plumbing: error stack, in-memory images, checksums
  *                 (superblock, Fletcher32, the index seal), attributes
- *   1  state.c    run-state key-value pairs, status names, messages, index
+ *   1  state.c    run-state typed values and key-value pairs, status names, messages, index
  *                 memory: no HDF5, no file system
  *      files.c    the file system: names, durable writes, removal, listing,
  *                 tiers and fences

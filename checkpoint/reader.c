@@ -284,9 +284,10 @@ static CkptStatus load_checked(const char *path, const char *fence_dir,
 }
 
 CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
-                     const CkptModel *expect, CkptRunState *state, char *err, size_t err_len)
+                     const CkptModel *expect, CkptStateCheck check, CkptRunState *state,
+                     char *err, size_t err_len)
 {
-    return load_checked(path, NULL, tensors, count, expect, NULL, state, err, err_len);
+    return load_checked(path, NULL, tensors, count, expect, check, state, err, err_len);
 }
 
 // ----------------------------------------------------------------------------
@@ -428,13 +429,14 @@ static CkptStatus verify_shards(ShardSet *set, FILE *report)
     return worst;
 }
 
-CkptStatus ckpt_verify(const char *path, FILE *report, char *err, size_t err_len)
+CkptStatus ckpt_verify(const char *path, CkptStateCheck check, FILE *report, char *err,
+                       size_t err_len)
 {
     CkptIndex index;
     ShardSet set;
     char dir[PATH_MAX];
     CkptStatus status =
-        open_checkpoint(path, NULL, NULL, NULL, dir, &index, &set, err, err_len);
+        open_checkpoint(path, NULL, NULL, check, dir, &index, &set, err, err_len);
     if (status != CKPT_OK)
         return status;
     CkptStatus shards = verify_shards(&set, report);

@@ -1,12 +1,14 @@
 /*
  * The lowest floor of checkpoint/: values every other file shares, with no
  * HDF5 and no file system. Status names, messages that name a path, tensor
- * shapes, the run state's key-value pairs, the model-shape check, and the
+ * shapes, the run state's typed values and key-value pairs (and the
+ * messages of their range checks), the model-shape check, and the
  * memory of a read index.
  */
 #include "internal.h"
 #include "util.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -81,6 +83,168 @@ double ckpt_state_get(const CkptRunState *state, const char *key, double fallbac
         if (strcmp(state->extra[i].key, key) == 0)
             return state->extra[i].value;
     return fallback;
+}
+
+/* The slot of `key`: its value, or the next free one (NULL when full or
+ * the key does not fit). */
+static CkptValue *value_slot(CkptRunState *state, const char *key)
+{
+    if (strlen(key) >= sizeof(state->values[0].key))
+        return NULL;
+    int i = 0;
+    while (i < state->value_count && strcmp(state->values[i].key, key) != 0)
+        i++;
+    if (i == CKPT_VALUE_MAX)
+        return NULL;
+    if (i == state->value_count) {
+        state->value_count++;
+        snprintf(state->values[i].key, sizeof(state->values[i].key), "%s", key);
+    }
+    return &state->values[i];
+}
+
+int ckpt_state_put_int(CkptRunState *state, const char *key, int32_t value)
+{
+    CkptValue *v = value_slot(state, key);
+    if (!v)
+        return -1;
+    v->type = CKPT_INT32;
+    v->as.i32 = value;
+    return 0;
+}
+
+int ckpt_state_put_i64(CkptRunState *state, const char *key, int64_t value)
+{
+    CkptValue *v = value_slot(state, key);
+    if (!v)
+        return -1;
+    v->type = CKPT_INT64;
+    v->as.i64 = value;
+    return 0;
+}
+
+int ckpt_state_put_f64(CkptRunState *state, const char *key, double value)
+{
+    CkptValue *v = value_slot(state, key);
+    if (!v)
+        return -1;
+    v->type = CKPT_F64;
+    v->as.f64 = value;
+    return 0;
+}
+
+int ckpt_state_put_str(CkptRunState *state, const char *key, const char *text)
+{
+    if (strlen(text) >= CKPT_TEXT_MAX)
+        return -1;
+    CkptValue *v = value_slot(state, key);
+    if (!v)
+        return -1;
+    v->type = CKPT_TEXT;
+    snprintf(v->as.text, sizeof(v->as.text), "%s", text);
+    return 0;
+}
+
+static const CkptValue *value_of(const CkptRunState *state, const char *key, CkptValueType type)
+{
+    for (int i = 0; i < state->value_count; i++)
+        if (strcmp(state->values[i].key, key) == 0)
+            return state->values[i].type == type ? &state->values[i] : NULL;
+    return NULL;
+}
+
+bool ckpt_state_get_int(const CkptRunState *state, const char *key, int32_t *out)
+{
+    const CkptValue *v = value_of(state, key, CKPT_INT32);
+    if (v)
+        *out = v->as.i32;
+    return v != NULL;
+}
+
+bool ckpt_state_get_i64(const CkptRunState *state, const char *key, int64_t *out)
+{
+    const CkptValue *v = value_of(state, key, CKPT_INT64);
+    if (v)
+        *out = v->as.i64;
+    return v != NULL;
+}
+
+bool ckpt_state_get_f64(const CkptRunState *state, const char *key, double *out)
+{
+    const CkptValue *v = value_of(state, key, CKPT_F64);
+    if (v)
+        *out = v->as.f64;
+    return v != NULL;
+}
+
+bool ckpt_state_get_str(const CkptRunState *state, const char *key, const char **out)
+{
+    const CkptValue *v = value_of(state, key, CKPT_TEXT);
+    if (v)
+        *out = v->as.text;
+    return v != NULL;
+}
+
+static int missing(char *err, size_t err_len, const char *key)
+{
+    return util_fail(err, err_len, "attribute '%s' is missing, unreadable or of the wrong type",
+                     key);
+}
+
+int ckpt_range_fail(char *err, size_t err_len, const char *field, int64_t value, int64_t low,
+                    int64_t high)
+{
+    return util_fail(err, err_len, "'%s' is %lld, outside [%lld, %lld]", field, (long long)value,
+                     (long long)low, (long long)high);
+}
+
+static int in_range(int64_t value, const char *key, int64_t low, int64_t high, char *err,
+                    size_t err_len)
+{
+    return value < low || value > high ? ckpt_range_fail(err, err_len, key, value, low, high)
+                                       : 0;
+}
+
+int ckpt_state_need_int(const CkptRunState *state, const char *key, int64_t low, int64_t high,
+                        char *err, size_t err_len)
+{
+    int32_t value;
+    if (!ckpt_state_get_int(state, key, &value))
+        return missing(err, err_len, key);
+    return in_range(value, key, low, high, err, err_len);
+}
+
+int ckpt_state_need_i64(const CkptRunState *state, const char *key, int64_t low, int64_t high,
+                        char *err, size_t err_len)
+{
+    int64_t value;
+    if (!ckpt_state_get_i64(state, key, &value))
+        return missing(err, err_len, key);
+    return in_range(value, key, low, high, err, err_len);
+}
+
+int ckpt_state_need_f64(const CkptRunState *state, const char *key, double low, double high,
+                        char *err, size_t err_len)
+{
+    double value;
+    if (!ckpt_state_get_f64(state, key, &value))
+        return missing(err, err_len, key);
+    if (value >= low && value <= high)
+        return 0;
+    return util_fail(err, err_len, "'%s' is %g, %s [%g, %g]", key, value,
+                     isfinite(value) ? "outside" : "not a finite number in", low, high);
+}
+
+/* As the reader says of a string attribute (h5_attr_read_string). */
+int ckpt_state_need_str(const CkptRunState *state, const char *key, char *err, size_t err_len)
+{
+    const char *text;
+    if (ckpt_state_get_str(state, key, &text))
+        return 0;
+    for (int i = 0; i < state->value_count; i++)
+        if (strcmp(state->values[i].key, key) == 0)
+            return util_fail(err, err_len, "attribute '%s' is not a string", key);
+    return util_fail(err, err_len, "attribute '%s' is missing", key);
 }
 
 int ckpt_model_check(const CkptModel *checkpoint, const CkptModel *run, char *err,

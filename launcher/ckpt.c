@@ -4,6 +4,7 @@
 #include "ckpt.h"
 
 #include "checkpoint.h"
+#include "stateful.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -120,7 +121,7 @@ static int ls_main(const char *dir)
 static int verify_one(const char *path)
 {
     char err[1024];
-    CkptStatus status = ckpt_verify(path, stdout, err, sizeof(err));
+    CkptStatus status = ckpt_verify(path, stateful_check, stdout, err, sizeof(err));
     if (status != CKPT_OK) {
         printf("%s: %s: %s\n", path, ckpt_status_name(status), err);
         return status;
@@ -162,6 +163,18 @@ static int verify_main(const char *path)
 // ----------------------------------------------------------------------------
 // inspect
 
+static void print_value(const CkptValue *v)
+{
+    printf("%-14s ", v->key);
+    switch (v->type) {
+    case CKPT_INT32: printf("%d\n", (int)v->as.i32); break;
+    case CKPT_INT64: printf("%lld\n", (long long)v->as.i64); break;
+    case CKPT_F64: printf("%g\n", v->as.f64); break;
+    case CKPT_TEXT: printf("%s\n", v->as.text); break;
+    }
+}
+
+/* The core fields, then the stateful parts' values by key (runtime/stateful.h). */
 static void print_state(const char *path, const CkptIndex *x)
 {
     const CkptRunState *s = &x->state;
@@ -172,16 +185,10 @@ static void print_state(const char *path, const CkptIndex *x)
     printf("seed           %llu\n", (unsigned long long)s->seed);
     printf("model          --vocab %d --layers %d --heads %d --dim %d --seq-len %d\n",
            s->model.vocab, s->model.layers, s->model.heads, s->model.dim, s->model.seq_len);
-    printf("optimizer      %s: lr %g, beta1 %g, beta2 %g, eps %g, weight decay %g, clip %g%s\n",
-           s->optimizer, s->lr, s->beta1, s->beta2, s->eps, s->weight_decay, s->clip,
-           s->decay_all ? ", decay all" : "");
-    printf("schedule       %s: warm-up %lld steps, %lld steps, %lld samples, min lr ratio %g, "
-           "decay fraction %g\n",
-           s->schedule, (long long)s->warmup_steps, (long long)s->total_steps,
-           (long long)s->train_samples, s->min_lr_ratio, s->decay_fraction);
-    printf("batch          global %d, micro %d\n", s->global_batch, s->micro_batch);
     printf("written by     dp %d x pp %d x sp %d (%d ranks), run %016llx\n", s->writer.dp,
            s->writer.pp, s->writer.sp, s->writer.world, (unsigned long long)x->run_id);
+    for (int i = 0; i < s->value_count; i++)
+        print_value(&s->values[i]);
     for (int i = 0; i < s->extra_count; i++)
         printf("extra          %s = %.17g\n", s->extra[i].key, s->extra[i].value);
 }
@@ -212,6 +219,14 @@ static int inspect_main(const char *path)
     CkptIndex index;
     char err[1024];
     CkptStatus status = ckpt_index_read(path, &index, err, sizeof(err));
+    char why[768];
+    if (status == CKPT_OK && stateful_check(&index.state, why, sizeof(why)) != 0) {
+        // what resume and verify say of it (checkpoint.h, "Reading")
+        snprintf(err, sizeof(err), "%s%s: corrupt run state: %s", path,
+                 is_dir(path) ? "/index.h5" : "", why);
+        ckpt_index_free(&index);
+        status = CKPT_CORRUPT;
+    }
     if (status != CKPT_OK) {
         fprintf(stderr, "phalanx ckpt inspect: %s\n", err);
         return status;

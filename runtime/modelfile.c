@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include "checkpoint.h"
+#include "stateful.h"
 
 #include <jansson.h>
 
@@ -547,8 +548,8 @@ static int load_checkpoint(ModelSource *s, const GPT *gpt, float *host, char *er
     const GPTConfig *c = &gpt->config;
     CkptModel expect = {c->vocab, c->layers, c->heads, c->dim, c->seq_len};
     CkptRunState state;
-    CkptStatus status = ckpt_load(s->path, tensors, gpt->tensor_count, &expect, &state, err,
-                                  err_len);
+    CkptStatus status = ckpt_load(s->path, tensors, gpt->tensor_count, &expect, stateful_check,
+                                  &state, err, err_len);
     free(tensors);
     return status == CKPT_OK ? 0 : -1;
 }

@@ -1,5 +1,6 @@
 /* The training loop's side of checkpoints (contract in snapshot.h). */
 #include "snapshot.h"
+#include "stateful.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -97,43 +98,8 @@ static CkptModel ckpt_model(const GPTConfig *c)
     return (CkptModel){c->vocab, c->layers, c->heads, c->dim, c->seq_len};
 }
 
-/* The batch controller's state; its settings come from the command line. */
-static void save_batch_state(const BatchController *b, CkptRunState *s)
-{
-    ckpt_state_set(s, "batch.adaptive", b->adaptive);
-    ckpt_state_set(s, "batch.batch", b->batch);
-    ckpt_state_set(s, "batch.ema_noise", b->ema_noise);
-    ckpt_state_set(s, "batch.ema_signal", b->ema_signal);
-    ckpt_state_set(s, "batch.ema_weight", b->ema_weight);
-    ckpt_state_set(s, "batch.updates", (double)b->updates);
-}
-
-/* CkptOptions.check_state: a checkpoint whose controller state is out of
- * range is refused, and resume falls back past it. */
-static int check_batch_state(const CkptRunState *s, char *err, size_t err_len)
-{
-    if (ckpt_state_get(s, "batch.adaptive", 0) == 0)
-        return 0;
-    return batch_state_check(ckpt_state_get(s, "batch.batch", s->global_batch),
-                             ckpt_state_get(s, "batch.ema_noise", 0),
-                             ckpt_state_get(s, "batch.ema_signal", 0),
-                             ckpt_state_get(s, "batch.ema_weight", 0),
-                             ckpt_state_get(s, "batch.updates", 0), err, err_len);
-}
-
-/* Values checked by check_batch_state when the checkpoint was read. */
-static void load_batch_state(BatchController *b, const CkptRunState *s)
-{
-    if (!b->adaptive || ckpt_state_get(s, "batch.adaptive", 0) == 0)
-        return; /* a fixed-batch run keeps the batch of its command line */
-    b->batch = (int)ckpt_state_get(s, "batch.batch", b->batch);
-    b->ema_noise = ckpt_state_get(s, "batch.ema_noise", 0);
-    b->ema_signal = ckpt_state_get(s, "batch.ema_signal", 0);
-    b->ema_weight = ckpt_state_get(s, "batch.ema_weight", 0);
-    b->updates = (long)ckpt_state_get(s, "batch.updates", 0);
-}
-
-static void fill_run_state(const Trainer *t, CkptRunState *s)
+/* The core of the run state and every stateful part's values (stateful.h). */
+static int fill_run_state(const Trainer *t, CkptRunState *s, char *err, size_t err_len)
 {
     const TrainOptions *o = &t->opt;
     memset(s, 0, sizeof(*s));
@@ -141,32 +107,16 @@ static void fill_run_state(const Trainer *t, CkptRunState *s)
     s->sample_cursor = (int64_t)t->cursor;
     s->seed = o->seed;
     s->model = ckpt_model(&o->model);
-    snprintf(s->optimizer, sizeof(s->optimizer), "%s", optim_kind_name(o->optim.kind));
-    s->lr = o->lr;
-    s->beta1 = o->optim.beta1;
-    s->beta2 = o->optim.beta2;
-    s->eps = o->optim.eps;
-    s->weight_decay = o->optim.weight_decay;
-    s->clip = o->clip;
-    s->decay_all = o->optim.decay_all;
-    snprintf(s->schedule, sizeof(s->schedule), "%s", schedule_kind_name(o->schedule));
-    s->warmup_steps = o->warmup;
-    s->total_steps = o->steps;
-    s->train_samples = o->train_samples;
-    s->min_lr_ratio = o->min_lr_ratio;
-    s->decay_fraction = o->decay_fraction;
-    s->global_batch = t->batch.batch;
-    s->micro_batch = o->micro_batch;
     s->writer = (CkptLayout){t->layout.dp, t->layout.pp, t->layout.sp, comm_size(t->world)};
-    save_batch_state(&t->batch, s);
+    return stateful_save(t, s, err, err_len);
 }
 
-/* What must match for the resumed run to be the same run; the rest (layout,
- * micro-batch, learning rate, length) may change between runs. */
-static int check_same_run(const Trainer *t, const CkptRunState *s, const char *path)
+/* What must match for the resumed run to be the same run: the seed here,
+ * the optimizer in its part's restore; the rest (layout, micro-batch,
+ * learning rate, length) may change between runs. */
+static int restore_run_state(Trainer *t, const CkptRunState *s, const char *path)
 {
     const TrainOptions *o = &t->opt;
-    const char *kind = optim_kind_name(o->optim.kind);
     if (s->seed != o->seed) {
         if (t->rank == 0)
             fprintf(stderr, "phalanx train: --resume: %s was written with --seed %llu, this run "
@@ -175,14 +125,12 @@ static int check_same_run(const Trainer *t, const CkptRunState *s, const char *p
                     (unsigned long long)s->seed);
         return -1;
     }
-    if (strcmp(s->optimizer, kind) != 0) {
-        if (t->rank == 0)
-            fprintf(stderr, "phalanx train: --resume: %s holds %s moments, this run uses "
-                            "--optim %s; use --optim %s\n",
-                    path, s->optimizer, kind, s->optimizer);
-        return -1;
-    }
-    return 0;
+    char why[1024];
+    if (stateful_restore(t, s, why, sizeof(why)) == 0)
+        return 0;
+    if (t->rank == 0)
+        fprintf(stderr, "phalanx train: --resume: %s %s\n", path, why);
+    return -1;
 }
 
 /* A staged rank loaded into its host mirror: params, m and v go to the device. */
@@ -234,7 +182,7 @@ static int resume(Trainer *t, const CkptTensor *reading)
 {
     CkptModel expect = ckpt_model(&t->opt.model);
     CkptOptions options = t->opt.ckpt;
-    options.check_state = check_batch_state;
+    options.check_state = stateful_check;
     CkptRunState state;
     char path[4096], err[2048];
     CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, reading,
@@ -245,11 +193,10 @@ static int resume(Trainer *t, const CkptTensor *reading)
             fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
         return -1;
     }
-    if (check_same_run(t, &state, path) || upload_state(t))
+    if (restore_run_state(t, &state, path) || upload_state(t))
         return -1;
     t->steps_done = (long)state.step;
     t->cursor = (uint64_t)state.sample_cursor;
-    load_batch_state(&t->batch, &state);
     char line[4352];
     snprintf(line, sizeof(line),
              "resumed from %s: step %lld, %lld samples, written by dp=%d pp=%d sp=%d",
@@ -358,8 +305,12 @@ double snapshot_after_update(Trainer *t, bool last)
     if (!t->ckpt || !(last || ckpt_due(t->ckpt, t->steps_done)))
         return 0.0;
     CkptRunState state;
-    fill_run_state(t, &state);
     char err[512];
+    if (fill_run_state(t, &state, err, sizeof(err)) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: checkpoint of step %ld: %s\n", t->rank,
+                t->steps_done, err);
+        return 0.0;
+    }
     double start = util_now_seconds();
     if (t->dev->staged) {
         ckpt_wait_copied(t->ckpt); /* the sidecar is done with the mirror's last version */

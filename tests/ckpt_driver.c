@@ -142,21 +142,12 @@ static CkptRunState run_state(const Args *a, long step, int world)
     s.sample_cursor = step * a->global_batch;
     s.seed = 0xfeedfacecafebeefull;
     s.model = a->model;
-    snprintf(s.optimizer, sizeof(s.optimizer), "lamb");
-    s.lr = 1e-3;
-    s.beta1 = 0.9;
-    s.beta2 = 0.999;
-    s.eps = 1e-6;
-    s.weight_decay = 0.01;
-    s.clip = 1.0;
-    snprintf(s.schedule, sizeof(s.schedule), "cosine");
-    s.warmup_steps = 2;
-    s.total_steps = a->steps;
-    s.train_samples = a->steps * a->global_batch;
-    s.min_lr_ratio = 0.1;
-    s.decay_fraction = 0.2;
-    s.global_batch = a->global_batch;
-    s.micro_batch = 2;
+    TestParts parts = {.optimizer = "lamb", .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999,
+                       .eps = 1e-6, .weight_decay = 0.01, .clip = 1.0, .schedule = "cosine",
+                       .warmup_steps = 2, .total_steps = a->steps,
+                       .train_samples = a->steps * a->global_batch, .min_lr_ratio = 0.1,
+                       .decay_fraction = 0.2, .global_batch = a->global_batch, .micro_batch = 2};
+    test_parts_put(&s, &parts, NULL);
     s.writer = (CkptLayout){a->dp, a->pp, a->sp, world};
     ckpt_state_set(&s, "batch.noise_scale", 0.5 * (double)step);
     return s;
@@ -212,6 +203,8 @@ static int run_read(const Args *a, Comm *world, Table *t)
         return 10 + (int)status;
     }
     int64_t bad = (int64_t)check(t, (long)s.step, rank), tensors = t->count;
+    const char *optimizer = "";
+    ckpt_state_get_str(&s, "optimizer", &optimizer);
     int64_t sums[2] = {bad, tensors};
     if (comm_allreduce(world, sums, 2, COMM_I64) != 0)
         return 1;
@@ -221,7 +214,7 @@ static int run_read(const Args *a, Comm *world, Table *t)
                "\"bad\": %lld, \"tensors\": %lld}\n",
                path, (long long)s.step, (long long)s.sample_cursor, (unsigned long long)s.seed,
                s.writer.dp, s.writer.pp, s.writer.sp, s.writer.world,
-               ckpt_state_get(&s, "batch.noise_scale", -1), s.optimizer, (long long)sums[0],
+               ckpt_state_get(&s, "batch.noise_scale", -1), optimizer, (long long)sums[0],
                (long long)sums[1]);
     return sums[0] == 0 ? 0 : 1;
 }

@@ -19,6 +19,7 @@
 #include "checkpoint.h"
 #include "ckpt_tensors.h"
 #include "comm.h"
+#include "stateful.h"
 
 #define TENSORS 3
 
@@ -106,7 +107,7 @@ static CkptOptions options(Fixture *f, CkptMode mode, long every, int keep)
                          .mode = mode};
 }
 
-static CkptRunState run_state(int64_t step)
+static CkptRunState run_state_without(int64_t step, const char *skip)
 {
     CkptRunState s;
     memset(&s, 0, sizeof(s));
@@ -114,18 +115,39 @@ static CkptRunState run_state(int64_t step)
     s.sample_cursor = step * 32;
     s.seed = 0x8000000000000001ull; // needs all 64 bits
     s.model = MODEL;
-    snprintf(s.optimizer, sizeof(s.optimizer), "adamw");
-    snprintf(s.schedule, sizeof(s.schedule), "wsd");
-    s.lr = 3e-4;
-    s.beta2 = 0.95;
-    s.warmup_steps = 5;
-    s.total_steps = 100;
-    s.train_samples = 3200;
-    s.global_batch = 32;
-    s.micro_batch = 4;
+    TestParts parts = {.optimizer = "adamw", .lr = 3e-4, .beta2 = 0.95, .schedule = "wsd",
+                       .warmup_steps = 5, .total_steps = 100, .train_samples = 3200,
+                       .global_batch = 32, .micro_batch = 4};
+    assert_int_equal(test_parts_put(&s, &parts, skip), 0);
     s.writer = (CkptLayout){1, 1, 1, 1};
     ckpt_state_set(&s, "batch.noise_scale", 12.25);
     return s;
+}
+
+static CkptRunState run_state(int64_t step)
+{
+    return run_state_without(step, NULL);
+}
+
+static const char *text_of(const CkptRunState *s, const char *key)
+{
+    const char *text = NULL;
+    assert_true(ckpt_state_get_str(s, key, &text));
+    return text;
+}
+
+static double f64_of(const CkptRunState *s, const char *key)
+{
+    double value = NAN;
+    assert_true(ckpt_state_get_f64(s, key, &value));
+    return value;
+}
+
+static int64_t i64_of(const CkptRunState *s, const char *key)
+{
+    int64_t value = -1;
+    assert_true(ckpt_state_get_i64(s, key, &value));
+    return value;
 }
 
 /* Runs steps 1..steps, checkpointing when due (the protocol of checkpoint.h). */
@@ -159,7 +181,8 @@ static void test_sync_round_trip(void **state)
     train(f, options(f, CKPT_SYNC, 2, 3), 4);
     zero(f->t, TENSORS);
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 4), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 4), f->t, TENSORS, &MODEL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_OK);
     assert_version(f->t, TENSORS, 4);
     CkptRunState want = run_state(4);
@@ -167,16 +190,18 @@ static void test_sync_round_trip(void **state)
     assert_int_equal(s.step, 4);
     assert_int_equal(s.sample_cursor, want.sample_cursor);
     assert_true(s.seed == want.seed);
-    assert_string_equal(s.optimizer, "adamw");
-    assert_string_equal(s.schedule, "wsd");
-    assert_true(s.lr == want.lr && s.beta2 == want.beta2);
-    assert_int_equal(s.warmup_steps, 5);
-    assert_int_equal(s.total_steps, 100);
-    assert_int_equal(s.train_samples, 3200);
+    assert_string_equal(text_of(&s, "optimizer"), "adamw");
+    assert_string_equal(text_of(&s, "schedule"), "wsd");
+    assert_true(f64_of(&s, "lr") == f64_of(&want, "lr") &&
+                f64_of(&s, "beta2") == f64_of(&want, "beta2"));
+    assert_int_equal(i64_of(&s, "warmup_steps"), 5);
+    assert_int_equal(i64_of(&s, "total_steps"), 100);
+    assert_int_equal(i64_of(&s, "train_samples"), 3200);
     assert_memory_equal(&s.model, &MODEL, sizeof(MODEL));
     assert_true(ckpt_state_get(&s, "batch.noise_scale", 0) == 12.25);
     // the older one is still there, with its own version
-    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_OK);
     assert_version(f->t, TENSORS, 2);
 }
@@ -190,7 +215,8 @@ static void test_async_saves_the_handed_version(void **state)
     train(f, o, 7); // checkpoints at 3 and 6; step 7 rewrites the buffers
     zero(f->t, TENSORS);
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 6), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 6), f->t, TENSORS, &MODEL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_OK);
     assert_version(f->t, TENSORS, 6);
     assert_int_equal(s.step, 6);
@@ -249,11 +275,13 @@ static void check_source_wait(Fixture *f, CkptMode mode)
     assert_int_equal(stats.failed[1], 1);
     CkptRunState s;
     zero(f->t, TENSORS);
-    assert_int_equal(ckpt_load(step_path(f, 3), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 3), f->t, TENSORS, &MODEL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_OK);
     assert_version(f->t, TENSORS, 3);
     assert_int_not_equal(
-        ckpt_load(step_path(f, 2), f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)), CKPT_OK);
+        ckpt_load(step_path(f, 2), f->t, TENSORS, &MODEL, NULL, &s, f->err, sizeof(f->err)),
+                  CKPT_OK);
 }
 
 static void test_source_wait_sync(void **state)
@@ -274,7 +302,8 @@ static void test_model_mismatch_names_the_dimensions(void **state)
     other.dim = 64;
     other.layers = 3;
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, &other, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, &other, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "checkpoint has --layers 2 --dim 32, this run has --layers 3 "
                                    "--dim 64"));
@@ -287,18 +316,18 @@ static void test_tensor_shape_mismatch(void **state)
     CkptTensor wider;
     test_tensor_make(&wider, "wte", 16, 9, 0, 1);
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "tensor 'wte'"));
     snprintf(wider.name, sizeof(wider.name), "h.9.attn.qkv.weight");
-    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "no tensor 'h.9.attn.qkv.weight'"));
     // a 1-D bias asked for as [8, 1]: said "[8, 1], this run [8, 1]"
     snprintf(wider.name, sizeof(wider.name), "lnf.bias");
     wider.shape[0] = 8;
     wider.shape[1] = 1;
-    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 1), &wider, 1, NULL, NULL, &s, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "the checkpoint has shape [8], this run [8, 1]"));
     test_tensor_free(&wider);
@@ -308,23 +337,26 @@ static void test_missing_and_partial_checkpoints(void **state)
 {
     Fixture *f = *state;
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 7), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 7), f->t, TENSORS, NULL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_NOT_FOUND);
     assert_non_null(strstr(f->err, "no such file or directory"));
     train(f, options(f, CKPT_SYNC, 1, 2), 2);
     char index[700];
     snprintf(index, sizeof(index), "%s/index.h5", step_path(f, 2));
     assert_int_equal(unlink(index), 0);
-    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_INCOMPLETE);
     assert_non_null(strstr(f->err, "never committed"));
-    assert_int_equal(ckpt_verify(step_path(f, 2), stderr, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_verify(step_path(f, 2), NULL, stderr, f->err, sizeof(f->err)),
                      CKPT_INCOMPLETE);
     // a shard cut short: the index knows its size
     char shard[700];
     snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_path(f, 1));
     assert_int_equal(truncate(shard, 1000), 0);
-    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, NULL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_CORRUPT);
     assert_non_null(strstr(f->err, "truncated"));
 }
@@ -437,7 +469,8 @@ static void test_shard_link_is_not_written_through(void **state)
     assert_int_equal(lstat(link, &st), 0);
     assert_true(S_ISREG(st.st_mode));
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, &s, f->err, sizeof(f->err)),
+    assert_int_equal(ckpt_load(step_path(f, 2), f->t, TENSORS, NULL, NULL, &s, f->err,
+                               sizeof(f->err)),
                      CKPT_OK);
 }
 
@@ -561,6 +594,30 @@ static void test_state_key_values(void **state)
     assert_true(ckpt_state_get(&s, "absent", 7) == 7);
 }
 
+static void test_state_typed_values(void **state)
+{
+    (void)state;
+    CkptRunState s;
+    memset(&s, 0, sizeof(s));
+    char key[32];
+    for (int i = 0; i < CKPT_VALUE_MAX; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        assert_int_equal(ckpt_state_put_i64(&s, key, i), 0);
+    }
+    assert_int_equal(ckpt_state_put_f64(&s, "one.too.many", 1), -1);
+    assert_int_equal(ckpt_state_put_str(&s, "k3", "text"), 0); // replaces, type and all
+    assert_int_equal(s.value_count, CKPT_VALUE_MAX);
+    assert_string_equal(s.values[3].key, "k3"); // in its place
+    int64_t number;
+    assert_false(ckpt_state_get_i64(&s, "k3", &number));
+    assert_string_equal(text_of(&s, "k3"), "text");
+    assert_int_equal(i64_of(&s, "k4"), 4);
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(ckpt_state_put_int(&s, "a.key.that.is.much.too.long.to.fit", 1), -1);
+    assert_int_equal(ckpt_state_put_str(&s, "k", "a text that is much too long to fit in"), -1);
+    assert_int_equal(s.value_count, 0);
+}
+
 /* ---- issue 14: resume and verify refuse a run state out of range ---- */
 
 typedef struct {
@@ -570,10 +627,10 @@ typedef struct {
 
 static void cursor_negative(CkptRunState *s) { s->sample_cursor = -1; }
 static void cursor_huge(CkptRunState *s) { s->sample_cursor = (int64_t)1 << 62; }
-static void batch_zero(CkptRunState *s) { s->global_batch = 0; }
-static void micro_negative(CkptRunState *s) { s->micro_batch = -8; }
-static void lr_nan(CkptRunState *s) { s->lr = NAN; }
-static void beta_above_one(CkptRunState *s) { s->beta1 = 2.0; }
+static void batch_zero(CkptRunState *s) { ckpt_state_put_int(s, "global_batch", 0); }
+static void micro_negative(CkptRunState *s) { ckpt_state_put_int(s, "micro_batch", -8); }
+static void lr_nan(CkptRunState *s) { ckpt_state_put_f64(s, "lr", NAN); }
+static void beta_above_one(CkptRunState *s) { ckpt_state_put_f64(s, "beta1", 2.0); }
 static void extra_nan(CkptRunState *s) { ckpt_state_set(s, "batch.ema_noise", NAN); }
 
 static const Spoiler SPOILERS[] = {
@@ -606,15 +663,91 @@ static void test_run_state_out_of_range_is_corrupt(void **state)
     write_spoiled(f);
     for (int i = 0; i < SPOILER_COUNT; i++) {
         CkptRunState s;
-        assert_int_equal(ckpt_load(step_path(f, i + 1), f->t, TENSORS, &MODEL, &s, f->err,
-                                   sizeof(f->err)),
+        assert_int_equal(ckpt_load(step_path(f, i + 1), f->t, TENSORS, &MODEL, stateful_check, &s,
+                                   f->err, sizeof(f->err)),
                          CKPT_CORRUPT);
         if (!strstr(f->err, SPOILERS[i].field))
             fail_msg("'%s' not in: %s", SPOILERS[i].field, f->err);
         FILE *report = tmpfile();
-        assert_int_equal(ckpt_verify(step_path(f, i + 1), report, f->err, sizeof(f->err)),
+        assert_int_equal(ckpt_verify(step_path(f, i + 1), stateful_check, report, f->err,
+                                     sizeof(f->err)),
                          CKPT_CORRUPT);
         fclose(report);
+    }
+}
+
+/* A part the checkpoint module has never heard of (ZeRO shards, bf16
+ * master weights, a new controller) saves typed values and gets each back
+ * with its type, through the same files: checkpoint/ needs no change. */
+static void test_a_new_parts_values_round_trip(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 1);
+    o.memory_dir = "none";
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    fill(f->t, TENSORS, 1);
+    CkptRunState s = run_state(1);
+    assert_int_equal(ckpt_state_put_i64(&s, "zero.shard_rows", (int64_t)1 << 40), 0);
+    assert_int_equal(ckpt_state_put_int(&s, "bf16.master", -7), 0);
+    assert_int_equal(ckpt_state_put_f64(&s, "ctrl.gain", 0.125), 0);
+    assert_int_equal(ckpt_state_put_str(&s, "ctrl.kind", "pid"), 0);
+    assert_int_equal(ckpt_snapshot(ck, &s, f->err, sizeof(f->err)), 0);
+    assert_int_equal(ckpt_close(ck, true, NULL), 0);
+
+    CkptRunState r;
+    assert_int_equal(ckpt_load(step_path(f, 1), f->t, TENSORS, &MODEL, stateful_check, &r,
+                               f->err, sizeof(f->err)),
+                     CKPT_OK);
+    assert_int_equal(r.value_count, s.value_count);
+    assert_int_equal(i64_of(&r, "zero.shard_rows"), (int64_t)1 << 40);
+    int32_t master = 0;
+    assert_true(ckpt_state_get_int(&r, "bf16.master", &master) && master == -7);
+    assert_true(f64_of(&r, "ctrl.gain") == 0.125);
+    assert_string_equal(text_of(&r, "ctrl.kind"), "pid");
+    // another type is not found, and neither is what was never saved
+    assert_false(ckpt_state_get_int(&r, "zero.shard_rows", &master));
+    double number;
+    assert_false(ckpt_state_get_f64(&r, "ctrl.kind", &number));
+    assert_false(ckpt_state_get_f64(&r, "ctrl.absent", &number));
+}
+
+/* A stateful part's value that is missing, or of another type, is refused
+ * by the part's check with the reader's message of format 1, and resume
+ * and verify say it as a corrupt run state. */
+static void test_a_missing_part_value_is_corrupt(void **state)
+{
+    Fixture *f = *state;
+    CkptOptions o = options(f, CKPT_SYNC, 1, 2);
+    o.memory_dir = "none";
+    Checkpointer *ck = ckpt_open(&o, f->world, f->t, TENSORS, f->err, sizeof(f->err));
+    assert_non_null(ck);
+    for (int step = 1; step <= 2; step++) {
+        fill(f->t, TENSORS, step);
+        CkptRunState s = run_state_without(step, "lr");
+        if (step == 2)
+            assert_int_equal(ckpt_state_put_int(&s, "lr", 1), 0);
+        assert_int_equal(ckpt_snapshot(ck, &s, f->err, sizeof(f->err)), 0);
+    }
+    assert_int_equal(ckpt_close(ck, true, NULL), 0);
+    const char *want =
+        "corrupt run state: attribute 'lr' is missing, unreadable or of the wrong type";
+    for (int step = 1; step <= 2; step++) {
+        CkptRunState s;
+        assert_int_equal(ckpt_load(step_path(f, step), f->t, TENSORS, &MODEL, stateful_check, &s,
+                                   f->err, sizeof(f->err)),
+                         CKPT_CORRUPT);
+        if (!strstr(f->err, want))
+            fail_msg("'%s' not in: %s", want, f->err);
+        assert_int_equal(ckpt_verify(step_path(f, step), stateful_check, stderr, f->err,
+                                     sizeof(f->err)),
+                         CKPT_CORRUPT);
+        if (!strstr(f->err, want))
+            fail_msg("'%s' not in: %s", want, f->err);
+        // checkpoint/ itself stores values it does not know, checked or not
+        assert_int_equal(ckpt_load(step_path(f, step), f->t, TENSORS, &MODEL, NULL, &s, f->err,
+                                   sizeof(f->err)),
+                         CKPT_OK);
     }
 }
 
@@ -715,7 +848,8 @@ static void test_epoch_directories_and_the_fence_of_another_tier(void **state)
     ckpt_step_dir(dir, sizeof(dir), f->tier2, 3, 0);
     assert_string_equal(dir + strlen(f->tier2), "/step_00000003.e0");
     CkptRunState s;
-    assert_int_equal(ckpt_load(dir, f->t, TENSORS, &MODEL, &s, f->err, sizeof(f->err)), CKPT_OK);
+    assert_int_equal(ckpt_load(dir, f->t, TENSORS, &MODEL, NULL, &s, f->err, sizeof(f->err)),
+                               CKPT_OK);
     assert_int_equal(s.step, 3);
     assert_true(ckpt_state_get(&s, "fence.epoch", -2) == 0);
 
@@ -740,7 +874,7 @@ static void test_epoch_directories_and_the_fence_of_another_tier(void **state)
     char renamed[700];
     ckpt_step_dir(renamed, sizeof(renamed), f->tier2, 3, 7);
     assert_int_equal(rename(dir, renamed), 0);
-    assert_int_equal(ckpt_verify(renamed, stderr, f->err, sizeof(f->err)), CKPT_CORRUPT);
+    assert_int_equal(ckpt_verify(renamed, NULL, stderr, f->err, sizeof(f->err)), CKPT_CORRUPT);
     assert_non_null(strstr(f->err, "written by epoch 0, its name says 7"));
 }
 
@@ -806,7 +940,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_tier1_of_someone_else_is_refused, setup, teardown),
         cmocka_unit_test(test_state_key_values),
+        cmocka_unit_test(test_state_typed_values),
         cmocka_unit_test_setup_teardown(test_run_state_out_of_range_is_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_new_parts_values_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_missing_part_value_is_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fence_history_and_rule, setup, teardown),
         cmocka_unit_test_setup_teardown(test_epoch_directories_and_the_fence_of_another_tier,
                                         setup, teardown),

@@ -9,6 +9,7 @@
  *   and corpus/fuzz_ckpt_shard/ (scripts/fuzz --reseed-checkpoint does it).
  */
 #include "checkpoint.h"
+#include "ckpt_tensors.h"
 #include "comm.h"
 
 #include <stdio.h>
@@ -25,13 +26,12 @@ static CkptRunState seed_state(void)
     s.sample_cursor = 8;
     s.seed = 1337;
     s.model = (CkptModel){.vocab = ROWS, .layers = 1, .heads = 1, .dim = COLS, .seq_len = 2};
-    snprintf(s.optimizer, sizeof(s.optimizer), "lamb");
-    s.lr = 1e-3, s.beta1 = 0.9, s.beta2 = 0.999, s.eps = 1e-6, s.weight_decay = 0.01;
-    s.clip = 1.0;
-    snprintf(s.schedule, sizeof(s.schedule), "cosine");
-    s.warmup_steps = 1, s.total_steps = 4, s.train_samples = 32;
-    s.min_lr_ratio = 0.1, s.decay_fraction = 0.2;
-    s.global_batch = 8, s.micro_batch = 8;
+    TestParts parts = {.optimizer = "lamb", .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999,
+                       .eps = 1e-6, .weight_decay = 0.01, .clip = 1.0, .schedule = "cosine",
+                       .warmup_steps = 1, .total_steps = 4, .train_samples = 32,
+                       .min_lr_ratio = 0.1, .decay_fraction = 0.2, .global_batch = 8,
+                       .micro_batch = 8};
+    test_parts_put(&s, &parts, NULL);
     s.writer = (CkptLayout){1, 1, 1, 1};
     ckpt_state_set(&s, "batch.noise_scale", 0.5);
     return s;

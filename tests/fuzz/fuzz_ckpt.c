@@ -4,13 +4,15 @@
  * the base checkpoint (FUZZ_CKPT_BASE, made by ckpt_seed.c) that the input
  * replaces, index.h5 or rank_00000.h5; the other file stays the real one.
  * Each input goes through ckpt_verify (what `phalanx ckpt verify` runs) and
- * ckpt_load (what resume runs) for the base's tensors. Besides not crashing,
- * both must explain every refusal: a status other than CKPT_OK comes with a
- * non-empty message.
+ * ckpt_load (what resume runs) for the base's tensors, both with the
+ * runtime's check of the stateful parts' values (runtime/stateful.h).
+ * Besides not crashing, both must explain every refusal: a status other
+ * than CKPT_OK comes with a non-empty message.
  */
 #include "fuzz.h"
 
 #include "checkpoint.h"
+#include "stateful.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +46,7 @@ static CkptStatus verify(const char *dir, char *err, size_t err_len)
     if (!report)
         fuzz_fail("cannot open /dev/null");
     err[0] = '\0';
-    CkptStatus status = ckpt_verify(dir, report, err, err_len);
+    CkptStatus status = ckpt_verify(dir, stateful_check, report, err, err_len);
     fclose(report);
     if (status != CKPT_OK && !err[0])
         fuzz_fail("ckpt_verify said '%s' without a reason", ckpt_status_name(status));
@@ -57,7 +59,8 @@ static void load(const char *dir)
     tensors_init(&t);
     CkptRunState state;
     char err[8192] = "";
-    CkptStatus status = ckpt_load(dir, t.tensors, 2, NULL, &state, err, sizeof(err));
+    CkptStatus status = ckpt_load(dir, t.tensors, 2, NULL, stateful_check, &state, err,
+                                  sizeof(err));
     if (status != CKPT_OK && !err[0])
         fuzz_fail("ckpt_load said '%s' without a reason", ckpt_status_name(status));
 }
