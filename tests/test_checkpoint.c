@@ -901,7 +901,7 @@ static void test_moments_share_only_reads_the_share_rows(void **state)
         assert_non_null(share[k].v);
     }
     CkptRunState s;
-    assert_int_equal(ckpt_load(step_path(f, 2), share, TENSORS, &MODEL, &s, f->err,
+    assert_int_equal(ckpt_load(step_path(f, 2), share, TENSORS, &MODEL, NULL, &s, f->err,
                                sizeof(f->err)),
                      CKPT_OK);
     for (int k = 0; k < TENSORS; k++) {
