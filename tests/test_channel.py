@@ -123,12 +123,12 @@ def stranger(port, lines):
     except ConnectionRefusedError:
         return
     with s:
-        s.sendall("".join(line + "\n" for line in lines).encode())
-        s.shutdown(socket.SHUT_WR)
         try:
+            s.sendall("".join(line + "\n" for line in lines).encode())
+            s.shutdown(socket.SHUT_WR)
             s.recv(4096)  # the challenge; then the launcher closes or waits for us
         except OSError:
-            pass
+            pass  # the launcher refused us already: it closed (or reset) the connection
 
 
 # ----------------------------------------------------------------------------
