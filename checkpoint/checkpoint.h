@@ -277,8 +277,8 @@ typedef int (*CkptStateCheck)(const CkptRunState *state, char *err, size_t err_l
 
 /* Buddy replication of tier 1 (checkpoint.h, "Replication"). */
 typedef enum {
-    CKPT_REPLICATE_AUTO = 0, /* for now off: the two-host power-off drill does not
-                              * pass yet (tests/test_buddy.py) */
+    CKPT_REPLICATE_AUTO = 0, /* for now off: the lost-host drills of
+                              * tests/test_network.py expect the durable tier */
     CKPT_REPLICATE_ON,       /* the same, and a note when there is one host */
     CKPT_REPLICATE_OFF,
 } CkptReplicate;

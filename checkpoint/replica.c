@@ -99,8 +99,8 @@ int replica_plan(Replica *r, Comm *world, CkptReplicate mode, bool memory_tier, 
     r->leader = true;
     for (int q = 0; q < r->rank; q++)
         r->leader = r->leader && host[q] != host[r->rank];
-    // auto stays off until the agent relaunches with --resume when only the
-    // hosts' memory holds checkpoints (issue 18, unfinished): "on" opts in
+    // auto stays off for now: tests/test_network.py's lost-host drills expect
+    // the durable tier (issue 18); "on" opts in
     r->on = mode == CKPT_REPLICATE_ON && memory_tier && hosts > 1;
     if (r->on)
         pair_buddies(host, hosts, r->world, r->buddy);

@@ -592,14 +592,6 @@ static int next_world(Agent *agent, int *status)
     Attempt *a = &agent->attempts[agent->attempt_count - 1];
     print_failure(agent, a);
     int alive = remove_failed_node(agent, a);
-    bool host_lost = a->failure.kind == FAILURE_UNREACHABLE || a->failure.kind == FAILURE_CRASH;
-    if (agent->pool_listed && host_lost && !a->hosts_checked) {
-        char first[256];
-        a->hosts_checked = true;
-        a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
-    }
-    if (a->hosts_found_lost > 0)
-        alive = lost_hosts_counted(agent, alive);
     if (agent->attempt_count - agent->grow_count > agent->options->max_restarts) {
         fprintf(stderr, "phalanx run: giving up: --max-restarts %d used up; the newest complete "
                         "checkpoint in %s is intact\n",
@@ -609,6 +601,14 @@ static int next_world(Agent *agent, int *status)
         *status = EXIT_RESTARTS_USED_UP;
         return -1;
     }
+    bool host_lost = a->failure.kind == FAILURE_UNREACHABLE || a->failure.kind == FAILURE_CRASH;
+    if (agent->pool_listed && host_lost && !a->hosts_checked) {
+        char first[256];
+        a->hosts_checked = true;
+        a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
+    }
+    if (a->hosts_found_lost > 0)
+        alive = lost_hosts_counted(agent, alive);
     if (alive < agent->options->min_ranks) {
         fprintf(stderr, "phalanx run: giving up: %d rank(s) left, below --min-ranks %d; the "
                         "newest complete checkpoint in %s is intact\n",

@@ -4,7 +4,9 @@
  * restarts the world, fast (DESIGN.md "Elasticity"):
  *
  *   launch -> watch (job.h: crash = lost channel, hang = no heartbeat)
- *          -> kill what is left -> remove the failed rank's node
+ *          -> kill what is left -> remove the failed rank's node, and every
+ *             listed host where /bin/true cannot be started the way ranks
+ *             start (hosts fail together; mpirun cannot launch on a lost one)
  *          -> pick a layout for the survivors that keeps the global batch
  *             (same pp x sp, fewer replicas, more accumulation; else the most
  *             data-parallel layout that fits; else fewer ranks)
