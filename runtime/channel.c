@@ -25,6 +25,7 @@
 /* The launcher answers a connection in its next poll (20 ms); a loaded host may take longer. */
 #define CHALLENGE_WAIT_MS 60000
 #define PROBE_WAIT_MS 10000 /* for the launcher to take a probe's line */
+#define CLOSE_WAIT_MS 2000   /* for the launcher to close its end after our last line */
 #define TIMEOUT_MAX_SECONDS 86400.0
 
 
@@ -362,7 +363,26 @@ bool channel_launcher_lost(Channel *channel)
 
 void channel_close(Channel *channel)
 {
-    if (channel->fd >= 0)
-        close(channel->fd);
+    if (channel->fd < 0)
+        return;
+    /* close(2) on a socket with unread bytes in it (a ping that came after
+     * our last poll) resets the connection, and a reset drops what we sent
+     * but the kernel has not yet transmitted: our "done" could be lost and a
+     * rank that finished taken for a crash (seen under ASan). So end our side
+     * (FIN after our lines), read and drop what the launcher still sends until
+     * it closes its end, at most CLOSE_WAIT_MS, and only then close. */
+    shutdown(channel->fd, SHUT_WR);
+    double until = util_now_seconds() + CLOSE_WAIT_MS / 1000.0;
+    char scratch[512];
+    for (;;) {
+        int left_ms = (int)((until - util_now_seconds()) * 1000.0);
+        struct pollfd p = {.fd = channel->fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&p, 1, left_ms) <= 0)
+            break;
+        ssize_t got = recv(channel->fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+        if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN))
+            break;
+    }
+    close(channel->fd);
     channel->fd = -1;
 }

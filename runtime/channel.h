@@ -55,6 +55,9 @@ bool channel_stop_requested(Channel *channel);
 /* Non-blocking: true once this rank had a launcher and it is gone (the
  * reason in lost_why). A rank without a launcher never loses it. */
 bool channel_launcher_lost(Channel *channel);
+/* Ends the connection so that every line sent reaches the launcher: our side
+ * is shut down first, then what the launcher still sends is read and dropped
+ * until it closes its end (at most 2 s), then the socket is closed. */
 void channel_close(Channel *channel);
 
 #endif

@@ -656,8 +656,6 @@ static int evaluate(Trainer *t, double *val_loss)
 }
 
 
-/* The step's numbers every rank must agree on: loss, whether to stop, and
- * whether any rank failed (then all stop; the failed ones said why). */
 /* The launcher is gone (killed, or silent): no one would act on this run
  * any more, and a relaunch may already resume from its checkpoints, so
  * every rank stops at this step without committing another one. */
@@ -670,6 +668,8 @@ static void stop_orphaned(Trainer *t, bool lost_here)
         ckpt_abandon(t->ckpt);
 }
 
+/* The step's numbers every rank must agree on: loss, whether to stop, and
+ * whether any rank failed (then all stop; the failed ones said why). */
 static int agree_on_step(Trainer *t, double loss_share, bool failed, StepReport *r)
 {
     bool stop = stop_wanted(t), orphaned = channel_launcher_lost(&t->channel);
