@@ -43,6 +43,7 @@ struct CommRequest {
     void *impl; /* the backend's request, or NULL when already complete */
 };
 
+/* backend.c: what every backend shares. */
 size_t comm_type_size(CommType type);
 /* Records a message for comm_error() and returns -1. */
 int comm_fail(Comm *comm, const char *format, ...) __attribute__((format(printf, 2, 3)));

@@ -4,26 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-size_t comm_type_size(CommType type)
-{
-    switch (type) {
-    case COMM_F32: return 4;
-    case COMM_F64: return 8;
-    case COMM_I64: return 8;
-    case COMM_BYTE: return 1;
-    }
-    return 1;
-}
-
-int comm_fail(Comm *comm, const char *format, ...)
-{
-    va_list args;
-    va_start(args, format);
-    vsnprintf(comm->error, sizeof(comm->error), format, args);
-    va_end(args);
-    return -1;
-}
-
 bool comm_launched_by_mpi(void)
 {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
