@@ -1,6 +1,7 @@
 /* What the files of the training loop share of a worker (contract in trainer.h). */
 #include "trainer.h"
 
+#include <math.h>
 #include <stdio.h>
 
 /* Drains the device queue; after a failed kernel, says where and returns -1. */
@@ -11,4 +12,19 @@ int trainer_device_failed(Trainer *t, const char *when)
         return 0;
     fprintf(stderr, "phalanx train: rank %d: %s: %s\n", t->rank, when, why);
     return -1;
+}
+
+const ParamTensor *trainer_tied_embedding(const Trainer *t)
+{
+    return t->layout.pp > 1 ? gpt_find_tensor(&t->gpt, "wte") : NULL;
+}
+
+/* Sums `value` over the world; a failed reduction counts as a failure. */
+double trainer_world_sum(Trainer *t, double value)
+{
+    if (comm_allreduce(t->world, &value, 1, COMM_F64) != 0) {
+        fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
+        return NAN;
+    }
+    return value;
 }

@@ -67,4 +67,19 @@ typedef struct {
  * returns -1 (trainer.c). */
 int trainer_device_failed(Trainer *t, const char *when);
 
+/* The tied embedding (wte) when the pipeline holds two copies of it (pp > 1,
+ * first and last stage), else NULL (trainer.c). */
+const ParamTensor *trainer_tied_embedding(const Trainer *t);
+
+/* Sums `value` over the world; a failed reduction counts as a failure: NaN
+ * (trainer.c). */
+double trainer_world_sum(Trainer *t, double value);
+
+/* setup.c: everything a worker holds before its first step (rank grid and
+ * groups, device, model, optimizer, data, outputs, checkpoints, channel), or
+ * -1 with a message; trainer_teardown frees what set-up made, also after a
+ * set-up that failed part-way. */
+int trainer_setup(Trainer *t);
+void trainer_teardown(Trainer *t);
+
 #endif
