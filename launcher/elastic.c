@@ -553,6 +553,18 @@ static int grown_world(Agent *agent)
     return planned == world ? world : 0;
 }
 
+/* The reach check of the hosts after attempt `a`, done once per attempt:
+ * how many were found lost (the first one's name in `first`). */
+static int check_hosts_once(Agent *agent, Attempt *a, char *first, size_t first_len)
+{
+    first[0] = '\0';
+    if (!a->hosts_checked) {
+        a->hosts_checked = true;
+        a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, first_len);
+    }
+    return a->hosts_found_lost;
+}
+
 /* The ranks alive once more hosts were left out: no more than the hosts
  * not left out hold (the nodes alive follow). */
 static int lost_hosts_counted(Agent *agent, int alive)
@@ -575,9 +587,7 @@ static bool start_failed_on_lost_host(Agent *agent, Attempt *a)
     if (job->ready || job->stop_signal || !agent->pool_listed || a->failure.kind != FAILURE_NONE)
         return false;
     char first[256];
-    a->hosts_checked = true;
-    a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
-    if (a->hosts_found_lost == 0)
+    if (check_hosts_once(agent, a, first, sizeof(first)) == 0)
         return false;
     a->failure = (JobFailure){.kind = FAILURE_UNREACHABLE, .rank = -1,
                               .detected_at = a->ended_at, /* the checks are the relaunch's */
@@ -602,12 +612,8 @@ static int next_world(Agent *agent, int *status)
         return -1;
     }
     bool host_lost = a->failure.kind == FAILURE_UNREACHABLE || a->failure.kind == FAILURE_CRASH;
-    if (agent->pool_listed && host_lost && !a->hosts_checked) {
-        char first[256];
-        a->hosts_checked = true;
-        a->hosts_found_lost = leave_out_unreachable_hosts(agent, first, sizeof(first));
-    }
-    if (a->hosts_found_lost > 0)
+    char first[256];
+    if (agent->pool_listed && host_lost && check_hosts_once(agent, a, first, sizeof(first)) > 0)
         alive = lost_hosts_counted(agent, alive);
     if (alive < agent->options->min_ranks) {
         fprintf(stderr, "phalanx run: giving up: %d rank(s) left, below --min-ranks %d; the "
