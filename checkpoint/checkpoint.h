@@ -454,19 +454,30 @@ CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
                      const CkptModel *expect, CkptStateCheck check, CkptRunState *state,
                      char *err, size_t err_len);
 
+/* Where a resume's bytes came from, summed over every rank (the same on
+ * every rank). From memory (checkpoint.h, "Replication"): the shard files
+ * a rank used in place in its own host's tier 1 (host_memory) and those it
+ * received from another host's tier 1 over MPI (other_hosts). Read in place
+ * from a tier's files: the tensor data read, counted as host_memory for
+ * tier 1 and as durable for the durable tier or a path given. Failed
+ * candidates a resume fell back past are not counted. */
+typedef struct {
+    uint64_t host_memory, other_hosts, durable;
+} CkptReadBytes;
+
 /* Collective over `comm`. `spec` is "latest" (the tiers of `options`) or a
  * path: a step directory, or a directory of step directories (its newest
  * complete one). Falls back to older complete checkpoints when one fails on
  * any rank (corrupt, incomplete, or refused by options->check_state); for an
  * explicit step directory DIR/step_N those are the complete step
  * directories of DIR older than N. A model that differs (CKPT_MISMATCH)
- * and a system error never fall back. On success *state is filled and
- * path_out names the checkpoint. The status and the message are the same
- * on every rank. */
+ * and a system error never fall back. On success *state is filled,
+ * path_out names the checkpoint and *read (when not NULL) says where its
+ * bytes came from. The status and the message are the same on every rank. */
 CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
                        const CkptTensor *tensors, int count, const CkptModel *expect,
-                       CkptRunState *state, char *path_out, size_t path_len, char *err,
-                       size_t err_len);
+                       CkptRunState *state, char *path_out, size_t path_len,
+                       CkptReadBytes *read, char *err, size_t err_len);
 
 /* ---------------------------------------------------------------------- */
 /* Inspection (the `phalanx ckpt` subcommands)                           */

@@ -24,6 +24,7 @@ typedef struct {
     const char *dir;
     const CkptIndex *index;
     hid_t *open;
+    uint64_t bytes_read; /* tensor data read so far */
 } ShardSet;
 
 static const CkptShard *find_shard(const CkptIndex *x, int rank)
@@ -79,6 +80,7 @@ static int shard_set_init(ShardSet *set, const char *dir, const CkptIndex *index
 {
     set->dir = dir;
     set->index = index;
+    set->bytes_read = 0;
     set->open = malloc(((size_t)index->shard_count + 1) * sizeof(hid_t));
     if (!set->open)
         return -1;
@@ -161,7 +163,9 @@ static CkptStatus load_tensor(ShardSet *set, const CkptTensor *t, CkptStatus dif
                 continue;
             status = format_fragment_read_rows(shard, kind, f, lo - f->row_begin, hi - lo,
                                                dest[kind] + (lo - from) * row, why, sizeof(why));
-            if (status != CKPT_OK) {
+            if (status == CKPT_OK) {
+                set->bytes_read += (uint64_t)(hi - lo) * (uint64_t)row * sizeof(float);
+            } else {
                 char shard_path[PATH_MAX];
                 ckpt_shard_path(shard_path, sizeof(shard_path), set->dir, f->rank);
                 ckpt_fail_at(err, err_len, shard_path, "%s", why);
@@ -261,10 +265,11 @@ static CkptStatus open_checkpoint(const char *path, const char *fence_dir,
     return status;
 }
 
+/* `bytes_read` (may be NULL): the tensor data read, on success. */
 static CkptStatus load_checked(const char *path, const char *fence_dir,
                                const CkptTensor *tensors, int count, const CkptModel *expect,
-                               CkptStateCheck check, CkptRunState *state, char *err,
-                               size_t err_len)
+                               CkptStateCheck check, CkptRunState *state,
+                               uint64_t *bytes_read, char *err, size_t err_len)
 {
     CkptIndex index;
     ShardSet set;
@@ -279,6 +284,8 @@ static CkptStatus load_checked(const char *path, const char *fence_dir,
     shard_set_close(&set);
     if (status == CKPT_OK)
         *state = index.state;
+    if (status == CKPT_OK && bytes_read)
+        *bytes_read = set.bytes_read;
     ckpt_index_free(&index);
     return status;
 }
@@ -287,7 +294,7 @@ CkptStatus ckpt_load(const char *path, const CkptTensor *tensors, int count,
                      const CkptModel *expect, CkptStateCheck check, CkptRunState *state,
                      char *err, size_t err_len)
 {
-    return load_checked(path, NULL, tensors, count, expect, check, state, err, err_len);
+    return load_checked(path, NULL, tensors, count, expect, check, state, NULL, err, err_len);
 }
 
 // ----------------------------------------------------------------------------
@@ -577,16 +584,33 @@ static int resume_candidates(const CkptOptions *options, const char *spec, Candi
 static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, char *err,
                                size_t err_len);
 
+/* Sums *read over the ranks of `comm` (every rank the same). */
+static void sum_read_bytes(Comm *comm, CkptReadBytes *read)
+{
+    uint64_t bytes[3] = {read->host_memory, read->other_hosts, read->durable};
+    if (comm_allreduce(comm, bytes, 3, COMM_I64) == 0)
+        *read = (CkptReadBytes){bytes[0], bytes[1], bytes[2]};
+}
+
 /* Loads `path` on every rank; returns the status of the first rank that
- * failed (its message in err on every rank), or CKPT_OK. */
+ * failed (its message in err on every rank), or CKPT_OK with *read summed
+ * over the ranks. */
 static CkptStatus resume_try(Comm *comm, const Candidate *c, const CkptTensor *tensors,
                              int count, const CkptModel *expect, CkptStateCheck check,
-                             CkptRunState *state, char *err, size_t err_len)
+                             CkptRunState *state, CkptReadBytes *read, char *err,
+                             size_t err_len)
 {
     char mine[1024];
+    uint64_t bytes = 0;
     CkptStatus status = load_checked(c->path, c->fence_dir, tensors, count, expect, check,
-                                     state, mine, sizeof(mine));
-    return agree_status(comm, status, mine, err, err_len);
+                                     state, &bytes, mine, sizeof(mine));
+    status = agree_status(comm, status, mine, err, err_len);
+    if (status == CKPT_OK) {
+        *read = c->tier == 1 ? (CkptReadBytes){.host_memory = bytes}
+                             : (CkptReadBytes){.durable = bytes};
+        sum_read_bytes(comm, read);
+    }
+    return status;
 }
 
 /* Every rank learns every rank's status: the same verdict everywhere (the
@@ -629,7 +653,8 @@ static CkptStatus agree_status(Comm *comm, CkptStatus status, const char *mine, 
 static CkptStatus memory_try(Comm *comm, const char *tier1, const char *tier2,
                              const ReplicaSurvey *survey, int which, const CkptTensor *tensors,
                              int count, const CkptModel *expect, CkptStateCheck check,
-                             CkptRunState *state, char *err, size_t err_len)
+                             CkptRunState *state, CkptReadBytes *read, char *err,
+                             size_t err_len)
 {
     ReplicaView view;
     char mine[1024];
@@ -637,18 +662,20 @@ static CkptStatus memory_try(Comm *comm, const char *tier1, const char *tier2,
     if (replica_fetch(comm, tier1, survey, which, &view, mine, sizeof(mine)) != 0)
         status = CKPT_INCOMPLETE;
     else
-        status = load_checked(view.view, tier2, tensors, count, expect, check, state, mine,
-                              sizeof(mine));
+        status = load_checked(view.view, tier2, tensors, count, expect, check, state, NULL,
+                              mine, sizeof(mine));
     replica_view_remove(tier1, &view);
     status = agree_status(comm, status, mine, err, err_len);
-    uint64_t bytes[2] = {view.local_bytes, view.network_bytes};
-    if (status == CKPT_OK && comm_allreduce(comm, bytes, 2, COMM_I64) == 0 &&
-        comm_rank(comm) == 0)
+    if (status != CKPT_OK)
+        return status;
+    *read = (CkptReadBytes){.host_memory = view.local_bytes, .other_hosts = view.network_bytes};
+    sum_read_bytes(comm, read);
+    if (comm_rank(comm) == 0)
         fprintf(stderr, "phalanx ckpt: recovered step %lld from memory (tier 1 of the "
                         "surviving hosts): %llu bytes read where they were held, %llu bytes "
                         "over the network from other hosts\n",
-                (long long)view.step, (unsigned long long)bytes[0],
-                (unsigned long long)bytes[1]);
+                (long long)view.step, (unsigned long long)read->host_memory,
+                (unsigned long long)read->other_hosts);
     return status;
 }
 
@@ -659,7 +686,7 @@ static CkptStatus memory_try(Comm *comm, const char *tier1, const char *tier2,
 static CkptStatus resume_from_memory(Comm *comm, const CkptOptions *options,
                                      const CkptTensor *tensors, int count,
                                      const CkptModel *expect, CkptRunState *state,
-                                     char *path_out, size_t path_len)
+                                     char *path_out, size_t path_len, CkptReadBytes *read)
 {
     char tier1[PATH_MAX], tier2[PATH_MAX], err[1024];
     ckpt_tier_dirs(options, tier1, sizeof(tier1), tier2, sizeof(tier2));
@@ -676,7 +703,7 @@ static CkptStatus resume_from_memory(Comm *comm, const CkptOptions *options,
     for (int i = 0; survey.replicated && i < survey.candidate_count &&
                     survey.candidates[i][0] >= floor; i++) {
         status = memory_try(comm, tier1, tier2, &survey, i, tensors, count, expect,
-                            options->check_state, state, err, sizeof(err));
+                            options->check_state, state, read, err, sizeof(err));
         if (status == CKPT_OK) {
             ckpt_step_dir(path_out, path_len, tier1, survey.candidates[i][0],
                           (int)survey.candidates[i][1]);
@@ -701,12 +728,16 @@ static CkptStatus resume_from_memory(Comm *comm, const CkptOptions *options,
 
 CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
                        const CkptTensor *tensors, int count, const CkptModel *expect,
-                       CkptRunState *state, char *path_out, size_t path_len, char *err,
-                       size_t err_len)
+                       CkptRunState *state, char *path_out, size_t path_len,
+                       CkptReadBytes *read, char *err, size_t err_len)
 {
+    CkptReadBytes unused;
+    if (!read)
+        read = &unused;
+    *read = (CkptReadBytes){0};
     if (strcmp(spec, "latest") == 0 && options->dir && *options->dir &&
-        resume_from_memory(comm, options, tensors, count, expect, state, path_out,
-                           path_len) == CKPT_OK)
+        resume_from_memory(comm, options, tensors, count, expect, state, path_out, path_len,
+                           read) == CKPT_OK)
         return CKPT_OK;
     Candidate *candidates = NULL, tried = {.path = ""};
     int64_t n = 0;
@@ -731,7 +762,7 @@ CkptStatus ckpt_resume(Comm *comm, const CkptOptions *options, const char *spec,
         }
         tried.path[sizeof(tried.path) - 1] = tried.fence_dir[sizeof(tried.fence_dir) - 1] = '\0';
         status = resume_try(comm, &tried, tensors, count, expect, options->check_state, state,
-                            err, err_len);
+                            read, err, err_len);
         // a model that does not fit fails every checkpoint the same way
         if (status == CKPT_OK || status == CKPT_MISMATCH || status == CKPT_ERROR)
             break;

@@ -44,6 +44,7 @@ typedef struct {
     int node_lost; /* -1: none removed */
     char excluded[256];
     char resumed_path[512];
+    long read_bytes[3]; /* what its resume read from where (Job.read_bytes) */
     const char *cause; /* the injected host fault behind the failure, or NULL */
     char cause_host[64];
     double last_step_at; /* when rank 0 completed last_step (its throughput) */

@@ -45,6 +45,16 @@ static double steps_per_second(const Attempt *a)
                : 0;
 }
 
+/* The tier an attempt resumed from and how many bytes its ranks read from
+ * where (rank 0's loaded line; runtime.h). */
+static void write_resume_source(FILE *out, const Agent *agent, const Attempt *a)
+{
+    fprintf(out, ", \"resumed_tier\": \"%s\", \"read_bytes\": {\"own_host_memory\": %ld, "
+                 "\"other_hosts_memory\": %ld, \"durable\": %ld}",
+            drill_report_resumed_tier(agent, a->resumed_path), a->read_bytes[0],
+            a->read_bytes[1], a->read_bytes[2]);
+}
+
 static void write_attempt(FILE *out, const Agent *agent, int i)
 {
     const Attempt *a = &agent->attempts[i];
@@ -56,9 +66,10 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
     if (a->ranks_up_at > 0)
         fprintf(out, ", \"ranks_up_s\": %.3f", a->ranks_up_at - t0);
     if (a->resumed_at > 0) {
-        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld, \"resumed_tier\": \"%s\", "
-                     "\"resumed_from\": ", a->resumed_at - t0, a->resumed_step,
-                drill_report_resumed_tier(agent, a->resumed_path));
+        fprintf(out, ", \"ckpt_loaded_s\": %.3f, \"resumed_step\": %ld", a->resumed_at - t0,
+                a->resumed_step);
+        write_resume_source(out, agent, a);
+        fprintf(out, ", \"resumed_from\": ");
         write_json_text(out, a->resumed_path);
     }
     if (a->first_step_at > 0)
@@ -88,6 +99,8 @@ static void write_attempt(FILE *out, const Agent *agent, int i)
         }
         if (f->fault_at > 0)
             fprintf(out, ", \"fault_s\": %.3f", f->fault_at - t0);
+        if (a->hosts_checked)
+            fprintf(out, ", \"other_hosts_found_lost\": %d", a->hosts_found_lost);
         fprintf(out, ", \"node_removed\": %d}", a->node_lost);
     }
     fprintf(out, "}%s\n", i + 1 < agent->attempt_count ? "," : "");
@@ -113,6 +126,8 @@ static void write_recoveries(FILE *out, const Agent *agent)
             fprintf(out, ", \"startup_s\": %.3f", next->ranks_up_at - next->launched_at);
         if (next->resumed_at > 0 && next->ranks_up_at > 0)
             fprintf(out, ", \"ckpt_load_s\": %.3f", next->resumed_at - next->ranks_up_at);
+        if (next->resumed_at > 0)
+            write_resume_source(out, agent, next);
         if (next->first_step_at > 0)
             fprintf(out, ", \"mttr_s\": %.3f", next->first_step_at - failed);
         long recomputed = a->last_step - resumed;

@@ -456,9 +456,12 @@ static void on_job_event(void *context, const char *event, long step, double at)
     } else if (strcmp(event, "resumed") == 0) {
         a->resumed_at = at;
         a->resumed_step = step;
-        fprintf(stderr, "phalanx run: attempt %d resumed step %ld from the %s tier (%s)\n",
+        const long *read = agent->job->read_bytes;
+        fprintf(stderr, "phalanx run: attempt %d resumed step %ld from the %s tier (%s): read "
+                        "%ld bytes from the ranks' own hosts' memory, %ld from other hosts' "
+                        "memory, %ld from the durable tier\n",
                 agent->attempt_count - 1, step, drill_report_resumed_tier(agent, agent->job->resumed_path),
-                agent->job->resumed_path);
+                agent->job->resumed_path, read[0], read[1], read[2]);
     }
 }
 
@@ -525,6 +528,7 @@ static int run_attempt(Agent *agent, int world)
     drill_reap_fault_commands(agent);
     a->failure = job->failure;
     snprintf(a->resumed_path, sizeof(a->resumed_path), "%s", job->resumed_path);
+    memcpy(a->read_bytes, job->read_bytes, sizeof(a->read_bytes));
     drill_attribute_failure(agent, a);
     a->first_step = job->first_step;
     a->last_step = job->last_step;

@@ -345,6 +345,9 @@ static void handle_message(Job *job, JobClient *client, const ProtocolMessage *m
         if (job->config->on_event)
             job->config->on_event(job->config->event_context, "committed", m->step, client->last_seen);
         break;
+    case PROTOCOL_LOADED:
+        memcpy(job->read_bytes, m->read_bytes, sizeof(job->read_bytes));
+        break;
     case PROTOCOL_RESUMED:
         protocol_sanitize_text(m->text, m->text_length, job->resumed_path,
                                sizeof(job->resumed_path));

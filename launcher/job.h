@@ -125,6 +125,8 @@ typedef struct {
     double pinged_at;
     long first_step, last_step; /* progress steps seen (rank 0), 0: none */
     char resumed_path[512];     /* the checkpoint the ranks resumed from, "" if none */
+    long read_bytes[3];         /* rank 0's loaded line: own host's memory, other hosts'
+                                   memory, durable; all 0 if none */
     pid_t pid;
     char slurm_step[64]; /* JOB.STEP of the ranks under srun, "" otherwise */
     int status; /* raw waitpid status, valid once done */

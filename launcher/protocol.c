@@ -210,6 +210,19 @@ static int parse_fault(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
     return 0;
 }
 
+static int parse_loaded(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
+{
+    if (!read_long(c, 0, LONG_MAX, &m->step))
+        return failed(err, err_len, "loaded", "STEP is not a number in [0, 2^63)");
+    for (int i = 0; i < 3; i++)
+        if (!read_long(c, 0, LONG_MAX, &m->read_bytes[i]))
+            return failed(err, err_len, "loaded",
+                          "HOST OTHER DURABLE are not three numbers in [0, 2^63)");
+    if (!at_end(c))
+        return failed(err, err_len, "loaded", "more fields after DURABLE");
+    return 0;
+}
+
 static int parse_probe(Cursor *c, ProtocolMessage *m, char *err, size_t err_len)
 {
     if (!read_word(c, m->node, sizeof(m->node)) || !at_end(c))
@@ -230,7 +243,7 @@ static const struct {
     {"log", PROTOCOL_LOG, parse_log},          {"done", PROTOCOL_DONE, parse_done},
     {"beat", PROTOCOL_BEAT, parse_beat},       {"fault", PROTOCOL_FAULT, parse_fault},
     {"resumed", PROTOCOL_RESUMED, parse_resumed}, {"probe", PROTOCOL_PROBE, parse_probe},
-    {"committed", PROTOCOL_COMMITTED, parse_committed},
+    {"committed", PROTOCOL_COMMITTED, parse_committed}, {"loaded", PROTOCOL_LOADED, parse_loaded},
 };
 
 int protocol_parse(const char *line, size_t length, ProtocolMessage *out, char *err,

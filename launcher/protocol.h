@@ -38,6 +38,8 @@ typedef enum {
                           wants back; said instead of a hello, after auth */
     PROTOCOL_COMMITTED, /* committed STEP: rank 0, the memory checkpoint of step STEP
                            is held by its own host and a buddy host */
+    PROTOCOL_LOADED,    /* loaded STEP HOST OTHER DURABLE: rank 0, the bytes its resume
+                           read from where (read_bytes) */
 } ProtocolKind;
 
 typedef struct {
@@ -45,6 +47,7 @@ typedef struct {
     int rank, world, status; /* those the line has; the others 0 */
     int epoch;               /* hello: its epoch=N, -1 without one */
     long pid, step;
+    long read_bytes[3]; /* loaded: own host's memory, other hosts' memory, durable */
     char answer[PROTOCOL_ANSWER_HEX + 1];
     char node[PROTOCOL_FIELD_MAX];
     char slurm_step[PROTOCOL_FIELD_MAX];

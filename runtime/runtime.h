@@ -66,6 +66,10 @@ int parse_flag_double(const char *prog, const char *flag, const char *text, doub
  *                      done RANK STATUS          (before a rank exits)
  *                      beat RANK STEP            (training progress, at most every 0.5 s)
  *                      fault KIND RANK STEP      (an injected crash or hang fires now)
+ *                      loaded STEP HOST OTHER DURABLE  (rank 0, before resumed: the
+ *                                                   bytes the resume read from the ranks'
+ *                                                   own host's memory, other hosts' memory
+ *                                                   and the durable tier; CkptReadBytes)
  *                      resumed STEP PATH         (rank 0: the checkpoint it resumed)
  *                      committed STEP            (rank 0, tier 1 replicated: the memory
  *                                                   checkpoint of STEP is on two hosts)

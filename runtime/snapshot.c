@@ -185,9 +185,10 @@ static int resume(Trainer *t, const CkptTensor *reading)
     options.check_state = stateful_check;
     CkptRunState state;
     char path[4096], err[2048];
+    CkptReadBytes read;
     CkptStatus status = ckpt_resume(t->world, &options, t->opt.resume, reading,
                                     t->ckpt_tensor_count, &expect, &state, path, sizeof(path),
-                                    err, sizeof(err));
+                                    &read, err, sizeof(err));
     if (status != CKPT_OK) {
         if (t->rank == 0)
             fprintf(stderr, "phalanx train: --resume %s: %s\n", t->opt.resume, err);
@@ -204,6 +205,9 @@ static int resume(Trainer *t, const CkptTensor *reading)
              state.writer.pp, state.writer.sp);
     if (t->rank == 0) { /* even under --quiet: which checkpoint a run continues matters */
         fprintf(stderr, "phalanx train: %s\n", line);
+        channel_send(&t->channel, "loaded %lld %llu %llu %llu", (long long)state.step,
+                     (unsigned long long)read.host_memory, (unsigned long long)read.other_hosts,
+                     (unsigned long long)read.durable);
         channel_send(&t->channel, "resumed %lld %s", (long long)state.step, path);
     }
     return 0;

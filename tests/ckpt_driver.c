@@ -195,8 +195,9 @@ static int run_read(const Args *a, Comm *world, Table *t)
                            .mode = CKPT_SYNC};
     CkptRunState s;
     char path[4096], err[1024];
+    CkptReadBytes read;
     CkptStatus status = ckpt_resume(world, &options, a->resume, t->tensors, t->count, &a->model,
-                                    &s, path, sizeof(path), err, sizeof(err));
+                                    &s, path, sizeof(path), &read, err, sizeof(err));
     if (status != CKPT_OK) {
         if (rank == 0)
             fprintf(stderr, "ckpt_driver: %s (%s)\n", err, ckpt_status_name(status));
@@ -211,11 +212,12 @@ static int run_read(const Args *a, Comm *world, Table *t)
     if (rank == 0)
         printf("{\"path\": \"%s\", \"step\": %lld, \"sample_cursor\": %lld, \"seed\": %llu, "
                "\"writer\": [%d, %d, %d, %d], \"noise_scale\": %.17g, \"optimizer\": \"%s\", "
-               "\"bad\": %lld, \"tensors\": %lld}\n",
+               "\"bad\": %lld, \"tensors\": %lld, \"read_bytes\": [%llu, %llu, %llu]}\n",
                path, (long long)s.step, (long long)s.sample_cursor, (unsigned long long)s.seed,
                s.writer.dp, s.writer.pp, s.writer.sp, s.writer.world,
                ckpt_state_get(&s, "batch.noise_scale", -1), optimizer, (long long)sums[0],
-               (long long)sums[1]);
+               (long long)sums[1], (unsigned long long)read.host_memory,
+               (unsigned long long)read.other_hosts, (unsigned long long)read.durable);
     return sums[0] == 0 ? 0 : 1;
 }
 

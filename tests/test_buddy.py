@@ -45,12 +45,31 @@ def drill(phalanx, cluster, out, corpus, events, *extra, fault_command=None,
     return r, drill_report(out)
 
 
-def assert_durable_step(attempt):
+def assert_durable_step(attempt, out):
     """A durable checkpoint: a multiple of --ckpt-durable-every that was committed before the
-    host was lost (how far training got past FAULT_STEP by then depends on the machine)."""
+    host was lost (how far training got past FAULT_STEP by then depends on the machine); every
+    rank of the relaunch read every tensor's parameters, m and v from the durable tier (one
+    rank per dp replica, pp 1: the whole model; params.bin is its float32 parameters)."""
     assert attempt["resumed_tier"] == "durable", attempt
     assert attempt["resumed_step"] % DURABLE == 0 and 0 < attempt["resumed_step"] < STEPS, \
         attempt
+    model_bytes = (out / "params.bin").stat().st_size
+    assert attempt["read_bytes"] == {"own_host_memory": 0, "other_hosts_memory": 0,
+                                     "durable": attempt["world"] * 3 * model_bytes}, attempt
+
+
+def assert_read_from_memory(report, r):
+    """The relaunch read its checkpoint from memory only, some of it from another host's
+    memory over the network, as rank 0's resume log says; the recovery says the same."""
+    second = report["attempts"][1]
+    read = second["read_bytes"]
+    assert read["own_host_memory"] > 0 and read["other_hosts_memory"] > 0, second
+    assert read["durable"] == 0, second
+    line = next(x for x in r.stderr.splitlines() if "from memory (tier 1" in x)
+    network = int(line.split(" bytes over the network")[0].rsplit(" ", 1)[1])
+    assert network == read["other_hosts_memory"], (line, read)
+    recovery, = report["recoveries"]
+    assert recovery["resumed_tier"] == "memory" and recovery["read_bytes"] == read, recovery
 
 
 def assert_like_the_reference(out, report, reference):
@@ -72,9 +91,7 @@ def test_a_lost_host_is_recovered_from_the_buddies_memory(phalanx, corpus, refer
     assert second["resumed_step"] == first["replicated_step"], (first, second, r.stderr)
     assert second["resumed_step"] >= FAULT_STEP - 1 - first["replication_lag_max"], first
     # h2's shard came from h3's memory (its buddy copy), over the network to h1's rank
-    line = next(x for x in r.stderr.splitlines() if "from memory (tier 1" in x)
-    network = int(line.split(" bytes over the network")[0].rsplit(" ", 1)[1])
-    assert network > 0, line
+    assert_read_from_memory(report, r)
     assert_like_the_reference(tmp_path, report, reference)
 
 
@@ -85,7 +102,7 @@ def test_without_replication_a_lost_host_falls_back_to_the_durable_tier(
                       "--ckpt-every", 1, "--ckpt-durable-every", DURABLE, "--ckpt-replicate", "off")
     assert r.returncode == 0, r.stdout + r.stderr
     second = report["attempts"][1]
-    assert_durable_step(second)
+    assert_durable_step(second, tmp_path)
     assert f"resumed step {second['resumed_step']} from the durable tier" in r.stderr, r.stderr
     assert not list(tmp_path.glob("ckpt/*/buddy_rank_*"))
     assert_like_the_reference(tmp_path, report, reference)
@@ -121,7 +138,7 @@ def test_a_buddy_copy_with_a_flipped_byte_is_detected_and_not_used(
     assert "holds no complete checkpoint (every complete one failed its checks): reading the " \
         "durable tier" in r.stderr, r.stderr
     second = report["attempts"][1]
-    assert_durable_step(second)
+    assert_durable_step(second, tmp_path)
     assert_like_the_reference(tmp_path, report, reference)
 
 
@@ -141,7 +158,7 @@ def assert_fell_back_because_both_copies_are_gone(r, report, reference, tmp_path
         "host were both lost): reading the durable tier" in r.stderr, r.stderr
     second = report["attempts"][-1]
     assert second["world"] == world, second
-    assert_durable_step(second)
+    assert_durable_step(second, tmp_path)
     assert_like_the_reference(tmp_path, report, reference)
 
 
@@ -177,6 +194,7 @@ def assert_both_left_out_at_once(r, report, cluster, lost):
                if "cannot start a process (checked the way ranks start)" in line}
     assert blamed in addresses and checked == addresses - {blamed}, (blamed, checked, r.stderr)
     assert len(report["attempts"]) == 2, report["attempts"]
+    assert report["attempts"][0]["failure"]["other_hosts_found_lost"] == len(lost) - 1, report
 
 
 def test_a_host_and_its_buddy_powered_off_at_once_fall_back_to_the_durable_tier(
@@ -208,6 +226,7 @@ def test_two_hosts_powered_off_at_once_that_are_not_buddies_recover_from_memory(
     assert second["world"] == 2, second
     assert second["resumed_tier"] == "memory", (second, r.stderr)
     assert second["resumed_step"] == first["replicated_step"], (first, second, r.stderr)
+    assert_read_from_memory(report, r)
     assert_like_the_reference(tmp_path, report, reference)
 
 

@@ -371,14 +371,23 @@ static void test_resume_falls_back(void **state)
     char path[1024], shard[700];
     CkptRunState s;
     zero(f->t, TENSORS);
+    CkptReadBytes read = {1, 1, 1};
     assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), &read, f->err, sizeof(f->err)),
                      CKPT_OK);
     assert_int_equal(s.step, 3);
+    // every tensor's params, m and v, read from the durable tier
+    uint64_t floats = 0;
+    for (int k = 0; k < TENSORS; k++)
+        floats += 3 * (uint64_t)f->t[k].shape[0] *
+                  (uint64_t)(f->t[k].ndim == 2 ? f->t[k].shape[1] : 1);
+    assert_int_equal(read.durable, floats * sizeof(float));
+    assert_int_equal(read.host_memory, 0);
+    assert_int_equal(read.other_hosts, 0);
     snprintf(shard, sizeof(shard), "%s/rank_00000.h5", step_path(f, 3));
     assert_int_equal(truncate(shard, 5000), 0);
     assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), NULL, f->err, sizeof(f->err)),
                      CKPT_OK);
     assert_int_equal(s.step, 2);
     assert_string_equal(path, step_path(f, 2));
@@ -387,7 +396,7 @@ static void test_resume_falls_back(void **state)
     CkptModel other = MODEL;
     other.heads = 4;
     assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &other, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), NULL, f->err, sizeof(f->err)),
                      CKPT_MISMATCH);
     assert_non_null(strstr(f->err, "--heads 2"));
 }
@@ -399,7 +408,7 @@ static void test_resume_with_nothing_there(void **state)
     char path[1024];
     CkptRunState s;
     assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), NULL, f->err, sizeof(f->err)),
                      CKPT_NOT_FOUND);
     assert_non_null(strstr(f->err, "no complete checkpoint"));
 }
@@ -771,12 +780,12 @@ static void test_resume_falls_back_past_a_refused_state(void **state)
     char path[1024], explicit[700];
     CkptRunState s;
     assert_int_equal(ckpt_resume(f->world, &o, "latest", f->t, TENSORS, &MODEL, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), NULL, f->err, sizeof(f->err)),
                      CKPT_OK);
     assert_int_equal(s.step, 1);
     snprintf(explicit, sizeof(explicit), "%s", step_path(f, 2));
     assert_int_equal(ckpt_resume(f->world, &o, explicit, f->t, TENSORS, &MODEL, &s, path,
-                                 sizeof(path), f->err, sizeof(f->err)),
+                                 sizeof(path), NULL, f->err, sizeof(f->err)),
                      CKPT_OK);
     assert_int_equal(s.step, 1);
     assert_string_equal(path, step_path(f, 1));

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -98,6 +99,29 @@ static void test_committed_names_one_step_and_nothing_else(void **state)
         char err[256] = "";
         assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
         assert_non_null(strstr(err, "committed"));
+    }
+}
+
+static void test_loaded_names_a_step_and_three_byte_counts(void **state)
+{
+    (void)state;
+    ProtocolMessage m;
+    assert_int_equal(parse("loaded 11 87135758 86874294 0", &m), 0);
+    assert_int_equal(m.kind, PROTOCOL_LOADED);
+    assert_int_equal(m.step, 11);
+    assert_int_equal(m.read_bytes[0], 87135758);
+    assert_int_equal(m.read_bytes[1], 86874294);
+    assert_int_equal(m.read_bytes[2], 0);
+    assert_int_equal(parse("loaded 0 0 0 9223372036854775807", &m), 0);
+    assert_int_equal(m.read_bytes[2], LONG_MAX);
+    const char *bad[] = {"loaded", "loaded 11", "loaded 11 1 2", "loaded 11 1 2 3 4",
+                         "loaded 11 -1 2 3", "loaded 11 1  2 3",
+                         "loaded 11 1 2x 3", "loaded 11 1 2 9223372036854775808",
+                         "loaded x 1 2 3"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "loaded"));
     }
 }
 
@@ -253,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_step_of_job),
         cmocka_unit_test(test_probe_names_its_node_and_nothing_else),
         cmocka_unit_test(test_committed_names_one_step_and_nothing_else),
+        cmocka_unit_test(test_loaded_names_a_step_and_three_byte_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
