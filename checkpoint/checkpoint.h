@@ -77,7 +77,8 @@
  *   order hosts first appear: rank i of host h is kept by rank i mod n of
  *   host h+1 (cyclic). Losing any one host then leaves every shard of it on
  *   the next host, and every other shard on its own: a complete copy. One
- *   host: no buddy, replication off (said once when asked for with "on").
+ *   host: no buddy, replication off (said once when asked for with "on";
+ *   "auto", the default, is quiet about it; "off" never replicates).
  * - A tier-1 commit with replication: each sidecar writes its shard, sends
  *   the same bytes to its buddy over its own communicator (non-blocking,
  *   serving the training thread's copies meanwhile) and writes what it
@@ -277,8 +278,7 @@ typedef int (*CkptStateCheck)(const CkptRunState *state, char *err, size_t err_l
 
 /* Buddy replication of tier 1 (checkpoint.h, "Replication"). */
 typedef enum {
-    CKPT_REPLICATE_AUTO = 0, /* for now off: the lost-host drills of
-                              * tests/test_network.py expect the durable tier */
+    CKPT_REPLICATE_AUTO = 0, /* on when the ranks span several hosts (the default) */
     CKPT_REPLICATE_ON,       /* the same, and a note when there is one host */
     CKPT_REPLICATE_OFF,
 } CkptReplicate;

@@ -99,9 +99,7 @@ int replica_plan(Replica *r, Comm *world, CkptReplicate mode, bool memory_tier, 
     r->leader = true;
     for (int q = 0; q < r->rank; q++)
         r->leader = r->leader && host[q] != host[r->rank];
-    // auto stays off for now: tests/test_network.py's lost-host drills expect
-    // the durable tier (issue 18); "on" opts in
-    r->on = mode == CKPT_REPLICATE_ON && memory_tier && hosts > 1;
+    r->on = mode != CKPT_REPLICATE_OFF && memory_tier && hosts > 1;
     if (r->on)
         pair_buddies(host, hosts, r->world, r->buddy);
     else

@@ -191,9 +191,13 @@ def test_a_lost_host_is_removed_and_the_run_finishes_on_the_survivors(
     assert (failure["cause"], failure["host"]) == (kind, "h2"), failure
     assert second["world"] == 2 and second["layout"] == "2x1x1" and second["resume"]
     assert "ranks on hosts: h1 0, h3 1" in r.stderr  # h2 left out of the relaunch
-    # h2's shards of tier 1 are on h2 (gone with it, or unreachable): the durable tier
-    assert second["resumed_tier"] == "durable", second
-    assert f"resumed step {second['resumed_step']} from the durable tier" in r.stderr
+    # h2's own shards of tier 1 are gone with it (or unreachable), but replication is on by
+    # default across hosts: h3 keeps a copy of them, so the survivors' memory is read
+    # (test_buddy.py: the durable tier without replication, or with a host and its buddy lost)
+    assert second["resumed_tier"] == "memory", second
+    assert f"resumed step {second['resumed_step']} from the memory tier" in r.stderr
+    assert second["read_bytes"]["other_hosts_memory"] > 0, second
+    assert second["read_bytes"]["durable"] == 0, second
     assert_recovered_like_the_reference(tmp_path, report, drill_reference)
     print_recovery(f"{kind} drill", report)
 
