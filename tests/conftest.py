@@ -16,6 +16,22 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = pathlib.Path(os.environ.get("PHALANX_BUILD", ROOT / "build")).resolve()
 
 
+def cpu_has_avx512_bf16():
+    """What the kernel says of this CPU (/proc/cpuinfo's avx512_bf16 flag): the oracle for
+    whether `--precision bf16` may run on the CPU, independent of Phalanx's own check."""
+    try:
+        return " avx512_bf16" in pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# bf16 training on the CPU needs AVX512-BF16 (runtime/bf16.c refuses it elsewhere, and
+# test_bf16.py checks that refusal on such a CPU); CI machines of one kind may differ in it
+needs_cpu_bf16 = pytest.mark.skipif(
+    not cpu_has_avx512_bf16(),
+    reason="this CPU has no AVX512-BF16 (/proc/cpuinfo): --precision bf16 is refused here")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "cluster: drives emulated hosts (network namespaces, Slurm) or a build of its "

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, run
+from conftest import ROOT, cpu_has_avx512_bf16, needs_cpu_bf16, run
 from gpt_dump import assert_same_pass, copy_params, dump
 from runs import assert_same_run, launch, without_timings
 from shards import structured_text, text_tokens, write_shard
@@ -87,6 +87,7 @@ def bf16_forward(model, tokens, targets):
     return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("shape", [
     # vocab, layers, heads, dim (head size 16: attention's scale 1/4 is exact), seq, batch
     pytest.param((64, 2, 2, 32, 13, 2), id="seq13"),
@@ -140,7 +141,20 @@ def test_unknown_precision_is_refused(phalanx, corpus, tmp_path):
     assert "--precision" in result.stderr and "fp32 or bf16" in result.stderr
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bf16_runs_exactly_where_the_cpu_has_avx512_bf16(phalanx, corpus, tmp_path):
+    """Refused with the reason and the fix on a CPU without AVX512-BF16 (/proc/cpuinfo's
+    flag is the oracle), trained where it has it: one of the two runs on every machine."""
+    result = run([phalanx, "train", "--data", f"{corpus}/train_*.bin", *MODEL, "--steps", "1",
+                  "--precision", "bf16", "--quiet"])
+    if cpu_has_avx512_bf16():
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert "no AVX512-BF16" in result.stderr and "--precision fp32" in result.stderr, \
+            result.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_cpu_bf16)])
 def test_any_thread_count_trains_bit_identically(phalanx, corpus, tmp_path, precision):
     p = ["--steps", "4", "--precision", precision]
     one = train(phalanx, corpus, tmp_path, "one", *p, "--threads", "1")
@@ -159,6 +173,7 @@ TINY_RUN = ["--layers", "2", "--heads", "2", "--dim", "32", "--seq-len", "32", "
 LAYOUT_RUN = [*TINY_RUN, "--steps", "10", "--precision", "bf16"]
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("layout", ["2x1x1", "1x2x1", "1x1x2"])
 def test_every_layout_trains_the_same_bf16_run(phalanx, corpus, tmp_path, layout):
     args = ["--data", corpus / "train_000.bin", *LAYOUT_RUN]
@@ -167,6 +182,7 @@ def test_every_layout_trains_the_same_bf16_run(phalanx, corpus, tmp_path, layout
     assert_same_run(reference, result, rtol=1e-3)
 
 
+@needs_cpu_bf16
 def test_bf16_resume_in_the_same_layout_is_bit_exact(phalanx, corpus, tmp_path):
     base = ["--data", corpus / "train_000.bin", *TINY_RUN, "--precision", "bf16",
             "--ckpt-memory-dir", "none", "--ckpt-every", "3", "--train-samples", str(8 * 16)]
@@ -181,6 +197,7 @@ def test_bf16_resume_in_the_same_layout_is_bit_exact(phalanx, corpus, tmp_path):
     assert resumed[1].tobytes() == straight[1].tobytes()
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("first,second", [("bf16", "fp32"), ("fp32", "bf16")])
 def test_checkpoint_resumes_in_the_other_precision(phalanx, corpus, tmp_path, first, second):
     base = ["--data", corpus / "train_000.bin", *TINY_RUN, "--ckpt-memory-dir", "none",
@@ -210,6 +227,7 @@ def default_corpus(phalanx, tmp_path_factory):
     return d
 
 
+@needs_cpu_bf16
 @pytest.mark.long
 def test_100_bf16_steps_end_within_2_percent_of_fp32(phalanx, default_corpus, tmp_path):
     args = ["--data", default_corpus / "train_*.bin", "--val-data", default_corpus / "val_000.bin",
