@@ -498,34 +498,52 @@ void attention_backward_bf16(float *dqkv, float *datt, const float *dout, const 
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
-/* exp(x) for |x| <= 18: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
- * r^7 (error about 1e-7 relative). Plain arithmetic and no library call, so
- * GCC vectorizes the loops that call it, and a vector lane computes exactly
- * what a scalar remainder does: bits do not depend on where a thread's range
- * of elements starts (libm's tanhf, about 1/6 of a step, is not vectorized). */
+/* exp(x) for |x| <= 87: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
+ * r^7 (error about 1e-7 relative). Plain arithmetic without a branch or a
+ * library call, so GCC vectorizes the loops that call it, and a vector lane
+ * computes exactly what a scalar remainder does: bits do not depend on where
+ * a thread's range of elements starts (libm's tanhf and expf are not
+ * vectorized, and expf is a call through the PLT for every element). */
 static inline float exp_small(float x)
 {
     // n = x / ln2 rounded to nearest by adding and removing 1.5 * 2^23 (GCC
-    // vectorizes this; it does not vectorize floorf)
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+    // vectorizes this; it does not vectorize floorf); the low bits of the
+    // shifted value are n as an integer, so no float-to-int conversion (which
+    // a NaN would make undefined) is needed
+    float shifted = x * 1.44269504f + 12582912.0f;
+    float n = shifted - 12582912.0f;
     float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
               r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    // a NaN x leaves n NaN, whose conversion to an integer is undefined: 0
-    // stands in (p is NaN then, and so is the result); the shift is unsigned
-    int32_t whole = (int32_t)(n == n ? n : 0.0f);
-    uint32_t bits = (uint32_t)(whole + 127) << 23;
+    uint32_t shifted_bits;
+    memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
+    uint32_t bits = (shifted_bits - 0x4B400000u + 127u) << 23; // 2^n; unsigned wrap
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
 }
 
+/* x with its magnitude at most `limit` (> 0), sign kept; a NaN becomes
+ * +-limit. An unsigned minimum of the bit patterns: a float compare and
+ * select lets GCC fold the clamped path into constants, and the branch that
+ * leaves stops vectorization (fminf is a libm call). */
+static inline float clamp_magnitude(float x, float limit)
+{
+    uint32_t xb, lb;
+    memcpy(&xb, &x, sizeof(xb));
+    memcpy(&lb, &limit, sizeof(lb));
+    uint32_t mag = xb & 0x7fffffffu;
+    xb = (xb & 0x80000000u) | (mag < lb ? mag : lb);
+    memcpy(&x, &xb, sizeof(x));
+    return x;
+}
+
 /* tanh(a) = (e - 1) / (e + 1), e = exp(2a); |a| clamped to 9, where tanh is
- * 1 in float. Absolute error about 1e-7, all GELU needs (it adds 1). */
+ * 1 in float. Absolute error about 1e-7, all GELU needs (it adds 1). A NaN a
+ * gives +-1; GELU's results are NaN all the same, through its factor x. */
 static inline float tanh_small(float a)
 {
-    a = a > 9.0f ? 9.0f : a < -9.0f ? -9.0f : a; // NaN passes (fminf is a libm call)
-    float e = exp_small(2.0f * a);
+    float e = exp_small(2.0f * clamp_magnitude(a, 9.0f));
     return (e - 1.0f) / (e + 1.0f);
 }
 
