@@ -107,6 +107,70 @@ static void thread_range(size_t count, size_t *begin, size_t *end)
 }
 
 // ----------------------------------------------------------------------------
+// exp without libm: plain arithmetic, no branch and no library call, so GCC
+// vectorizes the loops that call it, and a vector lane computes exactly what
+// a scalar remainder does (bits do not depend on where a thread's range of
+// elements starts). libm's expf and tanhf are not vectorized, and each is a
+// call through the PLT for every element.
+
+/* x with its magnitude at most `limit` (> 0), sign kept; a NaN stays NaN. On
+ * the bit patterns, in unsigned integers: a float compare and select lets
+ * GCC fold the clamped path into constants, and the branch that is left
+ * stops vectorization (fminf is a libm call). */
+static inline float clamp_magnitude(float x, float limit)
+{
+    uint32_t xb, lb;
+    memcpy(&xb, &x, sizeof(xb));
+    memcpy(&lb, &limit, sizeof(lb));
+    uint32_t mag = xb & 0x7fffffffu;
+    bool clamp = mag > lb && mag <= 0x7f800000u; // not a NaN
+    xb = (xb & 0x80000000u) | (clamp ? lb : mag);
+    memcpy(&x, &xb, sizeof(x));
+    return x;
+}
+
+/* exp(x) for x <= 88: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
+ * r^7 (error about 1e-7 relative); 0 below about -87.3 (and for -inf), NaN
+ * for NaN. */
+static inline float exp_small(float x)
+{
+    x = clamp_magnitude(x, 104.0f); // -inf: 0 below, not NaN from inf - inf
+    // n = x / ln2 rounded to nearest by adding and removing 1.5 * 2^23 (GCC
+    // vectorizes this; it does not vectorize floorf); the low bits of the
+    // shifted value are n as an integer, so no float-to-int conversion (which
+    // a NaN would make undefined) is needed
+    float shifted = x * 1.44269504f + 12582912.0f;
+    float n = shifted - 12582912.0f;
+    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+              r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    uint32_t shifted_bits;
+    memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
+    uint32_t biased = shifted_bits - 0x4B400000u + 127u; // n + 127, unsigned wrap
+    uint32_t bits = biased - 1u < 254u ? biased << 23 : 0u; // 2^n, or 0 below 2^-126
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+/* The largest of x[0..n), NaNs skipped (as fmaxf does); -inf when n is 0. */
+static float max_of(const float *x, int n)
+{
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* out[i] = exp(x[i] - shift), the numerators of a softmax (in place allowed). */
+static void exp_shifted(float *out, const float *x, int n, float shift)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        out[i] = exp_small(x[i] - shift);
+}
+
+// ----------------------------------------------------------------------------
 // embeddings
 
 void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
@@ -363,14 +427,11 @@ static void softmax_causal_rows(float *scores, int t0, int t1, int T)
 {
     for (int t = t0; t < t1; t++) {
         float *row = scores + (size_t)t * T;
-        float maxval = -INFINITY;
-        for (int j = 0; j <= t; j++)
-            maxval = fmaxf(maxval, row[j]);
+        float maxval = max_of(row, t + 1);
+        exp_shifted(row, row, t + 1, maxval);
         float sum = 0.0f;
-        for (int j = 0; j <= t; j++) {
-            row[j] = expf(row[j] - maxval);
+        for (int j = 0; j <= t; j++)
             sum += row[j];
-        }
         float inv = 1.0f / sum;
         for (int j = 0; j <= t; j++)
             row[j] *= inv;
@@ -498,49 +559,8 @@ void attention_backward_bf16(float *dqkv, float *datt, const float *dout, const 
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
-/* exp(x) for |x| <= 87: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
- * r^7 (error about 1e-7 relative). Plain arithmetic without a branch or a
- * library call, so GCC vectorizes the loops that call it, and a vector lane
- * computes exactly what a scalar remainder does: bits do not depend on where
- * a thread's range of elements starts (libm's tanhf and expf are not
- * vectorized, and expf is a call through the PLT for every element). */
-static inline float exp_small(float x)
-{
-    // n = x / ln2 rounded to nearest by adding and removing 1.5 * 2^23 (GCC
-    // vectorizes this; it does not vectorize floorf); the low bits of the
-    // shifted value are n as an integer, so no float-to-int conversion (which
-    // a NaN would make undefined) is needed
-    float shifted = x * 1.44269504f + 12582912.0f;
-    float n = shifted - 12582912.0f;
-    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
-              r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    uint32_t shifted_bits;
-    memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
-    uint32_t bits = (shifted_bits - 0x4B400000u + 127u) << 23; // 2^n; unsigned wrap
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-
-/* x with its magnitude at most `limit` (> 0), sign kept; a NaN becomes
- * +-limit. An unsigned minimum of the bit patterns: a float compare and
- * select lets GCC fold the clamped path into constants, and the branch that
- * leaves stops vectorization (fminf is a libm call). */
-static inline float clamp_magnitude(float x, float limit)
-{
-    uint32_t xb, lb;
-    memcpy(&xb, &x, sizeof(xb));
-    memcpy(&lb, &limit, sizeof(lb));
-    uint32_t mag = xb & 0x7fffffffu;
-    xb = (xb & 0x80000000u) | (mag < lb ? mag : lb);
-    memcpy(&x, &xb, sizeof(x));
-    return x;
-}
-
 /* tanh(a) = (e - 1) / (e + 1), e = exp(2a); |a| clamped to 9, where tanh is
- * 1 in float. Absolute error about 1e-7, all GELU needs (it adds 1). A NaN a
- * gives +-1; GELU's results are NaN all the same, through its factor x. */
+ * 1 in float. Absolute error about 1e-7, all GELU needs (it adds 1). */
 static inline float tanh_small(float a)
 {
     float e = exp_small(2.0f * clamp_magnitude(a, 9.0f));
@@ -596,14 +616,11 @@ double crossentropy_forward(float *probs, float *losses, const float *logits,
         const float *z = logits + n * V;
         float *p = probs + n * V;
         float target_logit = z[targets[n]]; // read before p (maybe z) is written
-        float maxval = -INFINITY;
-        for (int i = 0; i < V; i++)
-            maxval = fmaxf(maxval, z[i]);
+        float maxval = max_of(z, V);
+        exp_shifted(p, z, V, maxval);
         float sum = 0.0f;
-        for (int i = 0; i < V; i++) {
-            p[i] = expf(z[i] - maxval);
+        for (int i = 0; i < V; i++)
             sum += p[i];
-        }
         // loss from the log-sum-exp, not from log(p): exact for tiny p
         losses[n] = logf(sum) + maxval - target_logit;
         float inv = 1.0f / sum;
