@@ -153,12 +153,81 @@ static inline float exp_small(float x)
     return p * scale;
 }
 
+// ----------------------------------------------------------------------------
+// row reductions: LANES interleaved partial results, combined in a fixed
+// order at the end, so that GCC vectorizes the loop (a float sum in one
+// accumulator is a chain of dependent additions it may not reorder) while
+// the result still depends only on the data, never on the threads.
+
+#define LANES 8
+
+/* Partial sums lane[0..LANES) added up in a fixed order (the elements past
+ * the last whole group of LANES go into one more sum, added last). */
+static float lanes_total(const float *lane)
+{
+    float sum = 0.0f;
+    for (int l = 0; l < LANES; l++)
+        sum += lane[l];
+    return sum;
+}
+
+/* The sum of x[0..n). */
+static float sum_of(const float *x, int n)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += x[i + l];
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += x[i];
+    return lanes_total(lane) + tail;
+}
+
+/* The sum of (x[i] - m)^2 over [0, n). */
+static float sum_sq_dev(const float *x, int n, float m)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += (x[i + l] - m) * (x[i + l] - m);
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += (x[i] - m) * (x[i] - m);
+    return lanes_total(lane) + tail;
+}
+
+/* The sum of a[i] * (x[i] - m) over [0, n). */
+static float sum_dot_dev(const float *a, const float *x, int n, float m)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += a[i + l] * (x[i + l] - m);
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += a[i] * (x[i] - m);
+    return lanes_total(lane) + tail;
+}
+
 /* The largest of x[0..n), NaNs skipped (as fmaxf does); -inf when n is 0. */
 static float max_of(const float *x, int n)
 {
+    float lane[LANES];
+    for (int l = 0; l < LANES; l++)
+        lane[l] = -INFINITY;
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
     float m = -INFINITY;
-    for (int i = 0; i < n; i++)
+    for (; i < n; i++)
         m = x[i] > m ? x[i] : m;
+    for (int l = 0; l < LANES; l++)
+        m = lane[l] > m ? lane[l] : m;
     return m;
 }
 
@@ -211,14 +280,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
 #pragma omp parallel for
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++)
-            m += x[c];
-        m /= C;
-        float var = 0.0f;
-        for (int c = 0; c < C; c++)
-            var += (x[c] - m) * (x[c] - m);
-        var /= C;
+        float m = sum_of(x, C) / C;
+        float var = sum_sq_dev(x, C, m) / C;
         float s = 1.0f / sqrtf(var + LAYERNORM_EPS);
         float *o = out + n * C;
         for (int c = 0; c < C; c++)
@@ -236,19 +299,15 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C, *d = dout + n * C;
         float m = mean[n], s = rstd[n];
-        float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float norm = (x[c] - m) * s;
-            float dnorm = weight[c] * d[c];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= C;
-        dnorm_norm_mean /= C;
+        // dnorm = weight * dout, kept in the row of dinp until it is overwritten
         float *di = dinp + n * C;
+        for (int c = 0; c < C; c++)
+            di[c] = weight[c] * d[c];
+        float dnorm_mean = sum_of(di, C) / C;
+        float dnorm_norm_mean = sum_dot_dev(di, x, C, m) * s / C; // mean of dnorm * norm
         for (int c = 0; c < C; c++) {
             float norm = (x[c] - m) * s;
-            di[c] = (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+            di[c] = (di[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
     // Parameter gradients: each thread a slice of channels, rows in order
@@ -429,9 +488,7 @@ static void softmax_causal_rows(float *scores, int t0, int t1, int T)
         float *row = scores + (size_t)t * T;
         float maxval = max_of(row, t + 1);
         exp_shifted(row, row, t + 1, maxval);
-        float sum = 0.0f;
-        for (int j = 0; j <= t; j++)
-            sum += row[j];
+        float sum = sum_of(row, t + 1);
         float inv = 1.0f / sum;
         for (int j = 0; j <= t; j++)
             row[j] *= inv;
@@ -618,9 +675,7 @@ double crossentropy_forward(float *probs, float *losses, const float *logits,
         float target_logit = z[targets[n]]; // read before p (maybe z) is written
         float maxval = max_of(z, V);
         exp_shifted(p, z, V, maxval);
-        float sum = 0.0f;
-        for (int i = 0; i < V; i++)
-            sum += p[i];
+        float sum = sum_of(p, V);
         // loss from the log-sum-exp, not from log(p): exact for tiny p
         losses[n] = logf(sum) + maxval - target_logit;
         float inv = 1.0f / sum;
