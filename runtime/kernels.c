@@ -107,6 +107,139 @@ static void thread_range(size_t count, size_t *begin, size_t *end)
 }
 
 // ----------------------------------------------------------------------------
+// exp without libm: plain arithmetic, no branch and no library call, so GCC
+// vectorizes the loops that call it, and a vector lane computes exactly what
+// a scalar remainder does (bits do not depend on where a thread's range of
+// elements starts). libm's expf and tanhf are not vectorized, and each is a
+// call through the PLT for every element.
+
+/* x with its magnitude at most `limit` (> 0), sign kept; a NaN stays NaN. On
+ * the bit patterns, in unsigned integers: a float compare and select lets
+ * GCC fold the clamped path into constants, and the branch that is left
+ * stops vectorization (fminf is a libm call). */
+static inline float clamp_magnitude(float x, float limit)
+{
+    uint32_t xb, lb;
+    memcpy(&xb, &x, sizeof(xb));
+    memcpy(&lb, &limit, sizeof(lb));
+    uint32_t mag = xb & 0x7fffffffu;
+    bool clamp = mag > lb && mag <= 0x7f800000u; // not a NaN
+    xb = (xb & 0x80000000u) | (clamp ? lb : mag);
+    memcpy(&x, &xb, sizeof(x));
+    return x;
+}
+
+/* exp(x) for x <= 88: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
+ * r^7 (error about 1e-7 relative); 0 below about -87.3 (and for -inf), NaN
+ * for NaN. */
+static inline float exp_small(float x)
+{
+    x = clamp_magnitude(x, 104.0f); // -inf: 0 below, not NaN from inf - inf
+    // n = x / ln2 rounded to nearest by adding and removing 1.5 * 2^23 (GCC
+    // vectorizes this; it does not vectorize floorf); the low bits of the
+    // shifted value are n as an integer, so no float-to-int conversion (which
+    // a NaN would make undefined) is needed
+    float shifted = x * 1.44269504f + 12582912.0f;
+    float n = shifted - 12582912.0f;
+    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+              r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    uint32_t shifted_bits;
+    memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
+    uint32_t biased = shifted_bits - 0x4B400000u + 127u; // n + 127, unsigned wrap
+    uint32_t bits = biased - 1u < 254u ? biased << 23 : 0u; // 2^n, or 0 below 2^-126
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+// ----------------------------------------------------------------------------
+// row reductions: LANES interleaved partial results, combined in a fixed
+// order at the end, so that GCC vectorizes the loop (a float sum in one
+// accumulator is a chain of dependent additions it may not reorder) while
+// the result still depends only on the data, never on the threads.
+
+#define LANES 8
+
+/* Partial sums lane[0..LANES) added up in a fixed order (the elements past
+ * the last whole group of LANES go into one more sum, added last). */
+static float lanes_total(const float *lane)
+{
+    float sum = 0.0f;
+    for (int l = 0; l < LANES; l++)
+        sum += lane[l];
+    return sum;
+}
+
+/* The sum of x[0..n). */
+static float sum_of(const float *x, int n)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += x[i + l];
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += x[i];
+    return lanes_total(lane) + tail;
+}
+
+/* The sum of (x[i] - m)^2 over [0, n). */
+static float sum_sq_dev(const float *x, int n, float m)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += (x[i + l] - m) * (x[i + l] - m);
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += (x[i] - m) * (x[i] - m);
+    return lanes_total(lane) + tail;
+}
+
+/* The sum of a[i] * (x[i] - m) over [0, n). */
+static float sum_dot_dev(const float *a, const float *x, int n, float m)
+{
+    float lane[LANES] = {0.0f};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] += a[i + l] * (x[i + l] - m);
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += a[i] * (x[i] - m);
+    return lanes_total(lane) + tail;
+}
+
+/* The largest of x[0..n), NaNs skipped (as fmaxf does); -inf when n is 0. */
+static float max_of(const float *x, int n)
+{
+    float lane[LANES];
+    for (int l = 0; l < LANES; l++)
+        lane[l] = -INFINITY;
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+    float m = -INFINITY;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    for (int l = 0; l < LANES; l++)
+        m = lane[l] > m ? lane[l] : m;
+    return m;
+}
+
+/* out[i] = exp(x[i] - shift), the numerators of a softmax (in place allowed). */
+static void exp_shifted(float *out, const float *x, int n, float shift)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        out[i] = exp_small(x[i] - shift);
+}
+
+// ----------------------------------------------------------------------------
 // embeddings
 
 void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe,
@@ -147,14 +280,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
 #pragma omp parallel for
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++)
-            m += x[c];
-        m /= C;
-        float var = 0.0f;
-        for (int c = 0; c < C; c++)
-            var += (x[c] - m) * (x[c] - m);
-        var /= C;
+        float m = sum_of(x, C) / C;
+        float var = sum_sq_dev(x, C, m) / C;
         float s = 1.0f / sqrtf(var + LAYERNORM_EPS);
         float *o = out + n * C;
         for (int c = 0; c < C; c++)
@@ -172,19 +299,15 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C, *d = dout + n * C;
         float m = mean[n], s = rstd[n];
-        float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float norm = (x[c] - m) * s;
-            float dnorm = weight[c] * d[c];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= C;
-        dnorm_norm_mean /= C;
+        // dnorm = weight * dout, kept in the row of dinp until it is overwritten
         float *di = dinp + n * C;
+        for (int c = 0; c < C; c++)
+            di[c] = weight[c] * d[c];
+        float dnorm_mean = sum_of(di, C) / C;
+        float dnorm_norm_mean = sum_dot_dev(di, x, C, m) * s / C; // mean of dnorm * norm
         for (int c = 0; c < C; c++) {
             float norm = (x[c] - m) * s;
-            di[c] = (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+            di[c] = (di[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
     // Parameter gradients: each thread a slice of channels, rows in order
@@ -363,14 +486,9 @@ static void softmax_causal_rows(float *scores, int t0, int t1, int T)
 {
     for (int t = t0; t < t1; t++) {
         float *row = scores + (size_t)t * T;
-        float maxval = -INFINITY;
-        for (int j = 0; j <= t; j++)
-            maxval = fmaxf(maxval, row[j]);
-        float sum = 0.0f;
-        for (int j = 0; j <= t; j++) {
-            row[j] = expf(row[j] - maxval);
-            sum += row[j];
-        }
+        float maxval = max_of(row, t + 1);
+        exp_shifted(row, row, t + 1, maxval);
+        float sum = sum_of(row, t + 1);
         float inv = 1.0f / sum;
         for (int j = 0; j <= t; j++)
             row[j] *= inv;
@@ -498,34 +616,11 @@ void attention_backward_bf16(float *dqkv, float *datt, const float *dout, const 
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
-/* exp(x) for |x| <= 18: 2^n * e^r, |r| <= ln2/2, e^r by its Taylor series to
- * r^7 (error about 1e-7 relative). Plain arithmetic and no library call, so
- * GCC vectorizes the loops that call it, and a vector lane computes exactly
- * what a scalar remainder does: bits do not depend on where a thread's range
- * of elements starts (libm's tanhf, about 1/6 of a step, is not vectorized). */
-static inline float exp_small(float x)
-{
-    // n = x / ln2 rounded to nearest by adding and removing 1.5 * 2^23 (GCC
-    // vectorizes this; it does not vectorize floorf)
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; // ln2 in two parts
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
-              r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    // a NaN x leaves n NaN, whose conversion to an integer is undefined: 0
-    // stands in (p is NaN then, and so is the result); the shift is unsigned
-    int32_t whole = (int32_t)(n == n ? n : 0.0f);
-    uint32_t bits = (uint32_t)(whole + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-
 /* tanh(a) = (e - 1) / (e + 1), e = exp(2a); |a| clamped to 9, where tanh is
  * 1 in float. Absolute error about 1e-7, all GELU needs (it adds 1). */
 static inline float tanh_small(float a)
 {
-    a = a > 9.0f ? 9.0f : a < -9.0f ? -9.0f : a; // NaN passes (fminf is a libm call)
-    float e = exp_small(2.0f * a);
+    float e = exp_small(2.0f * clamp_magnitude(a, 9.0f));
     return (e - 1.0f) / (e + 1.0f);
 }
 
@@ -578,14 +673,9 @@ double crossentropy_forward(float *probs, float *losses, const float *logits,
         const float *z = logits + n * V;
         float *p = probs + n * V;
         float target_logit = z[targets[n]]; // read before p (maybe z) is written
-        float maxval = -INFINITY;
-        for (int i = 0; i < V; i++)
-            maxval = fmaxf(maxval, z[i]);
-        float sum = 0.0f;
-        for (int i = 0; i < V; i++) {
-            p[i] = expf(z[i] - maxval);
-            sum += p[i];
-        }
+        float maxval = max_of(z, V);
+        exp_shifted(p, z, V, maxval);
+        float sum = sum_of(p, V);
         // loss from the log-sum-exp, not from log(p): exact for tiny p
         losses[n] = logf(sum) + maxval - target_logit;
         float inv = 1.0f / sum;
