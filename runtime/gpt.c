@@ -312,24 +312,37 @@ static float *carve(Carver *c, size_t count)
     return p;
 }
 
-static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att, bool sp)
+/* What attention reads and writes but its probabilities: the layer's first
+ * half, live from the layer's forward to the end of its backward. */
+static void carve_attention(Carver *c, LayerActs *a, size_t N, int C, bool sp)
 {
     a->ln1 = carve(c, N * C);
     a->ln1_mean = carve(c, N);
     a->ln1_rstd = carve(c, N);
     a->qkv = carve(c, N * 3 * C);
-    a->att = carve(c, att);
     a->atty = carve(c, N * C);
+    // head-sharded copies hold the same number of floats as the local ones
+    a->qkv_heads = sp ? carve(c, N * 3 * C) : NULL;
+    a->atty_heads = sp ? carve(c, N * C) : NULL;
+}
+
+/* The MLP's inputs and intermediates, written after attention is done. */
+static void carve_mlp(Carver *c, LayerActs *a, size_t N, int C)
+{
     a->res_attn = carve(c, N * C);
     a->ln2 = carve(c, N * C);
     a->ln2_mean = carve(c, N);
     a->ln2_rstd = carve(c, N);
     a->fch = carve(c, N * 4 * C);
     a->fch_gelu = carve(c, N * 4 * C);
+}
+
+static void carve_layer(Carver *c, LayerActs *a, size_t N, int C, size_t att, bool sp)
+{
+    carve_attention(c, a, N, C, sp);
+    a->att = carve(c, att);
+    carve_mlp(c, a, N, C);
     a->out = carve(c, N * C);
-    // head-sharded copies hold the same number of floats as the local ones
-    a->qkv_heads = sp ? carve(c, N * 3 * C) : NULL;
-    a->atty_heads = sp ? carve(c, N * C) : NULL;
 }
 
 /* [B, NH/sp, T*sp, T*sp]: attention runs over whole sequences for NH/sp heads. */
@@ -354,16 +367,25 @@ static void carve_kept_layer(Carver *c, LayerActs *a, const GPT *gpt, size_t N, 
         a->att = gpt->work.att;
 }
 
-/* full: one whole layer; attn: the probabilities and a spare attention output
- * for the recomputation to write (the kept one is still read). */
+/* attn: the probabilities. full: one layer's intermediates but its output
+ * (the layer's backward does not read it), where the probabilities share
+ * their floats with the MLP's: in the forward they are dead once attention's
+ * output is out, and the backward recomputes them as attn does, after the
+ * MLP's backward (gpt_layer_backward). */
 static void carve_workspace(Carver *c, LayerActs *w, const GPT *gpt, size_t N, size_t att)
 {
     memset(w, 0, sizeof(*w));
     if (gpt->recompute == RECOMPUTE_FULL) {
-        carve_layer(c, w, N, gpt->config.dim, att, gpt->sp.size > 1);
+        carve_attention(c, w, N, gpt->config.dim, gpt->sp.size > 1);
+        size_t shared = c->used;
+        w->att = carve(c, att);
+        size_t att_end = c->used;
+        c->used = shared;
+        carve_mlp(c, w, N, gpt->config.dim);
+        if (c->used < att_end)
+            c->used = att_end;
     } else if (gpt->recompute == RECOMPUTE_ATTN) {
         w->att = carve(c, att);
-        w->atty = carve(c, N * gpt->config.dim);
     }
 }
 
@@ -536,8 +558,9 @@ static int attention_backward_sharded(GPT *gpt, LayerActs *a, Scratch *s, int B,
     return ulysses_heads_to_seq(&gpt->sp, s->dqkv, s->dqkv_heads, B, T, C, 3);
 }
 
-/* One layer from its input x into a's buffers. */
-static int layer_compute(GPT *gpt, LayerActs *a, const float *x, int layer, int B, int T)
+/* One layer from its input x into a's buffers up to the MLP's activation:
+ * all that the layer's backward reads. */
+static int layer_intermediates(GPT *gpt, LayerActs *a, const float *x, int layer, int B, int T)
 {
     const Device *dev = gpt->dev;
     const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
@@ -554,30 +577,41 @@ static int layer_compute(GPT *gpt, LayerActs *a, const float *x, int layer, int 
                              N, C);
     device_matmul_forward(dev, a->fch, a->ln2, w->fcw, w->fcb, N, C, 4 * C);
     device_gelu_forward(dev, a->fch_gelu, a->fch, N * 4 * C);
-    device_matmul_forward(dev, a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
-    device_accumulate(dev, a->out, a->res_attn, N * C);
     return 0;
 }
 
 int gpt_layer_forward(GPT *gpt, Activations *acts, int layer)
 {
-    return layer_compute(gpt, &acts->layers[layer - gpt->layer_begin],
-                         layer_input(gpt, acts, layer), layer, acts->B, acts->T);
+    LayerActs *a = &acts->layers[layer - gpt->layer_begin];
+    const LayerWeights *w = &gpt->w.layers[layer - gpt->layer_begin];
+    size_t N = (size_t)acts->B * acts->T;
+    int C = gpt->config.dim;
+    if (layer_intermediates(gpt, a, layer_input(gpt, acts, layer), layer, acts->B, acts->T))
+        return -1;
+    device_matmul_forward(gpt->dev, a->out, a->fch_gelu, w->fcprojw, w->fcprojb, N, 4 * C, C);
+    device_accumulate(gpt->dev, a->out, a->res_attn, N * C);
+    return 0;
 }
 
-/* What the backward pass of `layer` reads, recomputed as gpt->recompute asks:
- * the whole layer into the workspace (its output too: the kept one may still
- * be in flight to the next stage), or the attention probabilities alone. */
+/* The layer's intermediates for its backward: under full recomputed into the
+ * workspace (but for the probabilities, which it overwrites: see
+ * recompute_probabilities), else the kept ones. */
 static int layer_for_backward(GPT *gpt, Activations *acts, int layer, LayerActs **a)
 {
     *a = &acts->layers[layer - gpt->layer_begin];
-    if (gpt->recompute == RECOMPUTE_FULL) {
-        *a = &gpt->work;
-        return layer_compute(gpt, *a, layer_input(gpt, acts, layer), layer, acts->B, acts->T);
-    }
-    if (gpt->recompute == RECOMPUTE_ATTN)
-        attend(gpt, *a, gpt->work.atty, acts->B, acts->T);
-    return 0;
+    if (gpt->recompute != RECOMPUTE_FULL)
+        return 0;
+    *a = &gpt->work;
+    return layer_intermediates(gpt, *a, layer_input(gpt, acts, layer), layer, acts->B, acts->T);
+}
+
+/* attn and full: the probabilities again from q, k, v, once the projection's
+ * backward has read the attention output: attention rewrites that output with
+ * the same bits (it is not read again), so no spare buffer is needed. */
+static void recompute_probabilities(GPT *gpt, LayerActs *a, int B, int T)
+{
+    if (gpt->recompute != RECOMPUTE_NONE)
+        attend(gpt, a, gpt->sp.size == 1 ? a->atty : a->atty_heads, B, T);
 }
 
 double gpt_head_forward(const GPT *gpt, Activations *acts)
@@ -646,6 +680,7 @@ int gpt_layer_backward(GPT *gpt, Activations *acts, Scratch *s, int layer)
     // attention branch: res_attn = x + proj(attention(qkv(ln1(x))))
     device_matmul_backward(dev, s->dln, g->attprojw, g->attprojb, s->dresid, a->atty, w->attprojw,
                            N, C, C);
+    recompute_probabilities(gpt, a, acts->B, acts->T);
     if (attention_backward_sharded(gpt, a, s, acts->B, acts->T))
         return -1;
     device_matmul_backward(dev, s->dln, g->qkvw, g->qkvb, s->dqkv, a->ln1, w->qkvw, N, C, 3 * C);

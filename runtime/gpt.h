@@ -91,10 +91,14 @@ typedef struct {
  * micro-batch between its forward and its backward pass.
  * - none: every intermediate.
  * - attn: all but the attention probabilities ([B, NH, T, T], the largest
- *   when T is long); the backward pass recomputes them from the kept q, k, v.
+ *   when T is long); the backward pass recomputes them from the kept q, k, v
+ *   into one shared workspace.
  * - full: only the layer's output (so every layer's input is kept); the
- *   backward pass reruns the layer's forward (its all-to-alls included under
- *   sequence parallelism) into one shared workspace.
+ *   backward pass reruns the layer's forward up to the MLP's activation (its
+ *   all-to-alls included under sequence parallelism) into one shared
+ *   workspace, where the probabilities share floats with the MLP's
+ *   intermediates, so it recomputes them again as attn does once the MLP's
+ *   backward is done: the workspace is less than one layer's intermediates.
  * The kernels are deterministic, so recomputed values are the same bits:
  * losses and gradients do not change.
  */

@@ -70,6 +70,24 @@ def test_full_recompute_keeps_one_layer_of_intermediates(phalanx, corpus, tmp_pa
     assert growth_full * 10 < growth_none, (growth_full, growth_none)
 
 
+def test_full_recompute_cuts_activation_memory_4x(phalanx, corpus, tmp_path):
+    """The issue's shape halved (seq = width, 8 heads, 8 layers, micro-batch 1):
+    full recomputation keeps at most a quarter of the activation memory of
+    none. One whole layer of intermediates in the workspace (probabilities
+    and MLP side by side) would leave it at 3.9x."""
+    def mib(mode):
+        out = tmp_path / mode
+        out.mkdir()
+        result = run([phalanx, "train", "--data", corpus / "train.bin", "--layers", "8",
+                      "--heads", "8", "--dim", "256", "--seq-len", "256", "--global-batch", "1",
+                      "--micro-batch", "1", "--steps", "1", "--quiet", "--recompute", mode,
+                      "--metrics", out / "m.jsonl"])
+        assert result.returncode == 0, result.stderr
+        return json.loads((out / "m.jsonl").read_text())["activation_mib"]
+    none, full = mib("none"), mib("full")
+    assert none >= 4 * full, (none, full)
+
+
 @pytest.mark.parametrize("value", ["some", "", "FULL"])
 def test_bad_recompute_mode(phalanx, corpus, value):
     result = run([phalanx, "train", "--data", corpus / "train.bin", *RUN, "--recompute", value],
