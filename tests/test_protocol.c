@@ -17,6 +17,20 @@ static int parse(const char *line, ProtocolMessage *m)
     return protocol_parse(line, strlen(line), m, err, sizeof(err));
 }
 
+/* Every line of `lines` is refused with a message, which names `naming`
+ * (NULL: any non-empty message). */
+static void assert_refused(const char *const *lines, size_t count, const char *naming)
+{
+    ProtocolMessage m;
+    for (size_t i = 0; i < count; i++) {
+        char err[256] = "";
+        assert_int_equal(protocol_parse(lines[i], strlen(lines[i]), &m, err, sizeof(err)), -1);
+        assert_true(strlen(err) > 0);
+        if (naming)
+            assert_non_null(strstr(err, naming));
+    }
+}
+
 static void test_hello_fields(void **state)
 {
     (void)state;
@@ -57,11 +71,7 @@ static void test_hello_refuses_bad_fields(void **state)
         "hello 1 2 99 h\x1b[31m -",      "hello 1 2 99 host -\x01",
         "hello",                         "hello ",
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char err[256] = "";
-        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
-        assert_true(strlen(err) > 0);
-    }
+    assert_refused(bad, sizeof(bad) / sizeof(bad[0]), NULL);
     char long_node[200] = "hello 1 2 99 ";
     memset(long_node + strlen(long_node), 'n', 64);
     strcat(long_node, " -");
@@ -79,11 +89,7 @@ static void test_probe_names_its_node_and_nothing_else(void **state)
     memset(long_node + strlen(long_node), 'n', 64);
     const char *bad[] = {"probe", "probe ", "probe h3 extra", "probe  h3", "probe h\x1b" "3",
                          long_node};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char err[256] = "";
-        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
-        assert_non_null(strstr(err, "probe"));
-    }
+    assert_refused(bad, sizeof(bad) / sizeof(bad[0]), "probe");
 }
 
 static void test_committed_names_one_step_and_nothing_else(void **state)
@@ -95,11 +101,7 @@ static void test_committed_names_one_step_and_nothing_else(void **state)
     assert_int_equal(m.step, 11);
     const char *bad[] = {"committed", "committed ", "committed 11 12", "committed -1",
                          "committed  11", "committed 1x", "committed 99999999999999999999"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char err[256] = "";
-        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
-        assert_non_null(strstr(err, "committed"));
-    }
+    assert_refused(bad, sizeof(bad) / sizeof(bad[0]), "committed");
 }
 
 static void test_loaded_names_a_step_and_three_byte_counts(void **state)
@@ -118,11 +120,7 @@ static void test_loaded_names_a_step_and_three_byte_counts(void **state)
                          "loaded 11 -1 2 3", "loaded 11 1  2 3",
                          "loaded 11 1 2x 3", "loaded 11 1 2 9223372036854775808",
                          "loaded x 1 2 3"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char err[256] = "";
-        assert_int_equal(protocol_parse(bad[i], strlen(bad[i]), &m, err, sizeof(err)), -1);
-        assert_non_null(strstr(err, "loaded"));
-    }
+    assert_refused(bad, sizeof(bad) / sizeof(bad[0]), "loaded");
 }
 
 static void test_every_keyword(void **state)
