@@ -55,11 +55,25 @@ static void *bf16_scratch(size_t bytes)
     return p;
 }
 
+/* Which library's sgemm is faster depends on the CPU, not on the shape:
+ * oneDNN 2.6's JIT sgemm measured about 1.1-1.6x OpenBLAS 0.3.21 on this
+ * model's shapes on an AVX-512 CPU, but on an AVX2-only one (AMD EPYC Zen 3)
+ * about 0.55x wherever the left operand is transposed (every weight
+ * gradient, attention's dK and dV) and 0.9x on most of the rest, one product
+ * per thread on 2 threads. A property of the CPU, so the choice (and the
+ * bits) are the same in every run on a machine, whatever --threads. */
+static bool onednn_sgemm_is_faster(void)
+{
+#ifdef HAVE_DNNL
+    return __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
+
 /* C = alpha op(A) op(B) + beta C, row-major, on the calling thread alone;
- * `bf16`: inputs rounded to bfloat16 (bf16.h).
- * oneDNN's JIT sgemm where the build has it (measured about 1.1-1.6x
- * OpenBLAS 0.3.21 single-threaded on this model's shapes, AVX-512), OpenBLAS
- * otherwise. Called from inside OpenMP regions: oneDNN then runs sequentially. */
+ * `bf16`: inputs rounded to bfloat16 (bf16.h). Called from inside OpenMP
+ * regions: oneDNN then runs sequentially (OpenBLAS is single-threaded). */
 static void gemm(bool bf16, bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
                  float alpha, const float *A, size_t lda, const float *B, size_t ldb, float beta,
                  float *C, size_t ldc)
@@ -69,14 +83,16 @@ static void gemm(bool bf16, bool trans_a, bool trans_b, size_t M, size_t N, size
         return;
     }
 #ifdef HAVE_DNNL
-    dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M, (dnnl_dim_t)N,
-               (dnnl_dim_t)K, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
-               (dnnl_dim_t)ldc);
-#else
+    if (onednn_sgemm_is_faster()) {
+        dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', (dnnl_dim_t)M, (dnnl_dim_t)N,
+                   (dnnl_dim_t)K, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
+                   (dnnl_dim_t)ldc);
+        return;
+    }
+#endif
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A,
                 (int)lda, B, (int)ldb, beta, C, (int)ldc);
-#endif
 }
 
 /* The per-head products of attention in bf16: operands rounded to bf16 in
@@ -328,15 +344,27 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 
 // ----------------------------------------------------------------------------
 // matmul: the rows of out and dinp go in blocks of ROW_BLOCK, the rows of
-// dweight (output channels) in blocks of CHANNEL_BLOCK, each block one
+// dweight (output channels) in blocks of channel_block(OC), each block one
 // product on one thread. The blocks' shapes do not depend on the thread
 // count, and neither does any library's choice of kernel or summation order
 // for them: any --threads gives the same bits. (oneDNN's sgemm reaches about
-// 10% more at 256 rows than at 128; channels stay at 128 so that a width of
-// 256 still splits over two threads.)
+// 10% more at 256 rows than at 128, AVX-512.)
 
 #define ROW_BLOCK 256
 #define CHANNEL_BLOCK 128
+#define WIDE_OUTPUT 8192
+#define WIDE_CHANNEL_BLOCK 512
+
+/* The weight gradient's row blocks for an output of OC channels: 128, so
+ * that a width of 256 still splits over two threads, but 512 for outputs
+ * wider than WIDE_OUTPUT (a vocabulary), where a block's transposed operand
+ * is OC floats apart from row to row: 128-float pieces of a 50257-wide
+ * gradient measured 0.92x the speed of 512-float ones (GPT-2's head,
+ * OpenBLAS, Zen 3), and at that width there are still about 100 blocks. */
+static size_t channel_block(int OC)
+{
+    return OC > WIDE_OUTPUT ? WIDE_CHANNEL_BLOCK : CHANNEL_BLOCK;
+}
 
 static size_t block_count(size_t n, size_t block)
 {
@@ -383,6 +411,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
                      const float *inp, const float *weight, size_t N, int IC, int OC)
 {
     single_threaded_blas();
+    size_t channels = channel_block(OC);
 #pragma omp parallel
     {
         // dinp rows [n0, n1) = dout rows @ weight
@@ -394,8 +423,8 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
         }
         // dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp, summed over all N
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < block_count((size_t)OC, CHANNEL_BLOCK); b++) {
-            size_t o0 = b * CHANNEL_BLOCK, o1 = block_end(b, (size_t)OC, CHANNEL_BLOCK);
+        for (size_t b = 0; b < block_count((size_t)OC, channels); b++) {
+            size_t o0 = b * channels, o1 = block_end(b, (size_t)OC, channels);
             gemm(false, true, false, o1 - o0, IC, N, 1.0f, dout + o0, OC, inp, IC, 1.0f,
                  dweight + o0 * IC, IC);
             bias_gradient(dbias, dout, N, OC, o0, o1);

@@ -1,8 +1,10 @@
 /*
  * kernels: the CPU implementations of the model's operations, each a
  * forward/backward pair on row-major fp32 arrays (shapes in the comments).
- * Matrix products go to oneDNN's sgemm (OpenBLAS's cblas_sgemm in a build
- * without libdnnl-dev), each block of the output on one thread; the rest is
+ * Matrix products go to oneDNN's sgemm on CPUs with AVX-512 and to
+ * OpenBLAS's cblas_sgemm elsewhere (and in a build without libdnnl-dev): the
+ * faster of the two on each kind of CPU, measured; each block of the output
+ * on one thread; the rest is
  * C with OpenMP, written so that GCC vectorizes it: exponentials (GELU's
  * tanh, softmax, cross-entropy) by kernels.c's own exp, not libm's (about
  * 1e-7 relative; exp(-inf) is exactly 0, NaN stays NaN), and row sums in

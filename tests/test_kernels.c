@@ -2,7 +2,9 @@
  * at the edges the model reaches: GELU for large, infinite and NaN inputs
  * against a double-precision reference, the same bits whether an element is
  * computed in a vector lane or alone, and cross-entropy over logits of -inf
- * (a padded vocabulary) or NaN. */
+ * (a padded vocabulary) or NaN. And a matmul as wide as a vocabulary (its
+ * weight gradient goes in wider blocks) against double precision, with the
+ * same bits at any thread count. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define COUNT 1000
@@ -121,6 +124,85 @@ static void test_crossentropy_of_a_nan_logit_is_nan(void **state)
     assert_true(isnan(crossentropy_forward(probs, &loss, logits, &target, 1, V)));
 }
 
+/* Wider than kernels.c's WIDE_OUTPUT (8192), not a multiple of any block. */
+#define WIDE_OC 10007
+#define WIDE_N 24
+#define WIDE_IC 16
+
+typedef struct {
+    float *dout, *inp, *weight, *dinp, *dweight, *dbias;
+} WideProducts;
+
+static float wide_value(size_t i, int salt)
+{
+    return (float)(((i + 1) * (size_t)(7919 + salt)) % 1009) / 1009.0f - 0.5f;
+}
+
+/* Inputs as above; dweight and dbias start non-zero (the kernel adds). */
+static WideProducts wide_backward(int threads)
+{
+    size_t out = (size_t)WIDE_N * WIDE_OC, w = (size_t)WIDE_OC * WIDE_IC;
+    WideProducts p = {malloc(out * sizeof(float)), malloc(WIDE_N * WIDE_IC * sizeof(float)),
+                      malloc(w * sizeof(float)), malloc(WIDE_N * WIDE_IC * sizeof(float)),
+                      malloc(w * sizeof(float)), malloc(WIDE_OC * sizeof(float))};
+    assert_non_null(p.dout && p.inp && p.weight && p.dinp && p.dweight && p.dbias);
+    for (size_t i = 0; i < out; i++)
+        p.dout[i] = wide_value(i, 1);
+    for (size_t i = 0; i < (size_t)WIDE_N * WIDE_IC; i++)
+        p.inp[i] = wide_value(i, 2);
+    for (size_t i = 0; i < w; i++) {
+        p.weight[i] = wide_value(i, 3);
+        p.dweight[i] = 1.0f;
+    }
+    for (size_t i = 0; i < WIDE_OC; i++)
+        p.dbias[i] = 2.0f;
+    kernels_set_threads(threads);
+    matmul_backward(p.dinp, p.dweight, p.dbias, p.dout, p.inp, p.weight, WIDE_N, WIDE_IC,
+                    WIDE_OC);
+    return p;
+}
+
+static void wide_free(WideProducts *p)
+{
+    free(p->dout);
+    free(p->inp);
+    free(p->weight);
+    free(p->dinp);
+    free(p->dweight);
+    free(p->dbias);
+}
+
+static void test_wide_matmul_backward_matches_double_at_any_thread_count(void **state)
+{
+    (void)state;
+    WideProducts one = wide_backward(1), three = wide_backward(3);
+    size_t w = (size_t)WIDE_OC * WIDE_IC;
+    assert_memory_equal(one.dweight, three.dweight, w * sizeof(float));
+    assert_memory_equal(one.dinp, three.dinp, WIDE_N * WIDE_IC * sizeof(float));
+    assert_memory_equal(one.dbias, three.dbias, WIDE_OC * sizeof(float));
+    for (size_t o = 0; o < WIDE_OC; o++) {
+        double bias = 2.0;
+        for (size_t n = 0; n < WIDE_N; n++)
+            bias += one.dout[n * WIDE_OC + o];
+        assert_true(fabs(one.dbias[o] - bias) <= 1e-5);
+        for (size_t i = 0; i < WIDE_IC; i++) {
+            double sum = 1.0;
+            for (size_t n = 0; n < WIDE_N; n++)
+                sum += (double)one.dout[n * WIDE_OC + o] * one.inp[n * WIDE_IC + i];
+            assert_true(fabs(one.dweight[o * WIDE_IC + i] - sum) <= 1e-5);
+        }
+    }
+    for (size_t n = 0; n < WIDE_N; n++)
+        for (size_t i = 0; i < WIDE_IC; i++) {
+            double sum = 0.0;
+            for (size_t o = 0; o < WIDE_OC; o++)
+                sum += (double)one.dout[n * WIDE_OC + o] * one.weight[o * WIDE_IC + i];
+            assert_true(fabs(one.dinp[n * WIDE_IC + i] - sum) <= 1e-4);
+        }
+    wide_free(&one);
+    wide_free(&three);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -129,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_gelu_of_nan_is_nan),
         cmocka_unit_test(test_crossentropy_with_minus_infinity_logits),
         cmocka_unit_test(test_crossentropy_of_a_nan_logit_is_nan),
+        cmocka_unit_test(test_wide_matmul_backward_matches_double_at_any_thread_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
