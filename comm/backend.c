@@ -23,3 +23,13 @@ int comm_fail(Comm *comm, const char *format, ...)
     va_end(args);
     return -1;
 }
+
+int comm_break(Comm *comm, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(comm->error, sizeof(comm->error), format, args);
+    va_end(args);
+    comm->broken = true;
+    return -1;
+}

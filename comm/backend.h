@@ -29,13 +29,16 @@ typedef struct {
                           int tag);
     int (*wait)(CommRequest *request);
     int (*test)(CommRequest *request, bool *done);
+    void (*abort)(Comm *comm, int code); /* NULL: comm_abort ends this process alone */
 } CommOps;
 
 struct Comm {
     const CommOps *ops;
     int rank, size;
     char error[256];
-    void *impl; /* the backend's handle */
+    bool broken;         /* comm_broken() */
+    bool inject_failure; /* comm_inject_failure(): the next allreduce fails */
+    void *impl;          /* the backend's handle */
 };
 
 struct CommRequest {
@@ -47,6 +50,9 @@ struct CommRequest {
 size_t comm_type_size(CommType type);
 /* Records a message for comm_error() and returns -1. */
 int comm_fail(Comm *comm, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/* The same for a failure inside the communication library: also marks the
+ * communicator broken (comm_broken). */
+int comm_break(Comm *comm, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
 Comm *comm_local_world(void);
 Comm *comm_mpi_world(int *argc, char ***argv, char *err, size_t err_len);

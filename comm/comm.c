@@ -27,6 +27,20 @@ void comm_world_finalize(Comm *world)
 int comm_rank(const Comm *comm) { return comm->rank; }
 int comm_size(const Comm *comm) { return comm->size; }
 const char *comm_error(const Comm *comm) { return comm->error; }
+bool comm_broken(const Comm *comm) { return comm->broken; }
+
+void comm_abort(Comm *comm, int code)
+{
+    fflush(stderr);
+    if (comm->ops->abort)
+        comm->ops->abort(comm, code);
+    _Exit(code);
+}
+
+void comm_inject_failure(Comm *comm)
+{
+    comm->inject_failure = true;
+}
 
 Comm *comm_split(Comm *parent, int color, int key)
 {
@@ -41,6 +55,11 @@ void comm_free(Comm *comm)
 
 int comm_allreduce(Comm *comm, void *buffer, size_t count, CommType type)
 {
+    if (comm->inject_failure) {
+        comm->inject_failure = false;
+        return comm_break(comm, "allreduce failed on rank %d of %d: injected (commfail)",
+                          comm->rank, comm->size);
+    }
     return comm->ops->allreduce(comm, buffer, count, type);
 }
 

@@ -16,8 +16,15 @@
  *   groups): ranks with the same color form a group, ordered by key. It is
  *   collective over the parent.
  * - Every operation returns 0 on success, or -1 with a message available from
- *   comm_error(); nothing aborts the process. MPI communicators use
- *   MPI_ERRORS_RETURN for that reason.
+ *   comm_error(); nothing aborts the process but comm_abort(). MPI
+ *   communicators use MPI_ERRORS_RETURN for that reason.
+ * - A failure inside the library (MPI or NCCL said no, not a refused
+ *   argument) marks the communicator broken (comm_broken): MPI's state after
+ *   an error is undefined, and a rank whose part of the same collective did
+ *   not fail may wait in it for ever, so no further collective with those
+ *   ranks can be trusted, on this communicator or any other. The caller ends
+ *   the job (comm_abort) rather than agree on the failure with ranks that
+ *   cannot answer.
  * - Reductions sum. Buffers are host memory for local and mpi, device memory
  *   for nccl (written by the caller's kernels before the call: the NCCL
  *   stream does not wait for other streams).
@@ -55,6 +62,16 @@ bool comm_launched_by_mpi(void);
 int comm_rank(const Comm *comm);
 int comm_size(const Comm *comm);
 const char *comm_error(const Comm *comm);
+/* True once an operation on `comm` failed inside the library (see above). */
+bool comm_broken(const Comm *comm);
+/* Ends every process of the job with exit status `code` (MPI_Abort on an MPI
+ * communicator: mpirun or srun then stops the other ranks), or this process
+ * alone for a local world. Does not return. */
+_Noreturn void comm_abort(Comm *comm, int code);
+/* For drills (PHALANX_FAULTS commfail): the next comm_allreduce on `comm`
+ * fails here as a library failure would, without reaching the library, so
+ * the other ranks wait in it as they would behind a real one. */
+void comm_inject_failure(Comm *comm);
 
 Comm *comm_split(Comm *parent, int color, int key);
 void comm_free(Comm *comm);

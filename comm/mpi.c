@@ -42,7 +42,7 @@ static int mpi_result(Comm *comm, int code, const char *what)
     char text[MPI_MAX_ERROR_STRING];
     int length = 0;
     MPI_Error_string(code, text, &length);
-    return comm_fail(comm, "%s failed on rank %d of %d: %s", what, comm->rank, comm->size, text);
+    return comm_break(comm, "%s failed on rank %d of %d: %s", what, comm->rank, comm->size, text);
 }
 
 static Comm *wrap(MPI_Comm mpi_comm)
@@ -266,6 +266,11 @@ static int mpi_test(CommRequest *request, bool *done)
     return result;
 }
 
+static void mpi_abort(Comm *comm, int code)
+{
+    MPI_Abort(handle(comm), code);
+}
+
 static const CommOps mpi_ops = {
     .name = "mpi",
     .split = mpi_split,
@@ -284,4 +289,5 @@ static const CommOps mpi_ops = {
     .irecv = mpi_irecv,
     .wait = mpi_wait,
     .test = mpi_test,
+    .abort = mpi_abort,
 };

@@ -74,8 +74,8 @@ static int nccl_result(Comm *comm, ncclResult_t code, const char *what)
     if (code == ncclSuccess)
         return 0;
     const char *detail = impl_of(comm) ? ncclGetLastError(impl_of(comm)->nccl) : "";
-    return comm_fail(comm, "%s failed on rank %d of %d: %s%s%s", what, comm->rank, comm->size,
-                     ncclGetErrorString(code), *detail ? ": " : "", detail);
+    return comm_break(comm, "%s failed on rank %d of %d: %s%s%s", what, comm->rank, comm->size,
+                      ncclGetErrorString(code), *detail ? ": " : "", detail);
 }
 
 static int cuda_result(Comm *comm, cudaError_t code, const char *what)

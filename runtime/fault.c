@@ -9,6 +9,18 @@
 #include <time.h>
 
 
+/* Where the step of an event KIND:RANK@STEP goes; NULL for an unknown kind. */
+static long *event_step(Faults *f, const char *kind)
+{
+    if (!strcmp(kind, "crash"))
+        return &f->crash_step;
+    if (!strcmp(kind, "hang"))
+        return &f->hang_step;
+    if (!strcmp(kind, "commfail"))
+        return &f->commfail_step;
+    return NULL;
+}
+
 /* One event "KIND:RANK@STEP" or "slow:RANK*FACTOR"; applies it when it names `rank`. */
 static int parse_event(Faults *f, const char *event, int rank, char *err, size_t err_len)
 {
@@ -17,9 +29,9 @@ static int parse_event(Faults *f, const char *event, int rank, char *err, size_t
     long step;
     double factor;
     if (sscanf(event, "%15[a-z]:%d@%ld%n", kind, &target, &step, &used) == 3 &&
-        event[used] == '\0' && step >= 1 && (!strcmp(kind, "crash") || !strcmp(kind, "hang"))) {
+        event[used] == '\0' && step >= 1 && event_step(f, kind)) {
         if (target == rank)
-            *(strcmp(kind, "crash") == 0 ? &f->crash_step : &f->hang_step) = step;
+            *event_step(f, kind) = step;
         return 0;
     }
     if (sscanf(event, "slow:%d*%lf%n", &target, &factor, &used) == 2 && event[used] == '\0' &&
@@ -28,8 +40,8 @@ static int parse_event(Faults *f, const char *event, int rank, char *err, size_t
             f->slow_factor = factor;
         return 0;
     }
-    snprintf(err, err_len, "%s: '%s' is not crash:RANK@STEP, hang:RANK@STEP or "
-             "slow:RANK*FACTOR (FACTOR >= 1)", FAULT_ENV, event);
+    snprintf(err, err_len, "%s: '%s' is not crash:RANK@STEP, hang:RANK@STEP, "
+             "commfail:RANK@STEP or slow:RANK*FACTOR (FACTOR >= 1)", FAULT_ENV, event);
     return -1;
 }
 
@@ -54,8 +66,13 @@ void fault_step_begin(Faults *f)
     f->step_started = util_now_seconds();
 }
 
-void fault_mid_step(Faults *f, Channel *channel, long step)
+void fault_mid_step(Faults *f, Channel *channel, Comm *world, long step)
 {
+    if (f->commfail_step == step) {
+        fprintf(stderr, "phalanx train: rank %d: injected communication failure at step %ld\n",
+                channel->rank, step);
+        comm_inject_failure(world);
+    }
     bool crash = f->crash_step == step, hang = f->hang_step == step;
     if (!crash && !hang)
         return;

@@ -8,6 +8,11 @@
  *   hang:RANK@STEP    SIGSTOP at the same point: the process freezes, as on a
  *                     hung device or node, and stops heartbeating
  *   slow:RANK*FACTOR  every step of RANK takes FACTOR times as long (sleeps)
+ *   commfail:RANK@STEP  at the same point, the rank's next allreduce over
+ *                     the world fails as a failure inside MPI would
+ *                     (comm_inject_failure): the other ranks wait in it.
+ *                     The worker's own (plain mpirun drills): the
+ *                     launcher's --inject does not offer it.
  *
  * Before a crash or hang fires the rank says "fault KIND RANK STEP" on the
  * launcher channel, so the drill's timeline has the moment of failure.
@@ -18,13 +23,14 @@
 #define PHALANX_FAULT_H
 
 #include "channel.h"
+#include "comm.h"
 #include "runtime.h" /* FAULT_ENV */
 
 #include <stdbool.h>
 
 typedef struct {
     int rank;
-    long crash_step, hang_step; /* 0: none */
+    long crash_step, hang_step, commfail_step; /* 0: none */
     double slow_factor;         /* 1: none */
     double step_started;
     long slowed_steps;    /* steps this rank slept after */
@@ -34,8 +40,9 @@ typedef struct {
 /* Reads this rank's events; -1 with a message when the variable is malformed. */
 int fault_init(Faults *faults, int rank, char *err, size_t err_len);
 void fault_step_begin(Faults *faults);
-/* In the middle of step `step` (1-based): fires a crash or hang due now. */
-void fault_mid_step(Faults *faults, Channel *channel, long step);
+/* In the middle of step `step` (1-based): fires a crash or hang due now, or
+ * a communication failure on `world`. */
+void fault_mid_step(Faults *faults, Channel *channel, Comm *world, long step);
 /* At the end of a step: the delay of a slowed rank. */
 void fault_step_end(Faults *faults);
 /* A slowed rank says on stderr what it injected: "phalanx train: rank R:

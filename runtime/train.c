@@ -212,10 +212,12 @@ static bool stop_wanted(Trainer *t)
  * GROUPS_DONE: go on. */
 static int agree_between_groups(Trainer *t, bool failed_here)
 {
+    trainer_abort_if_comm_broken(t);
     bool orphaned = channel_launcher_lost(&t->channel);
     double values[3] = {stop_wanted(t) ? 1.0 : 0.0, failed_here ? 1.0 : 0.0,
                         orphaned ? 1.0 : 0.0};
     if (comm_allreduce(t->world, values, 3, COMM_F64) != 0) {
+        trainer_abort_if_comm_broken(t);
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
         return GROUPS_FAILED_HERE;
     }
@@ -355,10 +357,12 @@ static void stop_orphaned(Trainer *t, bool lost_here)
  * whether any rank failed (then all stop; the failed ones said why). */
 static int agree_on_step(Trainer *t, double loss_share, bool failed, StepReport *r)
 {
+    trainer_abort_if_comm_broken(t);
     bool stop = stop_wanted(t), orphaned = channel_launcher_lost(&t->channel);
     double values[5] = {loss_share, stop ? 1.0 : 0.0, t->small_sumsq, failed ? 1.0 : 0.0,
                         orphaned ? 1.0 : 0.0};
     if (comm_allreduce(t->world, values, 5, COMM_F64) != 0) {
+        trainer_abort_if_comm_broken(t);
         fprintf(stderr, "phalanx train: rank %d: %s\n", t->rank, comm_error(t->world));
         return -1;
     }
@@ -439,7 +443,7 @@ static int train_step(Trainer *t, long step_index, StepReport *r)
     if (computed == GROUPS_ORPHANED)
         return -1;
     bool failed = computed == GROUPS_FAILED_HERE; /* elsewhere: agree_on_step hears of it */
-    fault_mid_step(&t->faults, &t->channel, r->step);
+    fault_mid_step(&t->faults, &t->channel, t->world, r->step);
     if (agree_on_step(t, loss_share, failed, r) || gather_live_activations(t, r))
         return -1;
     // every rank of dp x sp now holds the same summed gradients of its stage
@@ -524,6 +528,7 @@ static int run_training(Trainer *t)
     for (long s = t->steps_done; s < t->opt.steps && t->cursor < (uint64_t)t->opt.train_samples;
          s++) {
         if (train_step(t, s, &report)) {
+            trainer_abort_if_comm_broken(t); /* before the checkpoint's collectives */
             snapshot_close(t, false);
             return 1;
         }

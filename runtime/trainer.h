@@ -75,6 +75,13 @@ const ParamTensor *trainer_tied_embedding(const Trainer *t);
  * (trainer.c). */
 double trainer_world_sum(Trainer *t, double value);
 
+/* When a communication failed inside the library on any of this rank's
+ * groups (comm_broken), says so and ends the whole job (comm_abort, exit
+ * status 1): the other ranks may be waiting in that collective for ever, so
+ * agreeing with them on the failure, or checkpointing, would hang. Returns
+ * when nothing is broken (trainer.c). */
+void trainer_abort_if_comm_broken(Trainer *t);
+
 /* setup.c: everything a worker holds before its first step (rank grid and
  * groups, device, model, optimizer, data, outputs, checkpoints, channel), or
  * -1 with a message; trainer_teardown frees what set-up made, also after a

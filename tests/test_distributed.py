@@ -6,6 +6,7 @@ MPI allreduce), which moves float32 results by a few ulps per step; 1e-5 after
 20 steps is well above that and far below a wrong share of samples or a
 missing gradient (those move the loss at the 1e-3 level or more)."""
 import json
+import os
 import re
 import signal
 import subprocess
@@ -125,3 +126,31 @@ def test_ctrl_c_stops_every_rank_cleanly(phalanx, corpus, tmp_path):
     assert "stopped by Ctrl-C after step" in err and "every rank exited cleanly" in err
     leftovers = subprocess.run(["pgrep", "-f", f"{corpus}/train.bin"], capture_output=True)
     assert leftovers.stdout == b"", leftovers.stdout
+
+
+def test_a_collective_that_fails_on_one_rank_ends_the_job_under_plain_mpirun(
+        phalanx, corpus, tmp_path):
+    """Rank 1's allreduce at step 3 fails as a failure inside MPI would (PHALANX_FAULTS
+    commfail:1@3), while rank 0 waits in it: rank 1 says why and ends the whole job
+    (MPI_Abort), rather than agree on the failure with rank 0, which cannot answer, or
+    close its checkpoints (ranks hung there before). The 120 s guard only catches a hang."""
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    metrics = tmp_path / "metrics.jsonl"
+    cmd = ["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none", *root,
+           "-x", "PHALANX_FAULTS", phalanx, "train", "--data", corpus / "train.bin", *RUN,
+           "--metrics", metrics, "--ckpt-dir", tmp_path / "ckpt", "--ckpt-every", 1]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, PHALANX_FAULTS="commfail:1@3"))
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail("the ranks hung after the failed collective:\n" + err)
+    assert proc.returncode != 0, err
+    assert "rank 1: injected communication failure at step 3" in err, err
+    assert "allreduce failed on rank 1 of 2: injected (commfail)" in err, err
+    assert "this rank ends the job (MPI_Abort)" in err, err
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2], steps
