@@ -138,7 +138,8 @@ def test_a_collective_that_fails_on_one_rank_ends_the_job_under_plain_mpirun(
     metrics = tmp_path / "metrics.jsonl"
     cmd = ["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none", *root,
            "-x", "PHALANX_FAULTS", phalanx, "train", "--data", corpus / "train.bin", *RUN,
-           "--metrics", metrics, "--ckpt-dir", tmp_path / "ckpt", "--ckpt-every", 1]
+           "--metrics", metrics, "--ckpt-dir", tmp_path / "ckpt", "--ckpt-every", 1,
+           "--ckpt-memory-dir", tmp_path / "memory"]  # an aborted job leaves its tier 1
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=dict(os.environ, PHALANX_FAULTS="commfail:1@3"))
